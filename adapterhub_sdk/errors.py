@@ -1,0 +1,100 @@
+"""Exceptions. Every error raised on purpose derives from :class:`AdapterHubError` and,
+where one fits, from the builtin it resembles, so callers can catch either way.
+
+Each error carries ``hint``: the next thing the user should do. The CLI prints
+``error: <message>`` and, when present, ``hint: <hint>`` on one more line.
+"""
+
+from __future__ import annotations
+
+
+class AdapterHubError(Exception):
+    """Base class of all errors raised by adapterhub_sdk."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidNameError(AdapterHubError, ValueError):
+    """An adapter name is not a valid ``namespace/name``."""
+
+    hint = "use ASCII 'namespace/name': letters, digits, '-', '_', '.'; e.g. acme/sentiment"
+
+
+class InvalidVersionError(AdapterHubError, ValueError):
+    """A version or version spec cannot be parsed."""
+
+    hint = "versions are semantic (1.2.3); specs: 1.2.3, ^1.2, ~1.2, >=1,<2, latest, or an alias"
+
+
+class UnsafeFormatError(AdapterHubError, ValueError):
+    """A pickle-based file (``.bin``, ``.pt``, ...) was offered. Nothing is unpickled."""
+
+
+class CorruptFileError(AdapterHubError, ValueError):
+    """A file is truncated, malformed, or not what its name says."""
+
+
+class WeightsNotFoundError(AdapterHubError, FileNotFoundError):
+    """A directory holds no weights we can read."""
+
+
+class AdapterFormatError(AdapterHubError, ValueError):
+    """An adapter directory or config is not something we can package."""
+
+
+class IncompatibleAdapterError(AdapterHubError, ValueError):
+    """An adapter does not fit a base model (missing module, shape, ...)."""
+
+    def __init__(self, message: str, *, reasons: list[str] | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.reasons = list(reasons or [])
+
+
+class NotFoundError(AdapterHubError, LookupError):
+    """An adapter, version, alias or base is not in the registry."""
+
+
+class VersionConflictError(AdapterHubError, FileExistsError):
+    """``name@version`` already exists with other content; versions are immutable."""
+
+    hint = "publish under a new version; published versions never change"
+
+
+class IntegrityError(AdapterHubError, OSError):
+    """Stored bytes do not match their digest (tampering or disk corruption)."""
+
+    hint = "run 'adapterhub verify' to list every damaged blob, then re-publish the affected versions"
+
+
+class RegistryError(AdapterHubError, RuntimeError):
+    """The registry database cannot be opened or is in an unexpected state."""
+
+
+class PluginError(AdapterHubError, RuntimeError):
+    """A plugin failed to load or raised inside a hook."""
+
+
+__all__ = [
+    "AdapterHubError",
+    "AdapterFormatError",
+    "CorruptFileError",
+    "IncompatibleAdapterError",
+    "IntegrityError",
+    "InvalidNameError",
+    "InvalidVersionError",
+    "NotFoundError",
+    "PluginError",
+    "RegistryError",
+    "UnsafeFormatError",
+    "VersionConflictError",
+    "WeightsNotFoundError",
+]

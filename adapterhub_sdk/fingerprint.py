@@ -1,0 +1,423 @@
+"""Base-model fingerprints: a digest of the weights themselves, not of a name.
+
+Definition (version 1). For every tensor, in name order::
+
+    content = sha256(sha256(chunk_1) || sha256(chunk_2) || ...)     # 8 MiB chunks of raw bytes
+    entry   = sha256("adapterhub-tensor-v1\\0" name \\0 dtype \\0 shape \\0 content)
+    fingerprint = sha256("adapterhub-fingerprint-v1\\n" entry_1 entry_2 ...)
+
+Chunk digests let two cores share even one huge tensor. Only tensor names, dtypes,
+shapes and bytes count, so re-sharding, renaming files or editing safetensors metadata
+changes nothing, and a model in memory (same dtype) has the fingerprint of its files.
+Tensors that share storage in memory (tied weights) count once under the first name in
+module order, which is the name transformers writes to disk.
+
+The *arch signature* hashes the sorted ``name shape`` lines only: two bases with the
+same signature accept the same adapters structurally.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CorruptFileError, WeightsNotFoundError
+from .safetensors_io import TensorInfo, looks_like_pickle, read_header, refuse_pickle
+
+CHUNK = 8 * 1024 * 1024
+ALGO = "v1"
+PROGRESS_MIN_BYTES = 256 * 1024 * 1024
+
+_TORCH_TO_ST = {
+    "torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16", "torch.float64": "F64",
+    "torch.int8": "I8", "torch.uint8": "U8", "torch.int16": "I16", "torch.int32": "I32",
+    "torch.int64": "I64", "torch.bool": "BOOL", "torch.float8_e4m3fn": "F8_E4M3",
+    "torch.float8_e5m2": "F8_E5M2", "torch.uint16": "U16", "torch.uint32": "U32",
+    "torch.uint64": "U64", "torch.complex64": "C64",
+}
+
+
+@dataclass(frozen=True)
+class BaseFingerprint:
+    """What we know about a base model's weights.
+
+    ``digest`` identifies the exact weights; ``arch_signature`` the architecture;
+    ``shapes`` maps every tensor name (tied names included) to its shape, which is all a
+    structural compatibility check needs.
+    """
+
+    digest: str
+    arch_signature: str
+    n_tensors: int
+    n_params: int
+    dtypes: dict[str, int]
+    shapes: dict[str, tuple[int, ...]] = field(repr=False)
+    tied: dict[str, str] = field(default_factory=dict, repr=False)
+    source: str | None = None
+    total_bytes: int = 0
+
+    @property
+    def short(self) -> str:
+        return self.digest[:12]
+
+    def shape_of(self, name: str) -> tuple[int, ...] | None:
+        if name in self.shapes:
+            return self.shapes[name]
+        target = self.tied.get(name)
+        return self.shapes.get(target) if target else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.digest,
+            "arch_signature": self.arch_signature,
+            "n_tensors": self.n_tensors,
+            "n_params": self.n_params,
+            "dtypes": dict(self.dtypes),
+            "total_bytes": self.total_bytes,
+            "source": self.source,
+            "tied": dict(self.tied),
+        }
+
+
+def _entry_digest(name: str, dtype: str, shape: tuple[int, ...], content: bytes) -> bytes:
+    h = hashlib.sha256(b"adapterhub-tensor-v1\0")
+    h.update(name.encode("utf-8") + b"\0" + dtype.encode() + b"\0")
+    h.update(json.dumps(list(shape), separators=(",", ":")).encode() + b"\0")
+    h.update(content)
+    return h.digest()
+
+
+def _combine(entries: list[tuple[str, str, tuple[int, ...], bytes]], tied: Mapping[str, str],
+             source: str | None) -> BaseFingerprint:
+    entries = sorted(entries, key=lambda e: e[0])
+    fp = hashlib.sha256(b"adapterhub-fingerprint-" + ALGO.encode() + b"\n")
+    arch = hashlib.sha256(b"adapterhub-arch-" + ALGO.encode() + b"\n")
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, int] = {}
+    n_params = 0
+    total = 0
+    from .safetensors_io import DTYPE_SIZES
+
+    for name, dtype, shape, entry in entries:
+        fp.update(entry)
+        arch.update(f"{name}\t{list(shape)}\n".encode())
+        shapes[name] = shape
+        dtypes[dtype] = dtypes.get(dtype, 0) + 1
+        numel = 1
+        for d in shape:
+            numel *= d
+        n_params += numel
+        total += numel * DTYPE_SIZES.get(dtype, 1)
+    tied_ok = {k: v for k, v in tied.items() if k not in shapes and v in shapes}
+    return BaseFingerprint(fp.hexdigest(), arch.hexdigest(), len(entries), n_params, dtypes,
+                           shapes, tied_ok, source, total)
+
+
+# --------------------------------------------------------------------------- hashing engine
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool | None, desc: str):
+        self._bar = None
+        self._lock = threading.Lock()
+        if enabled is False or (enabled is None and total < PROGRESS_MIN_BYTES):
+            return
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc,
+                         disable=None if enabled is None else not enabled, leave=False)
+
+    def add(self, n: int) -> None:
+        if self._bar is not None:
+            with self._lock:
+                self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _hash_buffers(jobs: list[tuple[str, str, tuple[int, ...], memoryview]], workers: int | None,
+                  progress: bool | None, desc: str) -> list[tuple[str, str, tuple[int, ...], bytes]]:
+    """Hash each tensor's bytes in CHUNK pieces on a thread pool (hashlib releases the GIL)."""
+    pieces: list[tuple[int, memoryview]] = []
+    for i, (_, _, _, buf) in enumerate(jobs):
+        for off in range(0, len(buf), CHUNK):
+            pieces.append((i, buf[off:off + CHUNK]))
+    total = sum(len(b) for *_, b in jobs)
+    bar = _Progress(total, progress, desc)
+
+    def work(piece: tuple[int, memoryview]) -> bytes:
+        d = hashlib.sha256(piece[1]).digest()
+        bar.add(len(piece[1]))
+        return d
+
+    n = workers or min(32, os.cpu_count() or 1)
+    chunk_digests: list[list[bytes]] = [[] for _ in jobs]
+    try:
+        if n <= 1 or len(pieces) <= 1:
+            results: Iterator[bytes] = map(work, pieces)
+            for (i, _), d in zip(pieces, results):
+                chunk_digests[i].append(d)
+        else:
+            with ThreadPoolExecutor(n, thread_name_prefix="adapterhub-hash") as ex:
+                for (i, _), d in zip(pieces, ex.map(work, pieces)):
+                    chunk_digests[i].append(d)
+    finally:
+        bar.close()
+    out = []
+    for (name, dtype, shape, _), digests in zip(jobs, chunk_digests):
+        content = hashlib.sha256(b"".join(digests)).digest()
+        out.append((name, dtype, shape, _entry_digest(name, dtype, shape, content)))
+    return out
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class _Cache:
+    """Per-file results keyed by (real path, size, mtime_ns, inode, device)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection | None:
+        if self._db is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("CREATE TABLE IF NOT EXISTS files (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                self._db = db
+            except (OSError, sqlite3.Error):
+                return None
+        return self._db
+
+    @staticmethod
+    def key(path: Path) -> str:
+        st = path.stat()
+        return f"{ALGO}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_dev}"
+
+    def get(self, key: str) -> Any:
+        db = self._conn()
+        if db is None:
+            return None
+        try:
+            row = db.execute("SELECT value FROM files WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, value: Any) -> None:
+        db = self._conn()
+        if db is None:
+            return
+        try:
+            db.execute("INSERT OR REPLACE INTO files (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        except sqlite3.Error:
+            pass
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def _default_cache() -> _Cache:
+    from .home import cache_dir
+
+    return _Cache(cache_dir() / "fingerprints.sqlite")
+
+
+# --------------------------------------------------------------------------- on disk
+
+
+def weight_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The safetensors files that make up a model directory (or the file itself)."""
+    p = Path(path)
+    if not p.exists():
+        raise WeightsNotFoundError(f"{p}: no such file or directory")
+    if p.is_file():
+        if p.suffix != ".safetensors" or looks_like_pickle(p):
+            if looks_like_pickle(p):
+                refuse_pickle(p, "checkpoint")
+            raise WeightsNotFoundError(f"{p}: not a .safetensors file")
+        return [p]
+    indexes = sorted(p.glob("*.safetensors.index.json"))
+    if indexes:
+        try:
+            weight_map = json.loads(indexes[0].read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptFileError(f"{indexes[0].name}: not a valid safetensors index ({exc})") from exc
+        files = []
+        for n in names:
+            if not isinstance(n, str) or "/" in n or "\\" in n or n.startswith("."):
+                raise CorruptFileError(f"{indexes[0].name}: refuses shard name {n!r}")
+            f = p / n
+            if not f.is_file():
+                raise CorruptFileError(f"{indexes[0].name} names shard {n!r}, which is missing",
+                                       hint="re-download the model; a shard is missing")
+            files.append(f)
+        return files
+    files = sorted(f for f in p.glob("*.safetensors") if f.name != "adapter_model.safetensors")
+    if files:
+        return files
+    pickles = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickles:
+        refuse_pickle(pickles[0], "checkpoint")
+    if (p / "adapter_config.json").exists():
+        raise WeightsNotFoundError(f"{p} is an adapter, not a base model",
+                                   hint="pass the base model's directory (the one with model.safetensors)")
+    raise WeightsNotFoundError(f"{p}: no *.safetensors weights found",
+                               hint="pass a directory written by save_pretrained, or a .safetensors file")
+
+
+def _tied_from_config(directory: Path, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
+    """Names that the model ties to a stored tensor but that are not on disk (e.g. lm_head)."""
+    cfg_path = directory / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cfg, dict) or not cfg.get("tie_word_embeddings", False):
+        return {}
+    tied: dict[str, str] = {}
+    for arch in cfg.get("architectures") or []:
+        try:
+            import transformers
+
+            keys = getattr(getattr(transformers, arch, None), "_tied_weights_keys", None)
+        except Exception:  # noqa: BLE001 - transformers is optional for this lookup
+            keys = None
+        if isinstance(keys, dict):
+            tied.update({str(k): str(v) for k, v in keys.items()})
+    if not tied:
+        inputs = [n for n in shapes if n.endswith(("embed_tokens.weight", "wte.weight",
+                                                   "word_embeddings.weight", "embed_in.weight"))]
+        if len(inputs) == 1:
+            tied["lm_head.weight"] = inputs[0]
+    return {k: v for k, v in tied.items() if k not in shapes and v in shapes}
+
+
+def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None,
+                       cache: _Cache | None) -> BaseFingerprint:
+    files = weight_files(path)
+    entries: list[tuple[str, str, tuple[int, ...], bytes]] = []
+    seen: dict[str, str] = {}
+    todo: list[tuple[Path, str, list[TensorInfo]]] = []
+    for f in files:
+        key = _Cache.key(f)
+        hit = cache.get(key) if cache else None
+        if hit is not None:
+            for name, dtype, shape, digest in hit:
+                entries.append((name, dtype, tuple(shape), bytes.fromhex(digest)))
+        else:
+            header = read_header(f)
+            todo.append((f, key, list(header.tensors.values())))
+    if todo:
+        maps: list[mmap.mmap] = []
+        jobs = []
+        owners = []
+        try:
+            for f, key, infos in todo:
+                with open(f, "rb") as fh:
+                    mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                maps.append(mm)
+                view = memoryview(mm)
+                for t in infos:
+                    jobs.append((t.name, t.dtype, t.shape, view[t.start:t.end]))
+                    owners.append(key)
+            hashed = _hash_buffers(jobs, workers, progress, f"fingerprint {path.name}")
+            del jobs, view
+        finally:
+            for mm in maps:
+                try:
+                    mm.close()
+                except BufferError:
+                    pass
+        per_file: dict[str, list] = {}
+        for owner, (name, dtype, shape, digest) in zip(owners, hashed):
+            per_file.setdefault(owner, []).append([name, dtype, list(shape), digest.hex()])
+            entries.append((name, dtype, shape, digest))
+        if cache:
+            for _, key, _ in todo:
+                cache.put(key, per_file.get(key, []))
+    for name, *_ in entries:
+        if name in seen:
+            raise CorruptFileError(f"{path}: tensor {name!r} is stored twice")
+        seen[name] = name
+    shapes = {n: s for n, _, s, _ in entries}
+    directory = path if path.is_dir() else path.parent
+    return _combine(entries, _tied_from_config(directory, shapes), str(path.resolve()))
+
+
+# --------------------------------------------------------------------------- in memory
+
+
+def _fingerprint_tensors(items: list[tuple[str, Any]], *, workers: int | None,
+                         progress: bool | None, source: str | None) -> BaseFingerprint:
+    import torch
+
+    jobs = []
+    keep = []
+    tied: dict[str, str] = {}
+    first_by_storage: dict[tuple, str] = {}
+    for name, t in items:
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.device.type == "meta":
+            raise WeightsNotFoundError(f"tensor {name!r} is on the meta device; a fingerprint needs real weights")
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype) \
+            if t.numel() else None
+        if key is not None and key in first_by_storage:
+            tied[name] = first_by_storage[key]
+            continue
+        if key is not None:
+            first_by_storage[key] = name
+        dtype = _TORCH_TO_ST.get(str(t.dtype))
+        if dtype is None:
+            raise CorruptFileError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+        flat = t.detach().to("cpu").contiguous().reshape(-1)
+        raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
+        keep.append(raw)
+        jobs.append((name, dtype, tuple(t.shape), memoryview(raw.numpy()).cast("B")))
+    hashed = _hash_buffers(jobs, workers, progress, "fingerprint")
+    return _combine(hashed, tied, source)
+
+
+def fingerprint(model: Any, *, workers: int | None = None, progress: bool | None = None,
+                use_cache: bool = True) -> BaseFingerprint:
+    """Fingerprint a base model: a directory or ``.safetensors`` file, an ``nn.Module``, or a
+    state dict. Files are streamed through mmap and hashed on all cores; results for
+    unchanged files come from a cache under ``ADAPTERHUB_HOME``."""
+    if isinstance(model, BaseFingerprint):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        cache = _default_cache() if use_cache else None
+        try:
+            return _fingerprint_files(Path(model), workers=workers, progress=progress, cache=cache)
+        finally:
+            if cache:
+                cache.close()
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        raise TypeError("pass the base model, not a PeftModel (use peft_model.get_base_model() "
+                        "only after unloading adapters)")
+    if hasattr(model, "state_dict") and callable(model.state_dict):
+        return _fingerprint_tensors(list(model.state_dict(keep_vars=False).items()), workers=workers,
+                                    progress=progress, source=type(model).__name__)
+    if isinstance(model, Mapping):
+        return _fingerprint_tensors(list(model.items()), workers=workers, progress=progress,
+                                    source="state_dict")
+    raise TypeError(f"cannot fingerprint a {type(model).__name__}: pass a directory, a .safetensors "
+                    "file, an nn.Module or a state dict")

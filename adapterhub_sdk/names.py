@@ -1,0 +1,78 @@
+"""Adapter names (``namespace/name``) and references (``namespace/name@spec``).
+
+Names follow the Hugging Face Hub's repo-id rules, ASCII only, so a name is safe to
+show, to put in a URL and to compare. A name never becomes a filesystem path: blobs
+are addressed by digest and pulled files go where the user says.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidNameError
+
+_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?", re.ASCII)
+_ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,63}", re.ASCII)
+RESERVED_ALIASES = frozenset({"latest"})
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid ``namespace/name``; raise InvalidNameError otherwise."""
+    if not isinstance(name, str):
+        raise InvalidNameError(f"adapter name must be a string, not {type(name).__name__}")
+    shown = name.encode("ascii", "backslashreplace").decode()
+    if not name.isascii():
+        raise InvalidNameError(f"adapter name {shown!r} contains non-ASCII characters")
+    parts = name.split("/")
+    if len(parts) != 2:
+        raise InvalidNameError(f"adapter name {shown!r} must be exactly 'namespace/name'")
+    for part in parts:
+        if not _PART.fullmatch(part) or ".." in part or "--" in part:
+            raise InvalidNameError(f"adapter name {shown!r} has an invalid part {part!r}")
+    return name
+
+
+def name_key(name: str) -> str:
+    """Case-folded key: ``Acme/Sentiment`` and ``acme/sentiment`` are the same adapter."""
+    return validate_name(name).lower()
+
+
+def validate_alias(alias: str) -> str:
+    from .versions import looks_like_spec
+
+    if not isinstance(alias, str) or not alias.isascii() or not _ALIAS.fullmatch(alias):
+        raise InvalidNameError(
+            f"alias {alias!r} is invalid",
+            hint="aliases are lower-case ASCII: a letter, then letters, digits, '-' or '_' (e.g. prod)",
+        )
+    if alias in RESERVED_ALIASES or looks_like_spec(alias):
+        raise InvalidNameError(f"alias {alias!r} is reserved or looks like a version")
+    return alias
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A parsed ``namespace/name[@spec]``; ``spec`` is None when absent."""
+
+    name: str
+    spec: str | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.spec is None else f"{self.name}@{self.spec}"
+
+
+def parse_ref(text: str, *, default_spec: str | None = None) -> AdapterRef:
+    """Parse ``namespace/name[@spec]``. The spec is validated by :mod:`versions`."""
+    from .versions import VersionSpec
+
+    if not isinstance(text, str):
+        raise InvalidNameError(f"adapter reference must be a string, not {type(text).__name__}")
+    name, sep, spec = text.partition("@")
+    validate_name(name)
+    if sep and not spec:
+        raise InvalidNameError(f"{text!r} has an empty version after '@'")
+    spec_value = spec if sep else default_spec
+    if spec_value is not None:
+        VersionSpec.parse(spec_value)
+    return AdapterRef(name, spec_value)
