@@ -1,0 +1,213 @@
+"""Database engines and schema migrations for the registry.
+
+SQLite: WAL journal, a busy timeout, foreign keys, and write transactions that begin
+with ``BEGIN IMMEDIATE`` so concurrent writers queue for the lock instead of failing
+half-way. PostgreSQL: plain transactions; uniqueness races are retried by the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from .errors import RegistryError
+
+BUSY_TIMEOUT_MS = 120_000
+_ADVISORY_KEY = 0x61647068  # "adph"
+
+
+def migrations_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_registry" / "migrations", here.parent / "registry" / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise RegistryError("registry migrations are missing from this installation",
+                        hint="reinstall adapterhub_sdk")
+
+
+def normalize_url(url: str) -> str:
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise RegistryError(f"registry URL {url!r} is not valid",
+                            hint="use sqlite:///PATH or postgresql://USER@HOST:PORT/DB") from exc
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            Path(db).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000,
+                                                     "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn, _record):  # noqa: ANN001
+            dbapi_conn.isolation_level = None  # transactions are begun explicitly below
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # noqa: ANN001
+            write = conn.get_execution_options().get("adapterhub_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    try:
+        return create_engine(parsed, pool_pre_ping=True)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise RegistryError(f"no database driver for {parsed.drivername!r}",
+                            hint="pip install 'adapterhub_sdk[postgres]'") from exc
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine, *, write: bool = False) -> Iterator[Connection]:
+    """A connection in a transaction that commits on success and rolls back on error."""
+    conn = engine.connect()
+    if write:
+        conn = conn.execution_options(adapterhub_write=True)
+    try:
+        with conn.begin():
+            yield conn
+    except OperationalError as exc:
+        raise _operational(exc) from exc
+    finally:
+        conn.close()
+
+
+def _operational(exc: OperationalError) -> RegistryError:
+    msg = str(exc.orig) if exc.orig is not None else str(exc)
+    if "locked" in msg or "busy" in msg:
+        return RegistryError(f"the registry stayed locked by another process for {BUSY_TIMEOUT_MS // 1000}s",
+                             hint="another adapterhub command holds a long write; retry when it ends")
+    return RegistryError(f"database error: {msg.splitlines()[0]}",
+                         hint="check the registry URL and that the database server is running")
+
+
+def _alembic_config(conn: Connection):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+@contextlib.contextmanager
+def _schema_lock(engine: Engine) -> Iterator[None]:
+    """Serialise schema creation between processes."""
+    if engine.dialect.name == "sqlite":
+        db = engine.url.database
+        if not db or db == ":memory:":
+            yield
+            return
+        from filelock import FileLock
+
+        with FileLock(str(Path(db).expanduser().absolute()) + ".lock", timeout=BUSY_TIMEOUT_MS / 1000):
+            yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _ADVISORY_KEY})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_KEY})
+            conn.commit()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Apply all migrations. Returns (revision before, revision after)."""
+    from alembic import command
+
+    with _schema_lock(engine):
+        with engine.connect() as conn:
+            before = current_revision(conn)
+        head = head_revision()
+        if before != head:
+            with engine.connect() as conn:
+                cfg = _alembic_config(conn)
+                command.upgrade(cfg, "head")
+                conn.commit()
+        return before, head
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the schema on a new database; refuse an outdated one with the command to run."""
+    try:
+        with engine.connect() as conn:
+            current = current_revision(conn)
+            tables = set(inspect(conn).get_table_names()) if current is None else set()
+    except OperationalError as exc:
+        raise _operational(exc) from exc
+    head = head_revision()
+    if current == head:
+        return
+    if current is None:
+        if tables - {"alembic_version"}:
+            raise RegistryError("the database has tables but no adapterhub schema version",
+                                hint="point --registry at an empty database or an adapterhub registry")
+        for attempt in range(3):
+            try:
+                upgrade(engine)
+                return
+            except OperationalError as exc:
+                if attempt == 2:
+                    raise _operational(exc) from exc
+                time.sleep(0.2)
+        return
+    from alembic.script import ScriptDirectory
+
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
+    if current not in known:
+        raise RegistryError(f"the registry schema ({current}) is newer than this adapterhub_sdk knows",
+                            hint="upgrade adapterhub_sdk")
+    raise RegistryError(f"the registry schema is at {current}, this adapterhub_sdk needs {head}",
+                        hint="run 'adapterhub db upgrade'")
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def sqlite_path(engine: Engine) -> str | None:
+    if is_sqlite(engine) and engine.url.database not in (None, "", ":memory:"):
+        return os.path.abspath(os.path.expanduser(engine.url.database))
+    return None

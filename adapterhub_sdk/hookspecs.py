@@ -1,0 +1,51 @@
+"""Hook specifications. Plugins implement these with ``@adapterhub_sdk.hookimpl``.
+
+Built-in behaviour (the LoRA family, the generic PEFT method) is registered through the
+same plugin manager as third-party plugins, so the core never special-cases a method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from .manifest import Manifest
+    from .methods.base import AdapterMethod
+    from .package import AdapterPackage
+
+hookspec = pluggy.HookspecMarker("adapterhub")
+hookimpl = pluggy.HookimplMarker("adapterhub")
+
+
+@hookspec
+def register_methods(register: Callable[[AdapterMethod], None]) -> None:
+    """Called once when plugins load. Call ``register(method)`` for each
+    :class:`~adapterhub_sdk.methods.base.AdapterMethod` the plugin provides. Methods are
+    asked in registration order, third-party plugins first, to ``detect`` an adapter config;
+    the first that claims it owns validation and description of that adapter."""
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Called when the CLI starts. Add ``click`` commands or groups to ``cli``."""
+
+
+@hookspec
+def validate_publish(manifest: Manifest, package: AdapterPackage) -> str | None:
+    """Called before anything is written for a publish. Return a reason (one line) to
+    reject it, or None to accept. Every plugin is asked; any reason rejects."""
+
+
+@hookspec
+def after_publish(manifest: Manifest, created: bool) -> None:
+    """Called after a version is committed (``created`` is False for an identical re-publish)."""
+
+
+@hookspec
+def after_pull(manifest: Manifest, path: Any) -> None:
+    """Called after a version has been written, verified, to ``path``."""

@@ -1,0 +1,227 @@
+"""Packing: turn a directory that PEFT saved (or an in-memory PeftModel) into an
+:class:`AdapterPackage` — its files with their digests, its method, and the base tensors
+it touches. Only safetensors weights are accepted; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AdapterFormatError, IncompatibleAdapterError
+from .manifest import BaseRef, FileEntry, Manifest, check_file_path
+from .methods.base import AdapterMethod, Requirements, check_requirements, detect_method
+from .safetensors_io import PICKLE_SUFFIXES, looks_like_pickle, read_header, refuse_pickle
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+EXTRA_SUFFIXES = (".json", ".md", ".txt", ".model", ".jinja")
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
+def sha256_file(path: Path, bufsize: int = 1 << 20) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+@dataclass
+class PackedFile:
+    path: str  # name inside the package
+    source: Path  # where the bytes are now
+    sha256: str
+    size: int
+
+
+@dataclass
+class AdapterPackage:
+    """An adapter ready to publish: files, config, method and requirements on the base."""
+
+    root: Path
+    config: dict[str, Any]
+    files: list[PackedFile]
+    tensors: dict[str, tuple[int, ...]]
+    method: AdapterMethod
+    variant: str
+    requirements: Requirements
+    summary: dict[str, Any]
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def base_name(self) -> str | None:
+        name = self.config.get("base_model_name_or_path")
+        return str(name) if name else None
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def check_base(self, base: Any) -> list[str]:
+        """Reasons this adapter does not fit ``base`` (a BaseFingerprint); empty if it fits."""
+        return check_requirements(self.requirements, base)
+
+    def require_base(self, base: Any) -> None:
+        reasons = self.check_base(base)
+        if reasons:
+            raise IncompatibleAdapterError(
+                f"adapter does not fit base {base.short}: {reasons[0]}"
+                + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""),
+                reasons=reasons,
+                hint="check that --base is the model this adapter was trained on",
+            )
+
+    def manifest(self, *, name: str, version: str, base: BaseRef, tasks: list[str] | tuple[str, ...] = (),
+                 description: str | None = None, license: str | None = None,
+                 metrics: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None) -> Manifest:
+        method = {"type": self.method.name, "variant": self.variant,
+                  "peft_type": self.config.get("peft_type"), "config": self.config,
+                  "summary": self.summary}
+        return Manifest(name=name, version=version, method=method, base=base,
+                        files=tuple(FileEntry(f.path, f.sha256, f.size) for f in self.files),
+                        requirements=self.requirements, tasks=tuple(tasks), description=description,
+                        license=license, metrics=dict(metrics or {}), provenance=dict(provenance or {}))
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> AdapterPackage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _find_adapter_dir(root: Path, subfolder: str | None) -> Path:
+    if not root.exists():
+        raise AdapterFormatError(f"{root}: no such directory")
+    if not root.is_dir():
+        if looks_like_pickle(root):
+            refuse_pickle(root, "adapter file")
+        raise AdapterFormatError(f"{root} is a file; pass the directory PEFT saved the adapter to")
+    if subfolder is not None:
+        if not subfolder or "/" in subfolder or "\\" in subfolder or subfolder.startswith("."):
+            raise AdapterFormatError(f"subfolder {subfolder!r} is not a plain folder name")
+        root = root / subfolder
+        if not (root / CONFIG).is_file():
+            raise AdapterFormatError(f"{root}: no {CONFIG}")
+        return root
+    if (root / CONFIG).is_file():
+        return root
+    subs = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / CONFIG).is_file())
+    if len(subs) == 1:
+        return root / subs[0]
+    if subs:
+        raise AdapterFormatError(f"{root} holds several adapters ({', '.join(subs)}); choose one",
+                                 hint="pass --subfolder NAME (PEFT saves non-default adapters in subfolders)")
+    raise AdapterFormatError(f"{root}: no {CONFIG}; not a PEFT adapter directory",
+                             hint="point at the directory that PeftModel.save_pretrained wrote")
+
+
+def pack(source: Any, *, subfolder: str | None = None, adapter_name: str | None = None) -> AdapterPackage:
+    """Pack a PEFT adapter directory, or a PeftModel (``adapter_name`` selects one of its adapters)."""
+    if hasattr(source, "peft_config") and hasattr(source, "save_pretrained"):
+        return _pack_model(source, adapter_name)
+    root = _find_adapter_dir(Path(source), subfolder)
+    return _pack_dir(root)
+
+
+def _pack_model(model: Any, adapter_name: str | None) -> AdapterPackage:
+    names = list(model.peft_config)
+    name = adapter_name or getattr(model, "active_adapter", None) or names[0]
+    if isinstance(name, list):
+        name = name[0]
+    if name not in model.peft_config:
+        raise AdapterFormatError(f"the model has no adapter {name!r} (it has {', '.join(names)})")
+    tmp = tempfile.TemporaryDirectory(prefix="adapterhub-pack-")
+    try:
+        model.save_pretrained(tmp.name, selected_adapters=[name], safe_serialization=True)
+        root = Path(tmp.name)
+        if not (root / CONFIG).is_file():
+            root = root / name
+        pkg = _pack_dir(root)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    pkg._tmp = tmp
+    return pkg
+
+
+def _pack_dir(root: Path) -> AdapterPackage:
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    for p in entries:
+        if p.is_file() and (p.suffix.lower() in PICKLE_SUFFIXES or (p.suffix == ".safetensors" and looks_like_pickle(p))):
+            refuse_pickle(p, "adapter file")
+    if not (root / WEIGHTS).is_file():
+        raise AdapterFormatError(f"{root}: no {WEIGHTS}",
+                                 hint="save the adapter with save_pretrained(..., safe_serialization=True)")
+    cfg_path = root / CONFIG
+    if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
+        raise AdapterFormatError(f"{CONFIG} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterFormatError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+        raise AdapterFormatError(f"{cfg_path}: no 'peft_type'; not a PEFT adapter config")
+    header = read_header(root / WEIGHTS)
+    tensors = {n: t.shape for n, t in header.tensors.items()}
+    if not tensors:
+        raise AdapterFormatError(f"{root / WEIGHTS} holds no tensors")
+    method, variant = detect_method(config)
+    requirements = method.requirements(config, tensors)
+    summary = method.describe(config, tensors)
+    files = []
+    for p in entries:
+        if not p.is_file():
+            continue
+        if p.name not in (CONFIG, WEIGHTS) and p.suffix.lower() not in EXTRA_SUFFIXES:
+            continue
+        check_file_path(p.name)
+        digest, size = sha256_file(p)
+        files.append(PackedFile(p.name, p, digest, size))
+    return AdapterPackage(root, config, files, tensors, method, variant, requirements, summary)
+
+
+def write_package_dir(dest: Path, files: list[tuple[str, Any]], *, overwrite: bool = False) -> Path:
+    """Write files (name, writer(fileobj)) to ``dest`` atomically: a sibling temp dir renamed
+    into place, so ``dest`` is either absent/old or complete."""
+    dest = Path(dest)
+    parent = dest.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file() or dest.is_symlink():
+        raise FileExistsError(f"{dest} is a file; pass a directory path to write the adapter to")
+    if dest.is_dir() and not overwrite and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} exists and is not empty; pass --force to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".incomplete", dir=parent))
+    try:
+        for name, writer in files:
+            check_file_path(name)
+            with open(tmp / name, "wb") as f:
+                writer(f)
+                f.flush()
+                os.fsync(f.fileno())
+        if dest.is_dir() and any(dest.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=parent))
+            os.rename(dest, old / "x")
+            os.rename(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if dest.is_dir():
+                dest.rmdir()
+            os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
