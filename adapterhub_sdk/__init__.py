@@ -1,0 +1,69 @@
+"""adapterhub_sdk: package, pin, store, resolve and pull PEFT adapters.
+
+    import adapterhub_sdk as ah
+    fp = ah.fingerprint("path/to/base")
+    reg = ah.Registry.open()
+    reg.publish("adapter_dir", name="acme/sentiment", version="1.0.0", base="path/to/base")
+    hits = reg.resolve(base="path/to/base", task="sentiment")
+    reg.pull("acme/sentiment@^1", dest="out")
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    AdapterFormatError,
+    AdapterHubError,
+    CorruptFileError,
+    IncompatibleAdapterError,
+    IntegrityError,
+    InvalidNameError,
+    InvalidVersionError,
+    NotFoundError,
+    PluginError,
+    RegistryError,
+    UnsafeFormatError,
+    VersionConflictError,
+    WeightsNotFoundError,
+)
+from .fingerprint import BaseFingerprint, fingerprint
+from .hookspecs import hookimpl
+from .manifest import BaseRef, FileEntry, Manifest
+from .methods.base import AdapterMethod
+from .package import AdapterPackage, pack
+from .registry import GcReport, Match, PublishResult, Registry, VerifyReport, VersionInfo
+from .versions import Version, VersionSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterFormatError",
+    "AdapterHubError",
+    "AdapterMethod",
+    "AdapterPackage",
+    "BaseFingerprint",
+    "BaseRef",
+    "CorruptFileError",
+    "FileEntry",
+    "GcReport",
+    "IncompatibleAdapterError",
+    "IntegrityError",
+    "InvalidNameError",
+    "InvalidVersionError",
+    "Manifest",
+    "Match",
+    "NotFoundError",
+    "PluginError",
+    "PublishResult",
+    "Registry",
+    "RegistryError",
+    "UnsafeFormatError",
+    "VerifyReport",
+    "Version",
+    "VersionConflictError",
+    "VersionInfo",
+    "VersionSpec",
+    "WeightsNotFoundError",
+    "fingerprint",
+    "hookimpl",
+    "pack",
+]

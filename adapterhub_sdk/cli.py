@@ -1,0 +1,435 @@
+"""The ``adapterhub`` command line. Known errors print one line (what went wrong and what
+to do) and exit non-zero; ``--debug`` or ``ADAPTERHUB_DEBUG=1`` shows the traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from .errors import AdapterHubError
+
+EXIT_ERROR = 1
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def _error_line(exc: BaseException) -> str:
+    msg = str(exc.args[0]) if isinstance(exc, AdapterHubError) and exc.args else str(exc)
+    msg = " ".join(msg.split())
+    hint = getattr(exc, "hint", None)
+    return f"error: {msg}" + (f"; {hint}" if hint else "")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(os.environ.get("ADAPTERHUB_DEBUG")) or "--debug" in sys.argv[1:]
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except BrokenPipeError:
+            ctx.exit(EXIT_ERROR)
+        except (AdapterHubError, OSError, ValueError, TypeError, LookupError) as exc:
+            if debug:
+                raise
+            click.echo(_error_line(exc), err=True)
+            ctx.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing half-written was kept", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug "
+                       "and report the traceback", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--registry", "registry_url", envvar="ADAPTERHUB_REGISTRY_URL", metavar="URL",
+              help="Registry database URL (sqlite:///PATH or postgresql://...). "
+                   "Default: SQLite under ADAPTERHUB_HOME.")
+@click.option("--blobs", envvar="ADAPTERHUB_BLOBS", metavar="DIR",
+              help="Blob store directory (default: beside a SQLite registry, else ADAPTERHUB_HOME/blobs).")
+@click.option("--debug", is_flag=True, envvar="ADAPTERHUB_DEBUG", help="Show tracebacks.")
+@click.version_option(package_name="adapterhub_sdk", prog_name="adapterhub")
+@click.pass_context
+def cli(ctx: click.Context, registry_url: str | None, blobs: str | None, debug: bool) -> None:
+    """Store, find and pull PEFT adapters pinned to a fingerprint of their base model."""
+    ctx.ensure_object(dict)
+    ctx.obj["registry_url"] = registry_url
+    ctx.obj["blobs"] = blobs
+
+
+def _registry(ctx: click.Context):
+    from .registry import Registry
+
+    obj = ctx.find_root().obj
+    reg = obj.get("registry")
+    if reg is None:
+        reg = Registry.open(obj.get("registry_url"), blobs=obj.get("blobs"))
+        obj["registry"] = reg
+        ctx.call_on_close(reg.close)
+    return reg
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+@cli.command("fingerprint")
+@click.argument("path", type=click.Path(exists=True, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.option("--no-cache", is_flag=True, help="Re-hash even if the files are unchanged.")
+@click.option("--register", is_flag=True, help="Also record the base in the registry.")
+@click.pass_context
+def fingerprint_cmd(ctx: click.Context, path: str, as_json: bool, no_cache: bool, register: bool) -> None:
+    """Fingerprint the weights of a base model (directory or .safetensors file)."""
+    from .fingerprint import fingerprint
+
+    fp = fingerprint(path, use_cache=not no_cache)
+    if register:
+        _registry(ctx).register_base(fp, source=os.path.abspath(path))
+    if as_json:
+        _emit_json(fp.to_dict())
+        return
+    click.echo(f"fingerprint     {fp.digest}")
+    click.echo(f"arch_signature  {fp.arch_signature}")
+    dtypes = ", ".join(f"{k} x{v}" for k, v in sorted(fp.dtypes.items()))
+    click.echo(f"tensors         {fp.n_tensors} ({dtypes}), {fp.n_params:,} parameters, "
+               f"{_human_size(fp.total_bytes)}")
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def _parse_metrics(items: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--metric")
+        try:
+            out[key] = float(value) if value.strip() else value
+        except ValueError:
+            out[key] = value
+    return out
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(exists=True, path_type=str))
+@click.option("--name", required=True, metavar="NS/NAME", help="Adapter name, e.g. acme/sentiment.")
+@click.option("--version", "version", required=True, metavar="VER", help="Semantic version, e.g. 1.0.0.")
+@click.option("--base", type=click.Path(exists=True, path_type=str), help="Base model directory to pin to.")
+@click.option("--task", "tasks", multiple=True, metavar="TASK", help="Task tag (repeatable).")
+@click.option("--license", "license_", metavar="L", help="License identifier, e.g. apache-2.0.")
+@click.option("--description", metavar="D")
+@click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="Evaluation metric (repeatable).")
+@click.option("--subfolder", metavar="NAME", help="Adapter subfolder (PEFT's layout for non-default adapters).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def publish(ctx: click.Context, directory: str, name: str, version: str, base: str | None,
+            tasks: tuple[str, ...], license_: str | None, description: str | None,
+            metrics: tuple[str, ...], subfolder: str | None, as_json: bool) -> None:
+    """Publish the PEFT adapter in DIRECTORY as NS/NAME@VERSION."""
+    reg = _registry(ctx)
+    res = reg.publish(directory, name=name, version=version, base=base, tasks=list(tasks), license=license_,
+                      description=description, metrics=_parse_metrics(metrics), subfolder=subfolder)
+    if as_json:
+        _emit_json(res.to_dict())
+        return
+    what = "published" if res.created else "already published (identical content, nothing written)"
+    click.echo(f"{res.name}@{res.version} {what}")
+    click.echo(f"  digest  {res.digest}")
+    fp = res.manifest.base.fingerprint
+    click.echo(f"  base    {fp[:12] if fp else 'not pinned (pass --base to pin a fingerprint)'}")
+    click.echo(f"  files   {res.files}, {_human_size(res.bytes_written)} of new blob data")
+
+
+# --------------------------------------------------------------------------- list / show
+
+
+def _base_arg(base: str | None, fingerprint: str | None) -> Any:
+    if base and fingerprint:
+        raise click.UsageError("give --base or --fingerprint, not both")
+    return base or fingerprint
+
+
+@cli.command("list")
+@click.option("--task", metavar="T")
+@click.option("--method", metavar="M", help="lora, dora, rslora, ia3, ...")
+@click.option("--base", type=click.Path(exists=True, path_type=str), help="Only adapters pinned to this base.")
+@click.option("--fingerprint", metavar="FP", help="Only adapters pinned to this fingerprint.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_cmd(ctx: click.Context, task: str | None, method: str | None, base: str | None,
+             fingerprint: str | None, as_json: bool) -> None:
+    """List published versions."""
+    infos = _registry(ctx).list(task=task, method=method, base=_base_arg(base, fingerprint))
+    if as_json:
+        _emit_json([i.to_dict() for i in infos])
+        return
+    if not infos:
+        click.echo("no adapters match" if (task or method or base or fingerprint) else
+                   "the registry is empty; publish one with 'adapterhub publish DIR --name NS/NAME --version 1.0.0'")
+        return
+    rows = [(f"{i.name}@{i.version}", i.variant or i.method, ",".join(i.tasks) or "-",
+             (i.base_fingerprint or "-")[:12], _human_size(i.size),
+             ("yanked " if i.yanked else "") + ",".join(i.aliases)) for i in infos]
+    _table(("ADAPTER", "METHOD", "TASKS", "BASE", "SIZE", ""), rows)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+@cli.command()
+@click.argument("ref", metavar="NS/NAME[@SPEC]")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Show a version's manifest (NS/NAME alone: the latest, and every version)."""
+    from .names import parse_ref
+
+    reg = _registry(ctx)
+    r = parse_ref(ref)
+    info = reg.show(ref)
+    versions = reg.versions(r.name) if r.spec is None else None
+    if as_json:
+        d = info.to_dict(with_manifest=True)
+        if versions is not None:
+            d["versions"] = [v.to_dict() for v in versions]
+        _emit_json(d)
+        return
+    m = info.manifest
+    assert m is not None
+    click.echo(f"{info.name}@{info.version}" + ("  (yanked)" if info.yanked else ""))
+    click.echo(f"  digest       {info.digest}")
+    click.echo(f"  method       {m.method['type']} ({m.method.get('variant')})")
+    summary = m.method.get("summary", {})
+    if summary.get("rank") is not None:
+        click.echo(f"  rank/alpha   {summary.get('rank')}/{summary.get('alpha')}, targets {summary.get('targets')}")
+    click.echo(f"  trainable    {summary.get('trainable_params', 0):,} parameters")
+    click.echo(f"  base         {m.base.name or '-'}  fingerprint {m.base.fingerprint or 'not pinned'}")
+    click.echo(f"  tasks        {', '.join(m.tasks) or '-'}")
+    if m.license or m.description:
+        click.echo(f"  license      {m.license or '-'}")
+        click.echo(f"  description  {m.description or '-'}")
+    if m.metrics:
+        click.echo("  metrics      " + ", ".join(f"{k}={v}" for k, v in sorted(m.metrics.items())))
+    for f in m.files:
+        click.echo(f"  file         {f.path}  {_human_size(f.size)}  sha256:{f.sha256[:12]}")
+    if info.aliases:
+        click.echo(f"  aliases      {', '.join(info.aliases)}")
+    if versions:
+        click.echo("  versions     " + ", ".join(
+            v.version + (" (yanked)" if v.yanked else "") + (f" [{','.join(v.aliases)}]" if v.aliases else "")
+            for v in versions))
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+@cli.command()
+@click.option("--base", type=click.Path(exists=True, path_type=str), help="Base model directory.")
+@click.option("--fingerprint", metavar="FP", help="Base fingerprint (or a unique prefix).")
+@click.option("--task", metavar="T")
+@click.option("--method", metavar="M")
+@click.option("--name", metavar="NS/NAME[@SPEC]", help="Only this adapter, optionally a version range.")
+@click.option("--all", "show_all", is_flag=True, help="Also list incompatible versions, with the reason.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many results.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def resolve(ctx: click.Context, base: str | None, fingerprint: str | None, task: str | None,
+            method: str | None, name: str | None, show_all: bool, limit: int | None, as_json: bool) -> None:
+    """Which adapters fit a base: exact (same weights), structural (shapes fit), best first."""
+    if not base and not fingerprint:
+        raise click.UsageError("give --base PATH or --fingerprint FP")
+    hits = _registry(ctx).resolve(_base_arg(base, fingerprint), task=task, method=method, name=name,
+                                  include_incompatible=show_all, limit=limit)
+    if as_json:
+        _emit_json([h.to_dict() for h in hits])
+        return
+    if not hits:
+        click.echo("no compatible adapters" + ("" if show_all else " (use --all to see incompatible ones)"))
+        return
+    for h in hits:
+        click.echo(f"{h.verdict:<13} {h.ref:<40} {h.variant or h.method:<8} {','.join(h.tasks) or '-'}")
+        if h.verdict != "exact":
+            for reason in h.reasons:
+                click.echo(f"{'':14}- {reason}")
+
+
+# --------------------------------------------------------------------------- pull, alias, yank
+
+
+@cli.command()
+@click.argument("ref", metavar="NS/NAME@SPEC")
+@click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Directory to write.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def pull(ctx: click.Context, ref: str, out: str, force: bool, as_json: bool) -> None:
+    """Write an adapter version to OUT as a directory PEFT loads (digests verified)."""
+    reg = _registry(ctx)
+    info = reg.show(ref)
+    path = reg.pull(f"{info.name}@{info.version}", out, overwrite=force)
+    if as_json:
+        _emit_json({"name": info.name, "version": info.version, "digest": info.digest, "path": str(path)})
+        return
+    click.echo(f"pulled {info.name}@{info.version} to {path} (verified)")
+
+
+@cli.command()
+@click.argument("ref", metavar="NS/NAME@VERSION")
+@click.argument("alias_name", metavar="ALIAS")
+@click.pass_context
+def alias(ctx: click.Context, ref: str, alias_name: str) -> None:
+    """Point ALIAS (e.g. prod) at a version; an existing alias moves."""
+    info = _registry(ctx).alias(ref, alias_name)
+    click.echo(f"{info.name}@{alias_name} -> {info.version}")
+
+
+@cli.command()
+@click.argument("ref", metavar="NS/NAME@VERSION")
+@click.option("--undo", is_flag=True, help="Un-yank.")
+@click.pass_context
+def yank(ctx: click.Context, ref: str, undo: bool) -> None:
+    """Hide a version from ranges, latest and resolve (exact pins still work)."""
+    info = _registry(ctx).yank(ref, undo=undo)
+    click.echo(f"{info.name}@{info.version} {'restored' if undo else 'yanked'}")
+
+
+# --------------------------------------------------------------------------- maintenance
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def verify(ctx: click.Context, as_json: bool) -> None:
+    """Re-hash every blob and manifest; exit 1 if anything is corrupt or missing."""
+    report = _registry(ctx).verify()
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        click.echo(f"checked {report.versions} versions, {report.blobs} blobs ({_human_size(report.bytes)})")
+        for p in report.problems:
+            what = p.get("sha256", p.get("version"))
+            users = f" (used by {', '.join(p['versions'])})" if p.get("versions") else ""
+            click.echo(f"  {p['kind']} {what}: {p['problem']}{users}")
+        click.echo("ok" if report.ok else f"{len(report.problems)} problem(s) found")
+    if not report.ok:
+        ctx.exit(EXIT_ERROR)
+
+
+@cli.command()
+@click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="Keep unreferenced blobs younger than this many seconds (a publish may be in flight).")
+@click.option("--dry-run", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def gc(ctx: click.Context, grace: float, dry_run: bool, as_json: bool) -> None:
+    """Remove blobs no version references and abandoned temp files."""
+    report = _registry(ctx).gc(grace_seconds=grace, dry_run=dry_run)
+    if as_json:
+        _emit_json(report.to_dict())
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {report.blobs_removed} blobs ({_human_size(report.bytes_freed)}) and "
+               f"{report.temp_removed} temp files; kept {report.kept_recent} recent unreferenced blobs")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def plugins(as_json: bool) -> None:
+    """List loaded plugins, where they come from, and the methods they provide."""
+    from .plugins import methods, plugin_infos
+
+    infos = plugin_infos()
+    meths = methods()
+    if as_json:
+        _emit_json({"plugins": [i.to_dict() for i in infos],
+                    "methods": [{"name": m.name, "class": f"{type(m).__module__}.{type(m).__qualname__}"}
+                                for m in meths]})
+        return
+    for i in infos:
+        state = f"FAILED: {i.error}" if i.error else ", ".join(i.hooks)
+        click.echo(f"{i.name:<36} {i.source:<28} {state}")
+    click.echo("methods: " + ", ".join(m.name for m in meths))
+
+
+@cli.group()
+def db() -> None:
+    """Registry database schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply schema migrations to the registry database."""
+    from . import db as dbmod
+
+    obj = ctx.find_root().obj
+    from .home import default_registry_url
+
+    engine = dbmod.make_engine(obj.get("registry_url") or default_registry_url())
+    try:
+        before, after = dbmod.upgrade(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"registry schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+@db.command("current")
+@click.pass_context
+def db_current(ctx: click.Context) -> None:
+    """Print the registry's schema revision and the one this SDK needs."""
+    from . import db as dbmod
+    from .home import default_registry_url
+
+    obj = ctx.find_root().obj
+    engine = dbmod.make_engine(obj.get("registry_url") or default_registry_url())
+    try:
+        with engine.connect() as conn:
+            click.echo(f"current {dbmod.current_revision(conn) or 'empty'}, head {dbmod.head_revision()}")
+    finally:
+        engine.dispose()
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(path_type=str), help="Where to build the demo (default: a temp dir).")
+@click.option("--steps", type=click.IntRange(min=10), default=150, show_default=True, help="Training steps per adapter.")
+def quickstart(workdir: str | None, steps: int) -> None:
+    """Train two LoRA adapters on a tiny model, publish, resolve, pull and serve them."""
+    from .quickstart import run
+
+    run(workdir=workdir, steps=steps)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .plugins import call_hook
+
+    try:
+        call_hook("register_commands", cli=cli)
+    except AdapterHubError as exc:
+        click.echo(f"warning: {_error_line(exc)[7:]}", err=True)
+    cli.main(args=argv, prog_name="adapterhub")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,766 @@
+"""The registry: a SQL catalog (SQLite by default, PostgreSQL for teams) over a
+content-addressed blob store.
+
+A version becomes visible in one transaction that runs only after every blob it
+references is stored, so a version is whole or absent whatever process dies when.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+
+from . import db as dbmod
+from .blobs import BlobStore
+from .errors import (
+    AdapterHubError,
+    IntegrityError,
+    InvalidVersionError,
+    NotFoundError,
+    VersionConflictError,
+)
+from .fingerprint import BaseFingerprint, fingerprint
+from .manifest import BaseRef, Manifest
+from .methods.base import check_requirements, requirements_digest
+from .models import (
+    Adapter,
+    AdapterVersion,
+    AliasRecord,
+    BaseModelRecord,
+    BaseSource,
+    Fit,
+    RequirementSet,
+    VersionFile,
+    VersionTask,
+    utcnow,
+)
+from .names import name_key, parse_ref, validate_alias, validate_name
+from .package import AdapterPackage, pack, write_package_dir
+from .versions import Version, VersionSpec
+
+T_ADAPTERS = Adapter.__table__
+T_VERSIONS = AdapterVersion.__table__
+T_TASKS = VersionTask.__table__
+T_FILES = VersionFile.__table__
+T_ALIASES = AliasRecord.__table__
+T_BASES = BaseModelRecord.__table__
+T_SOURCES = BaseSource.__table__
+T_REQS = RequirementSet.__table__
+T_FITS = Fit.__table__
+
+_TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", re.ASCII)
+_HEXPREFIX = re.compile(r"[0-9a-f]{8,64}")
+MANIFEST_FILE = "adapterhub_manifest.json"
+VERDICTS = ("exact", "structural", "incompatible")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    digest: str
+    method: str
+    variant: str
+    tasks: tuple[str, ...]
+    base_fingerprint: str | None
+    base_name: str | None
+    size: int
+    yanked: bool
+    created_at: str
+    aliases: tuple[str, ...] = ()
+    manifest: Manifest | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self, *, with_manifest: bool = False) -> dict[str, Any]:
+        d = {
+            "name": self.name, "version": self.version, "digest": self.digest,
+            "method": self.method, "variant": self.variant, "tasks": list(self.tasks),
+            "base_fingerprint": self.base_fingerprint, "base_name": self.base_name,
+            "size": self.size, "yanked": self.yanked, "created_at": self.created_at,
+            "aliases": list(self.aliases),
+        }
+        if with_manifest and self.manifest is not None:
+            d["manifest"] = self.manifest.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class Match:
+    """One resolve result: a version and how it fits the base."""
+
+    name: str
+    version: str
+    verdict: str  # exact | structural | incompatible
+    reasons: tuple[str, ...]
+    method: str
+    variant: str
+    tasks: tuple[str, ...]
+    base_fingerprint: str | None
+    digest: str
+    size: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "verdict": self.verdict,
+                "reasons": list(self.reasons), "method": self.method, "variant": self.variant,
+                "tasks": list(self.tasks), "base_fingerprint": self.base_fingerprint,
+                "digest": self.digest, "size": self.size}
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    name: str
+    version: str
+    digest: str
+    created: bool
+    bytes_written: int
+    files: int
+    manifest: Manifest = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "digest": self.digest,
+                "created": self.created, "bytes_written": self.bytes_written, "files": self.files,
+                "base_fingerprint": self.manifest.base.fingerprint}
+
+
+@dataclass
+class VerifyReport:
+    versions: int = 0
+    blobs: int = 0
+    bytes: int = 0
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "versions": self.versions, "blobs": self.blobs, "bytes": self.bytes,
+                "problems": self.problems}
+
+
+@dataclass
+class GcReport:
+    blobs_removed: int = 0
+    bytes_freed: int = 0
+    temp_removed: int = 0
+    kept_recent: int = 0
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _iso(ts: Any) -> str:
+    if isinstance(ts, datetime):
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=timezone.utc)
+        return ts.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return str(ts)
+
+
+def _check_tasks(tasks: Iterable[str]) -> list[str]:
+    out = []
+    for t in tasks:
+        if not isinstance(t, str) or not _TASK.fullmatch(t):
+            raise AdapterHubError(f"task {t!r} is not valid",
+                                  hint="tasks are ASCII words: letters, digits, '.', '_', ':' or '-'")
+        out.append(t)
+    return sorted(set(out))
+
+
+def _base_from_row(row: Any) -> BaseFingerprint:
+    body = json.loads(row.shapes)
+    return BaseFingerprint(row.fingerprint, row.arch_signature, row.n_tensors, row.n_params,
+                           body.get("dtypes", {}), {k: tuple(v) for k, v in body["shapes"].items()},
+                           body.get("tied", {}), None, row.total_bytes)
+
+
+def _pkg_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("adapterhub_sdk", "peft"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class Registry:
+    """Catalog + blob store. Open with :meth:`open`; close (or use ``with``) when done."""
+
+    def __init__(self, engine: Any, blobs: BlobStore, url: str):
+        self.engine = engine
+        self.blobs = blobs
+        self.url = url
+
+    @classmethod
+    def open(cls, url: str | None = None, *, blobs: str | os.PathLike[str] | None = None,
+             upgrade: bool = False) -> Registry:
+        """Open (creating if new) the registry at ``url``; default SQLite under ADAPTERHUB_HOME.
+        ``blobs`` is the blob store root (env ADAPTERHUB_BLOBS; default ``<home>/blobs``,
+        or ``blobs/`` beside a SQLite database file)."""
+        from .home import default_blob_root, default_registry_url
+
+        url = url or default_registry_url()
+        engine = dbmod.make_engine(url)
+        if blobs is None:
+            path = dbmod.sqlite_path(engine)
+            if path and not os.environ.get("ADAPTERHUB_BLOBS"):
+                blobs = Path(path).parent / "blobs"  # a SQLite registry keeps its blobs beside it
+            else:
+                blobs = default_blob_root()
+        if upgrade:
+            dbmod.upgrade(engine)
+        else:
+            dbmod.ensure_schema(engine)
+        return cls(engine, BlobStore(blobs), url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Registry({self.engine.url.render_as_string(hide_password=True)!r}, blobs={str(self.blobs.root)!r})"
+
+    def _read(self):
+        return dbmod.transaction(self.engine)
+
+    def _write(self):
+        return dbmod.transaction(self.engine, write=True)
+
+    # ------------------------------------------------------------------ bases
+
+    def register_base(self, base: Any, *, source: str | None = None) -> BaseFingerprint:
+        """Fingerprint ``base`` (path, nn.Module, state dict) if needed and record it."""
+        fp = fingerprint(base)
+        locator = source or (str(Path(base).resolve()) if isinstance(base, (str, os.PathLike)) else None)
+        body = json.dumps({"shapes": {k: list(v) for k, v in fp.shapes.items()}, "tied": fp.tied,
+                           "dtypes": fp.dtypes}, sort_keys=True)
+        with self._read() as conn:
+            known = conn.execute(select(T_BASES.c.fingerprint).where(T_BASES.c.fingerprint == fp.digest)).first()
+            src = None
+            if locator:
+                src = conn.execute(select(T_SOURCES.c.fingerprint).where(
+                    T_SOURCES.c.kind == "path", T_SOURCES.c.locator == locator, T_SOURCES.c.revision == "")).first()
+        if known and (not locator or (src and src.fingerprint == fp.digest)):
+            return fp
+        for attempt in range(3):
+            try:
+                with self._write() as conn:
+                    if not conn.execute(select(T_BASES.c.fingerprint).where(
+                            T_BASES.c.fingerprint == fp.digest)).first():
+                        conn.execute(insert(T_BASES).values(
+                            fingerprint=fp.digest, arch_signature=fp.arch_signature, n_tensors=fp.n_tensors,
+                            n_params=fp.n_params, total_bytes=fp.total_bytes, shapes=body, created_at=utcnow()))
+                    if locator:
+                        cond = and_(T_SOURCES.c.kind == "path", T_SOURCES.c.locator == locator,
+                                    T_SOURCES.c.revision == "")
+                        if conn.execute(select(T_SOURCES.c.id).where(cond)).first():
+                            conn.execute(update(T_SOURCES).where(cond).values(fingerprint=fp.digest, seen_at=utcnow()))
+                        else:
+                            conn.execute(insert(T_SOURCES).values(fingerprint=fp.digest, kind="path", locator=locator,
+                                                                  revision="", details="{}", seen_at=utcnow()))
+                return fp
+            except SAIntegrityError:
+                if attempt == 2:
+                    raise
+        return fp
+
+    def get_base(self, fp: str) -> BaseFingerprint:
+        """A base known to this registry, by fingerprint or a unique prefix of at least 8 hex digits."""
+        fp = fp.strip().lower()
+        if not _HEXPREFIX.fullmatch(fp):
+            raise NotFoundError(f"{fp!r} is not a fingerprint (64 hex digits, or a prefix of 8 or more)")
+        with self._read() as conn:
+            rows = conn.execute(select(T_BASES).where(T_BASES.c.fingerprint.startswith(fp)).limit(2)).all()
+        if not rows:
+            raise NotFoundError(f"base {fp[:12]} is not known to this registry",
+                                hint="resolve with --base PATH once, or publish an adapter with --base")
+        if len(rows) > 1:
+            raise NotFoundError(f"fingerprint prefix {fp!r} is ambiguous; give more digits")
+        return _base_from_row(rows[0])
+
+    def _as_base(self, base: Any) -> BaseFingerprint | str:
+        """A BaseFingerprint, or a bare fingerprint string the registry does not know."""
+        if isinstance(base, BaseFingerprint):
+            return base
+        if isinstance(base, str) and not os.path.exists(base) and _HEXPREFIX.fullmatch(base.lower()):
+            try:
+                return self.get_base(base)
+            except NotFoundError:
+                if len(base) == 64:
+                    return base.lower()
+                raise
+        return self.register_base(base)
+
+    # ------------------------------------------------------------------ publish
+
+    def publish(self, source: Any, *, name: str, version: str, base: Any = None,
+                tasks: Sequence[str] = (), license: str | None = None, description: str | None = None,
+                metrics: dict[str, Any] | None = None, subfolder: str | None = None,
+                adapter_name: str | None = None) -> PublishResult:
+        """Publish an adapter (directory, PeftModel or AdapterPackage) as ``name@version``.
+
+        With ``base`` (path, nn.Module, state dict or BaseFingerprint), the adapter is
+        checked against it tensor by tensor and pinned to its fingerprint."""
+        from .plugins import call_hook
+
+        validate_name(name)
+        ver = Version.parse(version)
+        task_list = _check_tasks(tasks)
+        own = not isinstance(source, AdapterPackage)
+        pkg = pack(source, subfolder=subfolder, adapter_name=adapter_name) if own else source
+        try:
+            base_ref = BaseRef(name=pkg.base_name, revision=pkg.config.get("revision"))
+            if base is not None:
+                bfp = self._as_base(base)
+                if isinstance(bfp, str):
+                    raise NotFoundError(f"base {bfp[:12]} is not known to this registry",
+                                        hint="pass the base model's path with --base")
+                pkg.require_base(bfp)
+                base_ref = BaseRef(pkg.base_name, pkg.config.get("revision"), bfp.digest, bfp.arch_signature)
+            manifest = pkg.manifest(
+                name=name, version=str(ver), base=base_ref, tasks=task_list, description=description,
+                license=license, metrics=metrics,
+                provenance={"created_at": _iso(utcnow()), "versions": _pkg_versions()})
+            for plugin, reason in call_hook("validate_publish", manifest=manifest, package=pkg):
+                if reason:
+                    raise AdapterHubError(f"publish rejected by policy {plugin!r}: {reason}")
+            existing = self._existing_digest(name, str(ver))
+            if existing == manifest.digest:
+                return PublishResult(name, str(ver), manifest.digest, False, 0, len(pkg.files), manifest)
+            if existing is not None:
+                raise VersionConflictError(f"{name}@{ver} already exists with other content")
+            written = 0
+            for f in pkg.files:
+                written += self.blobs.put_file(f.source, f.sha256)
+            created = self._commit_version(manifest, pkg)
+        finally:
+            if own:
+                pkg.close()
+        result = PublishResult(name, str(ver), manifest.digest, created, written, len(pkg.files), manifest)
+        call_hook("after_publish", manifest=manifest, created=created)
+        return result
+
+    def _existing_digest(self, name: str, version: str) -> str | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(T_VERSIONS.c.digest).join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
+                .where(T_ADAPTERS.c.name_key == name_key(name), T_VERSIONS.c.version == version)).first()
+        return row.digest if row else None
+
+    def _commit_version(self, manifest: Manifest, pkg: AdapterPackage) -> bool:
+        ver = Version.parse(manifest.version)
+        req_digest = requirements_digest(manifest.requirements)
+        for attempt in range(5):
+            try:
+                with self._write() as conn:
+                    key = name_key(manifest.name)
+                    row = conn.execute(select(T_ADAPTERS.c.id).where(T_ADAPTERS.c.name_key == key)).first()
+                    if row:
+                        adapter_id = row.id
+                        existing = conn.execute(select(T_VERSIONS.c.digest).where(
+                            T_VERSIONS.c.adapter_id == adapter_id, T_VERSIONS.c.version == manifest.version)).first()
+                        if existing:
+                            if existing.digest == manifest.digest:
+                                return False
+                            raise VersionConflictError(
+                                f"{manifest.name}@{manifest.version} already exists with other content")
+                    else:
+                        adapter_id = conn.execute(insert(T_ADAPTERS).values(
+                            name=manifest.name, name_key=key, created_at=utcnow())
+                            .returning(T_ADAPTERS.c.id)).scalar_one()
+                    if not conn.execute(select(T_REQS.c.digest).where(T_REQS.c.digest == req_digest)).first():
+                        conn.execute(insert(T_REQS).values(
+                            digest=req_digest, body=json.dumps(manifest.requirements, sort_keys=True)))
+                    vid = conn.execute(insert(T_VERSIONS).values(
+                        adapter_id=adapter_id, version=manifest.version, major=ver.major, minor=ver.minor,
+                        patch=ver.patch, prerelease=".".join(ver.prerelease), digest=manifest.digest,
+                        manifest=manifest.to_json().decode("utf-8"), method=manifest.method["type"],
+                        variant=manifest.method.get("variant") or "", base_fingerprint=manifest.base.fingerprint,
+                        base_arch=manifest.base.arch_signature, base_name=manifest.base.name,
+                        req_digest=req_digest, size=pkg.size, yanked=False, created_at=utcnow(),
+                    ).returning(T_VERSIONS.c.id)).scalar_one()
+                    if manifest.tasks:
+                        conn.execute(insert(T_TASKS), [{"version_id": vid, "task": t} for t in manifest.tasks])
+                    conn.execute(insert(T_FILES), [{"version_id": vid, "path": f.path, "sha256": f.sha256,
+                                                    "size": f.size} for f in manifest.files])
+                return True
+            except SAIntegrityError:
+                if attempt == 4:
+                    raise
+        return True
+
+    # ------------------------------------------------------------------ lookup
+
+    def _adapter_id(self, conn: Connection, name: str) -> tuple[int, str]:
+        row = conn.execute(select(T_ADAPTERS.c.id, T_ADAPTERS.c.name)
+                           .where(T_ADAPTERS.c.name_key == name_key(name))).first()
+        if not row:
+            raise NotFoundError(f"no adapter named {name!r} in this registry",
+                                hint="'adapterhub list' shows what is published")
+        return row.id, row.name
+
+    def _select_version(self, conn: Connection, name: str, spec: str | None) -> Any:
+        """The version row that ``name@spec`` designates (yanked only by exact pin)."""
+        adapter_id, canonical = self._adapter_id(conn, name)
+        sp = VersionSpec.parse(spec or "latest")
+        if sp.kind == "alias":
+            row = conn.execute(select(T_VERSIONS).join(T_ALIASES, T_ALIASES.c.version_id == T_VERSIONS.c.id)
+                               .where(T_ALIASES.c.adapter_id == adapter_id, T_ALIASES.c.alias == sp.alias)).first()
+            if not row:
+                raise NotFoundError(f"{canonical} has no alias {sp.alias!r}",
+                                    hint=f"'adapterhub show {canonical}' lists its versions and aliases")
+            return row
+        rows = conn.execute(select(T_VERSIONS).where(T_VERSIONS.c.adapter_id == adapter_id)).all()
+        parsed = [(Version.parse(r.version), r) for r in rows]
+        if sp.kind == "exact":
+            for v, r in parsed:
+                if v == sp.exact:
+                    return r
+        else:
+            live = [(v, r) for v, r in parsed if not r.yanked and sp.matches(v)]
+            if live:
+                return max(live, key=lambda vr: vr[0])[1]
+        ordered = sorted(parsed, key=lambda vr: vr[0])
+        avail = ", ".join(str(v) for v, r in ordered if not r.yanked) or "none"
+        yanked = ", ".join(str(v) for v, r in ordered if r.yanked)
+        raise NotFoundError(f"no version of {canonical} matches {sp.text!r} (available: {avail}"
+                            + (f"; yanked, reachable by exact pin only: {yanked})" if yanked else ")"))
+
+    def _labels(self, conn: Connection, rows: Sequence[Any]) -> tuple[dict, dict, dict]:
+        """Tasks and aliases by version id, names by adapter id, for ``rows``."""
+        ids = [r.id for r in rows]
+        tasks: dict[int, list[str]] = {}
+        aliases: dict[int, list[str]] = {}
+        names: dict[int, str] = {}
+        for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
+            for t in conn.execute(select(T_TASKS).where(T_TASKS.c.version_id.in_(chunk))):
+                tasks.setdefault(t.version_id, []).append(t.task)
+            for a in conn.execute(select(T_ALIASES).where(T_ALIASES.c.version_id.in_(chunk))):
+                aliases.setdefault(a.version_id, []).append(a.alias)
+        adapter_ids = sorted({r.adapter_id for r in rows})
+        for chunk in (adapter_ids[i:i + 500] for i in range(0, len(adapter_ids), 500)):
+            for a in conn.execute(select(T_ADAPTERS.c.id, T_ADAPTERS.c.name).where(T_ADAPTERS.c.id.in_(chunk))):
+                names[a.id] = a.name
+        return tasks, aliases, names
+
+    def _info(self, conn: Connection, rows: Sequence[Any], *, with_manifest: bool = False) -> list[VersionInfo]:
+        if not rows:
+            return []
+        tasks, aliases, names = self._labels(conn, rows)
+        return [VersionInfo(
+            names[r.adapter_id], r.version, r.digest, r.method, r.variant, tuple(sorted(tasks.get(r.id, []))),
+            r.base_fingerprint, r.base_name, r.size, bool(r.yanked), _iso(r.created_at),
+            tuple(sorted(aliases.get(r.id, []))), Manifest.from_json(r.manifest) if with_manifest else None,
+        ) for r in rows]
+
+    def show(self, ref: str) -> VersionInfo:
+        """One version with its manifest (``ns/name`` alone means the latest)."""
+        r = parse_ref(ref)
+        with self._read() as conn:
+            row = self._select_version(conn, r.name, r.spec)
+            return self._info(conn, [row], with_manifest=True)[0]
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """Every version of an adapter, newest first, yanked ones included."""
+        validate_name(name)
+        with self._read() as conn:
+            adapter_id, _ = self._adapter_id(conn, name)
+            rows = conn.execute(select(T_VERSIONS).where(T_VERSIONS.c.adapter_id == adapter_id)).all()
+            infos = self._info(conn, rows)
+        return sorted(infos, key=lambda i: Version.parse(i.version), reverse=True)
+
+    def list(self, *, task: str | None = None, method: str | None = None, base: Any = None,
+             name: str | None = None, include_yanked: bool = True) -> list[VersionInfo]:
+        """Published versions, filtered; sorted by name, newest version first."""
+        q = select(T_VERSIONS)
+        if task:
+            q = q.where(T_VERSIONS.c.id.in_(select(T_TASKS.c.version_id).where(T_TASKS.c.task == task)))
+        if method:
+            q = q.where(or_(T_VERSIONS.c.method == method.lower(), T_VERSIONS.c.variant == method.lower()))
+        if base is not None:
+            b = self._as_base(base)
+            q = q.where(T_VERSIONS.c.base_fingerprint == (b if isinstance(b, str) else b.digest))
+        if name:
+            q = q.join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id).where(
+                T_ADAPTERS.c.name_key == name_key(name))
+        if not include_yanked:
+            q = q.where(T_VERSIONS.c.yanked.is_(False))
+        with self._read() as conn:
+            infos = self._info(conn, conn.execute(q).all())
+        infos.sort(key=lambda i: Version.parse(i.version), reverse=True)
+        infos.sort(key=lambda i: i.name.lower())
+        return infos
+
+    # ------------------------------------------------------------------ resolve
+
+    def _ensure_fits(self, base: BaseFingerprint) -> None:
+        arch = base.arch_signature
+        missing_q = select(T_REQS).where(T_REQS.c.digest.not_in(
+            select(T_FITS.c.req_digest).where(T_FITS.c.arch_signature == arch)))
+        with self._read() as conn:
+            missing = conn.execute(missing_q).all()
+        if not missing:
+            return
+        rows = []
+        for r in missing:
+            reasons = check_requirements(json.loads(r.body), base)
+            rows.append({"req_digest": r.digest, "arch_signature": arch, "ok": not reasons,
+                         "reasons": json.dumps(reasons)})
+        try:
+            with self._write() as conn:
+                done = {d for (d,) in conn.execute(select(T_FITS.c.req_digest).where(
+                    T_FITS.c.arch_signature == arch, T_FITS.c.req_digest.in_([r["req_digest"] for r in rows])))}
+                todo = [r for r in rows if r["req_digest"] not in done]
+                if todo:
+                    conn.execute(insert(T_FITS), todo)
+        except SAIntegrityError:
+            pass  # another process recorded the same fits
+
+    def resolve(self, base: Any = None, *, fingerprint: str | None = None, task: str | None = None,
+                method: str | None = None, name: str | None = None,
+                include_incompatible: bool = False, limit: int | None = None) -> list[Match]:
+        """Versions that fit ``base`` (path, nn.Module, state dict, BaseFingerprint or fingerprint
+        string), best first: exact before structural, newest first. ``name`` may carry a spec
+        (``acme/x@^1``); an exact pin also finds a yanked version."""
+        if base is None and fingerprint is None:
+            raise TypeError("resolve needs a base or a fingerprint")
+        b = self._as_base(base if base is not None else fingerprint)
+        fp = b if isinstance(b, str) else b.digest
+        arch = None if isinstance(b, str) else b.arch_signature
+        if arch is not None:
+            self._ensure_fits(b)  # type: ignore[arg-type]
+        spec = None
+        filters = []
+        if name is not None:
+            ref = parse_ref(name)
+            spec = VersionSpec.parse(ref.spec) if ref.spec else None
+            filters.append(T_VERSIONS.c.adapter_id == select(T_ADAPTERS.c.id).where(
+                T_ADAPTERS.c.name_key == name_key(ref.name)).scalar_subquery())
+        if task:
+            filters.append(T_VERSIONS.c.id.in_(select(T_TASKS.c.version_id).where(T_TASKS.c.task == task)))
+        if method:
+            filters.append(or_(T_VERSIONS.c.method == method.lower(), T_VERSIONS.c.variant == method.lower()))
+        cols = [T_VERSIONS.c.id, T_VERSIONS.c.adapter_id, T_VERSIONS.c.version, T_VERSIONS.c.digest,
+                T_VERSIONS.c.method, T_VERSIONS.c.variant, T_VERSIONS.c.base_fingerprint, T_VERSIONS.c.size,
+                T_VERSIONS.c.yanked]
+        with self._read() as conn:
+            alias_vid = None
+            if spec is not None and spec.kind == "alias":
+                alias_vid = self._select_version(conn, parse_ref(name).name, spec.text).id  # type: ignore[arg-type]
+            exact_rows = conn.execute(select(*cols).where(T_VERSIONS.c.base_fingerprint == fp, *filters)).all()
+            struct_rows: list[Any] = []
+            other_rows: list[Any] = []
+            fit_reasons: dict[int, list[str]] = {}
+            if arch is not None:
+                struct_rows = conn.execute(
+                    select(*cols).join(T_FITS, and_(T_FITS.c.req_digest == T_VERSIONS.c.req_digest,
+                                                    T_FITS.c.arch_signature == arch))
+                    .where(T_FITS.c.ok.is_(True), or_(T_VERSIONS.c.base_fingerprint.is_(None),
+                                                      T_VERSIONS.c.base_fingerprint != fp), *filters)).all()
+            if include_incompatible:
+                seen = {r.id for r in exact_rows} | {r.id for r in struct_rows}
+                if arch is not None:
+                    q = select(*cols, T_FITS.c.reasons).join(
+                        T_FITS, and_(T_FITS.c.req_digest == T_VERSIONS.c.req_digest, T_FITS.c.arch_signature == arch),
+                        isouter=True).where(*filters)
+                else:
+                    q = select(*cols).where(*filters)
+                for r in conn.execute(q):
+                    if r.id in seen:
+                        continue
+                    other_rows.append(r)
+                    reasons = json.loads(r.reasons) if arch is not None and r.reasons else []
+                    if arch is None:
+                        reasons = [f"base {fp[:12]} is not known to this registry, so only exact matches can be "
+                                   "checked; resolve with --base PATH"]
+                    fit_reasons[r.id] = reasons or ["does not fit the base"]
+            all_rows = [(r, "exact") for r in exact_rows] + [(r, "structural") for r in struct_rows] + \
+                       [(r, "incompatible") for r in other_rows]
+            kept = []
+            for r, verdict in all_rows:
+                v = Version.parse(r.version)
+                if spec is not None:
+                    if spec.kind == "alias":
+                        if r.id != alias_vid:
+                            continue
+                    elif spec.kind == "exact":
+                        if v != spec.exact:
+                            continue
+                    elif r.yanked or not spec.matches(v):
+                        continue
+                elif r.yanked:
+                    continue
+                kept.append((r, verdict, v))
+            kept.sort(key=lambda x: x[2], reverse=True)
+            kept.sort(key=lambda x: VERDICTS.index(x[1]))
+            if limit is not None:
+                kept = kept[:limit]
+            tasks, _, names = self._labels(conn, [k[0] for k in kept]) if kept else ({}, {}, {})
+        out = []
+        for r, verdict, _ in kept:
+            reasons: tuple[str, ...] = ()
+            if verdict == "structural":
+                reasons = ("base weights differ from the ones the adapter was trained on"
+                           if r.base_fingerprint else "adapter was published without a base fingerprint",
+                           "every tensor it touches exists in the base with matching shapes")
+            elif verdict == "incompatible":
+                reasons = tuple(fit_reasons.get(r.id, []))
+            out.append(Match(names[r.adapter_id], r.version, verdict, reasons, r.method, r.variant,
+                             tuple(sorted(tasks.get(r.id, []))), r.base_fingerprint, r.digest, r.size))
+        return out
+
+    # ------------------------------------------------------------------ pull
+
+    def pull(self, ref: str, dest: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write ``name@spec`` to ``dest`` as a directory PEFT loads. Every file is verified
+        against its digest first; ``dest`` is written atomically (complete or untouched)."""
+        from .plugins import call_hook
+
+        r = parse_ref(ref)
+        with self._read() as conn:
+            row = self._select_version(conn, r.name, r.spec)
+            files = conn.execute(select(T_FILES).where(T_FILES.c.version_id == row.id)).all()
+        manifest = Manifest.from_json(row.manifest)
+        if manifest.digest != row.digest:
+            raise IntegrityError(f"manifest of {r.name}@{row.version} does not match its digest")
+        listed = {(f.path, f.sha256, f.size) for f in manifest.files}
+        if listed != {(f.path, f.sha256, f.size) for f in files}:
+            raise IntegrityError(f"file records of {r.name}@{row.version} disagree with its manifest")
+
+        def writer(sha: str):
+            return lambda out: self.blobs.copy_verified(sha, out)
+
+        payload = [(f.path, writer(f.sha256)) for f in manifest.files]
+        payload.append((MANIFEST_FILE, lambda out: out.write(manifest.to_json())))
+        path = write_package_dir(Path(dest), payload, overwrite=overwrite)
+        call_hook("after_pull", manifest=manifest, path=path)
+        return path
+
+    # ------------------------------------------------------------------ aliases, yank
+
+    def alias(self, ref: str, alias: str) -> VersionInfo:
+        """Point ``alias`` (e.g. ``prod``) at an exact version; moves it if it exists."""
+        r = parse_ref(ref)
+        validate_alias(alias)
+        if r.spec is None or VersionSpec.parse(r.spec).kind != "exact":
+            raise InvalidVersionError(f"{ref!r}: an alias points at an exact version (NS/NAME@1.2.3)")
+        with self._write() as conn:
+            row = self._select_version(conn, r.name, r.spec)
+            cond = and_(T_ALIASES.c.adapter_id == row.adapter_id, T_ALIASES.c.alias == alias)
+            if conn.execute(select(T_ALIASES.c.alias).where(cond)).first():
+                conn.execute(update(T_ALIASES).where(cond).values(version_id=row.id, updated_at=utcnow()))
+            else:
+                conn.execute(insert(T_ALIASES).values(adapter_id=row.adapter_id, alias=alias, version_id=row.id,
+                                                      updated_at=utcnow()))
+        return self.show(f"{r.name}@{row.version}")
+
+    def yank(self, ref: str, *, undo: bool = False) -> VersionInfo:
+        """Hide a version from ranges, ``latest`` and resolve; exact pins still find it."""
+        r = parse_ref(ref)
+        if r.spec is None or VersionSpec.parse(r.spec).kind != "exact":
+            raise InvalidVersionError(f"{ref!r}: yank needs an exact version (NS/NAME@1.2.3)")
+        with self._write() as conn:
+            row = self._select_version(conn, r.name, r.spec)
+            conn.execute(update(T_VERSIONS).where(T_VERSIONS.c.id == row.id).values(yanked=not undo))
+        return self.show(f"{r.name}@{row.version}")
+
+    # ------------------------------------------------------------------ maintenance
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every referenced blob and check every manifest against its digest."""
+        report = VerifyReport()
+        users: dict[str, list[str]] = {}
+        with self._read() as conn:
+            for v in conn.execute(select(T_VERSIONS.c.id, T_VERSIONS.c.version, T_VERSIONS.c.digest,
+                                         T_VERSIONS.c.manifest, T_ADAPTERS.c.name)
+                                  .join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)):
+                report.versions += 1
+                ref = f"{v.name}@{v.version}"
+                try:
+                    ok = Manifest.from_json(v.manifest).digest == v.digest
+                except AdapterHubError:
+                    ok = False
+                if not ok:
+                    report.problems.append({"kind": "manifest", "version": ref,
+                                            "problem": "manifest does not match its digest"})
+            for f in conn.execute(select(T_FILES.c.sha256, T_VERSIONS.c.version, T_ADAPTERS.c.name)
+                                  .join(T_VERSIONS, T_VERSIONS.c.id == T_FILES.c.version_id)
+                                  .join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)):
+                users.setdefault(f.sha256, []).append(f"{f.name}@{f.version}")
+        for sha in sorted(users):
+            report.blobs += 1
+            problem = self.blobs.verify(sha)
+            if problem:
+                report.problems.append({"kind": "blob", "sha256": sha, "problem": problem,
+                                        "versions": sorted(set(users[sha]))})
+            else:
+                report.bytes += self.blobs.path(sha).stat().st_size
+        return report
+
+    def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False) -> GcReport:
+        """Delete blobs no version references and abandoned temp files, older than the grace
+        period (so a publish in progress in another process keeps its blobs)."""
+        report = GcReport(dry_run=dry_run)
+        with self._read() as conn:
+            referenced = {s for (s,) in conn.execute(select(T_FILES.c.sha256).distinct())}
+        for sha in list(self.blobs.iter_digests()):
+            if sha in referenced:
+                continue
+            if self.blobs.age(sha) < grace_seconds:
+                report.kept_recent += 1
+                continue
+            report.blobs_removed += 1
+            if dry_run:
+                report.bytes_freed += self.blobs.path(sha).stat().st_size
+            else:
+                report.bytes_freed += self.blobs.delete(sha)
+        for tmp in self.blobs.stale_temp_files(grace_seconds):
+            report.temp_removed += 1
+            if not dry_run:
+                self.blobs.remove_temp(tmp)
+        return report
+
+    def stats(self) -> dict[str, Any]:
+        with self._read() as conn:
+            n_adapters = conn.execute(select(func.count()).select_from(T_ADAPTERS)).scalar_one()
+            n_versions = conn.execute(select(func.count()).select_from(T_VERSIONS)).scalar_one()
+            n_bases = conn.execute(select(func.count()).select_from(T_BASES)).scalar_one()
+            logical = conn.execute(select(func.coalesce(func.sum(T_FILES.c.size), 0))).scalar_one()
+        return {"adapters": n_adapters, "versions": n_versions, "bases": n_bases, "logical_bytes": int(logical)}
+
+    def delete_version(self, ref: str) -> None:
+        """Remove a version record (its blobs go at the next gc). Prefer yank for anything shared."""
+        r = parse_ref(ref)
+        with self._write() as conn:
+            row = self._select_version(conn, r.name, r.spec)
+            conn.execute(delete(T_VERSIONS).where(T_VERSIONS.c.id == row.id))
