@@ -413,7 +413,7 @@ def db_current(ctx: click.Context) -> None:
 
 @cli.command()
 @click.option("--workdir", type=click.Path(path_type=str), help="Where to build the demo (default: a temp dir).")
-@click.option("--steps", type=click.IntRange(min=10), default=150, show_default=True, help="Training steps per adapter.")
+@click.option("--steps", type=click.IntRange(min=10), default=100, show_default=True, help="Training steps per adapter.")
 def quickstart(workdir: str | None, steps: int) -> None:
     """Train two LoRA adapters on a tiny model, publish, resolve, pull and serve them."""
     from .quickstart import run

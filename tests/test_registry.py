@@ -1,0 +1,449 @@
+"""The registry through the Python API, on real SQLite and (when configured) real PostgreSQL.
+
+Every test takes the ``registry`` fixture, so each runs once per backend. Adapters are
+real PEFT saves of small Llama models (see conftest)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+import adapterhub_sdk as ah
+
+NAME = "acme/sentiment"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def blob_files(reg: ah.Registry) -> set[Path]:
+    root = reg.blobs.root / "sha256"
+    return {p for p in root.rglob("*") if p.is_file()} if root.is_dir() else set()
+
+
+def file_digests(directory: Path) -> set[str]:
+    return {hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir() if p.is_file()}
+
+
+def versions_of(matches) -> list[tuple[str, str, str]]:
+    return [(m.name, m.version, m.verdict) for m in matches]
+
+
+@pytest.fixture(scope="module")
+def ia3_dir(tmp_path_factory, base_dir) -> Path:
+    """A real IA3 adapter (a method handled by the generic plugin)."""
+    import torch
+    from peft import IA3Config, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    pm = get_peft_model(model, IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
+                                         feedforward_modules=["down_proj"]))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "ia3_" in n:
+                p.mul_(1.5)
+    out = tmp_path_factory.mktemp("ia3") / "ia3"
+    pm.save_pretrained(out)
+    return out
+
+
+def _logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(ids).logits
+
+
+# --------------------------------------------------------------------------- publish / pull
+
+
+def test_publish_resolve_pull_roundtrip_loads_with_peft(registry, base_dir, lora_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    res = registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir, tasks=["sentiment"])
+    assert res.created is True
+    assert res.bytes_written == sum(p.stat().st_size for p in blob_files(registry))
+    assert res.bytes_written > 0
+    assert res.manifest.base.fingerprint == ah.fingerprint(base_dir).digest
+
+    hits = registry.resolve(base_dir, task="sentiment")
+    assert versions_of(hits) == [(NAME, "1.0.0", "exact")]
+    assert hits[0].digest == res.digest
+
+    out = registry.pull(f"{NAME}@^1", tmp_path / "pulled")
+    assert out == tmp_path / "pulled"
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (out / name).read_bytes() == (lora_dir / name).read_bytes()
+    assert (out / "adapterhub_manifest.json").is_file()
+
+    ids = torch.tensor([[1, 5, 9, 33, 2, 17]])
+    base_model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    plain = _logits(base_model, ids)
+    pulled = PeftModel.from_pretrained(base_model, out).eval()
+    got = _logits(pulled, ids)
+    orig = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir).eval(), lora_dir).eval()
+    want = _logits(orig, ids)
+    assert torch.equal(got, want)
+    assert not torch.allclose(got, plain), "the adapter must change the output (test would be vacuous)"
+
+
+def test_identical_republish_is_a_noop(registry, base_dir, lora_dir):
+    first = registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir, tasks=["sentiment"])
+    before = {p: p.stat().st_mtime_ns for p in blob_files(registry)}
+    again = registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir, tasks=["sentiment"])
+    assert again.created is False
+    assert again.bytes_written == 0
+    assert again.digest == first.digest
+    assert {p: p.stat().st_mtime_ns for p in blob_files(registry)} == before
+    assert len(registry.list()) == 1
+    assert registry.verify().ok
+
+
+def test_same_version_other_content_conflicts(registry, base_dir, lora_dir, lora_dir_b):
+    first = registry.publish(lora_dir, name=NAME, version="1.0.0")
+    with pytest.raises(ah.VersionConflictError, match="already exists"):
+        registry.publish(lora_dir_b, name=NAME, version="1.0.0")
+    with pytest.raises(FileExistsError):
+        registry.publish(lora_dir_b, name=NAME, version="1.0.0")
+    # other metadata on identical files is other content too: versions are immutable
+    with pytest.raises(ah.VersionConflictError):
+        registry.publish(lora_dir, name=NAME, version="1.0.0", tasks=["other"])
+    assert registry.show(f"{NAME}@1.0.0").digest == first.digest
+    assert [i.version for i in registry.list()] == ["1.0.0"]
+
+
+def test_identical_files_are_stored_once(registry, lora_dir, lora_dir_b):
+    r1 = registry.publish(lora_dir, name="acme/a", version="1.0.0")
+    n1 = len(blob_files(registry))
+    assert n1 == len(file_digests(lora_dir))
+    r2 = registry.publish(lora_dir, name="acme/b", version="1.0.0")
+    r3 = registry.publish(lora_dir, name="acme/a", version="1.1.0", tasks=["x"])
+    assert r2.created and r3.created
+    assert r2.bytes_written == 0 and r3.bytes_written == 0
+    assert len(blob_files(registry)) == n1
+    registry.publish(lora_dir_b, name="acme/c", version="1.0.0")
+    assert len(blob_files(registry)) == len(file_digests(lora_dir) | file_digests(lora_dir_b))
+    assert registry.stats()["versions"] == 4
+    assert registry.verify().ok
+
+
+def test_names_are_case_insensitive(registry, lora_dir, lora_dir_b):
+    registry.publish(lora_dir, name="Acme/X", version="1.0.0")
+    res = registry.publish(lora_dir, name="acme/x", version="1.0.0")
+    assert res.created is False and res.bytes_written == 0
+    infos = registry.list()
+    assert [(i.name, i.version) for i in infos] == [("Acme/X", "1.0.0")]
+    assert registry.show("ACME/x@1.0.0").name == "Acme/X"
+    with pytest.raises(ah.VersionConflictError):
+        registry.publish(lora_dir_b, name="acme/X", version="1.0.0")
+    registry.publish(lora_dir_b, name="acme/x", version="1.1.0")
+    assert [i.version for i in registry.versions("aCmE/x")] == ["1.1.0", "1.0.0"]
+    assert registry.stats()["adapters"] == 1
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def _publish_series(reg, lora_dir, base_dir, versions, name=NAME):
+    for v in versions:
+        reg.publish(lora_dir, name=name, version=v, base=base_dir, tasks=["sentiment"])
+
+
+def test_version_specs(registry, base_dir, lora_dir):
+    _publish_series(registry, lora_dir, base_dir,
+                    ["1.0.0", "1.2.0", "1.2.5", "1.3.0", "2.0.0", "2.1.0-rc.1"])
+
+    def pick(spec: str | None) -> str:
+        return registry.show(NAME if spec is None else f"{NAME}@{spec}").version
+
+    assert pick("1.2.5") == "1.2.5"
+    assert pick("^1") == "1.3.0"
+    assert pick("~1.2") == "1.2.5"
+    assert pick(">=1,<2") == "1.3.0"
+    assert pick("^1.2") == "1.3.0"
+    assert pick("latest") == "2.0.0"
+    assert pick(None) == "2.0.0"
+    assert pick("2.1.0-rc.1") == "2.1.0-rc.1"
+    with pytest.raises(ah.NotFoundError, match="available"):
+        pick("^3")
+    with pytest.raises(LookupError):
+        pick("~1.4")
+    with pytest.raises(ah.InvalidVersionError):
+        pick("1.x.>")
+
+
+def test_alias_points_and_moves(registry, base_dir, lora_dir, tmp_path):
+    _publish_series(registry, lora_dir, base_dir, ["1.0.0", "1.1.0"])
+    info = registry.alias(f"{NAME}@1.0.0", "prod")
+    assert info.version == "1.0.0" and info.aliases == ("prod",)
+    assert registry.show(f"{NAME}@prod").version == "1.0.0"
+    registry.alias(f"{NAME}@1.1.0", "prod")
+    assert registry.show(f"{NAME}@prod").version == "1.1.0"
+    assert registry.show(f"{NAME}@1.0.0").aliases == ()
+    assert registry.pull(f"{NAME}@prod", tmp_path / "p").joinpath("adapter_model.safetensors").is_file()
+    hits = registry.resolve(base_dir, name=f"{NAME}@prod")
+    assert versions_of(hits) == [(NAME, "1.1.0", "exact")]
+    with pytest.raises(ah.NotFoundError):
+        registry.show(f"{NAME}@staging")
+    with pytest.raises(ah.InvalidVersionError):
+        registry.alias(f"{NAME}@^1", "prod")  # an alias points at an exact version
+    with pytest.raises(ah.InvalidNameError):
+        registry.alias(f"{NAME}@1.0.0", "latest")
+
+
+def test_yanked_versions_only_by_exact_pin(registry, base_dir, lora_dir, tmp_path):
+    _publish_series(registry, lora_dir, base_dir, ["1.0.0", "1.1.0", "1.2.0"])
+    info = registry.yank(f"{NAME}@1.2.0")
+    assert info.yanked is True
+    assert registry.show(f"{NAME}@^1").version == "1.1.0"
+    assert registry.show(f"{NAME}@>=1,<2").version == "1.1.0"
+    assert registry.show(f"{NAME}@latest").version == "1.1.0"
+    assert registry.show(NAME).version == "1.1.0"
+    pinned = registry.show(f"{NAME}@1.2.0")
+    assert pinned.version == "1.2.0" and pinned.yanked
+    assert registry.pull(f"{NAME}@1.2.0", tmp_path / "y").is_dir()
+
+    assert [m.version for m in registry.resolve(base_dir)] == ["1.1.0", "1.0.0"]
+    assert [m.version for m in registry.resolve(base_dir, name=f"{NAME}@^1")] == ["1.1.0", "1.0.0"]
+    assert [m.version for m in registry.resolve(base_dir, name=f"{NAME}@1.2.0")] == ["1.2.0"]
+    # list shows everything, marked
+    assert {(i.version, i.yanked) for i in registry.list()} == {("1.0.0", False), ("1.1.0", False),
+                                                                ("1.2.0", True)}
+    registry.yank(f"{NAME}@1.1.0")
+    registry.yank(f"{NAME}@1.0.0")
+    with pytest.raises(ah.NotFoundError, match="yanked"):
+        registry.show(f"{NAME}@^1")
+    registry.yank(f"{NAME}@1.2.0", undo=True)
+    assert registry.show(f"{NAME}@latest").version == "1.2.0"
+    with pytest.raises(ah.InvalidVersionError):
+        registry.yank(f"{NAME}@^1")
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def test_resolve_ranks_exact_before_structural_newest_first(registry, base_dir, base_other_weights,
+                                                            lora_dir, lora_dir_b):
+    registry.publish(lora_dir, name="acme/a", version="1.0.0", base=base_dir)
+    registry.publish(lora_dir, name="acme/a", version="1.1.0", base=base_dir)
+    registry.publish(lora_dir_b, name="acme/b", version="1.0.0", base=base_other_weights)
+    registry.publish(lora_dir_b, name="acme/b", version="3.0.0", base=base_other_weights)
+    registry.publish(lora_dir_b, name="acme/c", version="2.0.0")  # no base pinned
+    hits = registry.resolve(base_dir)
+    assert versions_of(hits) == [
+        ("acme/a", "1.1.0", "exact"), ("acme/a", "1.0.0", "exact"),
+        ("acme/b", "3.0.0", "structural"), ("acme/c", "2.0.0", "structural"),
+        ("acme/b", "1.0.0", "structural"),
+    ]
+    assert all(m.reasons == () for m in hits if m.verdict == "exact")
+    assert all(m.reasons for m in hits if m.verdict == "structural")
+    # the other base sees the same adapters the other way round
+    other = registry.resolve(base_other_weights)
+    assert [(m.name, m.verdict) for m in other][:2] == [("acme/b", "exact"), ("acme/b", "exact")]
+    assert {m.name for m in other if m.verdict == "structural"} == {"acme/a", "acme/c"}
+    assert len(registry.resolve(base_dir, limit=2)) == 2
+
+
+def test_resolve_filters(registry, base_dir, lora_dir, lora_dir_b, ia3_dir):
+    registry.publish(lora_dir, name="acme/sentiment", version="1.0.0", base=base_dir, tasks=["sentiment"])
+    registry.publish(lora_dir_b, name="acme/ner", version="1.0.0", base=base_dir, tasks=["ner", "tagging"])
+    registry.publish(ia3_dir, name="acme/ia3", version="0.1.0", base=base_dir, tasks=["sentiment"])
+    assert {m.name for m in registry.resolve(base_dir)} == {"acme/sentiment", "acme/ner", "acme/ia3"}
+    assert {m.name for m in registry.resolve(base_dir, task="sentiment")} == {"acme/sentiment", "acme/ia3"}
+    assert [m.name for m in registry.resolve(base_dir, task="tagging")] == ["acme/ner"]
+    assert registry.resolve(base_dir, task="nope") == []
+    assert {m.name for m in registry.resolve(base_dir, method="lora")} == {"acme/sentiment", "acme/ner"}
+    ia3 = registry.resolve(base_dir, method="ia3")
+    assert [m.name for m in ia3] == ["acme/ia3"] and ia3[0].variant == "ia3"
+    assert [m.name for m in registry.resolve(base_dir, name="ACME/NER")] == ["acme/ner"]
+    assert registry.resolve(base_dir, name="acme/ner@^2") == []
+    assert registry.resolve(base_dir, name="acme/sentiment", task="ner") == []
+    with pytest.raises(ah.InvalidNameError):
+        registry.resolve(base_dir, name="not a name")
+
+
+def test_resolve_by_fingerprint_string_and_prefix(registry, base_dir, base_other_weights, lora_dir,
+                                                  lora_dir_b):
+    registry.publish(lora_dir, name="acme/a", version="1.0.0", base=base_dir)
+    registry.publish(lora_dir_b, name="acme/b", version="1.0.0", base=base_other_weights)
+    fp = ah.fingerprint(base_dir).digest
+    want = [("acme/a", "1.0.0", "exact"), ("acme/b", "1.0.0", "structural")]
+    assert versions_of(registry.resolve(fingerprint=fp)) == want
+    assert versions_of(registry.resolve(fp)) == want
+    assert versions_of(registry.resolve(fp[:10])) == want
+    assert versions_of(registry.resolve(fingerprint=fp[:8].upper())) == want
+    assert registry.get_base(fp[:12]).digest == fp
+
+
+def test_resolve_against_other_weights_and_other_shape(registry, base_dir, base_other_weights,
+                                                       base_other_shape, lora_dir):
+    registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir)
+    structural = registry.resolve(base_other_weights)
+    assert versions_of(structural) == [(NAME, "1.0.0", "structural")]
+    assert registry.resolve(base_other_shape) == []
+    incompatible = registry.resolve(base_other_shape, include_incompatible=True)
+    assert versions_of(incompatible) == [(NAME, "1.0.0", "incompatible")]
+    reasons = " ".join(incompatible[0].reasons)
+    assert "q_proj" in reasons or "v_proj" in reasons, reasons
+    assert "shape" in reasons
+    # publishing against the wrong base is refused with the same reasons
+    with pytest.raises(ah.IncompatibleAdapterError) as err:
+        registry.publish(lora_dir, name=NAME, version="1.0.1", base=base_other_shape)
+    assert any("proj" in r for r in err.value.reasons)
+    assert [i.version for i in registry.list()] == ["1.0.0"]
+
+
+def test_resolve_with_in_memory_module(registry, base_dir, lora_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    assert versions_of(registry.resolve(model)) == [(NAME, "1.0.0", "exact")]
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] += 1.0
+    assert versions_of(registry.resolve(model)) == [(NAME, "1.0.0", "structural")]
+
+
+def test_unknown_fingerprint_gives_exact_matches_only(registry, base_dir, lora_dir):
+    registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir)
+    unknown = "ab" * 32
+    assert registry.resolve(fingerprint=unknown) == []
+    listed = registry.resolve(fingerprint=unknown, include_incompatible=True)
+    assert versions_of(listed) == [(NAME, "1.0.0", "incompatible")]
+    assert "not known" in listed[0].reasons[0]
+    # the known base still resolves exactly by its full fingerprint
+    fp = ah.fingerprint(base_dir).digest
+    assert versions_of(registry.resolve(fingerprint=fp)) == [(NAME, "1.0.0", "exact")]
+    with pytest.raises(ah.NotFoundError):
+        registry.resolve(fingerprint="abababab")  # unknown prefix
+    with pytest.raises(ah.NotFoundError):
+        registry.resolve(fingerprint="not-hex")
+
+
+# --------------------------------------------------------------------------- list / show
+
+
+def test_list_filters(registry, base_dir, base_other_weights, lora_dir, lora_dir_b, ia3_dir):
+    registry.publish(lora_dir, name="acme/sentiment", version="1.0.0", base=base_dir, tasks=["sentiment"])
+    registry.publish(lora_dir, name="acme/sentiment", version="1.1.0", base=base_dir, tasks=["sentiment"])
+    registry.publish(lora_dir_b, name="beta/ner", version="0.1.0", base=base_other_weights, tasks=["ner"])
+    registry.publish(ia3_dir, name="acme/ia3", version="1.0.0", tasks=["sentiment"])
+
+    def refs(infos):
+        return [f"{i.name}@{i.version}" for i in infos]
+
+    assert refs(registry.list()) == ["acme/ia3@1.0.0", "acme/sentiment@1.1.0", "acme/sentiment@1.0.0",
+                                     "beta/ner@0.1.0"]
+    assert refs(registry.list(task="ner")) == ["beta/ner@0.1.0"]
+    assert refs(registry.list(task="sentiment", method="lora")) == ["acme/sentiment@1.1.0",
+                                                                    "acme/sentiment@1.0.0"]
+    assert refs(registry.list(method="ia3")) == ["acme/ia3@1.0.0"]
+    assert refs(registry.list(base=base_dir)) == ["acme/sentiment@1.1.0", "acme/sentiment@1.0.0"]
+    assert refs(registry.list(base=ah.fingerprint(base_other_weights).digest)) == ["beta/ner@0.1.0"]
+    assert refs(registry.list(name="Acme/Sentiment")) == ["acme/sentiment@1.1.0", "acme/sentiment@1.0.0"]
+    registry.yank("acme/sentiment@1.1.0")
+    assert refs(registry.list(name="acme/sentiment", include_yanked=False)) == ["acme/sentiment@1.0.0"]
+    assert registry.list(task="nothing") == []
+
+
+def test_show(registry, base_dir, lora_dir):
+    registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir, tasks=["sentiment", "cls"],
+                     license="apache-2.0", description="positive or negative", metrics={"acc": 0.9})
+    info = registry.show(f"{NAME}@1.0.0")
+    assert (info.name, info.version, info.method, info.variant) == (NAME, "1.0.0", "lora", "lora")
+    assert info.tasks == ("cls", "sentiment")
+    assert info.base_fingerprint == ah.fingerprint(base_dir).digest
+    assert info.yanked is False
+    m = info.manifest
+    assert m is not None and m.digest == info.digest
+    assert m.license == "apache-2.0" and m.description == "positive or negative"
+    assert m.metrics == {"acc": 0.9}
+    on_disk = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in lora_dir.iterdir() if p.is_file()}
+    assert {f.path: f.sha256 for f in m.files} == on_disk
+    assert info.size == sum(f.size for f in m.files)
+    assert info.to_dict(with_manifest=True)["manifest"]["name"] == NAME
+    with pytest.raises(ah.NotFoundError):
+        registry.show("acme/unknown")
+    with pytest.raises(LookupError):
+        registry.show(f"{NAME}@9.9.9")
+
+
+# --------------------------------------------------------------------------- verify / gc
+
+
+def test_verify_ok_on_fresh_registry(registry, base_dir, lora_dir, lora_dir_b):
+    empty = registry.verify()
+    assert empty.ok and empty.versions == 0 and empty.blobs == 0
+    registry.publish(lora_dir, name="acme/a", version="1.0.0", base=base_dir)
+    registry.publish(lora_dir_b, name="acme/b", version="1.0.0", base=base_dir)
+    report = registry.verify()
+    assert report.ok, report.problems
+    assert report.versions == 2
+    assert report.blobs == len(blob_files(registry))
+    assert report.bytes == sum(p.stat().st_size for p in blob_files(registry))
+
+
+def test_gc_removes_unreferenced_blobs_and_keeps_referenced(registry, lora_dir, lora_dir_b, tmp_path,
+                                                            base_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    registry.publish(lora_dir, name="acme/a", version="1.0.0")
+    registry.publish(lora_dir_b, name="acme/b", version="1.0.0")
+    referenced = blob_files(registry)
+    # an orphan blob (e.g. left by a publisher that died) and an abandoned temp file
+    orphan_src = tmp_path / "orphan.bin"
+    orphan_src.write_bytes(b"orphan bytes " * 100)
+    orphan_sha = hashlib.sha256(orphan_src.read_bytes()).hexdigest()
+    assert registry.blobs.put_file(orphan_src, orphan_sha) == orphan_src.stat().st_size
+    tmp_file = registry.blobs.root / "tmp" / "deadbeef.incomplete"
+    tmp_file.write_bytes(b"partial")
+
+    kept = registry.gc()  # default grace: the orphan is too recent
+    assert kept.blobs_removed == 0 and kept.kept_recent == 1
+    assert registry.blobs.has(orphan_sha) and tmp_file.exists()
+    dry = registry.gc(grace_seconds=0, dry_run=True)
+    assert dry.blobs_removed == 1 and registry.blobs.has(orphan_sha)
+
+    report = registry.gc(grace_seconds=0)
+    assert report.blobs_removed == 1 and report.bytes_freed == orphan_src.stat().st_size
+    assert report.temp_removed >= 1
+    assert not registry.blobs.has(orphan_sha) and not tmp_file.exists()
+    assert blob_files(registry) == referenced
+    assert registry.verify().ok
+
+    # a deleted version's blobs go, except those another version shares
+    shared = file_digests(lora_dir) & file_digests(lora_dir_b)
+    registry.delete_version("acme/b@1.0.0")
+    time.sleep(0.01)
+    registry.gc(grace_seconds=0)
+    left = {p.parent.name + p.name for p in blob_files(registry)}
+    assert left == file_digests(lora_dir)
+    assert shared <= left
+    out = registry.pull("acme/a@1.0.0", tmp_path / "a")
+    ids = torch.tensor([[3, 4, 5]])
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir).eval(), out).eval()
+    orig = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir).eval(), lora_dir).eval()
+    assert torch.equal(_logits(loaded, ids), _logits(orig, ids))
+
+
+def test_pull_refuses_existing_non_empty_dir_and_keeps_it(registry, lora_dir, tmp_path):
+    registry.publish(lora_dir, name=NAME, version="1.0.0")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        registry.pull(f"{NAME}@1.0.0", dest)
+    assert [p.name for p in dest.iterdir()] == ["mine.txt"]
+    registry.pull(f"{NAME}@1.0.0", dest, overwrite=True)
+    assert not (dest / "mine.txt").exists()
+    assert (dest / "adapter_model.safetensors").read_bytes() == (lora_dir / "adapter_model.safetensors").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
