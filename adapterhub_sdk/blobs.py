@@ -100,7 +100,7 @@ class BlobStore:
         h = hashlib.sha256()
         n = 0
         try:
-            src = open(p, "rb")
+            src = open(p, "rb")  # noqa: SIM115 - closed by the with below
         except FileNotFoundError:
             raise NotFoundError(f"blob sha256:{digest[:12]} is missing from {self.root}",
                                 hint="run 'adapterhub verify' and re-publish the affected versions") from None

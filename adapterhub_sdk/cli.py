@@ -34,13 +34,31 @@ def _error_line(exc: BaseException) -> str:
     return f"error: {msg}" + (f"; {hint}" if hint else "")
 
 
+def _click_error_line(exc: click.ClickException) -> str:
+    line = "error: " + " ".join(exc.format_message().split()).rstrip(".")
+    sub = getattr(exc, "ctx", None)
+    return line + (f"; see '{sub.command_path} --help'" if isinstance(exc, click.UsageError) and sub else "")
+
+
 class _Group(click.Group):
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:  # the root's own options
+            click.echo(_click_error_line(exc), err=True)
+            sys.exit(exc.exit_code)
+
     def invoke(self, ctx: click.Context) -> Any:
         debug = bool(os.environ.get("ADAPTERHUB_DEBUG")) or "--debug" in sys.argv[1:]
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except click.ClickException as exc:
+            if debug:
+                raise
+            click.echo(_click_error_line(exc), err=True)  # one line, like every other error
+            ctx.exit(exc.exit_code)
         except BrokenPipeError:
             ctx.exit(EXIT_ERROR)
         except (AdapterHubError, OSError, ValueError, TypeError, LookupError) as exc:
@@ -192,7 +210,7 @@ def list_cmd(ctx: click.Context, task: str | None, method: str | None, base: str
     _table(("ADAPTER", "METHOD", "TASKS", "BASE", "SIZE", ""), rows)
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())

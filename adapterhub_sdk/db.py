@@ -109,9 +109,8 @@ def _alembic_config(conn: Connection):
 
 
 def head_revision() -> str:
-    from alembic.script import ScriptDirectory
-
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
@@ -189,9 +188,8 @@ def ensure_schema(engine: Engine) -> None:
                     raise _operational(exc) from exc
                 time.sleep(0.2)
         return
-    from alembic.script import ScriptDirectory
-
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))

@@ -391,7 +391,7 @@ def _fingerprint_tensors(items: list[tuple[str, Any]], *, workers: int | None,
         flat = t.detach().to("cpu").contiguous().reshape(-1)
         raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
         keep.append(raw)
-        jobs.append((name, dtype, tuple(t.shape), memoryview(raw.numpy()).cast("B")))
+        jobs.append((name, dtype, tuple(t.shape), memoryview(raw.numpy()).cast("B")))  # type: ignore[arg-type]
     hashed = _hash_buffers(jobs, workers, progress, "fingerprint")
     return _combine(hashed, tied, source)
 

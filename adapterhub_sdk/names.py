@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidNameError
+from .errors import InvalidNameError, InvalidVersionError
 
 _PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?", re.ASCII)
 _ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,63}", re.ASCII)
@@ -39,14 +39,19 @@ def name_key(name: str) -> str:
 
 
 def validate_alias(alias: str) -> str:
-    from .versions import looks_like_spec
+    from .versions import VersionSpec
 
     if not isinstance(alias, str) or not alias.isascii() or not _ALIAS.fullmatch(alias):
         raise InvalidNameError(
             f"alias {alias!r} is invalid",
             hint="aliases are lower-case ASCII: a letter, then letters, digits, '-' or '_' (e.g. prod)",
         )
-    if alias in RESERVED_ALIASES or looks_like_spec(alias):
+    # an alias must read back as an alias in NS/NAME@alias, never as (or like) a version spec
+    try:
+        kind = VersionSpec.parse(alias).kind
+    except InvalidVersionError:
+        kind = "invalid"
+    if alias in RESERVED_ALIASES or kind != "alias":
         raise InvalidNameError(f"alias {alias!r} is reserved or looks like a version")
     return alias
 

@@ -111,7 +111,7 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
         except pluggy.PluginValidationError as exc:
             pm.unregister(plugin)
             raise PluginError(str(exc)) from exc
-        _infos.append(PluginInfo(name or getattr(plugin, "__name__", repr(plugin)), "runtime",
+        _infos.append(PluginInfo(pm.get_name(plugin) or repr(plugin), "runtime",
                                  getattr(plugin, "__module__", "?") or "?", _hooks_of(pm, plugin)))
         _methods = None
 

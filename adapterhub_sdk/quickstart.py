@@ -72,7 +72,7 @@ def _train(base_dir: Path, task: str, out: Path, steps: int) -> None:
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                           "gate_proj", "up_proj", "down_proj"])
-    model = get_peft_model(model, cfg)
+    model = get_peft_model(model, cfg)  # type: ignore[assignment]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     fn = TASKS[task]
     g = torch.Generator().manual_seed(7)

@@ -7,6 +7,7 @@ references is stored, so a version is whole or absent whatever process dies when
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from . import db as dbmod
@@ -47,15 +48,15 @@ from .names import name_key, parse_ref, validate_alias, validate_name
 from .package import AdapterPackage, pack, write_package_dir
 from .versions import Version, VersionSpec
 
-T_ADAPTERS = Adapter.__table__
-T_VERSIONS = AdapterVersion.__table__
-T_TASKS = VersionTask.__table__
-T_FILES = VersionFile.__table__
-T_ALIASES = AliasRecord.__table__
-T_BASES = BaseModelRecord.__table__
-T_SOURCES = BaseSource.__table__
-T_REQS = RequirementSet.__table__
-T_FITS = Fit.__table__
+T_ADAPTERS: Table = Adapter.__table__  # type: ignore[assignment]
+T_VERSIONS: Table = AdapterVersion.__table__  # type: ignore[assignment]
+T_TASKS: Table = VersionTask.__table__  # type: ignore[assignment]
+T_FILES: Table = VersionFile.__table__  # type: ignore[assignment]
+T_ALIASES: Table = AliasRecord.__table__  # type: ignore[assignment]
+T_BASES: Table = BaseModelRecord.__table__  # type: ignore[assignment]
+T_SOURCES: Table = BaseSource.__table__  # type: ignore[assignment]
+T_REQS: Table = RequirementSet.__table__  # type: ignore[assignment]
+T_FITS: Table = Fit.__table__  # type: ignore[assignment]
 
 _TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", re.ASCII)
 _HEXPREFIX = re.compile(r"[0-9a-f]{8,64}")
@@ -83,7 +84,7 @@ class VersionInfo:
     manifest: Manifest | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self, *, with_manifest: bool = False) -> dict[str, Any]:
-        d = {
+        d: dict[str, Any] = {
             "name": self.name, "version": self.version, "digest": self.digest,
             "method": self.method, "variant": self.variant, "tasks": list(self.tasks),
             "base_fingerprint": self.base_fingerprint, "base_name": self.base_name,
@@ -196,7 +197,7 @@ def _base_from_row(row: Any) -> BaseFingerprint:
 def _pkg_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
+    out: dict[str, Any] = {}
     for dist in ("adapterhub_sdk", "peft"):
         try:
             out[dist] = version(dist)
@@ -334,6 +335,7 @@ class Registry:
         from .plugins import call_hook
 
         validate_name(name)
+        name = self._canonical_name(name)  # names are case-insensitive: keep the first spelling
         ver = Version.parse(version)
         task_list = _check_tasks(tasks)
         own = not isinstance(source, AdapterPackage)
@@ -369,6 +371,11 @@ class Registry:
         result = PublishResult(name, str(ver), manifest.digest, created, written, len(pkg.files), manifest)
         call_hook("after_publish", manifest=manifest, created=created)
         return result
+
+    def _canonical_name(self, name: str) -> str:
+        with self._read() as conn:
+            row = conn.execute(select(T_ADAPTERS.c.name).where(T_ADAPTERS.c.name_key == name_key(name))).first()
+        return row.name if row else name
 
     def _existing_digest(self, name: str, version: str) -> str | None:
         with self._read() as conn:
@@ -548,7 +555,7 @@ class Registry:
 
     def resolve(self, base: Any = None, *, fingerprint: str | None = None, task: str | None = None,
                 method: str | None = None, name: str | None = None,
-                include_incompatible: bool = False, limit: int | None = None) -> list[Match]:
+                include_incompatible: bool = False, limit: int | None = None) -> builtins.list[Match]:
         """Versions that fit ``base`` (path, nn.Module, state dict, BaseFingerprint or fingerprint
         string), best first: exact before structural, newest first. ``name`` may carry a spec
         (``acme/x@^1``); an exact pin also finds a yanked version."""
@@ -578,8 +585,8 @@ class Registry:
             if spec is not None and spec.kind == "alias":
                 alias_vid = self._select_version(conn, parse_ref(name).name, spec.text).id  # type: ignore[arg-type]
             exact_rows = conn.execute(select(*cols).where(T_VERSIONS.c.base_fingerprint == fp, *filters)).all()
-            struct_rows: list[Any] = []
-            other_rows: list[Any] = []
+            struct_rows: builtins.list[Any] = []
+            other_rows: builtins.list[Any] = []
             fit_reasons: dict[int, list[str]] = {}
             if arch is not None:
                 struct_rows = conn.execute(
@@ -628,14 +635,14 @@ class Registry:
             tasks, _, names = self._labels(conn, [k[0] for k in kept]) if kept else ({}, {}, {})
         out = []
         for r, verdict, _ in kept:
-            reasons: tuple[str, ...] = ()
+            why: tuple[str, ...] = ()
             if verdict == "structural":
-                reasons = ("base weights differ from the ones the adapter was trained on"
+                why = ("base weights differ from the ones the adapter was trained on"
                            if r.base_fingerprint else "adapter was published without a base fingerprint",
                            "every tensor it touches exists in the base with matching shapes")
             elif verdict == "incompatible":
-                reasons = tuple(fit_reasons.get(r.id, []))
-            out.append(Match(names[r.adapter_id], r.version, verdict, reasons, r.method, r.variant,
+                why = tuple(fit_reasons.get(r.id, []))
+            out.append(Match(names[r.adapter_id], r.version, verdict, why, r.method, r.variant,
                              tuple(sorted(tasks.get(r.id, []))), r.base_fingerprint, r.digest, r.size))
         return out
 

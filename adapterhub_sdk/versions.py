@@ -140,7 +140,7 @@ class VersionSpec:
         if _VERSION_RE.fullmatch(s) or (s[:1] in "=v" and _VERSION_RE.fullmatch(s.lstrip("=v"))):
             v = Version.parse(s.lstrip("=v"))
             return cls(s, "exact", (("==", v),), exact=v)
-        if s[0].isalpha() and s[0] not in "vxX" and re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", s):
+        if re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", s) and not re.match(r"[vx]\d", s):
             return cls(s, "alias", alias=s)
         return cls(s, "range", tuple(cls._comparators(s)))
 
