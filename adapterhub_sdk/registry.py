@@ -357,14 +357,14 @@ class Registry:
                 if reason:
                     raise AdapterHubError(f"publish rejected by policy {plugin!r}: {reason}")
             existing = self._existing_digest(name, str(ver))
-            if existing == manifest.digest:
-                return PublishResult(name, str(ver), manifest.digest, False, 0, len(pkg.files), manifest)
-            if existing is not None:
+            if existing is not None and existing != manifest.digest:
                 raise VersionConflictError(f"{name}@{ver} already exists with other content")
             written = 0
-            for f in pkg.files:
-                written += self.blobs.put_file(f.source, f.sha256)
-            created = self._commit_version(manifest, pkg)
+            created = False
+            if existing is None:
+                for f in pkg.files:
+                    written += self.blobs.put_file(f.source, f.sha256)
+                created = self._commit_version(manifest, pkg)
         finally:
             if own:
                 pkg.close()

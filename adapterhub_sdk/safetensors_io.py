@@ -70,11 +70,16 @@ def looks_like_pickle(path: Path) -> bool:
         return True
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
     except OSError:
         return False
+    # a safetensors header: a length that fits the file, then '{' (the length's first byte
+    # may be 0x80, which alone would look like a pickle)
+    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8:
+        return False
     # pickle protocol 2+ starts with PROTO (0x80); torch.save's zip format with 'PK\x03\x04'
-    return head[:1] == b"\x80" or head == b"PK\x03\x04"
+    return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
 
 
 def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
