@@ -293,20 +293,22 @@ def _tied_from_config(directory: Path, shapes: Mapping[str, tuple[int, ...]]) ->
     if not isinstance(cfg, dict) or not cfg.get("tie_word_embeddings", False):
         return {}
     tied: dict[str, str] = {}
-    for arch in cfg.get("architectures") or []:
-        try:
-            import transformers
+    # The common case (a causal LM whose lm_head is the input embedding) needs no import.
+    inputs = [n for n in shapes if n.endswith(("embed_tokens.weight", "wte.weight",
+                                               "word_embeddings.weight", "embed_in.weight"))]
+    if len(inputs) == 1 and "lm_head.weight" not in shapes:
+        tied["lm_head.weight"] = inputs[0]
+    else:
+        # Ask transformers which names the architecture ties (imports torch: cached by the caller).
+        for arch in cfg.get("architectures") or []:
+            try:
+                import transformers
 
-            keys = getattr(getattr(transformers, arch, None), "_tied_weights_keys", None)
-        except Exception:  # noqa: BLE001 - transformers is optional for this lookup
-            keys = None
-        if isinstance(keys, dict):
-            tied.update({str(k): str(v) for k, v in keys.items()})
-    if not tied:
-        inputs = [n for n in shapes if n.endswith(("embed_tokens.weight", "wte.weight",
-                                                   "word_embeddings.weight", "embed_in.weight"))]
-        if len(inputs) == 1:
-            tied["lm_head.weight"] = inputs[0]
+                keys = getattr(getattr(transformers, arch, None), "_tied_weights_keys", None)
+            except Exception:  # noqa: BLE001 - transformers is optional for this lookup
+                keys = None
+            if isinstance(keys, dict):
+                tied.update({str(k): str(v) for k, v in keys.items()})
     return {k: v for k, v in tied.items() if k not in shapes and v in shapes}
 
 
@@ -359,7 +361,20 @@ def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None
         seen[name] = name
     shapes = {n: s for n, _, s, _ in entries}
     directory = path if path.is_dir() else path.parent
-    return _combine(entries, _tied_from_config(directory, shapes), str(path.resolve()))
+    return _combine(entries, _cached_tied(directory, shapes, cache), str(path.resolve()))
+
+
+def _cached_tied(directory: Path, shapes: Mapping[str, tuple[int, ...]], cache: _Cache | None) -> dict[str, str]:
+    """Tied names from config.json; cached, since asking transformers imports torch."""
+    cfg = directory / "config.json"
+    if cache is None or not cfg.is_file():
+        return _tied_from_config(directory, shapes)
+    key = "tied|" + _Cache.key(cfg)
+    hit = cache.get(key)
+    if hit is None:
+        hit = _tied_from_config(directory, shapes)
+        cache.put(key, hit)
+    return {k: v for k, v in hit.items() if k not in shapes and v in shapes}
 
 
 # --------------------------------------------------------------------------- in memory

@@ -57,7 +57,8 @@ class LoraMethod(AdapterMethod):
             elif ea is not None and eb is not None:
                 req[f"{module}.weight"] = [ea[1], eb[0]]
             else:
-                raise AdapterFormatError(f"LoRA module {module!r} lacks a lora_A/lora_B pair")
+                raise AdapterFormatError(f"LoRA module {module!r} lacks a lora_A/lora_B pair",
+                                         hint="the adapter file is incomplete; save it again with PEFT")
         return req
 
     def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
