@@ -1,0 +1,506 @@
+"""Base-model fingerprints on real transformers checkpoints: what changes the digest, what
+must not, the cache, and hostile or broken inputs (nothing is ever unpickled)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pickle
+import shutil
+import struct
+import tracemalloc
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from adapterhub_sdk import BaseFingerprint, fingerprint
+from adapterhub_sdk.errors import (
+    AdapterHubError,
+    CorruptFileError,
+    UnsafeFormatError,
+    WeightsNotFoundError,
+)
+
+from conftest import _llama, run_cli, save_base
+
+# the package re-exports the function under the module's name, so fetch the module itself
+fpmod = importlib.import_module("adapterhub_sdk.fingerprint")
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: proof that something ran pickle.load."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def write_pickle_bomb(path: Path, marker: Path) -> Path:
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _Payload(marker)}, f, protocol=4)
+    return path
+
+
+def write_raw_safetensors(path: Path, header, data: bytes = b"", *, length: int | None = None) -> Path:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    n = len(raw) if length is None else length
+    path.write_bytes(struct.pack("<Q", n) + raw + data)
+    return path
+
+
+def fp_dict(fp: BaseFingerprint) -> dict:
+    d = fp.to_dict()
+    d.pop("source")
+    return d
+
+
+@pytest.fixture(scope="module")
+def base_fp(base_dir) -> BaseFingerprint:
+    return fingerprint(base_dir, use_cache=False)
+
+
+@pytest.fixture(scope="module")
+def tied_dir(tmp_path_factory) -> Path:
+    return save_base(tmp_path_factory.mktemp("tied") / "base", seed=0, tie=True)
+
+
+@pytest.fixture(scope="module")
+def sharded_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sharded") / "base"
+    _llama(seed=0).save_pretrained(out, max_shard_size="20KB")
+    return out
+
+
+def test_payload_would_run_if_unpickled(tmp_path):
+    """The payload the refusal tests use is live: loading it does create the marker."""
+    marker = tmp_path / "ran"
+    bomb = write_pickle_bomb(tmp_path / "x.pkl", marker)
+    with open(bomb, "rb") as f:
+        pickle.load(f)["state_dict"].close()
+    assert marker.exists()
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def test_directory_module_and_state_dict_agree(base_dir, base_fp):
+    model = _llama(seed=0)  # the same weights that base_dir holds
+    from_module = fingerprint(model)
+    from_state_dict = fingerprint(model.state_dict())
+    from_file_tensors = fingerprint(load_file(base_dir / "model.safetensors"))
+    assert base_fp.digest == from_module.digest == from_state_dict.digest == from_file_tensors.digest
+    assert base_fp.arch_signature == from_module.arch_signature == from_state_dict.arch_signature
+    assert base_fp.n_tensors == from_module.n_tensors
+    assert base_fp.n_params == sum(p.numel() for p in model.state_dict().values())
+    assert base_fp.dtypes == {"F32": base_fp.n_tensors}
+    assert base_fp.total_bytes == (base_dir / "model.safetensors").stat().st_size - \
+        8 - struct.unpack("<Q", (base_dir / "model.safetensors").read_bytes()[:8])[0]
+    assert len(base_fp.digest) == 64 and base_fp.short == base_fp.digest[:12]
+
+
+def test_model_loaded_from_disk_matches(base_dir, base_fp):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    assert fingerprint(model).digest == base_fp.digest
+
+
+def test_single_safetensors_file_matches_directory(base_dir, base_fp):
+    fp = fingerprint(base_dir / "model.safetensors", use_cache=False)
+    assert fp.digest == base_fp.digest and fp.arch_signature == base_fp.arch_signature
+
+
+def test_workers_and_chunking_do_not_change_the_digest(base_dir, monkeypatch):
+    # small chunks: every tensor is split and hashed on several threads, results in order
+    monkeypatch.setattr(fpmod, "CHUNK", 1024)
+    one = fingerprint(base_dir, workers=1, use_cache=False)
+    many = fingerprint(base_dir, workers=4, use_cache=False)
+    mem = fingerprint(_llama(seed=0), workers=3)
+    assert one.digest == many.digest == mem.digest
+
+
+def test_tied_weights(tied_dir):
+    model = _llama(seed=0, tie=True)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    on_disk = fingerprint(tied_dir, use_cache=False)
+    in_memory = fingerprint(model)
+    assert in_memory.digest == on_disk.digest
+    assert in_memory.arch_signature == on_disk.arch_signature
+    # the tied head is counted once, under the name transformers writes
+    assert "lm_head.weight" not in on_disk.shapes
+    assert on_disk.tied == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert in_memory.tied == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert on_disk.shape_of("lm_head.weight") == (64, 32)
+    assert in_memory.shape_of("lm_head.weight") == (64, 32)
+    assert on_disk.shape_of("model.embed_tokens.weight") == (64, 32)
+    assert on_disk.shape_of("no.such.weight") is None
+    assert on_disk.to_dict()["tied"] == {"lm_head.weight": "model.embed_tokens.weight"}
+
+
+def test_untied_base_has_its_own_lm_head(base_fp):
+    assert base_fp.tied == {}
+    assert base_fp.shape_of("lm_head.weight") == (64, 32)
+
+
+def test_resharding_keeps_the_fingerprint(sharded_dir, base_fp):
+    shards = sorted(sharded_dir.glob("*.safetensors"))
+    assert len(shards) > 1 and (sharded_dir / "model.safetensors.index.json").is_file()
+    fp = fingerprint(sharded_dir, use_cache=False)
+    assert fp.digest == base_fp.digest
+    assert fp.arch_signature == base_fp.arch_signature
+    assert fp.shapes == base_fp.shapes
+
+
+def test_renamed_shards_keep_the_fingerprint(sharded_dir, base_fp, tmp_path):
+    d = shutil.copytree(sharded_dir, tmp_path / "renamed")
+    index_path = d / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    renames = {old: f"part-{i}-weights.safetensors"
+               for i, old in enumerate(sorted(set(index["weight_map"].values())))}
+    for old, new in renames.items():
+        (d / old).rename(d / new)
+    index["weight_map"] = {k: renames[v] for k, v in index["weight_map"].items()}
+    index_path.write_text(json.dumps(index))
+    assert fingerprint(d, use_cache=False).digest == base_fp.digest
+    # without the index the files are found by their suffix
+    index_path.unlink()
+    assert fingerprint(d, use_cache=False).digest == base_fp.digest
+
+
+def test_safetensors_metadata_does_not_count(base_dir, base_fp, tmp_path):
+    d = shutil.copytree(base_dir, tmp_path / "meta")
+    f = d / "model.safetensors"
+    before = f.read_bytes()
+    save_file(load_file(f), f, metadata={"format": "pt", "producer": "someone else", "note": "x" * 100})
+    assert f.read_bytes() != before
+    fp = fingerprint(d, use_cache=False)
+    assert fp.digest == base_fp.digest and fp.arch_signature == base_fp.arch_signature
+
+
+def test_other_weights_change_digest_not_arch(base_other_weights, base_fp):
+    fp = fingerprint(base_other_weights, use_cache=False)
+    assert fp.digest != base_fp.digest
+    assert fp.arch_signature == base_fp.arch_signature
+    assert fp.shapes == base_fp.shapes
+
+
+def test_other_shape_changes_both(base_other_shape, base_fp):
+    fp = fingerprint(base_other_shape, use_cache=False)
+    assert fp.digest != base_fp.digest
+    assert fp.arch_signature != base_fp.arch_signature
+    assert fp.shape_of("model.layers.0.self_attn.q_proj.weight") == (48, 48)
+
+
+def test_one_changed_value_changes_the_digest(base_fp):
+    sd = _llama(seed=0).state_dict()
+    sd = {k: v.clone() for k, v in sd.items()}
+    assert fingerprint(sd).digest == base_fp.digest
+    sd["model.norm.weight"][3] += 1e-3
+    assert fingerprint(sd).digest != base_fp.digest
+
+
+def test_renamed_tensor_changes_the_digest(base_fp):
+    sd = dict(_llama(seed=0).state_dict())
+    sd["model.norm.weights"] = sd.pop("model.norm.weight")
+    fp = fingerprint(sd)
+    assert fp.digest != base_fp.digest and fp.arch_signature != base_fp.arch_signature
+
+
+def test_dtype_changes_the_digest(tmp_path, base_fp):
+    model = _llama(seed=0).to(torch.float16)
+    model.save_pretrained(tmp_path / "fp16")
+    on_disk = fingerprint(tmp_path / "fp16", use_cache=False)
+    assert on_disk.dtypes == {"F16": base_fp.n_tensors}
+    assert on_disk.digest != base_fp.digest
+    assert on_disk.arch_signature == base_fp.arch_signature  # names and shapes only
+    assert fingerprint(model).digest == on_disk.digest
+
+
+def test_meta_tensors_are_refused():
+    with pytest.raises(WeightsNotFoundError, match="meta"):
+        fingerprint({"w": torch.empty(4, device="meta")})
+
+
+def test_unsupported_objects_are_a_type_error():
+    with pytest.raises(TypeError):
+        fingerprint(42)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_cache_serves_a_second_call_and_invalidates_on_mtime(base_dir, tmp_path, monkeypatch):
+    d = shutil.copytree(base_dir, tmp_path / "cached")
+    first = fingerprint(d)  # use_cache=True is the default
+
+    real = fpmod._hash_buffers
+    calls = []
+
+    def refuse(*a, **kw):
+        raise AssertionError("re-hashed although the files did not change")
+
+    monkeypatch.setattr(fpmod, "_hash_buffers", refuse)
+    second = fingerprint(d)
+    assert fp_dict(second) == fp_dict(first)
+    assert second.shapes == first.shapes
+    with pytest.raises(AssertionError, match="re-hashed"):  # the patch is live: no cache, no result
+        fingerprint(d, use_cache=False)
+
+    # touching the file (same bytes, new mtime) invalidates its cache entry
+    f = d / "model.safetensors"
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(fpmod, "_hash_buffers", counting)
+    third = fingerprint(d)
+    assert calls == [1]
+    assert third.digest == first.digest
+    fingerprint(d)
+    assert calls == [1]  # the new entry is cached again
+
+
+def test_cache_does_not_hide_new_content(base_dir, base_other_weights, tmp_path):
+    d = shutil.copytree(base_dir, tmp_path / "swap")
+    first = fingerprint(d)
+    shutil.copyfile(base_other_weights / "model.safetensors", d / "model.safetensors")
+    assert fingerprint(d).digest == fingerprint(base_other_weights, use_cache=False).digest != first.digest
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_directory_without_weights(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(WeightsNotFoundError) as info:
+        fingerprint(tmp_path / "empty")
+    assert isinstance(info.value, FileNotFoundError)
+    assert info.value.hint
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        fingerprint(tmp_path / "nope")
+
+
+def test_pickle_checkpoint_is_refused_and_never_loaded(tmp_path):
+    d = tmp_path / "bin_model"
+    d.mkdir()
+    marker = tmp_path / "PWNED"
+    write_pickle_bomb(d / "pytorch_model.bin", marker)
+    (d / "config.json").write_text("{}")
+    with pytest.raises(UnsafeFormatError) as info:
+        fingerprint(d)
+    assert "pickle" in str(info.value) and "safetensors" in info.value.hint
+    with pytest.raises(UnsafeFormatError):
+        fingerprint(d / "pytorch_model.bin")
+    assert not marker.exists()
+
+
+def test_pickle_named_safetensors_is_refused(tmp_path):
+    marker = tmp_path / "PWNED"
+    f = write_pickle_bomb(tmp_path / "model.safetensors", marker)
+    with pytest.raises(UnsafeFormatError):
+        fingerprint(f)
+    d = tmp_path / "dir"
+    d.mkdir()
+    shutil.copy(f, d / "model.safetensors")
+    with pytest.raises(UnsafeFormatError):
+        fingerprint(d)
+    assert not marker.exists()
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_a_pickle(tmp_path, base_dir, base_fp):
+    """A genuine safetensors header length of 128 (mod 256) begins with byte 0x80 like a pickle."""
+    sd = load_file(base_dir / "model.safetensors")
+    f = tmp_path / "model.safetensors"
+    for pad in range(512):
+        save_file(sd, f, metadata={"format": "pt", "pad": "x" * pad})
+        if f.read_bytes()[:1] == b"\x80":
+            break
+    else:  # pragma: no cover
+        pytest.fail("could not produce a header length of 128 mod 256")
+    assert fingerprint(f, use_cache=False).digest == base_fp.digest
+    assert fingerprint(tmp_path, use_cache=False).digest == base_fp.digest
+
+
+def test_truncated_safetensors(base_dir, tmp_path):
+    d = shutil.copytree(base_dir, tmp_path / "trunc")
+    f = d / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[:-100])
+    with pytest.raises(CorruptFileError, match="truncated"):
+        fingerprint(d)
+    f.write_bytes(data[:4])
+    with pytest.raises(CorruptFileError):
+        fingerprint(d)
+    f.write_bytes(data[:200])  # cut inside the JSON header
+    with pytest.raises(CorruptFileError):
+        fingerprint(d)
+    f.write_bytes(b"")
+    with pytest.raises(CorruptFileError):
+        fingerprint(d)
+
+
+def test_header_claiming_gigabytes_is_refused_without_allocating(tmp_path):
+    f = write_raw_safetensors(tmp_path / "model.safetensors", b'{"a":', length=5_000_000_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptFileError) as info:
+            fingerprint(f, use_cache=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024
+    assert "5,000,000,000" in str(info.value)
+
+
+F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+BAD_HEADERS = {
+    "garbage json": (b"this is {not json", b""),
+    "not utf-8": (b"\xff\xfe{}", b""),
+    "json list": (b"[1, 2, 3]", b""),
+    "entry not an object": ({"a": [1, 2]}, b""),
+    "metadata not an object": ({"__metadata__": ["x"], "a": F32_2}, b"\0" * 8),
+    "unknown dtype": ({"a": {**F32_2, "dtype": "F33"}}, b"\0" * 8),
+    "negative dim": ({"a": {**F32_2, "shape": [-2]}}, b"\0" * 8),
+    "bool dim": ({"a": {**F32_2, "shape": [True, 2]}}, b"\0" * 8),
+    "string dim": ({"a": {**F32_2, "shape": ["2"]}}, b"\0" * 8),
+    "size mismatch": ({"a": {**F32_2, "shape": [3]}}, b"\0" * 8),
+    "offsets reversed": ({"a": {**F32_2, "data_offsets": [8, 0]}}, b"\0" * 8),
+    "negative offset": ({"a": {**F32_2, "data_offsets": [-8, 0]}}, b"\0" * 8),
+    "offsets not a pair": ({"a": {**F32_2, "data_offsets": [0]}}, b"\0" * 8),
+    "past the end": ({"a": F32_2}, b"\0" * 4),
+    "overlapping": ({"a": F32_2, "b": {**F32_2, "data_offsets": [4, 12]}}, b"\0" * 12),
+    "overlap inside": ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                        "b": {**F32_2, "data_offsets": [4, 12]}}, b"\0" * 16),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HEADERS))
+def test_malformed_safetensors_headers(tmp_path, case):
+    header, data = BAD_HEADERS[case]
+    f = write_raw_safetensors(tmp_path / "model.safetensors", header, data)
+    with pytest.raises(CorruptFileError) as info:
+        fingerprint(f, use_cache=False)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(CorruptFileError):
+        fingerprint(tmp_path, use_cache=False)
+
+
+def test_overlap_message_names_both_tensors(tmp_path):
+    header, data = BAD_HEADERS["overlapping"]
+    f = write_raw_safetensors(tmp_path / "model.safetensors", header, data)
+    with pytest.raises(CorruptFileError, match="overlap") as info:
+        fingerprint(f, use_cache=False)
+    assert "'a'" in str(info.value) and "'b'" in str(info.value)
+
+
+def test_a_valid_handmade_file_is_accepted(tmp_path):
+    """Control for the malformed cases: the same writer with a consistent header works."""
+    f = write_raw_safetensors(tmp_path / "model.safetensors",
+                              {"a": F32_2, "b": {**F32_2, "data_offsets": [8, 16]}}, b"\0" * 16)
+    fp = fingerprint(f, use_cache=False)
+    assert fp.n_tensors == 2 and fp.shapes == {"a": (2,), "b": (2,)}
+    assert fp.digest == fingerprint({"a": torch.zeros(2), "b": torch.zeros(2)}).digest
+
+
+def test_shard_missing_from_index(sharded_dir, tmp_path):
+    d = shutil.copytree(sharded_dir, tmp_path / "missing")
+    victim = sorted(d.glob("*.safetensors"))[1]
+    victim.unlink()
+    with pytest.raises(CorruptFileError) as info:
+        fingerprint(d)
+    assert victim.name in str(info.value)
+
+
+@pytest.mark.parametrize("shard", ["../model.safetensors", "/etc/passwd", ".hidden.safetensors", 7])
+def test_index_naming_shards_outside_the_directory(sharded_dir, tmp_path, shard):
+    d = shutil.copytree(sharded_dir, tmp_path / "escape")
+    index_path = d / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = shard
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(CorruptFileError):
+        fingerprint(d)
+
+
+def test_garbage_index(sharded_dir, tmp_path):
+    d = shutil.copytree(sharded_dir, tmp_path / "badindex")
+    (d / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(CorruptFileError):
+        fingerprint(d)
+    (d / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(CorruptFileError):
+        fingerprint(d)
+
+
+def test_tensor_stored_twice(base_dir, tmp_path):
+    d = tmp_path / "dup"
+    d.mkdir()
+    shutil.copy(base_dir / "model.safetensors", d / "model-a.safetensors")
+    save_file({"model.norm.weight": torch.ones(32)}, d / "model-b.safetensors")
+    with pytest.raises(CorruptFileError, match="twice"):
+        fingerprint(d, use_cache=False)
+
+
+def test_adapter_directory_passed_as_base(lora_dir):
+    with pytest.raises(WeightsNotFoundError) as info:
+        fingerprint(lora_dir)
+    assert "adapter" in str(info.value)
+    assert info.value.hint and "base" in info.value.hint
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_fingerprint_json(base_dir, base_fp):
+    proc = run_cli("fingerprint", str(base_dir), "--json", check=True)
+    out = json.loads(proc.stdout)
+    assert out["fingerprint"] == base_fp.digest
+    assert out["arch_signature"] == base_fp.arch_signature
+    assert out["n_tensors"] == base_fp.n_tensors and out["n_params"] == base_fp.n_params
+
+
+def test_cli_fingerprint_text(sharded_dir, base_fp):
+    proc = run_cli("fingerprint", str(sharded_dir), "--no-cache", check=True)
+    assert base_fp.digest in proc.stdout and base_fp.arch_signature in proc.stdout
+
+
+def _bad_inputs(tmp: Path, lora_dir: Path, base_dir: Path) -> dict[str, Path]:
+    (tmp / "empty").mkdir()
+    (tmp / "pickled").mkdir()
+    write_pickle_bomb(tmp / "pickled" / "pytorch_model.bin", tmp / "PWNED")
+    (tmp / "trunc").mkdir()
+    (tmp / "trunc" / "model.safetensors").write_bytes((base_dir / "model.safetensors").read_bytes()[:-64])
+    return {"empty": tmp / "empty", "pickled": tmp / "pickled",
+            "truncated": tmp / "trunc" / "model.safetensors", "adapter": lora_dir}
+
+
+def test_cli_bad_input_is_one_error_line(tmp_path, lora_dir, base_dir):
+    for case, path in _bad_inputs(tmp_path, lora_dir, base_dir).items():
+        proc = run_cli("fingerprint", str(path), "--json")
+        assert proc.returncode != 0, case
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, (case, proc.stderr)
+        assert lines[0].startswith("error:"), (case, proc.stderr)
+        assert "Traceback" not in proc.stderr and proc.stdout == "", case
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_error_classes_are_adapterhub_errors():
+    for cls in (CorruptFileError, UnsafeFormatError, WeightsNotFoundError):
+        assert issubclass(cls, AdapterHubError)
