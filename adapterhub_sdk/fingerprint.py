@@ -22,6 +22,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -64,12 +65,17 @@ class BaseFingerprint:
     tied: dict[str, str] = field(default_factory=dict, repr=False)
     source: str | None = None
     total_bytes: int = 0
+    #: the model's config.json as a dict, when known (not part of the digest)
+    config: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def short(self) -> str:
         return self.digest[:12]
 
     def shape_of(self, name: str) -> tuple[int, ...] | None:
+        """Shape of a tensor (tied names included) or of a fact such as ``@input_embeddings``."""
+        if name.startswith("@"):
+            return _pseudo_shape(self, name)
         if name in self.shapes:
             return self.shapes[name]
         target = self.tied.get(name)
@@ -88,6 +94,28 @@ class BaseFingerprint:
         }
 
 
+_EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight",
+                   "tok_embeddings.weight", "shared.weight")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks|block)\.(\d+)\.")
+_KEY_PROJ = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks|block)\.0\..*(?:k_proj|key|k)\.weight$")
+
+
+def _pseudo_shape(fp: BaseFingerprint, name: str) -> tuple[int, ...] | None:
+    if name == "@input_embeddings":
+        found = sorted((n for n in fp.shapes if n.endswith(_EMBED_SUFFIXES)), key=len)
+        return fp.shapes[found[0]] if found else None
+    if name == "@num_layers":
+        layers = {int(m.group(1)) for n in fp.shapes if (m := _LAYER.search(n))}
+        return (len(layers),) if layers else None
+    if name == "@kv_width":
+        for n, shape in fp.shapes.items():
+            if _KEY_PROJ.search(n) and len(shape) == 2:
+                return (shape[0],)
+        emb = _pseudo_shape(fp, "@input_embeddings")
+        return (emb[1],) if emb and len(emb) == 2 else None
+    return None
+
+
 def _entry_digest(name: str, dtype: str, shape: tuple[int, ...], content: bytes) -> bytes:
     h = hashlib.sha256(b"adapterhub-tensor-v1\0")
     h.update(name.encode("utf-8") + b"\0" + dtype.encode() + b"\0")
@@ -97,7 +125,7 @@ def _entry_digest(name: str, dtype: str, shape: tuple[int, ...], content: bytes)
 
 
 def _combine(entries: list[tuple[str, str, tuple[int, ...], bytes]], tied: Mapping[str, str],
-             source: str | None) -> BaseFingerprint:
+             source: str | None, config: dict[str, Any] | None = None) -> BaseFingerprint:
     entries = sorted(entries, key=lambda e: e[0])
     fp = hashlib.sha256(b"adapterhub-fingerprint-" + ALGO.encode() + b"\n")
     arch = hashlib.sha256(b"adapterhub-arch-" + ALGO.encode() + b"\n")
@@ -119,7 +147,7 @@ def _combine(entries: list[tuple[str, str, tuple[int, ...], bytes]], tied: Mappi
         total += numel * DTYPE_SIZES.get(dtype, 1)
     tied_ok = {k: v for k, v in tied.items() if k not in shapes and v in shapes}
     return BaseFingerprint(fp.hexdigest(), arch.hexdigest(), len(entries), n_params, dtypes,
-                           shapes, tied_ok, source, total)
+                           shapes, tied_ok, source, total, config)
 
 
 # --------------------------------------------------------------------------- hashing engine
@@ -361,7 +389,16 @@ def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None
         seen[name] = name
     shapes = {n: s for n, _, s, _ in entries}
     directory = path if path.is_dir() else path.parent
-    return _combine(entries, _cached_tied(directory, shapes, cache), str(path.resolve()))
+    return _combine(entries, _cached_tied(directory, shapes, cache), str(path.resolve()),
+                    _read_config(directory))
+
+
+def _read_config(directory: Path) -> dict[str, Any] | None:
+    try:
+        cfg = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
 
 
 def _cached_tied(directory: Path, shapes: Mapping[str, tuple[int, ...]], cache: _Cache | None) -> dict[str, str]:
@@ -381,7 +418,8 @@ def _cached_tied(directory: Path, shapes: Mapping[str, tuple[int, ...]], cache: 
 
 
 def _fingerprint_tensors(items: list[tuple[str, Any]], *, workers: int | None,
-                         progress: bool | None, source: str | None) -> BaseFingerprint:
+                         progress: bool | None, source: str | None,
+                         config: dict[str, Any] | None = None) -> BaseFingerprint:
     import torch
 
     jobs = []
@@ -408,7 +446,16 @@ def _fingerprint_tensors(items: list[tuple[str, Any]], *, workers: int | None,
         keep.append(raw)
         jobs.append((name, dtype, tuple(t.shape), memoryview(raw.numpy()).cast("B")))  # type: ignore[arg-type]
     hashed = _hash_buffers(jobs, workers, progress, "fingerprint")
-    return _combine(hashed, tied, source)
+    return _combine(hashed, tied, source, config)
+
+
+def _jsonable(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    try:
+        return json.loads(json.dumps(d, default=str))
+    except (TypeError, ValueError):
+        return None
 
 
 def fingerprint(model: Any, *, workers: int | None = None, progress: bool | None = None,
@@ -429,8 +476,13 @@ def fingerprint(model: Any, *, workers: int | None = None, progress: bool | None
         raise TypeError("pass the base model, not a PeftModel (use peft_model.get_base_model() "
                         "only after unloading adapters)")
     if hasattr(model, "state_dict") and callable(model.state_dict):
+        config = getattr(model, "config", None)
+        config_dict = config.to_dict() if hasattr(config, "to_dict") else None
+        if config_dict is not None and not config_dict.get("architectures"):
+            config_dict["architectures"] = [type(model).__name__]
         return _fingerprint_tensors(list(model.state_dict(keep_vars=False).items()), workers=workers,
-                                    progress=progress, source=type(model).__name__)
+                                    progress=progress, source=type(model).__name__,
+                                    config=_jsonable(config_dict))
     if isinstance(model, Mapping):
         return _fingerprint_tensors(list(model.items()), workers=workers, progress=progress,
                                     source="state_dict")

@@ -52,6 +52,7 @@ class BaseModelRecord(Base):
     n_params: Mapped[int] = mapped_column(BigInteger)
     total_bytes: Mapped[int] = mapped_column(BigInteger)
     shapes: Mapped[str] = mapped_column(Text)  # JSON {"shapes": {...}, "tied": {...}, "dtypes": {...}}
+    config: Mapped[str | None] = mapped_column(Text)  # the model's config.json, when known
     created_at: Mapped[Timestamp]
     sources: Mapped[list[BaseSource]] = relationship(back_populates="base")
 

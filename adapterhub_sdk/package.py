@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import AdapterFormatError, IncompatibleAdapterError
 from .manifest import BaseRef, FileEntry, Manifest, check_file_path
-from .methods.base import AdapterMethod, Requirements, check_requirements, detect_method
+from .methods.base import AdapterMethod, Requirements, detect_method
 from .safetensors_io import PICKLE_SUFFIXES, looks_like_pickle, read_header, refuse_pickle
 
 CONFIG = "adapter_config.json"
@@ -67,10 +67,13 @@ class AdapterPackage:
         return sum(f.size for f in self.files)
 
     def check_base(self, base: Any) -> list[str]:
-        """Reasons this adapter does not fit ``base`` (a BaseFingerprint); empty if it fits."""
-        return check_requirements(self.requirements, base)
+        """Reasons this adapter does not fit ``base`` (a BaseFingerprint); empty if it fits.
+        The method plugin decides: by shapes, or by PEFT injection on the meta device."""
+        return self.method.validate(self.config, self.tensors, base)
 
     def require_base(self, base: Any) -> None:
+        """Raise IncompatibleAdapterError unless the adapter fits ``base``; on success, pin the
+        requirements to what the method can tell with this base in hand."""
         reasons = self.check_base(base)
         if reasons:
             raise IncompatibleAdapterError(
@@ -79,6 +82,7 @@ class AdapterPackage:
                 reasons=reasons,
                 hint="check that --base is the model this adapter was trained on",
             )
+        self.requirements = self.method.requirements(self.config, self.tensors, base)
 
     def manifest(self, *, name: str, version: str, base: BaseRef, tasks: list[str] | tuple[str, ...] = (),
                  description: str | None = None, license: str | None = None,

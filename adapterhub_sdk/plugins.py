@@ -22,8 +22,12 @@ from .errors import PluginError
 
 GROUP = "adapterhub"
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "adapterhub_sdk.methods.lora",
     "adapterhub_sdk.methods.generic",
+    "adapterhub_sdk.methods.prompt",
+    "adapterhub_sdk.methods.orthogonal",
+    "adapterhub_sdk.methods.scaling",
+    "adapterhub_sdk.methods.lycoris",
+    "adapterhub_sdk.methods.lora",
 )
 
 

@@ -191,7 +191,8 @@ def _base_from_row(row: Any) -> BaseFingerprint:
     body = json.loads(row.shapes)
     return BaseFingerprint(row.fingerprint, row.arch_signature, row.n_tensors, row.n_params,
                            body.get("dtypes", {}), {k: tuple(v) for k, v in body["shapes"].items()},
-                           body.get("tied", {}), None, row.total_bytes)
+                           body.get("tied", {}), None, row.total_bytes,
+                           json.loads(row.config) if row.config else None)
 
 
 def _pkg_versions() -> dict[str, str]:
@@ -280,7 +281,9 @@ class Registry:
                             T_BASES.c.fingerprint == fp.digest)).first():
                         conn.execute(insert(T_BASES).values(
                             fingerprint=fp.digest, arch_signature=fp.arch_signature, n_tensors=fp.n_tensors,
-                            n_params=fp.n_params, total_bytes=fp.total_bytes, shapes=body, created_at=utcnow()))
+                            n_params=fp.n_params, total_bytes=fp.total_bytes, shapes=body,
+                            config=json.dumps(fp.config, sort_keys=True) if fp.config else None,
+                            created_at=utcnow()))
                     if locator:
                         cond = and_(T_SOURCES.c.kind == "path", T_SOURCES.c.locator == locator,
                                     T_SOURCES.c.revision == "")

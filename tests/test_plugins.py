@@ -80,7 +80,7 @@ class _Tagged(ah.AdapterMethod):
     def detect(self, config):
         return "tagged" if config.get("peft_type") == "LORA" and config.get("r") == 4 else None
 
-    def requirements(self, config, tensors):
+    def requirements(self, config, tensors, base=None):
         return {"model.norm.weight": [None]}
 
     def describe(self, config, tensors):

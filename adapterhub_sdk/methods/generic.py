@@ -1,5 +1,10 @@
-"""Fallback for PEFT methods without a specific plugin: checks that each touched module
-exists in the base and that full-tensor copies (modules_to_save) have the base's shape."""
+"""Fallback for any PEFT method without a specific plugin.
+
+Without a base it records which base modules the adapter touches (existence only).
+With a base whose config is known, PEFT itself injects the adapter into the base built
+on the meta device (no weights, no memory), and the adapter file must have exactly the
+keys and shapes PEFT expects; the touched modules' shapes become the requirements.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,57 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..hookspecs import hookimpl
-from .base import AdapterMethod, Requirements, Shape, _numel, strip_prefix
+from .base import AdapterMethod, Requirements, Shape, check_requirements, numel, strip_prefix
 
-_SUFFIX = re.compile(r"\.(?:[a-z]+_[A-Za-z0-9_]+|hada_\w+|lokr_\w+)(?:\.(?:weight|bias))?$")
+_SUFFIX = re.compile(r"\.[a-z0-9]+_[A-Za-z0-9_]+(?:\.(?:weight|bias))?$")
+
+
+def _meta_model(config: Mapping[str, Any]) -> Any:
+    import torch
+    import transformers
+
+    cfg = transformers.AutoConfig.for_model(**dict(config))
+    cls = None
+    for arch in config.get("architectures") or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            break
+    with torch.device("meta"):
+        if cls is not None:
+            return cls(cfg)
+        return transformers.AutoModelForCausalLM.from_config(cfg)
+
+
+def _peft_config(config: Mapping[str, Any]) -> Any:
+    from peft import PeftConfig
+
+    kwargs = {k: v for k, v in config.items() if k not in ("auto_mapping",)}
+    return PeftConfig.from_peft_type(**kwargs)
+
+
+def meta_inject(config: Mapping[str, Any], base_config: Mapping[str, Any]) -> tuple[dict[str, list[int]], Requirements]:
+    """(expected adapter tensor shapes, touched base tensors and shapes) as PEFT computes them
+    for this adapter config on this base architecture."""
+    from peft import get_peft_model_state_dict, inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = _meta_model(base_config)
+    model = inject_adapter_in_model(_peft_config(config), model, adapter_name="default")
+    expected = {k: list(v.shape) for k, v in get_peft_model_state_dict(model, adapter_name="default").items()}
+    req: Requirements = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            weight = getattr(module.get_base_layer(), "weight", None)
+            if weight is not None:
+                req[f"{name}.weight"] = list(weight.shape)
+    return expected, req
+
+
+def _is_prompt_learning(config: Mapping[str, Any]) -> bool:
+    try:
+        return bool(_peft_config(config).is_prompt_learning)
+    except Exception:  # noqa: BLE001 - an unknown type is simply not prompt learning
+        return False
 
 
 class GenericPeftMethod(AdapterMethod):
@@ -20,21 +73,54 @@ class GenericPeftMethod(AdapterMethod):
         peft_type = config.get("peft_type")
         return str(peft_type).lower() if isinstance(peft_type, str) and peft_type else None
 
-    def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> Requirements:
+    def _existence(self, tensors: Mapping[str, Shape]) -> Requirements:
         req: Requirements = {}
         for key, shape in tensors.items():
             rel = strip_prefix(key)
             m = _SUFFIX.search(rel)
-            if m is None and rel.endswith((".weight", ".bias")):
+            if m is not None:
+                req.setdefault(f"{rel[: m.start()]}.weight", [])
+            elif rel.endswith((".weight", ".bias")) and rel != key:
                 req[rel] = list(shape)
-            elif m is not None:
-                module = rel[: m.start()]
-                req.setdefault(f"{module}.weight", [])  # [] = must exist, any shape
         return req
 
+    def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
+                     base: Any = None) -> Requirements:
+        base_config = getattr(base, "config", None)
+        if base_config and not _is_prompt_learning(config):
+            try:
+                _, req = meta_inject(config, base_config)
+                return req
+            except Exception:  # noqa: BLE001 - validate() reports why
+                pass
+        return self._existence(tensors)
+
+    def validate(self, config: Mapping[str, Any], tensors: Mapping[str, Shape], base: Any) -> list[str]:
+        base_config = getattr(base, "config", None)
+        if not base_config or _is_prompt_learning(config):
+            return check_requirements(self._existence(tensors), base)
+        try:
+            expected, req = meta_inject(config, base_config)
+        except Exception as exc:  # noqa: BLE001 - PEFT's refusal is the reason
+            return [f"PEFT cannot apply this adapter to the base: {type(exc).__name__}: {exc}"]
+        actual = {strip_prefix(k) if k.startswith("base_model.model.") else k.removeprefix("base_model."): list(s)
+                  for k, s in tensors.items()}
+        reasons = check_requirements(req, base)
+        missing = sorted(set(expected) - set(actual))
+        unexpected = sorted(set(actual) - set(expected))
+        if missing:
+            reasons.append(f"missing keys: {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+        if unexpected:
+            reasons.append(f"unexpected keys (modules not in the base?): {', '.join(unexpected[:3])}"
+                           + (" ..." if len(unexpected) > 3 else ""))
+        for k in sorted(set(expected) & set(actual)):
+            if expected[k] != actual[k]:
+                reasons.append(f"shape: {k} is {actual[k]} in the adapter, the base needs {expected[k]}")
+        return reasons
+
     def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
-        return {"trainable_params": sum(_numel(s) for s in tensors.values()), "generic": True,
-                "targets": config.get("target_modules")}
+        return {"trainable_params": sum(numel(s) for s in tensors.values()), "generic": True,
+                "peft_type": config.get("peft_type"), "targets": config.get("target_modules")}
 
 
 @hookimpl(trylast=True)

@@ -1,24 +1,26 @@
-"""The LoRA family: LoRA, DoRA and rsLoRA, with modules_to_save and rank/alpha patterns."""
+"""The LoRA family (LoRA, DoRA, rsLoRA; modules_to_save; rank and alpha patterns;
+trainable tokens) and AdaLoRA."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import AdapterFormatError
 from ..hookspecs import hookimpl
-from .base import AdapterMethod, Requirements, Shape, _numel, strip_prefix
+from .base import AdapterMethod, Requirements, Shape, group_by_module, numel, split_full_copies
 
-_LORA_KEY = re.compile(
-    r"(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
-    r"(?:\.(?P<param>weight|bias))?"
-)
+_LORA_PARTS = "lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector|token_adapter.trainable_tokens_delta"
+
+
+def _ranks(tensors: Mapping[str, Shape], *suffixes: str) -> list[int]:
+    return sorted({s[0] for k, s in tensors.items() if k.endswith(suffixes) and s})
 
 
 class LoraMethod(AdapterMethod):
     name = "lora"
     peft_types = ("LORA",)
+    variants = ("lora", "dora", "rslora")
 
     def detect(self, config: Mapping[str, Any]) -> str | None:
         if str(config.get("peft_type", "")).upper() != "LORA":
@@ -29,25 +31,14 @@ class LoraMethod(AdapterMethod):
             return "rslora"
         return "lora"
 
-    def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> Requirements:
+    def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
+                     base: Any = None) -> Requirements:
         fan_in_fan_out = bool(config.get("fan_in_fan_out"))
-        modules: dict[str, dict[str, Shape]] = {}
-        req: Requirements = {}
-        for key, shape in tensors.items():
-            rel = strip_prefix(key)
-            m = _LORA_KEY.fullmatch(rel)
-            if m is None:
-                if rel.endswith((".weight", ".bias")) and "lora_" not in rel:
-                    req[rel] = list(shape)  # modules_to_save: a full copy of a base tensor
-                    continue
-                raise AdapterFormatError(f"unexpected tensor {key!r} in a LoRA adapter",
-                                         hint="the adapter file does not match its adapter_config.json")
-            part = m["part"] + ("." + m["param"] if m["param"] else "")
-            modules.setdefault(m["module"], {})[part] = shape
-        for module, parts in modules.items():
-            a = parts.get("lora_A.weight")
-            b = parts.get("lora_B.weight")
+        own, req = split_full_copies(tensors, _LORA_PARTS)
+        for module, parts in group_by_module(own, _LORA_PARTS).items():
+            a, b = parts.get("lora_A"), parts.get("lora_B")
             ea, eb = parts.get("lora_embedding_A"), parts.get("lora_embedding_B")
+            delta = parts.get("token_adapter.trainable_tokens_delta")
             if a is not None and b is not None:
                 if len(a) == 2:
                     out_f, in_f = b[0], a[1]
@@ -56,23 +47,21 @@ class LoraMethod(AdapterMethod):
                     req[f"{module}.weight"] = [b[0], None, *a[2:]]
             elif ea is not None and eb is not None:
                 req[f"{module}.weight"] = [ea[1], eb[0]]
+            elif delta is not None and len(delta) == 2:
+                req[f"{module}.weight"] = [None, delta[1]]
             else:
                 raise AdapterFormatError(f"LoRA module {module!r} lacks a lora_A/lora_B pair",
                                          hint="the adapter file is incomplete; save it again with PEFT")
         return req
 
     def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
-        ranks = sorted({s[0] for k, s in tensors.items() if k.endswith("lora_A.weight")}
-                       | {s[0] for k, s in tensors.items() if k.endswith("lora_embedding_A")})
         targets = config.get("target_modules")
-        if isinstance(targets, list):
-            targets = sorted(targets)
         return {
-            "trainable_params": sum(_numel(s) for s in tensors.values()),
+            "trainable_params": sum(numel(s) for s in tensors.values()),
             "rank": config.get("r"),
-            "ranks": ranks,
+            "ranks": _ranks(tensors, "lora_A.weight", "lora_embedding_A"),
             "alpha": config.get("lora_alpha"),
-            "targets": targets,
+            "targets": sorted(targets) if isinstance(targets, list) else targets,
             "modules_to_save": config.get("modules_to_save") or [],
             "dora": bool(config.get("use_dora")),
             "rslora": bool(config.get("use_rslora")),
@@ -81,6 +70,28 @@ class LoraMethod(AdapterMethod):
         }
 
 
+class AdaLoraMethod(AdapterMethod):
+    name = "adalora"
+    peft_types = ("ADALORA",)
+
+    def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
+                     base: Any = None) -> Requirements:
+        own, req = split_full_copies(tensors, "lora_A|lora_B|lora_E")
+        for module, parts in group_by_module(own, "lora_A|lora_B|lora_E").items():
+            a, b = parts.get("lora_A"), parts.get("lora_B")
+            if a is None or b is None or len(a) != 2 or len(b) != 2:
+                raise AdapterFormatError(f"AdaLoRA module {module!r} lacks a lora_A/lora_B pair")
+            req[f"{module}.weight"] = [a[1], b[0]] if config.get("fan_in_fan_out") else [b[0], a[1]]
+        return req
+
+    def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
+        return {"trainable_params": sum(numel(s) for s in tensors.values()),
+                "rank": config.get("target_r"), "init_rank": config.get("init_r"),
+                "ranks": _ranks(tensors, "lora_A"), "alpha": config.get("lora_alpha"),
+                "targets": config.get("target_modules")}
+
+
 @hookimpl
 def register_methods(register):
     register(LoraMethod())
+    register(AdaLoraMethod())

@@ -1,0 +1,57 @@
+"""Methods that learn scaling vectors: IA3 and VeRA."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..hookspecs import hookimpl
+from .base import AdapterMethod, Requirements, Shape, group_by_module, numel, split_full_copies
+
+
+class Ia3Method(AdapterMethod):
+    name = "ia3"
+    peft_types = ("IA3",)
+
+    def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
+                     base: Any = None) -> Requirements:
+        own, req = split_full_copies(tensors, "ia3_l")
+        for module, p in group_by_module(own, "ia3_l").items():
+            vec = p.get("ia3_l", ())
+            if len(vec) == 2 and vec[0] == 1 and vec[1] != 1:  # feed-forward: scales the input
+                req[f"{module}.weight"] = [None, vec[1]]
+            elif len(vec) == 2 and vec[1] == 1:  # attention: scales the output
+                req[f"{module}.weight"] = [vec[0], None]
+            else:
+                req[f"{module}.weight"] = []
+        return req
+
+    def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
+        return {"trainable_params": sum(numel(s) for s in tensors.values()),
+                "targets": config.get("target_modules"), "feedforward": config.get("feedforward_modules")}
+
+
+class VeraMethod(AdapterMethod):
+    name = "vera"
+    peft_types = ("VERA",)
+    _SHARED = ("base_model.vera_A", "base_model.vera_B")
+
+    def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
+                     base: Any = None) -> Requirements:
+        mine = {k: s for k, s in tensors.items() if k not in self._SHARED}
+        own, req = split_full_copies(mine, "vera_lambda_b|vera_lambda_d")
+        for module, p in group_by_module(own, "vera_lambda_b|vera_lambda_d").items():
+            out = p.get("vera_lambda_b")
+            req[f"{module}.weight"] = [out[0], None] if out and len(out) == 1 else []
+        return req
+
+    def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
+        return {"trainable_params": sum(numel(s) for k, s in tensors.items() if k not in self._SHARED),
+                "rank": config.get("r"), "targets": config.get("target_modules"),
+                "projections_saved": any(k in tensors for k in self._SHARED)}
+
+
+@hookimpl
+def register_methods(register):
+    register(Ia3Method())
+    register(VeraMethod())

@@ -1,0 +1,67 @@
+"""Schema migrations: a new database is created at head; an older one is refused until
+`adapterhub db upgrade`, which keeps its data. Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import inspect, text
+
+import adapterhub_sdk as ah
+from adapterhub_sdk import db as dbmod
+
+from conftest import run_cli
+
+
+def _upgrade_to(url: str, revision: str) -> None:
+    engine = dbmod.make_engine(url)
+    with engine.connect() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(dbmod.migrations_dir()))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
+    engine.dispose()
+
+
+def test_new_database_is_created_at_head(registry_url, tmp_path):
+    reg = ah.Registry.open(registry_url, blobs=tmp_path / "blobs")
+    with reg.engine.connect() as conn:
+        assert dbmod.current_revision(conn) == dbmod.head_revision()
+        assert "config" in {c["name"] for c in inspect(conn).get_columns("bases")}
+    reg.close()
+
+
+def test_old_schema_is_refused_then_upgraded_keeping_data(registry_url, tmp_path):
+    _upgrade_to(registry_url, "0001")
+    engine = dbmod.make_engine(registry_url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO adapters (name, name_key, created_at) VALUES ('acme/x', 'acme/x', CURRENT_TIMESTAMP)"))
+    engine.dispose()
+
+    with pytest.raises(ah.RegistryError, match="at 0001") as refused_py:
+        ah.Registry.open(registry_url, blobs=tmp_path / "blobs")
+    assert "adapterhub db upgrade" in refused_py.value.hint
+    refused = run_cli("--registry", registry_url, "list")
+    assert refused.returncode == 1 and "adapterhub db upgrade" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+    done = run_cli("--registry", registry_url, "db", "upgrade")
+    assert done.returncode == 0, done.stderr
+    assert f"at {dbmod.head_revision()}" in done.stdout and "was 0001" in done.stdout
+    reg = ah.Registry.open(registry_url, blobs=tmp_path / "blobs")
+    assert reg.stats()["adapters"] == 1
+    reg.close()
+    again = run_cli("--registry", registry_url, "db", "current")
+    assert again.stdout.strip() == f"current {dbmod.head_revision()}, head {dbmod.head_revision()}"
+
+
+def test_foreign_database_is_not_touched(tmp_path):
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    engine = dbmod.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE unrelated (x INTEGER)"))
+    engine.dispose()
+    with pytest.raises(ah.RegistryError, match="no adapterhub schema"):
+        ah.Registry.open(url, blobs=tmp_path / "blobs")
