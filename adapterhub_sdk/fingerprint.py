@@ -476,8 +476,8 @@ def fingerprint(model: Any, *, workers: int | None = None, progress: bool | None
         raise TypeError("pass the base model, not a PeftModel (use peft_model.get_base_model() "
                         "only after unloading adapters)")
     if hasattr(model, "state_dict") and callable(model.state_dict):
-        config = getattr(model, "config", None)
-        config_dict = config.to_dict() if hasattr(config, "to_dict") else None
+        config: Any = getattr(model, "config", None)
+        config_dict = config.to_dict() if config is not None and hasattr(config, "to_dict") else None
         if config_dict is not None and not config_dict.get("architectures"):
             config_dict["architectures"] = [type(model).__name__]
         return _fingerprint_tensors(list(model.state_dict(keep_vars=False).items()), workers=workers,

@@ -119,7 +119,7 @@ def test_same_version_other_content_conflicts(registry, base_dir, lora_dir, lora
 
 
 def test_identical_files_are_stored_once(registry, lora_dir, lora_dir_b):
-    r1 = registry.publish(lora_dir, name="acme/a", version="1.0.0")
+    registry.publish(lora_dir, name="acme/a", version="1.0.0")
     n1 = len(blob_files(registry))
     assert n1 == len(file_digests(lora_dir))
     r2 = registry.publish(lora_dir, name="acme/b", version="1.0.0")
@@ -323,8 +323,8 @@ def test_unknown_fingerprint_gives_exact_matches_only(registry, base_dir, lora_d
     assert versions_of(registry.resolve(fingerprint=fp)) == [(NAME, "1.0.0", "exact")]
     with pytest.raises(ah.NotFoundError):
         registry.resolve(fingerprint="abababab")  # unknown prefix
-    with pytest.raises(ah.NotFoundError):
-        registry.resolve(fingerprint="not-hex")
+    with pytest.raises(ah.AdapterHubError):
+        registry.resolve(fingerprint="not-hex")  # neither a fingerprint nor a base path
 
 
 # --------------------------------------------------------------------------- list / show
