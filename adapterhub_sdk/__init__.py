@@ -27,6 +27,7 @@ from .errors import (
 )
 from .fingerprint import BaseFingerprint, fingerprint
 from .hookspecs import hookimpl
+from .loading import load_adapter
 from .manifest import BaseRef, FileEntry, Manifest
 from .methods.base import AdapterMethod
 from .package import AdapterPackage, pack
@@ -65,5 +66,6 @@ __all__ = [
     "WeightsNotFoundError",
     "fingerprint",
     "hookimpl",
+    "load_adapter",
     "pack",
 ]
