@@ -1,5 +1,9 @@
 """Content-addressed blob store: ``<root>/sha256/ab/cdef...``.
 
+This is the built-in ``file`` storage. Storage plugins (hook ``register_storage``)
+provide other stores with the same methods: ``put_file``, ``copy_verified``, ``verify``,
+``size``, ``iter_digests``, ``age``, ``delete`` and ``clean_temp``.
+
 A blob is written to a temp file under ``<root>/tmp``, hashed while it is copied,
 fsynced, renamed into place and made read-only; if the bytes do not hash to the expected
 digest nothing is stored. Reads re-hash and refuse a blob whose bytes changed.
@@ -33,6 +37,15 @@ def _check(digest: str) -> str:
 class BlobStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def size(self, digest: str) -> int:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def path(self, digest: str) -> Path:
         d = _check(digest)
@@ -154,25 +167,26 @@ class BlobStore:
         except FileNotFoundError:
             return 0.0
 
-    def stale_temp_files(self, older_than: float) -> list[Path]:
+    def clean_temp(self, older_than: float, *, dry_run: bool = False) -> int:
+        """Remove temp files of interrupted writes older than ``older_than`` seconds."""
         t = self.root / "tmp"
         if not t.is_dir():
-            return []
+            return 0
         now = time.time()
-        out = []
+        n = 0
         for f in t.iterdir():
             try:
-                if now - f.stat().st_mtime >= older_than:
-                    out.append(f)
+                if now - f.stat().st_mtime < older_than:
+                    continue
             except FileNotFoundError:
                 continue
-        return out
-
-    def remove_temp(self, p: Path) -> None:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+            n += 1
+            if not dry_run:
+                if f.is_dir():
+                    shutil.rmtree(f, ignore_errors=True)
+                else:
+                    f.unlink(missing_ok=True)
+        return n
 
 
 def _fsync_dir(path: Path) -> None:

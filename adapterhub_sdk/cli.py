@@ -269,17 +269,19 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
 @click.option("--task", metavar="T")
 @click.option("--method", metavar="M")
 @click.option("--name", metavar="NS/NAME[@SPEC]", help="Only this adapter, optionally a version range.")
+@click.option("--runtime", metavar="NAME", help="Only adapters this runtime backend can run (see 'adapterhub plugins').")
 @click.option("--all", "show_all", is_flag=True, help="Also list incompatible versions, with the reason.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many results.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def resolve(ctx: click.Context, base: str | None, fingerprint: str | None, task: str | None,
-            method: str | None, name: str | None, show_all: bool, limit: int | None, as_json: bool) -> None:
+            method: str | None, name: str | None, runtime: str | None, show_all: bool, limit: int | None,
+            as_json: bool) -> None:
     """Which adapters fit a base: exact (same weights), structural (shapes fit), best first."""
     if not base and not fingerprint:
         raise click.UsageError("give --base PATH or --fingerprint FP")
     hits = _registry(ctx).resolve(_base_arg(base, fingerprint), task=task, method=method, name=name,
-                                  include_incompatible=show_all, limit=limit)
+                                  runtime=runtime, include_incompatible=show_all, limit=limit)
     if as_json:
         _emit_json([h.to_dict() for h in hits])
         return
@@ -377,18 +379,26 @@ def gc(ctx: click.Context, grace: float, dry_run: bool, as_json: bool) -> None:
 def plugins(as_json: bool) -> None:
     """List loaded plugins, where they come from, and the methods they provide."""
     from .plugins import methods, plugin_infos
+    from .runtime import runtimes
+    from .storage import storage_factories
 
     infos = plugin_infos()
     meths = methods()
+    backends = runtimes()
+    schemes = storage_factories()
     if as_json:
         _emit_json({"plugins": [i.to_dict() for i in infos],
                     "methods": [{"name": m.name, "class": f"{type(m).__module__}.{type(m).__qualname__}"}
-                                for m in meths]})
+                                for m in meths],
+                    "runtimes": [{"name": n, "limits": b.limits.to_dict()} for n, b in backends.items()],
+                    "storage": sorted(schemes)})
         return
     for i in infos:
         state = f"FAILED: {i.error}" if i.error else ", ".join(i.hooks)
         click.echo(f"{i.name:<36} {i.source:<28} {state}")
-    click.echo("methods: " + ", ".join(m.name for m in meths))
+    click.echo("methods:  " + ", ".join(m.name for m in meths))
+    click.echo("runtimes: " + ", ".join(backends))
+    click.echo("storage:  " + ", ".join(f"{s}://" for s in sorted(schemes)))
 
 
 @cli.group()

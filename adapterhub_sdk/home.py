@@ -26,6 +26,9 @@ def default_registry_url() -> str:
     return f"sqlite:///{home_dir() / 'registry.db'}"
 
 
-def default_blob_root() -> Path:
+def default_blob_root() -> str | Path:
+    """ADAPTERHUB_BLOBS (a directory or a storage plugin's URL), else ``<home>/blobs``."""
     env = os.environ.get("ADAPTERHUB_BLOBS")
+    if env and "://" in env:
+        return env
     return Path(env).expanduser().absolute() if env else home_dir() / "blobs"

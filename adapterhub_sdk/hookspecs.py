@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .manifest import Manifest
     from .methods.base import AdapterMethod
     from .package import AdapterPackage
+    from .runtime import RuntimeBackend
 
 hookspec = pluggy.HookspecMarker("adapterhub")
 hookimpl = pluggy.HookimplMarker("adapterhub")
@@ -28,6 +29,21 @@ def register_methods(register: Callable[[AdapterMethod], None]) -> None:
     :class:`~adapterhub_sdk.methods.base.AdapterMethod` the plugin provides. Methods are
     asked in registration order, third-party plugins first, to ``detect`` an adapter config;
     the first that claims it owns validation and description of that adapter."""
+
+
+@hookspec
+def register_runtimes(register: Callable[[RuntimeBackend], None]) -> None:
+    """Called when runtimes are first listed. Call ``register(backend)`` for each
+    :class:`~adapterhub_sdk.runtime.RuntimeBackend` (a name, its limits and a ``check``).
+    The first backend registered under a name wins; third-party plugins are asked first."""
+
+
+@hookspec
+def register_storage(register: Callable[[str, Callable[[str], Any]], None]) -> None:
+    """Called when a blob store is opened by URL. Call ``register(scheme, factory)``;
+    ``factory(url)`` returns a store with the methods of :class:`~adapterhub_sdk.blobs.BlobStore`
+    (``put_file``, ``copy_verified``, ``verify``, ``size``, ``iter_digests``, ``age``,
+    ``delete``, ``clean_temp``). The built-in ``file`` scheme is the local store."""
 
 
 @hookspec

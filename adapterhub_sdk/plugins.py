@@ -22,6 +22,8 @@ from .errors import PluginError
 
 GROUP = "adapterhub"
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "adapterhub_sdk.storage",
+    "adapterhub_sdk.runtime",
     "adapterhub_sdk.methods.generic",
     "adapterhub_sdk.methods.prompt",
     "adapterhub_sdk.methods.orthogonal",

@@ -11,6 +11,7 @@ import builtins
 import json
 import os
 import re
+from collections import namedtuple
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,7 +22,6 @@ from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, selec
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from . import db as dbmod
-from .blobs import BlobStore
 from .errors import (
     AdapterHubError,
     IntegrityError,
@@ -58,6 +58,7 @@ T_SOURCES: Table = BaseSource.__table__  # type: ignore[assignment]
 T_REQS: Table = RequirementSet.__table__  # type: ignore[assignment]
 T_FITS: Table = Fit.__table__  # type: ignore[assignment]
 
+_ResolveRow = namedtuple("_ResolveRow", "id adapter_id version digest method variant base_fingerprint size yanked")
 _TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", re.ASCII)
 _HEXPREFIX = re.compile(r"[0-9a-f]{8,64}")
 MANIFEST_FILE = "adapterhub_manifest.json"
@@ -213,7 +214,7 @@ def _pkg_versions() -> dict[str, str]:
 class Registry:
     """Catalog + blob store. Open with :meth:`open`; close (or use ``with``) when done."""
 
-    def __init__(self, engine: Any, blobs: BlobStore, url: str):
+    def __init__(self, engine: Any, blobs: Any, url: str):
         self.engine = engine
         self.blobs = blobs
         self.url = url
@@ -222,8 +223,9 @@ class Registry:
     def open(cls, url: str | None = None, *, blobs: str | os.PathLike[str] | None = None,
              upgrade: bool = False) -> Registry:
         """Open (creating if new) the registry at ``url``; default SQLite under ADAPTERHUB_HOME.
-        ``blobs`` is the blob store root (env ADAPTERHUB_BLOBS; default ``<home>/blobs``,
-        or ``blobs/`` beside a SQLite database file)."""
+        ``blobs`` is the blob store: a directory or a ``scheme://`` URL of a storage plugin
+        (env ADAPTERHUB_BLOBS; default ``blobs/`` beside a SQLite database file, else
+        ``<home>/blobs``)."""
         from .home import default_blob_root, default_registry_url
 
         url = url or default_registry_url()
@@ -238,7 +240,9 @@ class Registry:
             dbmod.upgrade(engine)
         else:
             dbmod.ensure_schema(engine)
-        return cls(engine, BlobStore(blobs), url)
+        from .storage import open_blob_store
+
+        return cls(engine, open_blob_store(blobs), url)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -250,7 +254,7 @@ class Registry:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Registry({self.engine.url.render_as_string(hide_password=True)!r}, blobs={str(self.blobs.root)!r})"
+        return f"Registry({self.engine.url.render_as_string(hide_password=True)!r}, blobs={str(self.blobs)!r})"
 
     def _read(self):
         return dbmod.transaction(self.engine)
@@ -533,19 +537,30 @@ class Registry:
 
     # ------------------------------------------------------------------ resolve
 
-    def _ensure_fits(self, base: BaseFingerprint) -> None:
+    def _ensure_fits(self, base: BaseFingerprint) -> builtins.list[str]:
+        """Check every requirement set not yet checked against ``base``'s architecture and
+        record the verdicts; return the digests of the sets that fit."""
         arch = base.arch_signature
+        # Driven from requirement_sets (the outer join keeps that order): one primary-key probe
+        # into fits per set. fits has no index on arch_signature alone, so a query that starts
+        # from fits scans every (set, arch) pair ever checked, reasons included.
+        known_q = select(T_REQS.c.digest, T_FITS.c.ok).select_from(T_REQS.outerjoin(
+            T_FITS, and_(T_FITS.c.req_digest == T_REQS.c.digest, T_FITS.c.arch_signature == arch)))
         missing_q = select(T_REQS).where(T_REQS.c.digest.not_in(
             select(T_FITS.c.req_digest).where(T_FITS.c.arch_signature == arch)))
         with self._read() as conn:
-            missing = conn.execute(missing_q).all()
+            known = conn.execute(known_q).all()
+            missing = conn.execute(missing_q).all() if any(ok is None for _, ok in known) else []
+        fitting = [d for d, ok in known if ok]
         if not missing:
-            return
+            return fitting
         rows = []
         for r in missing:
             reasons = check_requirements(json.loads(r.body), base)
             rows.append({"req_digest": r.digest, "arch_signature": arch, "ok": not reasons,
                          "reasons": json.dumps(reasons)})
+            if not reasons:
+                fitting.append(r.digest)
         try:
             with self._write() as conn:
                 done = {d for (d,) in conn.execute(select(T_FITS.c.req_digest).where(
@@ -555,20 +570,28 @@ class Registry:
                     conn.execute(insert(T_FITS), todo)
         except SAIntegrityError:
             pass  # another process recorded the same fits
+        return fitting
 
     def resolve(self, base: Any = None, *, fingerprint: str | None = None, task: str | None = None,
-                method: str | None = None, name: str | None = None,
+                method: str | None = None, name: str | None = None, runtime: str | None = None,
                 include_incompatible: bool = False, limit: int | None = None) -> builtins.list[Match]:
         """Versions that fit ``base`` (path, nn.Module, state dict, BaseFingerprint or fingerprint
         string), best first: exact before structural, newest first. ``name`` may carry a spec
-        (``acme/x@^1``); an exact pin also finds a yanked version."""
+        (``acme/x@^1``); an exact pin also finds a yanked version. ``runtime`` names a runtime
+        backend whose limits must admit the adapter (else it is incompatible, with the reason)."""
+        backend = None
+        if runtime is not None:
+            from .runtime import get_runtime
+
+            backend = get_runtime(runtime)
         if base is None and fingerprint is None:
             raise TypeError("resolve needs a base or a fingerprint")
         b = self._as_base(base if base is not None else fingerprint)
         fp = b if isinstance(b, str) else b.digest
         arch = None if isinstance(b, str) else b.arch_signature
+        fitting: builtins.list[str] = []
         if arch is not None:
-            self._ensure_fits(b)  # type: ignore[arg-type]
+            fitting = self._ensure_fits(b)  # type: ignore[arg-type]
         spec = None
         filters = []
         if name is not None:
@@ -577,7 +600,10 @@ class Registry:
             filters.append(T_VERSIONS.c.adapter_id == select(T_ADAPTERS.c.id).where(
                 T_ADAPTERS.c.name_key == name_key(ref.name)).scalar_subquery())
         if task:
-            filters.append(T_VERSIONS.c.id.in_(select(T_TASKS.c.version_id).where(T_TASKS.c.task == task)))
+            # correlated EXISTS: one primary-key probe per candidate row, where IN (subquery)
+            # would materialise every version carrying the task on each resolve
+            filters.append(select(T_TASKS.c.version_id).where(
+                T_TASKS.c.version_id == T_VERSIONS.c.id, T_TASKS.c.task == task).exists())
         if method:
             filters.append(or_(T_VERSIONS.c.method == method.lower(), T_VERSIONS.c.variant == method.lower()))
         cols = [T_VERSIONS.c.id, T_VERSIONS.c.adapter_id, T_VERSIONS.c.version, T_VERSIONS.c.digest,
@@ -587,16 +613,18 @@ class Registry:
             alias_vid = None
             if spec is not None and spec.kind == "alias":
                 alias_vid = self._select_version(conn, parse_ref(name).name, spec.text).id  # type: ignore[arg-type]
-            exact_rows = conn.execute(select(*cols).where(T_VERSIONS.c.base_fingerprint == fp, *filters)).all()
+            # plain named tuples: attribute access on SQLAlchemy rows costs ~1 us each, and the
+            # loops below read ~15 attributes per row
+            exact_rows = [_ResolveRow(*r) for r in conn.execute(
+                select(*cols).where(T_VERSIONS.c.base_fingerprint == fp, *filters))]
             struct_rows: builtins.list[Any] = []
             other_rows: builtins.list[Any] = []
             fit_reasons: dict[int, list[str]] = {}
-            if arch is not None:
-                struct_rows = conn.execute(
-                    select(*cols).join(T_FITS, and_(T_FITS.c.req_digest == T_VERSIONS.c.req_digest,
-                                                    T_FITS.c.arch_signature == arch))
-                    .where(T_FITS.c.ok.is_(True), or_(T_VERSIONS.c.base_fingerprint.is_(None),
-                                                      T_VERSIONS.c.base_fingerprint != fp), *filters)).all()
+            if fitting:  # the sets that fit, from _ensure_fits: ix_versions_req_digest does the rest
+                struct_rows = [_ResolveRow(*r) for r in conn.execute(
+                    select(*cols).where(T_VERSIONS.c.req_digest.in_(fitting),
+                                        or_(T_VERSIONS.c.base_fingerprint.is_(None),
+                                            T_VERSIONS.c.base_fingerprint != fp), *filters))]
             if include_incompatible:
                 seen = {r.id for r in exact_rows} | {r.id for r in struct_rows}
                 if arch is not None:
@@ -617,8 +645,9 @@ class Registry:
             all_rows = [(r, "exact") for r in exact_rows] + [(r, "structural") for r in struct_rows] + \
                        [(r, "incompatible") for r in other_rows]
             kept = []
+            parsed: dict[str, Version] = {}  # results repeat the same few version strings
             for r, verdict in all_rows:
-                v = Version.parse(r.version)
+                v = parsed.get(r.version) or parsed.setdefault(r.version, Version.parse(r.version))
                 if spec is not None:
                     if spec.kind == "alias":
                         if r.id != alias_vid:
@@ -631,7 +660,25 @@ class Registry:
                 elif r.yanked:
                     continue
                 kept.append((r, verdict, v))
-            kept.sort(key=lambda x: x[2], reverse=True)
+            if backend is not None and kept:
+                summaries = {}
+                ids = [k[0].id for k in kept]
+                for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
+                    for row in conn.execute(select(T_VERSIONS.c.id, T_VERSIONS.c.manifest)
+                                            .where(T_VERSIONS.c.id.in_(chunk))):
+                        summaries[row.id] = json.loads(row.manifest)["method"].get("summary") or {}
+                checked = []
+                for r, verdict, v in kept:
+                    why_not = backend.check(r.method, r.variant, summaries.get(r.id, {}))
+                    if why_not:
+                        if not include_incompatible:
+                            continue
+                        fit_reasons[r.id] = why_not + fit_reasons.get(r.id, [])
+                        verdict = "incompatible"
+                    checked.append((r, verdict, v))
+                kept = checked
+            order = {text: v._key() for text, v in parsed.items()}  # Version's own ordering, once per string
+            kept.sort(key=lambda x: order[x[0].version], reverse=True)
             kept.sort(key=lambda x: VERDICTS.index(x[1]))
             if limit is not None:
                 kept = kept[:limit]
@@ -734,7 +781,7 @@ class Registry:
                 report.problems.append({"kind": "blob", "sha256": sha, "problem": problem,
                                         "versions": sorted(set(users[sha]))})
             else:
-                report.bytes += self.blobs.path(sha).stat().st_size
+                report.bytes += self.blobs.size(sha)
         return report
 
     def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False) -> GcReport:
@@ -750,14 +797,8 @@ class Registry:
                 report.kept_recent += 1
                 continue
             report.blobs_removed += 1
-            if dry_run:
-                report.bytes_freed += self.blobs.path(sha).stat().st_size
-            else:
-                report.bytes_freed += self.blobs.delete(sha)
-        for tmp in self.blobs.stale_temp_files(grace_seconds):
-            report.temp_removed += 1
-            if not dry_run:
-                self.blobs.remove_temp(tmp)
+            report.bytes_freed += self.blobs.size(sha) if dry_run else self.blobs.delete(sha)
+        report.temp_removed = self.blobs.clean_temp(grace_seconds, dry_run=dry_run)
         return report
 
     def stats(self) -> dict[str, Any]:

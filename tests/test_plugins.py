@@ -19,7 +19,8 @@ from adapterhub_sdk.plugins import methods, register_plugin, unregister_plugin
 from conftest import run_cli
 
 HOOKS = sorted(n for n in dir(hookspecs) if not n.startswith("_") and hasattr(getattr(hookspecs, n), "adapterhub_spec"))
-TESTED_HOOKS = {"register_methods", "register_commands", "validate_publish", "after_publish", "after_pull"}
+TESTED_HOOKS = {"register_methods", "register_commands", "validate_publish", "after_publish", "after_pull",
+                "register_runtimes", "register_storage"}
 
 
 def test_every_hook_has_a_test():
@@ -205,3 +206,114 @@ def test_entry_point_plugins_allowlist_and_broken_plugin(tmp_path):
 
 def test_python_executable_is_the_venv():
     assert Path(sys.executable).with_name("adapterhub").exists()
+
+
+class _TinyRuntime:
+    @ah.hookimpl
+    def register_runtimes(self, register):
+        from adapterhub_sdk.runtime import RuntimeBackend, RuntimeLimits
+
+        register(RuntimeBackend("tiny", RuntimeLimits(methods=frozenset({"lora"}), max_rank=2,
+                                                       unsupported_variants=frozenset({"dora"}))))
+
+
+def test_runtime_limits_decide_before_loading(tmp_path, lora_dir, base_dir):
+    plugin = _TinyRuntime()
+    register_plugin(plugin, name="tiny-runtime")
+    try:
+        reg = ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+        reg.publish(lora_dir, name="acme/r4", version="1.0.0", base=base_dir)  # rank 4
+        assert [h.verdict for h in reg.resolve(base_dir, runtime="transformers")] == ["exact"]
+        assert reg.resolve(base_dir, runtime="tiny") == []
+        (hit,) = reg.resolve(base_dir, runtime="tiny", include_incompatible=True)
+        assert hit.verdict == "incompatible" and "rank <= 2" in hit.reasons[0] and "rank 4" in hit.reasons[0]
+        with pytest.raises(ah.NotFoundError, match="no runtime named 'nope'"):
+            reg.resolve(base_dir, runtime="nope")
+        reg.close()
+    finally:
+        unregister_plugin(plugin)
+
+
+class _MemoryStore:
+    """A storage plugin's store kept in a dict: enough to prove the core only uses the API."""
+
+    def __init__(self, url):
+        self.url = url
+        self.data: dict[str, bytes] = {}
+
+    def __str__(self):
+        return self.url
+
+    def put_file(self, source, digest):
+        import hashlib
+
+        if digest in self.data:
+            return 0
+        raw = Path(source).read_bytes()
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise ah.IntegrityError("changed while stored")
+        self.data[digest] = raw
+        return len(raw)
+
+    def copy_verified(self, digest, out):
+        import hashlib
+
+        raw = self.data[digest]
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise ah.IntegrityError(f"blob {digest[:12]} is corrupt")
+        out.write(raw)
+        return len(raw)
+
+    def verify(self, digest):
+        import hashlib
+
+        if digest not in self.data:
+            return "missing"
+        return None if hashlib.sha256(self.data[digest]).hexdigest() == digest else "corrupt"
+
+    def size(self, digest):
+        return len(self.data.get(digest, b""))
+
+    def iter_digests(self):
+        return iter(sorted(self.data))
+
+    def age(self, digest):
+        return 1e9
+
+    def delete(self, digest):
+        return len(self.data.pop(digest, b""))
+
+    def clean_temp(self, older_than, dry_run=False):
+        return 0
+
+
+def test_storage_plugin_by_url_scheme(tmp_path, lora_dir, base_dir):
+    stores = {}
+
+    class Plugin:
+        @ah.hookimpl
+        def register_storage(self, register):
+            register("mem", lambda url: stores.setdefault(url, _MemoryStore(url)))
+
+    plugin = Plugin()
+    register_plugin(plugin, name="mem-storage")
+    try:
+        reg = ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}", blobs="mem://team")
+        reg.publish(lora_dir, name="acme/m", version="1.0.0", base=base_dir)
+        store = stores["mem://team"]
+        assert len(store.data) == len(list(Path(lora_dir).glob("*.*")))
+        assert not (tmp_path / "blobs").exists()
+        out = reg.pull("acme/m@1.0.0", tmp_path / "out")
+        assert (out / "adapter_model.safetensors").read_bytes() == (lora_dir / "adapter_model.safetensors").read_bytes()
+        assert reg.verify().ok
+        victim = next(iter(store.data))
+        store.data[victim] = b"tampered"
+        assert not reg.verify().ok
+        with pytest.raises(ah.IntegrityError):
+            reg.pull("acme/m@1.0.0", tmp_path / "out2")
+        assert not (tmp_path / "out2").exists()
+        reg.close()
+        with pytest.raises(ah.NotFoundError, match="no blob storage for s3://"):
+            ah.Registry.open(f"sqlite:///{tmp_path / 'r2.db'}", blobs="s3://bucket")
+    finally:
+        unregister_plugin(plugin)

@@ -1,0 +1,106 @@
+"""Runtime backends: what puts a base and adapters on a device and runs them. Each
+backend states its limits, so "can this adapter run here?" is answered from the
+manifest, before anything is loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import NotFoundError
+from .hookspecs import hookimpl
+
+
+@dataclass(frozen=True)
+class RuntimeLimits:
+    """What a backend runs. ``None`` means no limit."""
+
+    methods: frozenset[str] | None = None  # method types (``lora``, ``ia3``, ...)
+    unsupported_variants: frozenset[str] = frozenset()  # e.g. {"dora"}
+    max_rank: int | None = None
+    dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
+    devices: tuple[str, ...] = ("cpu",)
+    mixed_batch_methods: frozenset[str] = frozenset()  # methods it can mix in one batch
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "methods": sorted(self.methods) if self.methods is not None else None,
+            "unsupported_variants": sorted(self.unsupported_variants),
+            "max_rank": self.max_rank, "dtypes": list(self.dtypes), "devices": list(self.devices),
+            "mixed_batch_methods": sorted(self.mixed_batch_methods), "notes": list(self.notes),
+        }
+
+
+@dataclass
+class RuntimeBackend:
+    """Base class for runtime plugins. Subclasses set ``name`` and ``limits``; they may
+    override :meth:`check` for rules the limits cannot express."""
+
+    name: str = ""
+    limits: RuntimeLimits = field(default_factory=RuntimeLimits)
+
+    def check(self, method: str, variant: str, summary: Mapping[str, Any]) -> list[str]:
+        """Reasons this backend cannot run an adapter (empty: it can)."""
+        lim = self.limits
+        reasons = []
+        if lim.methods is not None and method not in lim.methods:
+            reasons.append(f"runtime {self.name!r} does not run {method} adapters "
+                           f"(it runs {', '.join(sorted(lim.methods))})")
+        if variant in lim.unsupported_variants:
+            reasons.append(f"runtime {self.name!r} does not support the {variant} variant")
+        ranks = [r for r in [summary.get("rank"), *(summary.get("ranks") or [])] if isinstance(r, int)]
+        if lim.max_rank is not None and ranks and max(ranks) > lim.max_rank:
+            reasons.append(f"runtime {self.name!r} supports rank <= {lim.max_rank}, the adapter has rank {max(ranks)}")
+        return reasons
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no torch, no CUDA
+        return False
+
+
+class TransformersRuntime(RuntimeBackend):
+    """Built-in: transformers + PEFT (or a method plugin's ``apply``) on CPU or CUDA."""
+
+    def __init__(self) -> None:
+        super().__init__("transformers", RuntimeLimits(
+            methods=None,
+            devices=("cpu", "cuda"),
+            mixed_batch_methods=frozenset({"lora"}),
+            notes=("any method PEFT or an installed method plugin can load",
+                   "mixed-adapter batches: LoRA family (PEFT adapter_names), DoRA excluded"),
+        ))
+
+    def check(self, method: str, variant: str, summary: Mapping[str, Any]) -> list[str]:
+        return super().check(method, variant, summary)
+
+
+def runtimes() -> dict[str, RuntimeBackend]:
+    from .plugins import get_plugin_manager
+
+    found: dict[str, RuntimeBackend] = {}
+
+    def register(backend: RuntimeBackend) -> None:
+        found.setdefault(backend.name, backend)
+
+    get_plugin_manager().hook.register_runtimes(register=register)
+    return found
+
+
+def get_runtime(name: str) -> RuntimeBackend:
+    available = runtimes()
+    if name not in available:
+        raise NotFoundError(f"no runtime named {name!r} (installed: {', '.join(sorted(available))})",
+                            hint="install the runtime's plugin; 'adapterhub plugins' lists what is loaded")
+    return available[name]
+
+
+@hookimpl
+def register_runtimes(register):
+    register(TransformersRuntime())
