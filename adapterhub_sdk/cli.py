@@ -112,7 +112,9 @@ def _registry(ctx: click.Context):
 @click.argument("path", type=click.Path(exists=True, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.option("--no-cache", is_flag=True, help="Re-hash even if the files are unchanged.")
-@click.option("--register", is_flag=True, help="Also record the base in the registry.")
+@click.option("--register", is_flag=True,
+              help="Also record the base in the registry, with the sha256 of its weight files, so that "
+                   "its Hub id (hf://ORG/MODEL) resolves to this fingerprint without a download.")
 @click.pass_context
 def fingerprint_cmd(ctx: click.Context, path: str, as_json: bool, no_cache: bool, register: bool) -> None:
     """Fingerprint the weights of a base model (directory or .safetensors file)."""
@@ -120,7 +122,7 @@ def fingerprint_cmd(ctx: click.Context, path: str, as_json: bool, no_cache: bool
 
     fp = fingerprint(path, use_cache=not no_cache)
     if register:
-        _registry(ctx).register_base(fp, source=os.path.abspath(path))
+        _registry(ctx).register_base(path, file_digests=True)
     if as_json:
         _emit_json(fp.to_dict())
         return
@@ -151,7 +153,7 @@ def _parse_metrics(items: tuple[str, ...]) -> dict[str, Any]:
 @click.argument("directory", type=click.Path(exists=True, path_type=str))
 @click.option("--name", required=True, metavar="NS/NAME", help="Adapter name, e.g. acme/sentiment.")
 @click.option("--version", "version", required=True, metavar="VER", help="Semantic version, e.g. 1.0.0.")
-@click.option("--base", type=click.Path(exists=True, path_type=str), help="Base model directory to pin to.")
+@click.option("--base", metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model to check against and pin to.")
 @click.option("--task", "tasks", multiple=True, metavar="TASK", help="Task tag (repeatable).")
 @click.option("--license", "license_", metavar="L", help="License identifier, e.g. apache-2.0.")
 @click.option("--description", metavar="D")
@@ -189,7 +191,7 @@ def _base_arg(base: str | None, fingerprint: str | None) -> Any:
 @cli.command("list")
 @click.option("--task", metavar="T")
 @click.option("--method", metavar="M", help="lora, dora, rslora, ia3, ...")
-@click.option("--base", type=click.Path(exists=True, path_type=str), help="Only adapters pinned to this base.")
+@click.option("--base", metavar="PATH|hf://ORG/MODEL[@REV]", help="Only adapters pinned to this base.")
 @click.option("--fingerprint", metavar="FP", help="Only adapters pinned to this fingerprint.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -264,22 +266,38 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--base", type=click.Path(exists=True, path_type=str), help="Base model directory.")
+@click.option("--base", metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model directory, or a Hub model.")
 @click.option("--fingerprint", metavar="FP", help="Base fingerprint (or a unique prefix).")
 @click.option("--task", metavar="T")
 @click.option("--method", metavar="M")
 @click.option("--name", metavar="NS/NAME[@SPEC]", help="Only this adapter, optionally a version range.")
 @click.option("--runtime", metavar="NAME", help="Only adapters this runtime backend can run (see 'adapterhub plugins').")
+@click.option("--hub", "on_hub", is_flag=True, help="Search the Hugging Face Hub instead of the local registry.")
+@click.option("--author", metavar="ORG", help="With --hub: only repos of this user or organisation.")
 @click.option("--all", "show_all", is_flag=True, help="Also list incompatible versions, with the reason.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many results.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def resolve(ctx: click.Context, base: str | None, fingerprint: str | None, task: str | None,
-            method: str | None, name: str | None, runtime: str | None, show_all: bool, limit: int | None,
-            as_json: bool) -> None:
+            method: str | None, name: str | None, runtime: str | None, on_hub: bool, author: str | None,
+            show_all: bool, limit: int | None, as_json: bool) -> None:
     """Which adapters fit a base: exact (same weights), structural (shapes fit), best first."""
     if not base and not fingerprint:
         raise click.UsageError("give --base PATH or --fingerprint FP")
+    if on_hub:
+        from .hub import HubClient
+
+        reg = _registry(ctx)
+        b = reg._as_base(_base_arg(base, fingerprint))
+        found = HubClient().resolve(b, task=task, author=author, limit=limit or 50)
+        if as_json:
+            _emit_json(found)
+            return
+        if not found:
+            click.echo("no adapters on the Hub are tagged for this base")
+        for h in found:
+            click.echo(f"{h['verdict']:<13} {h['name']}")
+        return
     hits = _registry(ctx).resolve(_base_arg(base, fingerprint), task=task, method=method, name=name,
                                   runtime=runtime, include_incompatible=show_all, limit=limit)
     if as_json:
@@ -299,20 +317,55 @@ def resolve(ctx: click.Context, base: str | None, fingerprint: str | None, task:
 
 
 @cli.command()
-@click.argument("ref", metavar="NS/NAME@SPEC")
-@click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Directory to write.")
+@click.argument("ref", metavar="NS/NAME@SPEC | hf://ORG/REPO[@SPEC]")
+@click.option("--out", "out", type=click.Path(path_type=str),
+              help="Directory to write (required for local refs; optional for hf://).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--base", metavar="PATH|hf://ORG/MODEL",
+              help="For a Hub repo pushed by PEFT without a manifest: the base to pin it to.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def pull(ctx: click.Context, ref: str, out: str, force: bool, as_json: bool) -> None:
-    """Write an adapter version to OUT as a directory PEFT loads (digests verified)."""
+def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str | None, as_json: bool) -> None:
+    """Write an adapter version to OUT as a directory PEFT loads (digests verified).
+
+    With hf://ORG/REPO[@SPEC] the version is downloaded from the Hub, verified against its
+    manifest and recorded in the local registry, so it resolves offline afterwards."""
     reg = _registry(ctx)
+    if ref.startswith("hf://"):
+        from .hub import HubClient
+
+        info = HubClient().pull(reg, ref, base=base, dest=out, overwrite=force)
+        if as_json:
+            _emit_json({"name": info.name, "version": info.version, "digest": info.digest,
+                        "path": out, "source": ref})
+            return
+        click.echo(f"pulled {ref} as {info.name}@{info.version} (verified, recorded in the local registry)"
+                   + (f" to {out}" if out else ""))
+        return
+    if out is None:
+        raise click.UsageError("give --out DIR: where to write the adapter")
     info = reg.show(ref)
     path = reg.pull(f"{info.name}@{info.version}", out, overwrite=force)
     if as_json:
         _emit_json({"name": info.name, "version": info.version, "digest": info.digest, "path": str(path)})
         return
     click.echo(f"pulled {info.name}@{info.version} to {path} (verified)")
+
+
+@cli.command()
+@click.argument("ref", metavar="NS/NAME@VERSION")
+@click.option("--to", "to", required=True, metavar="hf://ORG/REPO", help="Hub repo to push to.")
+@click.option("--private", is_flag=True, default=None, help="Create the repo private if it does not exist.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def push(ctx: click.Context, ref: str, to: str, private: bool | None, as_json: bool) -> None:
+    """Push a version to the Hugging Face Hub: PEFT files, manifest and model card in one
+    commit (which fails cleanly if someone else pushed meanwhile), tagged with the version."""
+    res = _registry(ctx).push(ref, to=to, private=private)
+    if as_json:
+        _emit_json(res.to_dict())
+        return
+    click.echo(f"pushed {ref} to hf://{res.repo}@{res.version} (commit {res.commit[:12]})")
 
 
 @cli.command()

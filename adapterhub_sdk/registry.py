@@ -12,13 +12,13 @@ import json
 import os
 import re
 from collections import namedtuple
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from . import db as dbmod
@@ -58,7 +58,15 @@ T_SOURCES: Table = BaseSource.__table__  # type: ignore[assignment]
 T_REQS: Table = RequirementSet.__table__  # type: ignore[assignment]
 T_FITS: Table = Fit.__table__  # type: ignore[assignment]
 
-_ResolveRow = namedtuple("_ResolveRow", "id adapter_id version digest method variant base_fingerprint size yanked")
+_TASKS_OF = select(T_TASKS.c.version_id, T_TASKS.c.task).where(
+    T_TASKS.c.version_id.in_(bindparam("ids", expanding=True)))
+_ALIASES_OF = select(T_ALIASES.c.version_id, T_ALIASES.c.alias).where(
+    T_ALIASES.c.version_id.in_(bindparam("ids", expanding=True)))
+_REQ_DIGESTS = select(T_REQS.c.digest)
+_NAMES_OF = select(T_ADAPTERS.c.id, T_ADAPTERS.c.name).where(T_ADAPTERS.c.id.in_(bindparam("ids", expanding=True)))
+
+_ResolveRow = namedtuple("_ResolveRow", "id adapter_id version digest method variant base_fingerprint size yanked "
+                                        "adapter_name task_list")
 _TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", re.ASCII)
 _HEXPREFIX = re.compile(r"[0-9a-f]{8,64}")
 MANIFEST_FILE = "adapterhub_manifest.json"
@@ -218,6 +226,9 @@ class Registry:
         self.engine = engine
         self.blobs = blobs
         self.url = url
+        # arch signature -> (requirement sets checked, those that fit). Fits never change and
+        # requirement sets are only ever added, so the memo holds while the set list matches.
+        self._fits_memo: dict[str, tuple[frozenset[str], builtins.list[str]]] = {}
 
     @classmethod
     def open(cls, url: str | None = None, *, blobs: str | os.PathLike[str] | None = None,
@@ -264,20 +275,40 @@ class Registry:
 
     # ------------------------------------------------------------------ bases
 
-    def register_base(self, base: Any, *, source: str | None = None) -> BaseFingerprint:
-        """Fingerprint ``base`` (path, nn.Module, state dict) if needed and record it."""
+    def register_base(self, base: Any, *, source: str | None = None, file_digests: bool = False) -> BaseFingerprint:
+        """Fingerprint ``base`` (path, nn.Module, state dict) if needed and record it with
+        where it was seen: its path; the sha256 of its weight files (free for a Hub cache
+        snapshot, hashed when ``file_digests``); the Hub repo and commit of a cache snapshot."""
+        from .sources import files_key, hub_cache_origin, weight_file_digests
+
         fp = fingerprint(base)
-        locator = source or (str(Path(base).resolve()) if isinstance(base, (str, os.PathLike)) else None)
+        is_path = isinstance(base, (str, os.PathLike))
+        sources: list[tuple[str, str, str, str]] = []
+        locator = source or (str(Path(base).resolve()) if is_path else None)
+        if locator:
+            sources.append(("path", locator, "", "{}"))
+        if is_path:
+            digests = weight_file_digests(base, compute=file_digests)
+            if digests:
+                sources.append(("files", files_key(digests), "", json.dumps({"files": digests}, sort_keys=True)))
+            origin = hub_cache_origin(base)
+            if origin:
+                sources.append(("hub", origin[0], origin[1], "{}"))
+        self._record_base(fp, sources)
+        return fp
+
+    def _record_base(self, fp: BaseFingerprint, sources: Sequence[tuple[str, str, str, str]]) -> None:
         body = json.dumps({"shapes": {k: list(v) for k, v in fp.shapes.items()}, "tied": fp.tied,
                            "dtypes": fp.dtypes}, sort_keys=True)
         with self._read() as conn:
             known = conn.execute(select(T_BASES.c.fingerprint).where(T_BASES.c.fingerprint == fp.digest)).first()
-            src = None
-            if locator:
-                src = conn.execute(select(T_SOURCES.c.fingerprint).where(
-                    T_SOURCES.c.kind == "path", T_SOURCES.c.locator == locator, T_SOURCES.c.revision == "")).first()
-        if known and (not locator or (src and src.fingerprint == fp.digest)):
-            return fp
+            fresh = True
+            for kind, loc, rev, _ in sources:
+                row = conn.execute(select(T_SOURCES.c.fingerprint).where(
+                    T_SOURCES.c.kind == kind, T_SOURCES.c.locator == loc, T_SOURCES.c.revision == rev)).first()
+                fresh = fresh and row is not None and row.fingerprint == fp.digest
+        if known and fresh:
+            return
         for attempt in range(3):
             try:
                 with self._write() as conn:
@@ -288,19 +319,41 @@ class Registry:
                             n_params=fp.n_params, total_bytes=fp.total_bytes, shapes=body,
                             config=json.dumps(fp.config, sort_keys=True) if fp.config else None,
                             created_at=utcnow()))
-                    if locator:
-                        cond = and_(T_SOURCES.c.kind == "path", T_SOURCES.c.locator == locator,
-                                    T_SOURCES.c.revision == "")
+                    for kind, loc, rev, details in sources:
+                        cond = and_(T_SOURCES.c.kind == kind, T_SOURCES.c.locator == loc, T_SOURCES.c.revision == rev)
                         if conn.execute(select(T_SOURCES.c.id).where(cond)).first():
-                            conn.execute(update(T_SOURCES).where(cond).values(fingerprint=fp.digest, seen_at=utcnow()))
+                            conn.execute(update(T_SOURCES).where(cond).values(
+                                fingerprint=fp.digest, details=details, seen_at=utcnow()))
                         else:
-                            conn.execute(insert(T_SOURCES).values(fingerprint=fp.digest, kind="path", locator=locator,
-                                                                  revision="", details="{}", seen_at=utcnow()))
-                return fp
+                            conn.execute(insert(T_SOURCES).values(fingerprint=fp.digest, kind=kind, locator=loc,
+                                                                  revision=rev, details=details, seen_at=utcnow()))
+                return
             except SAIntegrityError:
                 if attempt == 2:
                     raise
-        return fp
+
+    def find_base(self, *, files: Mapping[str, str] | None = None, hub: tuple[str, str] | None = None
+                  ) -> BaseFingerprint | None:
+        """A recorded base by the sha256 of its weight files, or by Hub (repo, commit)."""
+        from .sources import files_key
+
+        conds = []
+        if files:
+            conds.append(and_(T_SOURCES.c.kind == "files", T_SOURCES.c.locator == files_key(files)))
+        if hub:
+            conds.append(and_(T_SOURCES.c.kind == "hub", T_SOURCES.c.locator == hub[0],
+                              T_SOURCES.c.revision == hub[1]))
+        if not conds:
+            return None
+        with self._read() as conn:
+            row = conn.execute(select(T_BASES).join(T_SOURCES, T_SOURCES.c.fingerprint == T_BASES.c.fingerprint)
+                               .where(or_(*conds)).limit(1)).first()
+        return _base_from_row(row) if row else None
+
+    def record_base_source(self, fp: BaseFingerprint, kind: str, locator: str, revision: str = "",
+                           details: Mapping[str, Any] | None = None) -> None:
+        """Remember that ``fp`` was also seen as (kind, locator, revision), e.g. a Hub repo at a commit."""
+        self._record_base(fp, [(kind, locator, revision, json.dumps(dict(details or {}), sort_keys=True))])
 
     def get_base(self, fp: str) -> BaseFingerprint:
         """A base known to this registry, by fingerprint or a unique prefix of at least 8 hex digits."""
@@ -308,7 +361,9 @@ class Registry:
         if not _HEXPREFIX.fullmatch(fp):
             raise NotFoundError(f"{fp!r} is not a fingerprint (64 hex digits, or a prefix of 8 or more)")
         with self._read() as conn:
-            rows = conn.execute(select(T_BASES).where(T_BASES.c.fingerprint.startswith(fp)).limit(2)).all()
+            # a full fingerprint is a primary-key lookup; LIKE 'prefix%' scans every base
+            cond = T_BASES.c.fingerprint == fp if len(fp) == 64 else T_BASES.c.fingerprint.startswith(fp)
+            rows = conn.execute(select(T_BASES).where(cond).limit(2)).all()
         if not rows:
             raise NotFoundError(f"base {fp[:12]} is not known to this registry",
                                 hint="resolve with --base PATH once, or publish an adapter with --base")
@@ -320,6 +375,11 @@ class Registry:
         """A BaseFingerprint, or a bare fingerprint string the registry does not know."""
         if isinstance(base, BaseFingerprint):
             return base
+        if isinstance(base, str) and base.startswith("hf://"):
+            from .hub import HubClient, parse_hub_ref
+
+            ref = parse_hub_ref(base)
+            return HubClient().identify_base(self, ref.repo, ref.spec)
         if isinstance(base, str) and not os.path.exists(base) and _HEXPREFIX.fullmatch(base.lower()):
             try:
                 return self.get_base(base)
@@ -371,13 +431,47 @@ class Registry:
             if existing is None:
                 for f in pkg.files:
                     written += self.blobs.put_file(f.source, f.sha256)
-                created = self._commit_version(manifest, pkg)
+                created = self._commit_version(manifest, pkg.size)
         finally:
             if own:
                 pkg.close()
         result = PublishResult(name, str(ver), manifest.digest, created, written, len(pkg.files), manifest)
         call_hook("after_publish", manifest=manifest, created=created)
         return result
+
+    def import_version(self, manifest: Manifest, sources: Mapping[str, str | os.PathLike[str]]) -> PublishResult:
+        """Record a version whose manifest was made elsewhere (a Hub pull), keeping the manifest
+        and its digest as they are. Every file is verified against the manifest first; a file
+        that differs is named in the error and nothing is recorded."""
+        from .package import sha256_file
+        from .plugins import call_hook
+
+        validate_name(manifest.name)
+        Version.parse(manifest.version)
+        bad = []
+        for f in manifest.files:
+            src = sources.get(f.path)
+            if src is None or not Path(src).is_file():
+                bad.append(f"{f.path} (missing)")
+                continue
+            digest, size = sha256_file(Path(src))
+            if digest != f.sha256 or size != f.size:
+                bad.append(f.path)
+        if bad:
+            raise IntegrityError(f"{manifest.name}@{manifest.version}: files do not match the manifest: "
+                                 f"{', '.join(bad)}", hint="the source was modified or corrupted; do not use it")
+        existing = self._existing_digest(manifest.name, manifest.version)
+        if existing is not None and existing != manifest.digest:
+            raise VersionConflictError(f"{manifest.name}@{manifest.version} already exists here with other content")
+        written = 0
+        created = False
+        if existing is None:
+            for f in manifest.files:
+                written += self.blobs.put_file(sources[f.path], f.sha256)
+            created = self._commit_version(manifest, sum(f.size for f in manifest.files))
+        call_hook("after_publish", manifest=manifest, created=created)
+        return PublishResult(manifest.name, manifest.version, manifest.digest, created, written,
+                             len(manifest.files), manifest)
 
     def _canonical_name(self, name: str) -> str:
         with self._read() as conn:
@@ -391,7 +485,7 @@ class Registry:
                 .where(T_ADAPTERS.c.name_key == name_key(name), T_VERSIONS.c.version == version)).first()
         return row.digest if row else None
 
-    def _commit_version(self, manifest: Manifest, pkg: AdapterPackage) -> bool:
+    def _commit_version(self, manifest: Manifest, size: int) -> bool:
         ver = Version.parse(manifest.version)
         req_digest = requirements_digest(manifest.requirements)
         for attempt in range(5):
@@ -421,7 +515,7 @@ class Registry:
                         manifest=manifest.to_json().decode("utf-8"), method=manifest.method["type"],
                         variant=manifest.method.get("variant") or "", base_fingerprint=manifest.base.fingerprint,
                         base_arch=manifest.base.arch_signature, base_name=manifest.base.name,
-                        req_digest=req_digest, size=pkg.size, yanked=False, created_at=utcnow(),
+                        req_digest=req_digest, size=size, yanked=False, created_at=utcnow(),
                     ).returning(T_VERSIONS.c.id)).scalar_one()
                     if manifest.tasks:
                         conn.execute(insert(T_TASKS), [{"version_id": vid, "task": t} for t in manifest.tasks])
@@ -476,15 +570,17 @@ class Registry:
         tasks: dict[int, list[str]] = {}
         aliases: dict[int, list[str]] = {}
         names: dict[int, str] = {}
+        # prebuilt statements with an expanding parameter, rows fetched at once and unpacked by
+        # position: per-row SQLAlchemy attribute access and per-value IN coercion cost more than
+        # the queries themselves on a resolve that returns hundreds of versions
         for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
-            for t in conn.execute(select(T_TASKS).where(T_TASKS.c.version_id.in_(chunk))):
-                tasks.setdefault(t.version_id, []).append(t.task)
-            for a in conn.execute(select(T_ALIASES).where(T_ALIASES.c.version_id.in_(chunk))):
-                aliases.setdefault(a.version_id, []).append(a.alias)
+            for vid, task in conn.execute(_TASKS_OF, {"ids": chunk}).all():
+                tasks.setdefault(vid, []).append(task)
+            for vid, alias in conn.execute(_ALIASES_OF, {"ids": chunk}).all():
+                aliases.setdefault(vid, []).append(alias)
         adapter_ids = sorted({r.adapter_id for r in rows})
         for chunk in (adapter_ids[i:i + 500] for i in range(0, len(adapter_ids), 500)):
-            for a in conn.execute(select(T_ADAPTERS.c.id, T_ADAPTERS.c.name).where(T_ADAPTERS.c.id.in_(chunk))):
-                names[a.id] = a.name
+            names.update(tuple(a) for a in conn.execute(_NAMES_OF, {"ids": chunk}).all())
         return tasks, aliases, names
 
     def _info(self, conn: Connection, rows: Sequence[Any], *, with_manifest: bool = False) -> list[VersionInfo]:
@@ -541,18 +637,23 @@ class Registry:
         """Check every requirement set not yet checked against ``base``'s architecture and
         record the verdicts; return the digests of the sets that fit."""
         arch = base.arch_signature
-        # Driven from requirement_sets (the outer join keeps that order): one primary-key probe
-        # into fits per set. fits has no index on arch_signature alone, so a query that starts
-        # from fits scans every (set, arch) pair ever checked, reasons included.
-        known_q = select(T_REQS.c.digest, T_FITS.c.ok).select_from(T_REQS.outerjoin(
-            T_FITS, and_(T_FITS.c.req_digest == T_REQS.c.digest, T_FITS.c.arch_signature == arch)))
-        missing_q = select(T_REQS).where(T_REQS.c.digest.not_in(
-            select(T_FITS.c.req_digest).where(T_FITS.c.arch_signature == arch)))
         with self._read() as conn:
+            digests = frozenset(conn.execute(_REQ_DIGESTS).scalars().all())
+            memo = self._fits_memo.get(arch)
+            if memo is not None and memo[0] == digests:
+                return builtins.list(memo[1])
+            # Driven from requirement_sets (the outer join keeps that order): one primary-key probe
+            # into fits per set. fits has no index on arch_signature alone, so a query that starts
+            # from fits scans every (set, arch) pair ever checked, reasons included.
+            known_q = select(T_REQS.c.digest, T_FITS.c.ok).select_from(T_REQS.outerjoin(
+                T_FITS, and_(T_FITS.c.req_digest == T_REQS.c.digest, T_FITS.c.arch_signature == arch)))
+            missing_q = select(T_REQS).where(T_REQS.c.digest.not_in(
+                select(T_FITS.c.req_digest).where(T_FITS.c.arch_signature == arch)))
             known = conn.execute(known_q).all()
             missing = conn.execute(missing_q).all() if any(ok is None for _, ok in known) else []
         fitting = [d for d, ok in known if ok]
         if not missing:
+            self._fits_memo[arch] = (digests, builtins.list(fitting))
             return fitting
         rows = []
         for r in missing:
@@ -570,6 +671,7 @@ class Registry:
                     conn.execute(insert(T_FITS), todo)
         except SAIntegrityError:
             pass  # another process recorded the same fits
+        self._fits_memo[arch] = (digests, builtins.list(fitting))
         return fitting
 
     def resolve(self, base: Any = None, *, fingerprint: str | None = None, task: str | None = None,
@@ -608,7 +710,13 @@ class Registry:
             filters.append(or_(T_VERSIONS.c.method == method.lower(), T_VERSIONS.c.variant == method.lower()))
         cols = [T_VERSIONS.c.id, T_VERSIONS.c.adapter_id, T_VERSIONS.c.version, T_VERSIONS.c.digest,
                 T_VERSIONS.c.method, T_VERSIONS.c.variant, T_VERSIONS.c.base_fingerprint, T_VERSIONS.c.size,
-                T_VERSIONS.c.yanked]
+                T_VERSIONS.c.yanked,
+                # name and tasks in the same query (one index probe each per row) rather than
+                # follow-up IN-list queries, whose rendering costs ~2 us per id in SQLAlchemy
+                select(T_ADAPTERS.c.name).where(T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
+                .scalar_subquery().label("adapter_name"),
+                select(func.aggregate_strings(T_TASKS.c.task, ",")).where(T_TASKS.c.version_id == T_VERSIONS.c.id)
+                .scalar_subquery().label("task_list")]
         with self._read() as conn:
             alias_vid = None
             if spec is not None and spec.kind == "alias":
@@ -616,7 +724,7 @@ class Registry:
             # plain named tuples: attribute access on SQLAlchemy rows costs ~1 us each, and the
             # loops below read ~15 attributes per row
             exact_rows = [_ResolveRow(*r) for r in conn.execute(
-                select(*cols).where(T_VERSIONS.c.base_fingerprint == fp, *filters))]
+                select(*cols).where(T_VERSIONS.c.base_fingerprint == fp, *filters)).all()]
             struct_rows: builtins.list[Any] = []
             other_rows: builtins.list[Any] = []
             fit_reasons: dict[int, list[str]] = {}
@@ -624,7 +732,7 @@ class Registry:
                 struct_rows = [_ResolveRow(*r) for r in conn.execute(
                     select(*cols).where(T_VERSIONS.c.req_digest.in_(fitting),
                                         or_(T_VERSIONS.c.base_fingerprint.is_(None),
-                                            T_VERSIONS.c.base_fingerprint != fp), *filters))]
+                                            T_VERSIONS.c.base_fingerprint != fp), *filters)).all()]
             if include_incompatible:
                 seen = {r.id for r in exact_rows} | {r.id for r in struct_rows}
                 if arch is not None:
@@ -682,7 +790,6 @@ class Registry:
             kept.sort(key=lambda x: VERDICTS.index(x[1]))
             if limit is not None:
                 kept = kept[:limit]
-            tasks, _, names = self._labels(conn, [k[0] for k in kept]) if kept else ({}, {}, {})
         out = []
         for r, verdict, _ in kept:
             why: tuple[str, ...] = ()
@@ -692,16 +799,36 @@ class Registry:
                            "every tensor it touches exists in the base with matching shapes")
             elif verdict == "incompatible":
                 why = tuple(fit_reasons.get(r.id, []))
-            out.append(Match(names[r.adapter_id], r.version, verdict, why, r.method, r.variant,
-                             tuple(sorted(tasks.get(r.id, []))), r.base_fingerprint, r.digest, r.size))
+            out.append(Match(r.adapter_name, r.version, verdict, why, r.method, r.variant,
+                             tuple(sorted(r.task_list.split(","))) if r.task_list else (), r.base_fingerprint,
+                             r.digest, r.size))
         return out
 
     # ------------------------------------------------------------------ pull
 
-    def pull(self, ref: str, dest: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    def push(self, ref: str, *, to: str, private: bool | None = None) -> Any:
+        """Push ``name@version`` to ``hf://ORG/REPO`` (one commit stating its parent, tagged
+        with the version). Returns a PushResult."""
+        from .hub import HubClient
+
+        return HubClient().push(self, ref, to, private=private)
+
+    def pull(self, ref: str, dest: str | os.PathLike[str] | None = None, *, overwrite: bool = False,
+             base: Any = None) -> Path:
         """Write ``name@spec`` to ``dest`` as a directory PEFT loads. Every file is verified
-        against its digest first; ``dest`` is written atomically (complete or untouched)."""
+        against its digest first; ``dest`` is written atomically (complete or untouched).
+        ``hf://ORG/REPO@SPEC`` pulls from the Hub: verified, recorded here (so it resolves
+        offline afterwards) and, when ``dest`` is given, written there; ``base`` pins a
+        repo PEFT pushed without a manifest."""
         from .plugins import call_hook
+
+        if ref.startswith("hf://"):
+            from .hub import HubClient
+
+            info = HubClient().pull(self, ref, base=base, dest=dest, overwrite=overwrite)
+            return Path(dest) if dest is not None else Path(f"{info.name}@{info.version}")
+        if dest is None:
+            raise TypeError("pull needs a destination directory")
 
         r = parse_ref(ref)
         with self._read() as conn:

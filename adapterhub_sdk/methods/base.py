@@ -101,14 +101,16 @@ def group_by_module(tensors: Mapping[str, Shape], parts: str) -> dict[str, dict[
 
 def split_full_copies(tensors: Mapping[str, Shape], adapter_parts: str) -> tuple[dict[str, Shape], Requirements]:
     """Separate ``modules_to_save``-style full tensor copies (``<module>.weight``) from the
-    method's own tensors; return (method tensors, requirements for the copies)."""
+    method's own tensors; return (method tensors, requirements for the copies).
+    A copy of a wrapped layer (PEFT's ``save_embedding_layers``) is saved as
+    ``<module>.base_layer.weight``; it stands for the base's ``<module>.weight``."""
     own = re.compile(rf"\.(?:{adapter_parts})(?:\.(?:weight|bias))?$")
     rest: dict[str, Shape] = {}
     req: Requirements = {}
     for key, shape in tensors.items():
         rel = strip_prefix(key)
         if own.search(rel) is None and rel.endswith((".weight", ".bias")):
-            req[rel] = list(shape)
+            req[rel.replace(".base_layer.", ".")] = list(shape)
         else:
             rest[key] = shape
     return rest, req
