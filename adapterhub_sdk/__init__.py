@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from .deploy import AttachedAdapter, Deployment, StructuralMatchWarning
 from .errors import (
     AdapterFormatError,
     AdapterHubError,
@@ -41,6 +42,9 @@ __all__ = [
     "AdapterHubError",
     "AdapterMethod",
     "AdapterPackage",
+    "AttachedAdapter",
+    "Deployment",
+    "StructuralMatchWarning",
     "BaseFingerprint",
     "BaseRef",
     "CorruptFileError",

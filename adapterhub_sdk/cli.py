@@ -352,6 +352,36 @@ def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str |
     click.echo(f"pulled {info.name}@{info.version} to {path} (verified)")
 
 
+@cli.command("export")
+@click.argument("spec", metavar="NS/NAME[@SPEC]")
+@click.option("--format", "fmt", required=True, type=click.Choice(("peft", "vllm", "lorax", "tgi", "ollama"),
+              case_sensitive=False), help="What the directory is for: PEFT, vLLM, LoRAX, TGI or Ollama.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Directory to write.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--base-path", metavar="PATH|NAME",
+              help="The base to name in the generated files; a local directory is fingerprinted and must "
+                   "match the adapter's pin (default: the base name in the manifest).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def export_cmd(ctx: click.Context, spec: str, fmt: str, out: str, force: bool, base_path: str | None,
+               as_json: bool) -> None:
+    """Write a version to OUT as the files a serving tool loads (digests verified), with the
+    base fingerprint in its README and manifest."""
+    from .export import TARGETS, export
+
+    res = export(_registry(ctx), spec, fmt, out, overwrite=force, base_path=base_path)
+    if as_json:
+        _emit_json(res.to_dict())
+        return
+    click.echo(f"exported {res.ref} for {TARGETS[res.format]} to {res.path} (verified)")
+    click.echo(f"  adapter  {res.adapter_path}  (served as {res.served_name})")
+    click.echo(f"  base     {res.base_name or '-'}  fingerprint {res.base_fingerprint or 'not pinned'}"
+               + ("  (checked)" if res.base_checked else ""))
+    click.echo(f"  see      {res.path / res.readme}")
+    for w in res.warnings:
+        click.echo(f"  note     {w}")
+
+
 @cli.command()
 @click.argument("ref", metavar="NS/NAME@VERSION")
 @click.option("--to", "to", required=True, metavar="hf://ORG/REPO", help="Hub repo to push to.")

@@ -66,15 +66,17 @@ def _cuda() -> bool:
 
 
 class TransformersRuntime(RuntimeBackend):
-    """Built-in: transformers + PEFT (or a method plugin's ``apply``) on CPU or CUDA."""
+    """Built-in: a transformers model with adapters served by :class:`~adapterhub_sdk.deploy.Deployment`,
+    on CPU or CUDA."""
 
     def __init__(self) -> None:
         super().__init__("transformers", RuntimeLimits(
-            methods=None,
+            methods=frozenset({"lora"}),
+            unsupported_variants=frozenset({"dora"}),
             devices=("cpu", "cuda"),
             mixed_batch_methods=frozenset({"lora"}),
-            notes=("any method PEFT or an installed method plugin can load",
-                   "mixed-adapter batches: LoRA family (PEFT adapter_names), DoRA excluded"),
+            notes=("Deployment serves LoRA and rsLoRA on nn.Linear, mixed in one batch, mergeable",
+                   "other methods load with ah.load_adapter (PEFT or the method plugin's apply)"),
         ))
 
     def check(self, method: str, variant: str, summary: Mapping[str, Any]) -> list[str]:

@@ -1,0 +1,452 @@
+"""Serving many adapters on one copy of a base model.
+
+A :class:`Deployment` loads the base once and attaches LoRA adapters from the registry by
+spec (``acme/sentiment@^1``, ``acme/sentiment@prod``). Each is resolved, its blobs read
+and digest-verified in memory, and checked against the base fingerprint before any tensor
+touches the model. Target ``nn.Linear`` modules are wrapped once; adapters live beside
+them as small per-adapter tensors, so attaching, detaching or swapping one costs the
+same however many are resident, and a batch may mix adapters row by row (gathered into
+two batched matmuls per module and rank). A single hot adapter can be merged into the
+base weights for zero overhead and unmerged exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AdapterFormatError, IncompatibleAdapterError, NotFoundError
+from .fingerprint import fingerprint
+from .methods.base import check_requirements, strip_prefix
+
+_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<ab>A|B)\.weight")
+
+
+class StructuralMatchWarning(UserWarning):
+    """An adapter was attached to a base with other weights than it was trained on."""
+
+
+@dataclass
+class AttachedAdapter:
+    """An adapter resident in a deployment."""
+
+    name: str  # what requests call it (``model`` in the HTTP API)
+    ref: str  # name@version it came from
+    digest: str
+    verdict: str  # exact | structural
+    rank: int
+    modules: int
+    nbytes: int  # memory its tensors take
+    file_bytes: int  # size of its files in the registry
+    slot: int = field(repr=False, default=-1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ref": self.ref, "digest": self.digest, "verdict": self.verdict,
+                "rank": self.rank, "modules": self.modules, "bytes": self.nbytes, "file_bytes": self.file_bytes}
+
+
+class _Rows:
+    """Which adapter slot each batch row uses during one forward (shared by all wrappers)."""
+
+    def __init__(self) -> None:
+        self.slots: list[int] | None = None  # per row; -1 = base only
+        self.uniform: int | None = None  # set when every row uses the same slot
+
+    def set(self, slots: list[int] | None) -> None:
+        self.slots = slots
+        self.uniform = slots[0] if slots and all(s == slots[0] for s in slots) else None
+
+
+class MultiLoraLinear:
+    """Forward hook state for one wrapped ``nn.Linear``: y = base(x) + x A_i B_i per row i."""
+
+    def __init__(self, module: Any, rows: _Rows):
+        self.module = module
+        self.rows = rows
+        self.A: dict[int, Any] = {}  # slot -> [in, r]
+        self.B: dict[int, Any] = {}  # slot -> [r, out], scaling folded in
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module: Any, args: tuple, y: Any) -> Any:
+        rows = self.rows
+        if rows.slots is None or not self.A:
+            return y
+        x = args[0]
+        if rows.uniform is not None:
+            a = self.A.get(rows.uniform)
+            if a is None:
+                return y
+            return y + (x @ a) @ self.B[rows.uniform]
+        import torch
+
+        groups: dict[int, list[int]] = {}
+        for i, s in enumerate(rows.slots):
+            a = self.A.get(s)
+            if a is not None:
+                groups.setdefault(a.shape[1], []).append(i)
+        if not groups:
+            return y
+        out = y.clone()
+        for members in groups.values():
+            index = torch.tensor(members, device=x.device)
+            slots = [rows.slots[i] for i in members]
+            a = torch.stack([self.A[s] for s in slots])  # [b, in, r]
+            b = torch.stack([self.B[s] for s in slots])  # [b, r, out]
+            xs = x.index_select(0, index)
+            flat = xs.reshape(xs.shape[0], -1, xs.shape[-1])
+            delta = torch.bmm(torch.bmm(flat, a), b).reshape(*xs.shape[:-1], b.shape[-1])
+            out.index_add_(0, index, delta.to(out.dtype))
+        return out
+
+    def nbytes(self, slot: int) -> int:
+        if slot not in self.A:
+            return 0
+        a, b = self.A[slot], self.B[slot]
+        return a.numel() * a.element_size() + b.numel() * b.element_size()
+
+
+def _pattern(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+class Deployment:
+    """One base model in memory, many adapters attached by registry spec.
+
+    ``base``: a model directory, ``hf://ORG/MODEL[@REV]``, or a model already in memory.
+    ``strict``: refuse adapters that fit only structurally (other base weights).
+    """
+
+    def __init__(self, base: Any, *, registry: Any = None, device: str = "cpu", dtype: Any = None,
+                 strict: bool = False, tokenizer: Any = None):
+        import torch
+
+        from .runtime import get_runtime
+
+        self.registry = registry
+        self.strict = strict
+        self.device = torch.device(device)
+        self.runtime = get_runtime("transformers")
+        self._lock = threading.RLock()
+        self._rows = _Rows()
+        self._wrapped: dict[str, MultiLoraLinear] = {}
+        self._adapters: dict[str, AttachedAdapter] = {}
+        self._next_slot = 0
+        self._merged: tuple[str, dict[str, Any]] | None = None
+        self.base_path: Path | None = None
+        if isinstance(base, (str, Path)):
+            path = self._local_base(str(base))
+            self.base_path = path
+            from transformers import AutoModelForCausalLM
+
+            self.fingerprint = fingerprint(path)
+            kwargs = {"dtype": dtype} if dtype is not None else {}
+            self.model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            if tokenizer is None:
+                tokenizer = _try_tokenizer(path)
+        else:
+            self.model = base
+            self.fingerprint = fingerprint(base)
+        self.model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer
+        if registry is not None:
+            with contextlib.suppress(Exception):
+                registry.register_base(self.fingerprint)
+
+    @staticmethod
+    def _local_base(text: str) -> Path:
+        if text.startswith("hf://"):
+            from .hub import HubClient, parse_hub_ref
+
+            ref = parse_hub_ref(text)
+            client = HubClient()
+            _, _, snap = client.download(type(ref)(ref.repo, None) if ref.spec is None else ref)
+            return snap
+        p = Path(text)
+        if not p.exists():
+            raise NotFoundError(f"base {text!r} does not exist", hint="pass a model directory or hf://ORG/MODEL")
+        return p
+
+    # ------------------------------------------------------------------ adapters
+
+    @property
+    def adapters(self) -> dict[str, AttachedAdapter]:
+        return dict(self._adapters)
+
+    def attach(self, spec: str, *, name: str | None = None) -> AttachedAdapter:
+        """Resolve ``spec`` in the registry, verify and check it, then attach it as ``name``
+        (default: the adapter's name). Raises IncompatibleAdapterError with the reasons."""
+        if self.registry is None:
+            raise NotFoundError("this deployment has no registry to attach from",
+                                hint="Deployment(base, registry=ah.Registry.open())")
+        info = self.registry.show(spec)
+        manifest = info.manifest
+        key = name or info.name
+        verdict, reasons = self._verdict(manifest)
+        if verdict == "incompatible":
+            raise IncompatibleAdapterError(f"{info.name}@{info.version} does not fit this base: {reasons[0]}",
+                                           reasons=reasons)
+        if verdict == "structural":
+            if self.strict:
+                raise IncompatibleAdapterError(
+                    f"{info.name}@{info.version} was trained on other base weights (strict mode)",
+                    reasons=reasons, hint="attach it without strict=True to accept a structural fit")
+            warnings.warn(f"{info.name}@{info.version}: base weights differ from the ones it was trained on; "
+                          "it fits structurally", StructuralMatchWarning, stacklevel=2)
+        limits = self.runtime.check(manifest.method["type"], manifest.method.get("variant") or "",
+                                    manifest.method.get("summary") or {})
+        if limits:
+            raise IncompatibleAdapterError(f"{info.name}@{info.version}: {limits[0]}", reasons=limits,
+                                           hint="load other methods with ah.load_adapter (PEFT) outside a Deployment")
+        config, tensors = self._read_verified(manifest)
+        prepared = self._prepare(config, tensors)
+        with self._lock:
+            slot = self._next_slot
+            self._next_slot += 1
+            nbytes = 0
+            for module_name, (a, b) in prepared.items():
+                wrapper = self._wrap(module_name)
+                wrapper.A[slot] = a
+                wrapper.B[slot] = b
+                nbytes += wrapper.nbytes(slot)
+            rank = max((a.shape[1] for a, _ in prepared.values()), default=0)
+            attached = AttachedAdapter(key, f"{info.name}@{info.version}", info.digest, verdict, rank,
+                                       len(prepared), nbytes, info.size, slot)
+            old = self._adapters.get(key)
+            self._adapters[key] = attached  # a swap is one assignment: requests see old or new
+            if old is not None:
+                self._drop_slot(old.slot)
+        return attached
+
+    def replace(self, name: str, spec: str) -> AttachedAdapter:
+        """Swap the adapter served as ``name`` for ``spec`` (e.g. a newer version) while serving."""
+        if name not in self._adapters:
+            raise NotFoundError(f"no adapter {name!r} is attached")
+        return self.attach(spec, name=name)
+
+    def detach(self, name: str) -> None:
+        with self._lock:
+            adapter = self._adapters.pop(name, None)
+            if adapter is None:
+                raise NotFoundError(f"no adapter {name!r} is attached",
+                                    hint=f"attached: {', '.join(self._adapters) or 'none'}")
+            if self._merged and self._merged[0] == name:
+                self.unmerge()
+            self._drop_slot(adapter.slot)
+
+    def _drop_slot(self, slot: int) -> None:
+        for w in self._wrapped.values():
+            w.A.pop(slot, None)
+            w.B.pop(slot, None)
+
+    def _verdict(self, manifest: Any) -> tuple[str, list[str]]:
+        if manifest.base.fingerprint == self.fingerprint.digest:
+            return "exact", []
+        reasons = check_requirements(manifest.requirements, self.fingerprint)
+        if reasons:
+            return "incompatible", reasons
+        return "structural", ["base weights differ from the ones the adapter was trained on"]
+
+    def _read_verified(self, manifest: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        from safetensors.torch import load as load_safetensors
+
+        files = {f.path: f for f in manifest.files}
+        if "adapter_config.json" not in files or "adapter_model.safetensors" not in files:
+            raise AdapterFormatError(f"{manifest.name}@{manifest.version} lacks adapter_config.json or "
+                                     "adapter_model.safetensors")
+
+        def read(path: str) -> bytes:
+            buf = io.BytesIO()
+            self.registry.blobs.copy_verified(files[path].sha256, buf)
+            return buf.getvalue()
+
+        config = json.loads(read("adapter_config.json"))
+        tensors = load_safetensors(read("adapter_model.safetensors"))
+        return config, tensors
+
+    def _prepare(self, config: dict[str, Any], tensors: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Per target module: (A^T [in, r], (B * scaling)^T [r, out]) on the model's device/dtype."""
+        if config.get("fan_in_fan_out") or config.get("lora_bias") or config.get("modules_to_save"):
+            raise IncompatibleAdapterError("this runtime serves plain LoRA/rsLoRA: fan_in_fan_out, lora_bias and "
+                                           "modules_to_save are not supported",
+                                           hint="load it with ah.load_adapter (PEFT) outside a Deployment")
+        pairs: dict[str, dict[str, Any]] = {}
+        for key, t in tensors.items():
+            m = _KEY.fullmatch(strip_prefix(key))
+            if m is None:
+                raise IncompatibleAdapterError(f"tensor {key!r} is not a LoRA A/B weight this runtime can serve")
+            pairs.setdefault(m["module"], {})[m["ab"]] = t
+        alpha = float(config.get("lora_alpha") or 8)
+        rs = bool(config.get("use_rslora"))
+        out = {}
+        for module_name, ab in pairs.items():
+            if set(ab) != {"A", "B"}:
+                raise AdapterFormatError(f"module {module_name!r} lacks lora_A or lora_B")
+            a, b = ab["A"], ab["B"]
+            r = a.shape[0]
+            mod_alpha = float(_pattern(config.get("alpha_pattern") or {}, module_name, alpha))
+            scaling = mod_alpha / math.sqrt(r) if rs else mod_alpha / r
+            target = self._linear(module_name)
+            w = target.weight
+            if tuple(w.shape) != (b.shape[0], a.shape[1]):
+                raise IncompatibleAdapterError(f"shape: {module_name} is {list(w.shape)}, the adapter needs "
+                                               f"{[b.shape[0], a.shape[1]]}")
+            out[module_name] = (a.t().contiguous().to(w.device, w.dtype),
+                                (b * scaling).t().contiguous().to(w.device, w.dtype))
+        return out
+
+    def _linear(self, module_name: str) -> Any:
+        import torch
+
+        try:
+            mod = self.model.get_submodule(module_name)
+        except AttributeError:
+            raise IncompatibleAdapterError(f"missing module: {module_name} not in the base") from None
+        if not isinstance(mod, torch.nn.Linear):
+            raise IncompatibleAdapterError(f"{module_name} is a {type(mod).__name__}; this runtime serves LoRA on "
+                                           "nn.Linear modules")
+        return mod
+
+    def _wrap(self, module_name: str) -> MultiLoraLinear:
+        w = self._wrapped.get(module_name)
+        if w is None:
+            w = MultiLoraLinear(self._linear(module_name), self._rows)
+            self._wrapped[module_name] = w
+        return w
+
+    # ------------------------------------------------------------------ merge
+
+    def merge(self, name: str) -> None:
+        """Fold one adapter into the base weights: zero overhead while it is the only one used.
+        A batch using anything else unmerges it first (exactly: the base weights are restored)."""
+        import torch
+
+        with self._lock:
+            if self._merged is not None:
+                if self._merged[0] == name:
+                    return
+                self.unmerge()
+            slot = self._slot(name)
+            backup = {}
+            with torch.no_grad():
+                for module_name, w in self._wrapped.items():
+                    if slot in w.A:
+                        weight = w.module.weight
+                        backup[module_name] = weight.detach().clone()
+                        weight += (w.A[slot] @ w.B[slot]).t().to(weight.dtype)
+            self._merged = (name, backup)
+
+    def unmerge(self) -> None:
+        import torch
+
+        with self._lock:
+            if self._merged is None:
+                return
+            _, backup = self._merged
+            with torch.no_grad():
+                for module_name, original in backup.items():
+                    self._wrapped[module_name].module.weight.copy_(original)
+            self._merged = None
+
+    @property
+    def merged(self) -> str | None:
+        return self._merged[0] if self._merged else None
+
+    # ------------------------------------------------------------------ running
+
+    def _slot(self, name: str | None) -> int:
+        if name is None or name == "" or name == "base":
+            return -1
+        adapter = self._adapters.get(name)
+        if adapter is None:
+            raise NotFoundError(f"no adapter {name!r} is attached",
+                                hint=f"attached: {', '.join(self._adapters) or 'none'}")
+        return adapter.slot
+
+    @contextlib.contextmanager
+    def use(self, adapters: Sequence[str | None] | str | None, batch_size: int | None = None) -> Iterator[None]:
+        """Run model calls inside this block with row i using ``adapters[i]`` (None: the base).
+        A single name applies to every row."""
+        with self._lock:
+            if isinstance(adapters, str) or adapters is None:
+                n = batch_size or 1
+                names: list[str | None] = [adapters] * n
+            else:
+                names = list(adapters)
+            slots = [self._slot(n) for n in names]
+            if self._merged is not None:
+                merged_slot = self._slot(self._merged[0])
+                if all(s == merged_slot for s in slots):
+                    slots = [-1] * len(slots)  # already in the weights
+                else:
+                    self.unmerge()
+            self._rows.set(slots)
+            try:
+                yield
+            finally:
+                self._rows.set(None)
+
+    def forward(self, input_ids: Any, adapters: Sequence[str | None] | str | None = None,
+                attention_mask: Any = None) -> Any:
+        """Logits for a batch in which row i uses ``adapters[i]``."""
+        import torch
+
+        with torch.no_grad(), self.use(adapters, batch_size=int(input_ids.shape[0])):
+            return self.model(input_ids=input_ids.to(self.device),
+                              attention_mask=None if attention_mask is None else attention_mask.to(self.device)).logits
+
+    def generate(self, prompts: Sequence[str] | Any, adapters: Sequence[str | None] | str | None = None, *,
+                 max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+                 stop: Sequence[str] = (), on_token: Callable[[int, int], bool | None] | None = None,
+                 seed: int | None = None) -> list[dict[str, Any]]:
+        """Generate for a batch of prompts (strings, or token id lists), row i with ``adapters[i]``.
+        ``on_token(row, token_id)`` is called as tokens are produced (streaming); returning
+        False stops that row. Returns per row: text, token ids, finish_reason, usage."""
+        from .generation import generate_rows
+
+        return generate_rows(self, prompts, adapters, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=top_p, stop=stop, on_token=on_token, seed=seed)
+
+    # ------------------------------------------------------------------ accounting
+
+    def memory(self) -> dict[str, Any]:
+        """Bytes held by the base parameters and by each attached adapter."""
+        base = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        per = {name: a.nbytes for name, a in self._adapters.items()}
+        return {"base_bytes": base, "adapter_bytes": sum(per.values()), "adapters": per,
+                "merged": self.merged}
+
+    def describe(self) -> dict[str, Any]:
+        return {"base": {"fingerprint": self.fingerprint.digest, "path": str(self.base_path) if self.base_path else None,
+                         "n_params": self.fingerprint.n_params},
+                "device": str(self.device), "strict": self.strict,
+                "adapters": [a.to_dict() for a in self._adapters.values()], "memory": self.memory()}
+
+
+def _try_tokenizer(path: Path) -> Any:
+    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    except Exception:  # noqa: BLE001 - token ids still work without a tokenizer
+        return None
+
+
+__all__ = ["AttachedAdapter", "Deployment", "StructuralMatchWarning"]
+
+
