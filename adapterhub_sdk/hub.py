@@ -191,7 +191,7 @@ class HubClient:
         if ref.spec not in (None, "latest"):
             raise NotFoundError(f"{ref}: the repo has no version tags; pull it without a version")
         with _hub_errors(str(ref)):
-            info = self.api.model_info(ref.repo)
+            info = self.api.model_info(ref.repo, revision="main")
         return None, str(info.sha)
 
     # ------------------------------------------------------------------ push
@@ -216,7 +216,7 @@ class HubClient:
             ops.append(CommitOperationAdd(path_in_repo="README.md",
                                           path_or_fileobj=model_card(manifest, target.repo).encode()))
             with _hub_errors(f"push to hf://{target.repo}"):
-                head = self.api.model_info(target.repo).sha
+                head = self.api.model_info(target.repo, revision="main").sha
                 commit = self.api.create_commit(
                     target.repo, ops, commit_message=f"{manifest.name} {manifest.version}",
                     commit_description=f"adapterhub manifest {manifest.digest}", parent_commit=head)
@@ -303,20 +303,21 @@ class HubClient:
     # ------------------------------------------------------------------ bases
 
     def identify_base(self, registry: Any, repo: str, revision: str | None = None) -> BaseFingerprint:
-        """A Hub base model's fingerprint from the Hub's file metadata (LFS sha256 of each
-        weight file and the commit), without downloading weights. Known only once some
+        """A Hub base model's fingerprint from the Hub's file metadata (the LFS sha256 of each
+        weight file in the repo tree, and the commit), without downloading weights. Known only once some
         machine sharing this registry has fingerprinted the same files."""
         with _hub_errors(f"hf://{repo}"):
-            info = self.api.model_info(repo, revision=revision, files_metadata=True)
+            info = self.api.model_info(repo, revision=revision or "main")
+            tree = list(self.api.list_repo_tree(repo, revision=str(info.sha)))
         files = {}
-        for s in info.siblings or []:
-            if s.rfilename.endswith(".safetensors") and "/" not in s.rfilename:
-                lfs = getattr(s, "lfs", None)
-                sha = getattr(lfs, "sha256", None) if lfs is not None else None
-                if sha is None and isinstance(lfs, dict):
-                    sha = lfs.get("sha256")
-                if sha:
-                    files[s.rfilename] = sha
+        for entry in tree:
+            path = getattr(entry, "path", "")
+            lfs = getattr(entry, "lfs", None)
+            sha = getattr(lfs, "sha256", None) if lfs is not None else None
+            if sha is None and isinstance(lfs, dict):
+                sha = lfs.get("sha256")
+            if path.endswith(".safetensors") and "/" not in path and sha:
+                files[path] = sha
         found = registry.find_base(files=files or None, hub=(repo, str(info.sha)))
         if found is None:
             at = f"@{revision}" if revision else ""

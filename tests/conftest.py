@@ -156,3 +156,7 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: f
     if check and proc.returncode != 0:
         raise AssertionError(f"adapterhub {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+# One local Hub server (olah) per test session, shared by every module that uses it.
+from hubserver import hub_env, hub_server  # noqa: E402, F401

@@ -59,6 +59,17 @@ def meta_inject(config: Mapping[str, Any], base_config: Mapping[str, Any]) -> tu
     return expected, req
 
 
+def _peft_prefix(config: Mapping[str, Any]) -> str | None:
+    try:
+        from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+    except ImportError:
+        return None
+    for kind, prefix in PEFT_TYPE_TO_PREFIX_MAPPING.items():
+        if str(getattr(kind, "value", kind)).upper() == str(config.get("peft_type", "")).upper():
+            return prefix or None
+    return None
+
+
 def _is_prompt_learning(config: Mapping[str, Any]) -> bool:
     try:
         return bool(_peft_config(config).is_prompt_learning)
@@ -73,15 +84,22 @@ class GenericPeftMethod(AdapterMethod):
         peft_type = config.get("peft_type")
         return str(peft_type).lower() if isinstance(peft_type, str) and peft_type else None
 
-    def _existence(self, tensors: Mapping[str, Shape]) -> Requirements:
+    def _existence(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> Requirements:
+        """Modules the adapter touches, from its key names: the part before PEFT's parameter
+        prefix for this method (``hra_``, ``fourierft_``, ...) names the module."""
+        prefix = _peft_prefix(config)
         req: Requirements = {}
         for key, shape in tensors.items():
             rel = strip_prefix(key)
-            m = _SUFFIX.search(rel)
-            if m is not None:
-                req.setdefault(f"{rel[: m.start()]}.weight", [])
+            parts = rel.split(".")
+            at = next((i for i, p in enumerate(parts) if prefix and p.startswith(prefix)), None)
+            if at is None and not prefix:
+                m = _SUFFIX.search(rel)
+                at = len(rel[: m.start()].split(".")) if m is not None else None
+            if at is not None and at > 0:
+                req.setdefault(".".join(parts[:at]) + ".weight", [])
             elif rel.endswith((".weight", ".bias")) and rel != key:
-                req[rel] = list(shape)
+                req[rel.replace(".base_layer.", ".")] = list(shape)  # a full copy (modules_to_save)
         return req
 
     def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
@@ -93,12 +111,12 @@ class GenericPeftMethod(AdapterMethod):
                 return req
             except Exception:  # noqa: BLE001 - validate() reports why
                 pass
-        return self._existence(tensors)
+        return self._existence(config, tensors)
 
     def validate(self, config: Mapping[str, Any], tensors: Mapping[str, Shape], base: Any) -> list[str]:
         base_config = getattr(base, "config", None)
         if not base_config or _is_prompt_learning(config):
-            return check_requirements(self._existence(tensors), base)
+            return check_requirements(self._existence(config, tensors), base)
         try:
             expected, req = meta_inject(config, base_config)
         except Exception as exc:  # noqa: BLE001 - PEFT's refusal is the reason
