@@ -1,8 +1,8 @@
 """Exceptions. Every error raised on purpose derives from :class:`AdapterHubError` and,
 where one fits, from the builtin it resembles, so callers can catch either way.
 
-Each error carries ``hint``: the next thing the user should do. The CLI prints
-``error: <message>`` and, when present, ``hint: <hint>`` on one more line.
+Each error carries ``hint``: the next thing the user should do. The CLI prints one
+line: ``error: <message>; <hint>``.
 """
 
 from __future__ import annotations

@@ -198,6 +198,23 @@ def _pack_dir(root: Path) -> AdapterPackage:
     return AdapterPackage(root, config, files, tensors, method, variant, requirements, summary)
 
 
+ABANDONED_AFTER_S = 3600.0
+
+
+def _clean_abandoned(parent: Path, name: str) -> None:
+    """Remove temp folders that a killed writer of ``parent/name`` left behind (older than an
+    hour, so a writer still at work keeps its folder)."""
+    import time
+
+    now = time.time()
+    for p in parent.glob(f".{name}.*.incomplete"):
+        try:
+            if now - p.stat().st_mtime > ABANDONED_AFTER_S:
+                shutil.rmtree(p, ignore_errors=True)
+        except FileNotFoundError:
+            continue
+
+
 def write_package_dir(dest: Path, files: list[tuple[str, Any]], *, overwrite: bool = False) -> Path:
     """Write files (name, writer(fileobj)) to ``dest`` atomically: a sibling temp dir renamed
     into place, so ``dest`` is either absent/old or complete."""
@@ -208,6 +225,7 @@ def write_package_dir(dest: Path, files: list[tuple[str, Any]], *, overwrite: bo
         raise FileExistsError(f"{dest} is a file; pass a directory path to write the adapter to")
     if dest.is_dir() and not overwrite and any(dest.iterdir()):
         raise FileExistsError(f"{dest} exists and is not empty; pass --force to replace it")
+    _clean_abandoned(parent, dest.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".incomplete", dir=parent))
     try:
         for name, writer in files:
