@@ -185,6 +185,10 @@ def publish(ctx: click.Context, directory: str, name: str, version: str, base: s
 def _base_arg(base: str | None, fingerprint: str | None) -> Any:
     if base and fingerprint:
         raise click.UsageError("give --base or --fingerprint, not both")
+    if fingerprint is not None and not (fingerprint.isascii() and len(fingerprint.strip()) >= 8
+                                        and all(c in "0123456789abcdefABCDEF" for c in fingerprint.strip())):
+        raise click.BadParameter(f"{fingerprint!r} is not a fingerprint (64 hex digits, or a prefix of 8 or more)",
+                                 param_hint="--fingerprint")
     return base or fingerprint
 
 
@@ -520,6 +524,74 @@ def db_current(ctx: click.Context) -> None:
             click.echo(f"current {dbmod.current_revision(conn) or 'empty'}, head {dbmod.head_revision()}")
     finally:
         engine.dispose()
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _listen(host: str, port: int) -> Any:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+@cli.command()
+@click.option("--base", required=True, metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model, loaded once.")
+@click.option("--adapter", "adapters", multiple=True, metavar="[NAME=]SPEC",
+              help="Adapter to attach at start, e.g. acme/sentiment@^1 (repeatable); NAME= serves it as NAME.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--strict", is_flag=True, help="Refuse adapters trained on other base weights (structural fits).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most requests run together in one batch.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long to wait for more requests before running a batch.")
+@click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, mps.")
+@click.pass_context
+def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, port: int, strict: bool,
+          max_batch: int, batch_wait_ms: float, device: str) -> None:
+    """Serve a base and its adapters over an OpenAI-compatible HTTP API (/v1/models,
+    /v1/completions, /v1/chat/completions, /v1/adapters, /health, /metrics)."""
+    import warnings
+
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError as exc:
+        raise click.ClickException(f"'adapterhub serve' needs {exc.name or 'the serve extra'}: "
+                                   "pip install 'adapterhub_sdk[serve]'") from None
+    from .deploy import Deployment, StructuralMatchWarning
+
+    sock = _listen(host, port)  # before the slow model load: a taken port fails at once
+    try:
+        dep = Deployment(base, registry=_registry(ctx), device=device, strict=strict)
+        for item in adapters:
+            name, sep, spec = item.partition("=")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", StructuralMatchWarning)
+                attached = dep.attach(spec if sep else item, name=name if sep else None)
+            for w in caught:
+                if issubclass(w.category, StructuralMatchWarning):
+                    click.echo(f"warning: {w.message}", err=True)
+            click.echo(f"attached {attached.name} ({attached.ref}, {attached.verdict})")
+        base_id = base[5:].partition("@")[0] if base.startswith("hf://") else None
+        app = create_app(dep, base_id=base_id, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+        bound = sock.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"serving {app.state.server.base_id} with {len(dep.adapters)} adapter(s) on "
+                   f"http://{shown}:{bound}/v1")
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 @cli.command()

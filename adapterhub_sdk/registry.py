@@ -8,6 +8,7 @@ references is stored, so a version is whole or absent whatever process dies when
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import os
 import re
@@ -205,6 +206,12 @@ def _base_from_row(row: Any) -> BaseFingerprint:
 
 
 def _pkg_versions() -> dict[str, str]:
+    return dict(_pkg_versions_once())
+
+
+@functools.lru_cache(maxsize=1)
+def _pkg_versions_once() -> tuple[tuple[str, Any], ...]:
+    """Installed versions, looked up once per process (importlib.metadata scans sys.path: ~5 ms)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, Any] = {}
@@ -213,7 +220,7 @@ def _pkg_versions() -> dict[str, str]:
             out[dist] = version(dist)
         except PackageNotFoundError:
             out[dist] = None
-    return out
+    return tuple(out.items())
 
 
 # --------------------------------------------------------------------------- registry
@@ -688,6 +695,8 @@ class Registry:
             backend = get_runtime(runtime)
         if base is None and fingerprint is None:
             raise TypeError("resolve needs a base or a fingerprint")
+        if base is None and not _HEXPREFIX.fullmatch(str(fingerprint).strip().lower()):
+            raise NotFoundError(f"{fingerprint!r} is not a fingerprint (64 hex digits, or a prefix of 8 or more)")
         b = self._as_base(base if base is not None else fingerprint)
         fp = b if isinstance(b, str) else b.digest
         arch = None if isinstance(b, str) else b.arch_signature
