@@ -596,6 +596,10 @@ def export(registry: Any, spec: str, fmt: str, out: str | os.PathLike[str], *, o
     served = info.name
     adir = _dir_name(info.name)
     warnings = list(base.warnings)
+    if fmt == "tgi" and any(c in str(out) for c in ",=@"):
+        # TGI splits LORA_ADAPTERS on ',' and reads name=path@revision
+        raise AdapterHubError(f"{out}: TGI cannot read a LORA_ADAPTERS path containing ',', '=' or '@'",
+                              hint="export to a directory whose path has none of those characters")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent))
