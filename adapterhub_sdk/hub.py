@@ -31,7 +31,9 @@ from .versions import Version, VersionSpec
 SCHEME = "hf://"
 MANIFEST = "adapterhub_manifest.json"
 CARD_KEEP = "adapterhub/README.md"  # where a package's own README.md lives in the repo
+_REPO_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
+_COMMIT = re.compile(r"[0-9a-f]{40}", re.ASCII)  # a full commit sha: a base model's revision
 
 
 class HubUnavailableError(AdapterHubError, ConnectionError):
@@ -64,7 +66,8 @@ def parse_hub_ref(text: str) -> HubRef:
     if sep:
         if not spec:
             raise NotFoundError(f"{text!r} has an empty version after '@'")
-        VersionSpec.parse(spec)
+        if not _COMMIT.fullmatch(spec):  # hf://ORG/MODEL@<commit> names a base revision
+            VersionSpec.parse(spec)
     return HubRef(repo, spec if sep else None)
 
 
@@ -113,8 +116,8 @@ def model_card(manifest: Manifest, repo: str) -> str:
     if manifest.base.arch_signature:
         tags.append(f"base_arch:{manifest.base.arch_signature}")
     lines = ["---", "library_name: peft"]
-    if manifest.base.name:
-        lines.append(f"base_model: {json.dumps(manifest.base.name)}")
+    if manifest.base.name and _REPO_ID.fullmatch(manifest.base.name) and not os.path.exists(manifest.base.name):
+        lines.append(f"base_model: {json.dumps(manifest.base.name)}")  # only a Hub id; never a local path
         lines.append("base_model_relation: adapter")
     if manifest.license:
         lines.append(f"license: {json.dumps(manifest.license)}")

@@ -236,6 +236,8 @@ class Registry:
         # arch signature -> (requirement sets checked, those that fit). Fits never change and
         # requirement sets are only ever added, so the memo holds while the set list matches.
         self._fits_memo: dict[str, tuple[frozenset[str], builtins.list[str]]] = {}
+        # fingerprint -> BaseFingerprint; base rows are written once and never change
+        self._base_memo: dict[str, BaseFingerprint] = {}
 
     @classmethod
     def open(cls, url: str | None = None, *, blobs: str | os.PathLike[str] | None = None,
@@ -367,6 +369,9 @@ class Registry:
         fp = fp.strip().lower()
         if not _HEXPREFIX.fullmatch(fp):
             raise NotFoundError(f"{fp!r} is not a fingerprint (64 hex digits, or a prefix of 8 or more)")
+        memo = self._base_memo.get(fp)
+        if memo is not None:
+            return memo
         with self._read() as conn:
             # a full fingerprint is a primary-key lookup; LIKE 'prefix%' scans every base
             cond = T_BASES.c.fingerprint == fp if len(fp) == 64 else T_BASES.c.fingerprint.startswith(fp)
@@ -376,7 +381,12 @@ class Registry:
                                 hint="resolve with --base PATH once, or publish an adapter with --base")
         if len(rows) > 1:
             raise NotFoundError(f"fingerprint prefix {fp!r} is ambiguous; give more digits")
-        return _base_from_row(rows[0])
+        base = _base_from_row(rows[0])
+        if len(fp) == 64:  # parsing the shape table costs ~1 ms; keep the last 256 bases
+            if len(self._base_memo) >= 256:
+                self._base_memo.pop(next(iter(self._base_memo), ""), None)
+            self._base_memo[fp] = base
+        return base
 
     def _as_base(self, base: Any) -> BaseFingerprint | str:
         """A BaseFingerprint, or a bare fingerprint string the registry does not know."""
@@ -823,19 +833,20 @@ class Registry:
         return HubClient().push(self, ref, to, private=private)
 
     def pull(self, ref: str, dest: str | os.PathLike[str] | None = None, *, overwrite: bool = False,
-             base: Any = None) -> Path:
+             base: Any = None) -> Path | None:
         """Write ``name@spec`` to ``dest`` as a directory PEFT loads. Every file is verified
         against its digest first; ``dest`` is written atomically (complete or untouched).
         ``hf://ORG/REPO@SPEC`` pulls from the Hub: verified, recorded here (so it resolves
         offline afterwards) and, when ``dest`` is given, written there; ``base`` pins a
-        repo PEFT pushed without a manifest."""
+        repo PEFT pushed without a manifest. Returns the written directory (None for a Hub
+        pull without ``dest``: the version is then only recorded)."""
         from .plugins import call_hook
 
         if ref.startswith("hf://"):
             from .hub import HubClient
 
-            info = HubClient().pull(self, ref, base=base, dest=dest, overwrite=overwrite)
-            return Path(dest) if dest is not None else Path(f"{info.name}@{info.version}")
+            HubClient().pull(self, ref, base=base, dest=dest, overwrite=overwrite)
+            return Path(dest) if dest is not None else None
         if dest is None:
             raise TypeError("pull needs a destination directory")
 
