@@ -81,8 +81,16 @@ class GenericPeftMethod(AdapterMethod):
     name = "generic"
 
     def detect(self, config: Mapping[str, Any]) -> str | None:
+        """Claims only the types the installed PEFT knows: anything else needs its own plugin."""
         peft_type = config.get("peft_type")
-        return str(peft_type).lower() if isinstance(peft_type, str) and peft_type else None
+        if not isinstance(peft_type, str) or not peft_type:
+            return None
+        try:
+            from peft import PeftType
+        except ImportError:
+            return None
+        known = {str(getattr(t, "value", t)).upper() for t in PeftType}
+        return peft_type.lower() if peft_type.upper() in known else None
 
     def _existence(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> Requirements:
         """Modules the adapter touches, from its key names: the part before PEFT's parameter
