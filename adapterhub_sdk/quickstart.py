@@ -223,7 +223,8 @@ def _run(work: Path, steps: int, fingerprint, Registry, home: Path) -> None:  # 
         click.echo(f"    1 copy of the base            {_size(fp.total_bytes)}")
         click.echo(f"    2 fully fine-tuned copies     {_size(2 * fp.total_bytes)}")
         _say(f"""The registry stored no copy of the base: only its fingerprint and tensor shapes. Each
-        adapter is {100 * adapter_bytes / 2 / fp.total_bytes:.1f}% of a base copy; at 7B parameters the
-        same ratio means a few MB per task instead of 14 GB.""")
+        adapter here is {100 * adapter_bytes / 2 / fp.total_bytes:.1f}% of a base copy. A LoRA grows with
+        rank x width while the base grows with width squared, so on a real model the gap is far wider:
+        a rank-8 LoRA on every linear layer of a 7B Llama is about 40 MB in fp16, 0.3% of its 13.5 GB.""")
     finally:
         reg.close()
