@@ -69,7 +69,7 @@ def machine() -> dict[str, Any]:
     except ImportError:
         pass
     try:
-        facts["loadavg_at_start"] = os.getloadavg()
+        facts["loadavg_at_write"] = os.getloadavg()
     except OSError:
         pass
     return facts
