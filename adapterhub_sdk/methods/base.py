@@ -25,6 +25,7 @@ Shape = tuple[int, ...]
 Requirements = dict[str, list[int | None]]
 
 PEFT_PREFIX = "base_model.model."
+MAX_REASONS = 8  # shape mismatches listed one by one; the rest are counted
 PSEUDO_LABELS = {
     "@input_embeddings": "input embeddings",
     "@num_layers": "number of layers",
@@ -158,6 +159,8 @@ def check_requirements(req: Mapping[str, list[int | None]], base: BaseFingerprin
                                f"the adapter expects {want[0]}")
             else:
                 reasons.append(f"shape: {_label(name)} is {list(have)} in the base, the adapter needs {shown}")
+    if len(reasons) > MAX_REASONS:
+        reasons = reasons[:MAX_REASONS] + [f"(+{len(reasons) - MAX_REASONS} more shape mismatches)"]
     if missing:
         modules = sorted({m if m.startswith("@") else m.rsplit(".", 1)[0] for m in missing})
         more = f" (+{len(modules) - 3} more)" if len(modules) > 3 else ""
