@@ -60,20 +60,28 @@ class _Rows:
     def __init__(self) -> None:
         self.slots: list[int] | None = None  # per row; -1 = base only
         self.uniform: int | None = None  # set when every row uses the same slot
+        self.key: tuple[int, ...] = ()  # the slots as a tuple: what stacked tensors are cached under
 
     def set(self, slots: list[int] | None) -> None:
         self.slots = slots
+        self.key = tuple(slots or ())
         self.uniform = slots[0] if slots and all(s == slots[0] for s in slots) else None
 
 
 class MultiLoraLinear:
-    """Forward hook state for one wrapped ``nn.Linear``: y = base(x) + x A_i B_i per row i."""
+    """Forward hook state for one wrapped ``nn.Linear``: y = base(x) + x A_i B_i per row i.
+
+    A mixed batch runs as two batched matmuls over per-row stacks of A and B (rows without an
+    adapter on this module get zeros, smaller ranks are zero-padded: both add exact zeros).
+    The stacks of the last batch composition are kept while they take no more memory than
+    the adapters resident on the module, so the decode steps of one generation reuse them."""
 
     def __init__(self, module: Any, rows: _Rows):
         self.module = module
         self.rows = rows
         self.A: dict[int, Any] = {}  # slot -> [in, r]
         self.B: dict[int, Any] = {}  # slot -> [r, out], scaling folded in
+        self.cached: tuple[tuple[int, ...], tuple[Any, Any] | None] | None = None  # (row slots, stacks)
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module: Any, args: tuple, y: Any) -> Any:
@@ -81,31 +89,60 @@ class MultiLoraLinear:
         if rows.slots is None or not self.A:
             return y
         x = args[0]
+        import torch
+
         if rows.uniform is not None:
             a = self.A.get(rows.uniform)
             if a is None:
                 return y
-            return y + (x @ a) @ self.B[rows.uniform]
+            b = self.B[rows.uniform]
+            if y.dtype != a.dtype:
+                return y + ((x @ a) @ b).to(y.dtype)
+            return torch.addmm(y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]) @ a, b).view(y.shape)
+        stacks = self._stacks(rows.key)
+        if stacks is None:  # no row has an adapter on this module
+            return y
+        a, b = stacks
+        n = x.shape[0]
+        h = torch.bmm(x.reshape(n, -1, x.shape[-1]), a)  # [n, t, r]
+        y3 = y.reshape(n, -1, y.shape[-1])
+        if y.dtype != b.dtype:
+            return (y3 + torch.bmm(h, b).to(y.dtype)).view(y.shape)
+        return torch.baddbmm(y3, h, b).view(y.shape)
+
+    def _stacks(self, key: tuple[int, ...]) -> tuple[Any, Any] | None:
+        cached = self.cached
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        stacks = self._stack(key)
+        size = 0 if stacks is None else sum(t.numel() * t.element_size() for t in stacks)
+        resident = sum(self.nbytes(s) for s in self.A)
+        self.cached = (key, stacks) if size <= resident else None
+        return stacks
+
+    def _stack(self, key: tuple[int, ...]) -> tuple[Any, Any] | None:
         import torch
 
-        groups: dict[int, list[int]] = {}
-        for i, s in enumerate(rows.slots):
-            a = self.A.get(s)
-            if a is not None:
-                groups.setdefault(a.shape[1], []).append(i)
-        if not groups:
-            return y
-        out = y.clone()
-        for members in groups.values():
-            index = torch.tensor(members, device=x.device)
-            slots = [rows.slots[i] for i in members]
-            a = torch.stack([self.A[s] for s in slots])  # [b, in, r]
-            b = torch.stack([self.B[s] for s in slots])  # [b, r, out]
-            xs = x.index_select(0, index)
-            flat = xs.reshape(xs.shape[0], -1, xs.shape[-1])
-            delta = torch.bmm(torch.bmm(flat, a), b).reshape(*xs.shape[:-1], b.shape[-1])
-            out.index_add_(0, index, delta.to(out.dtype))
-        return out
+        used = [self.A[s] for s in set(key) if s in self.A]
+        if not used:
+            return None
+        r = max(a.shape[1] for a in used)
+        if all(s in self.A and self.A[s].shape[1] == r for s in key):
+            return torch.stack([self.A[s] for s in key]), torch.stack([self.B[s] for s in key])
+        a0, b0 = used[0], self.B[next(s for s in key if s in self.A)]
+        a = a0.new_zeros((len(key), a0.shape[0], r))
+        b = b0.new_zeros((len(key), r, b0.shape[1]))
+        for i, s in enumerate(key):
+            if s in self.A:
+                rank = self.A[s].shape[1]
+                a[i, :, :rank] = self.A[s]
+                b[i, :rank] = self.B[s]
+        return a, b
+
+    def cached_bytes(self) -> int:
+        if self.cached is None or self.cached[1] is None:
+            return 0
+        return sum(t.numel() * t.element_size() for t in self.cached[1])
 
     def nbytes(self, slot: int) -> int:
         if slot not in self.A:
@@ -251,6 +288,7 @@ class Deployment:
         for w in self._wrapped.values():
             w.A.pop(slot, None)
             w.B.pop(slot, None)
+            w.cached = None
 
     def _verdict(self, manifest: Any) -> tuple[str, list[str]]:
         if manifest.base.fingerprint == self.fingerprint.digest:
@@ -423,10 +461,12 @@ class Deployment:
     # ------------------------------------------------------------------ accounting
 
     def memory(self) -> dict[str, Any]:
-        """Bytes held by the base parameters and by each attached adapter."""
+        """Bytes held by the base parameters, by each attached adapter, and by the per-row
+        stacks of the last mixed batch (kept for the next steps of the same batch)."""
         base = sum(p.numel() * p.element_size() for p in self.model.parameters())
         per = {name: a.nbytes for name, a in self._adapters.items()}
         return {"base_bytes": base, "adapter_bytes": sum(per.values()), "adapters": per,
+                "batch_cache_bytes": sum(w.cached_bytes() for w in self._wrapped.values()),
                 "merged": self.merged}
 
     def describe(self) -> dict[str, Any]:
