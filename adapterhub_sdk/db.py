@@ -164,6 +164,30 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         return before, head
 
 
+def create_fresh(engine: Engine) -> None:
+    """Create the whole schema of a new database in ONE transaction and stamp it at head:
+    a process killed half-way leaves an empty database, never a half-migrated one."""
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from .models import Base
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    with _schema_lock(engine):
+        conn = engine.connect().execution_options(adapterhub_write=True)
+        try:
+            with conn.begin():
+                ctx = MigrationContext.configure(conn)
+                if ctx.get_current_revision() is not None:
+                    return  # another process created it meanwhile
+                Base.metadata.create_all(conn)
+                ctx.stamp(ScriptDirectory.from_config(cfg), "head")
+        finally:
+            conn.close()
+
+
 def ensure_schema(engine: Engine) -> None:
     """Create the schema on a new database; refuse an outdated one with the command to run."""
     try:
@@ -181,7 +205,7 @@ def ensure_schema(engine: Engine) -> None:
                                 hint="point --registry at an empty database or an adapterhub registry")
         for attempt in range(3):
             try:
-                upgrade(engine)
+                create_fresh(engine)
                 return
             except OperationalError as exc:
                 if attempt == 2:

@@ -176,6 +176,9 @@ class HubClient:
         return out
 
     def _select(self, ref: HubRef) -> tuple[Version | None, str]:
+        if ref.spec and _COMMIT.fullmatch(ref.spec):
+            raise NotFoundError(f"{ref}: {ref.spec[:12]} is not a version; adapters are pulled by version tag "
+                                "or range (hf://ORG/REPO@1.2.0, @^1, @latest)")
         versions = self.versions(ref.repo)
         spec = VersionSpec.parse(ref.spec or "latest")
         if spec.kind == "alias":

@@ -65,3 +65,19 @@ def test_foreign_database_is_not_touched(tmp_path):
     engine.dispose()
     with pytest.raises(ah.RegistryError, match="no adapterhub schema"):
         ah.Registry.open(url, blobs=tmp_path / "blobs")
+
+
+def test_migrations_and_models_agree(registry_url):
+    """A new database is created from the models in one transaction; an old one is upgraded
+    by the migrations. Both must give the same schema."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from adapterhub_sdk.models import Base
+
+    _upgrade_to(registry_url, "head")
+    engine = dbmod.make_engine(registry_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    engine.dispose()
+    assert diff == [], f"models and migrations disagree: {diff}"
