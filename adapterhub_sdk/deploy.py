@@ -5,9 +5,9 @@ spec (``acme/sentiment@^1``, ``acme/sentiment@prod``). Each is resolved, its blo
 and digest-verified in memory, and checked against the base fingerprint before any tensor
 touches the model. Target ``nn.Linear`` modules are wrapped once; adapters live beside
 them as small per-adapter tensors, so attaching, detaching or swapping one costs the
-same however many are resident, and a batch may mix adapters row by row (gathered into
-two batched matmuls per module and rank). A single hot adapter can be merged into the
-base weights for zero overhead and unmerged exactly.
+same however many are resident, and a batch may mix adapters row by row (two batched
+matmuls per module over per-row stacks, kept while the same batch runs on). A single hot
+adapter can be merged into the base weights for zero overhead and unmerged exactly.
 """
 
 from __future__ import annotations
