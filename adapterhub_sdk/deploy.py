@@ -206,12 +206,13 @@ class Deployment:
     @staticmethod
     def _local_base(text: str) -> Path:
         if text.startswith("hf://"):
-            from .hub import HubClient, parse_hub_ref
+            from huggingface_hub import snapshot_download
 
-            ref = parse_hub_ref(text)
-            client = HubClient()
-            _, _, snap = client.download(type(ref)(ref.repo, None) if ref.spec is None else ref)
-            return snap
+            from .hub import _hub_errors, parse_hub_ref
+
+            ref = parse_hub_ref(text)  # for a base, the part after @ is a git revision (branch, tag, commit)
+            with _hub_errors(text):
+                return Path(snapshot_download(ref.repo, revision=ref.spec or "main"))
         p = Path(text)
         if not p.exists():
             raise NotFoundError(f"base {text!r} does not exist", hint="pass a model directory or hf://ORG/MODEL")

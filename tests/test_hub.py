@@ -694,6 +694,18 @@ def test_register_base_file_digests_python(hub_env, base_dir, tmp_path):
         assert reg.find_base(hub=(hub_base.repo_id, first)).digest == fp.digest
 
 
+def test_deployment_loads_a_base_by_hub_id(hub_env, base_dir, lora_dir):
+    """Against olah: ``Deployment("hf://ORG/MODEL@REV")`` downloads the base once (revision
+    = a tag here), fingerprints it, and attaches an adapter pinned to the same weights."""
+    base_files = {p.name: p.read_bytes() for p in base_dir.iterdir() if p.is_file()}
+    hub_base = make_hub_repo(hub_env.mirrors, unique_repo_id("base"), base_files, tags=["v1"])
+    with ah.Registry.open() as reg:
+        reg.publish(lora_dir, name="acme/deploy", version="1.0.0", base=base_dir)
+        dep = ah.Deployment(f"hf://{hub_base.repo_id}@v1", registry=reg)
+        assert dep.fingerprint.digest == ah.fingerprint(base_dir).digest
+        assert dep.attach("acme/deploy@1.0.0").verdict == "exact"
+
+
 # --------------------------------------------------------------------------- offline and unreachable
 
 
