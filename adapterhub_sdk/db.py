@@ -8,6 +8,7 @@ half-way. PostgreSQL: plain transactions; uniqueness races are retried by the ca
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -99,22 +100,26 @@ def _operational(exc: OperationalError) -> RegistryError:
                          hint="check the registry URL and that the database server is running")
 
 
-def _alembic_config(conn: Connection):
+def _alembic_config(conn: Connection | None = None):
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
-    cfg.attributes["connection"] = conn
+    if conn is not None:
+        cfg.attributes["connection"] = conn
     return cfg
 
 
-def head_revision() -> str:
-    from alembic.config import Config
+@functools.lru_cache(maxsize=1)
+def _scripts():
+    """The migration scripts, read once per process (every Registry.open asks for the head)."""
     from alembic.script import ScriptDirectory
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_dir()))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+    return ScriptDirectory.from_config(_alembic_config())
+
+
+def head_revision() -> str:
+    head = _scripts().get_current_head()
     assert head is not None
     return head
 
@@ -167,14 +172,10 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
 def create_fresh(engine: Engine) -> None:
     """Create the whole schema of a new database in ONE transaction and stamp it at head:
     a process killed half-way leaves an empty database, never a half-migrated one."""
-    from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
 
     from .models import Base
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_dir()))
     with _schema_lock(engine):
         conn = engine.connect().execution_options(adapterhub_write=True)
         try:
@@ -183,7 +184,7 @@ def create_fresh(engine: Engine) -> None:
                 if ctx.get_current_revision() is not None:
                     return  # another process created it meanwhile
                 Base.metadata.create_all(conn)
-                ctx.stamp(ScriptDirectory.from_config(cfg), "head")
+                ctx.stamp(_scripts(), "head")
         finally:
             conn.close()
 
@@ -212,12 +213,7 @@ def ensure_schema(engine: Engine) -> None:
                     raise _operational(exc) from exc
                 time.sleep(0.2)
         return
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_dir()))
-    known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
+    known = {s.revision for s in _scripts().walk_revisions()}
     if current not in known:
         raise RegistryError(f"the registry schema ({current}) is newer than this adapterhub_sdk knows",
                             hint="upgrade adapterhub_sdk")

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .fingerprint import weight_files
+from .package import sha256_file
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CACHE_DIR = re.compile(r"models--(?P<repo>.+)")
@@ -35,11 +36,7 @@ def weight_file_digests(path: str | os.PathLike[str], *, compute: bool) -> dict[
             continue
         if not compute:
             return None
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        out[f.name] = h.hexdigest()
+        out[f.name] = sha256_file(f)[0]
     return out
 
 

@@ -78,8 +78,6 @@ def numel(shape: Shape | list[int]) -> int:
     return n
 
 
-_numel = numel
-
 
 def strip_prefix(key: str) -> str:
     return key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
