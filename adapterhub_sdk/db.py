@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,7 @@ def make_engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None  # transactions are begun explicitly below
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cur)
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
@@ -74,6 +75,27 @@ def make_engine(url: str) -> Engine:
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise RegistryError(f"no database driver for {parsed.drivername!r}",
                             hint="pip install 'adapterhub_sdk[postgres]'") from exc
+
+
+def _enable_wal(cur) -> None:  # noqa: ANN001
+    """Switch a SQLite database to WAL (persistent, so usually already done). Switching
+    needs an exclusive lock, and SQLite answers "database is locked" at once, without its
+    busy handler, while another process creates or switches the same new file: retry."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 @contextlib.contextmanager

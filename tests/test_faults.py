@@ -182,6 +182,17 @@ def _race(cmds: list[list[str]], barrier: Path) -> list[subprocess.CompletedProc
     return [subprocess.CompletedProcess(c, p.returncode, o, e) for c, p, (o, e) in zip(cmds, procs, outs)]
 
 
+def test_racing_first_opens_of_a_new_sqlite_registry(tmp_path):
+    """Many processes opening the same brand-new SQLite file at once: each must wait its
+    turn (switching the file to WAL is answered "locked" at once, without the busy handler)."""
+    for rnd in range(4):
+        url = f"sqlite:///{tmp_path / f'fresh{rnd}' / 'registry.db'}"
+        cmds = [["--registry", url, "list", "--json"] for _ in range(6)]
+        for r in _race(cmds, tmp_path / f"open{rnd}"):
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout) == []
+
+
 def test_concurrent_publishers(backend_url, base_dir, lora_dir, lora_dir_b, tmp_path):
     url = backend_url()
     blobs = tmp_path / "blobs"
