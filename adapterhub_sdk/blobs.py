@@ -4,21 +4,25 @@ This is the built-in ``file`` storage. Storage plugins (hook ``register_storage`
 provide other stores with the same methods: ``put_file``, ``copy_verified``, ``verify``,
 ``size``, ``iter_digests``, ``age``, ``delete`` and ``clean_temp``.
 
-A blob is written to a temp file under ``<root>/tmp``, hashed while it is copied,
-fsynced, renamed into place and made read-only; if the bytes do not hash to the expected
+A blob is copied to a temp file under ``<root>/tmp``, that copy is hashed and fsynced,
+then renamed into place and made read-only; if the copy does not hash to the expected
 digest nothing is stored. Reads re-hash and refuse a blob whose bytes changed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
 import os
 import re
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -60,37 +64,62 @@ class BlobStore:
         return t
 
     def put_file(self, source: str | os.PathLike[str], digest: str) -> int:
-        """Store ``source`` under ``digest``. Returns the bytes written (0 if already stored)."""
-        final = self.path(digest)
-        if final.is_file():
+        """Store ``source`` under ``digest``. Returns the bytes written (0 if already stored).
+        IntegrityError, and nothing stored, if the bytes do not hash to ``digest``."""
+        if self.path(digest).is_file():
             return 0
-        with open(source, "rb") as src:
-            return self._put_stream(src, digest, final)
+        staged = self.stage(source)
+        if staged.sha256 != digest:
+            self.discard(staged)
+            raise IntegrityError(f"content changed while it was stored: expected sha256 {digest[:12]}, "
+                                 f"got {staged.sha256[:12]}", hint="do not modify the adapter while publishing")
+        return self.put_staged(staged)
 
-    def _put_stream(self, src: BinaryIO, digest: str, final: Path) -> int:
-        fd, tmp_name = tempfile.mkstemp(prefix=digest[:16] + ".", suffix=".incomplete", dir=self._tmpdir())
+    def stage(self, source: str | os.PathLike[str]) -> StagedBlob:
+        """Copy ``source`` into a private temp file and hash the copy: what is stored later is
+        exactly what was hashed, whatever happens to ``source`` meanwhile. The kernel copies
+        (``copy_file_range``, no trip through Python), the hash reads the copy from the page
+        cache, and a second thread starts flushing it to disk at the same time. Finish with
+        :meth:`put_staged` or :meth:`discard`."""
+        fd, tmp_name = tempfile.mkstemp(prefix="staged.", suffix=".incomplete", dir=self._tmpdir())
         tmp = Path(tmp_name)
+        syncer: _Syncer | None = None
         try:
-            h = hashlib.sha256()
-            n = 0
-            with os.fdopen(fd, "wb") as out:
-                while chunk := src.read(BUF):
-                    h.update(chunk)
-                    out.write(chunk)
-                    n += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            if h.hexdigest() != digest:
-                raise IntegrityError(f"content changed while it was stored: expected sha256 {digest[:12]}, "
-                                     f"got {h.hexdigest()[:12]}", hint="do not modify the adapter while publishing")
-            os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
-            return n
+            try:
+                with open(source, "rb") as src:
+                    size = _copy_fd(src.fileno(), fd)
+                syncer = _Syncer(os.dup(fd))  # its own descriptor: it closes it when done
+                h = hashlib.sha256()
+                if size:
+                    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as m:
+                        h.update(m)
+            finally:
+                os.close(fd)
+            return StagedBlob(tmp, h.hexdigest(), size, syncer)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def put_staged(self, staged: StagedBlob) -> int:
+        """Move a staged copy into place under its digest (0 bytes written if already stored)."""
+        final = self.path(staged.sha256)
+        if final.is_file():
+            self.discard(staged)
+            return 0
+        try:
+            staged.syncer.wait()
+            os.chmod(staged.path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.path, final)
+            _fsync_dir(final.parent)
+            return staged.size
+        except BaseException:
+            staged.path.unlink(missing_ok=True)
+            raise
+
+    def discard(self, staged: StagedBlob) -> None:
+        staged.syncer.abandon()
+        staged.path.unlink(missing_ok=True)
 
     def open_verified(self, digest: str) -> bytes:
         data = self._read(digest)
@@ -187,6 +216,66 @@ class BlobStore:
                 else:
                     f.unlink(missing_ok=True)
         return n
+
+
+def _copy_fd(src: int, dst: int) -> int:
+    """Copy all of ``src`` into ``dst`` (both at offset 0) inside the kernel when it can."""
+    n = 0
+    try:
+        while True:
+            k = os.copy_file_range(src, dst, 1 << 30)
+            if k == 0:
+                return n
+            n += k
+    except OSError as exc:  # another filesystem or kernel that refuses: plain reads and writes
+        if n or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    except AttributeError:  # no copy_file_range on this platform
+        pass
+    os.lseek(src, 0, os.SEEK_SET)
+    os.lseek(dst, 0, os.SEEK_SET)
+    while chunk := os.read(src, BUF):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view):]
+        n += len(chunk)
+    return n
+
+
+class _Syncer:
+    """fsync a file descriptor in a background thread, then close it."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="adapterhub-fsync", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            os.fsync(self.fd)
+        except BaseException as exc:  # re-raised by wait()
+            self.error = exc
+        finally:
+            os.close(self.fd)
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abandon(self) -> None:
+        """The file is being thrown away: let the flush finish (and close) on its own."""
+
+
+@dataclass
+class StagedBlob:
+    """A private, hashed copy under the store's temp dir, waiting to be put in place."""
+
+    path: Path
+    sha256: str
+    size: int
+    syncer: _Syncer
 
 
 def _fsync_dir(path: Path) -> None:

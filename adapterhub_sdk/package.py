@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class PackedFile:
     source: Path  # where the bytes are now
     sha256: str
     size: int
+    staged: Any = None  # a blob store's staged copy (``source`` is its path) until stored
 
 
 @dataclass
@@ -56,6 +58,7 @@ class AdapterPackage:
     requirements: Requirements
     summary: dict[str, Any]
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    _discard: Callable[[Any], None] | None = field(default=None, repr=False)
 
     @property
     def base_name(self) -> str | None:
@@ -96,6 +99,7 @@ class AdapterPackage:
                         license=license, metrics=dict(metrics or {}), provenance=dict(provenance or {}))
 
     def close(self) -> None:
+        _discard_staged(self.files, self._discard)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -133,15 +137,23 @@ def _find_adapter_dir(root: Path, subfolder: str | None) -> Path:
                              hint="point at the directory that PeftModel.save_pretrained wrote")
 
 
-def pack(source: Any, *, subfolder: str | None = None, adapter_name: str | None = None) -> AdapterPackage:
-    """Pack a PEFT adapter directory, or a PeftModel (``adapter_name`` selects one of its adapters)."""
+def pack(source: Any, *, subfolder: str | None = None, adapter_name: str | None = None,
+         stage: Callable[[Path], Any] | None = None, discard: Callable[[Any], None] | None = None
+         ) -> AdapterPackage:
+    """Pack a PEFT adapter directory, or a PeftModel (``adapter_name`` selects one of its adapters).
+
+    With ``stage`` (a blob store's :meth:`~adapterhub_sdk.blobs.BlobStore.stage`), every file
+    is first copied aside and hashed there, and the package is read from those copies: one
+    pass over the bytes, and what gets stored is exactly what was checked. ``discard``
+    throws a staged copy away; :meth:`AdapterPackage.close` calls it for copies not stored."""
     if hasattr(source, "peft_config") and hasattr(source, "save_pretrained"):
-        return _pack_model(source, adapter_name)
+        return _pack_model(source, adapter_name, stage, discard)
     root = _find_adapter_dir(Path(source), subfolder)
-    return _pack_dir(root)
+    return _pack_dir(root, stage, discard)
 
 
-def _pack_model(model: Any, adapter_name: str | None) -> AdapterPackage:
+def _pack_model(model: Any, adapter_name: str | None, stage: Callable[[Path], Any] | None = None,
+                discard: Callable[[Any], None] | None = None) -> AdapterPackage:
     names = list(model.peft_config)
     name = adapter_name or getattr(model, "active_adapter", None) or names[0]
     if isinstance(name, list):
@@ -154,7 +166,7 @@ def _pack_model(model: Any, adapter_name: str | None) -> AdapterPackage:
         root = Path(tmp.name)
         if not (root / CONFIG).is_file():
             root = root / name
-        pkg = _pack_dir(root)
+        pkg = _pack_dir(root, stage, discard)
     except BaseException:
         tmp.cleanup()
         raise
@@ -162,7 +174,8 @@ def _pack_model(model: Any, adapter_name: str | None) -> AdapterPackage:
     return pkg
 
 
-def _pack_dir(root: Path) -> AdapterPackage:
+def _pack_dir(root: Path, stage: Callable[[Path], Any] | None = None,
+              discard: Callable[[Any], None] | None = None) -> AdapterPackage:
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     for p in entries:
         if p.is_file() and (p.suffix.lower() in PICKLE_SUFFIXES or (p.suffix == ".safetensors" and looks_like_pickle(p))):
@@ -170,32 +183,49 @@ def _pack_dir(root: Path) -> AdapterPackage:
     if not (root / WEIGHTS).is_file():
         raise AdapterFormatError(f"{root}: no {WEIGHTS}",
                                  hint="save the adapter with save_pretrained(..., safe_serialization=True)")
-    cfg_path = root / CONFIG
-    if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
+    if (root / CONFIG).stat().st_size > MAX_CONFIG_BYTES:
         raise AdapterFormatError(f"{CONFIG} is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterFormatError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
-        raise AdapterFormatError(f"{cfg_path}: no 'peft_type'; not a PEFT adapter config")
-    header = read_header(root / WEIGHTS)
-    tensors = {n: t.shape for n, t in header.tensors.items()}
-    if not tensors:
-        raise AdapterFormatError(f"{root / WEIGHTS} holds no tensors")
-    method, variant = detect_method(config)
-    requirements = method.requirements(config, tensors)
-    summary = method.describe(config, tensors)
-    files = []
-    for p in entries:
-        if not p.is_file():
-            continue
-        if p.name not in (CONFIG, WEIGHTS) and p.suffix.lower() not in EXTRA_SUFFIXES:
-            continue
+    chosen = [p for p in entries if p.is_file()
+              and (p.name in (CONFIG, WEIGHTS) or p.suffix.lower() in EXTRA_SUFFIXES)]
+    for p in chosen:
         check_file_path(p.name)
-        digest, size = sha256_file(p)
-        files.append(PackedFile(p.name, p, digest, size))
-    return AdapterPackage(root, config, files, tensors, method, variant, requirements, summary)
+    files: list[PackedFile] = []
+    try:
+        for p in chosen:
+            if stage is None:
+                digest, size = sha256_file(p)
+                files.append(PackedFile(p.name, p, digest, size))
+            else:
+                staged = stage(p)
+                files.append(PackedFile(p.name, staged.path, staged.sha256, staged.size, staged))
+        by_name = {f.path: f.source for f in files}
+        cfg_path = by_name[CONFIG]
+        if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
+            raise AdapterFormatError(f"{CONFIG} is larger than {MAX_CONFIG_BYTES} bytes")
+        try:
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AdapterFormatError(f"{root / CONFIG}: not valid JSON ({exc})") from exc
+        if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+            raise AdapterFormatError(f"{root / CONFIG}: no 'peft_type'; not a PEFT adapter config")
+        header = read_header(by_name[WEIGHTS], display=root / WEIGHTS)
+        tensors = {n: t.shape for n, t in header.tensors.items()}
+        if not tensors:
+            raise AdapterFormatError(f"{root / WEIGHTS} holds no tensors")
+        method, variant = detect_method(config)
+        requirements = method.requirements(config, tensors)
+        summary = method.describe(config, tensors)
+    except BaseException:
+        _discard_staged(files, discard)
+        raise
+    return AdapterPackage(root, config, files, tensors, method, variant, requirements, summary, _discard=discard)
+
+
+def _discard_staged(files: list[PackedFile], discard: Callable[[Any], None] | None) -> None:
+    for f in files:
+        if f.staged is not None and discard is not None:
+            discard(f.staged)
+        f.staged = None
 
 
 ABANDONED_AFTER_S = 3600.0

@@ -423,7 +423,14 @@ class Registry:
         ver = Version.parse(version)
         task_list = _check_tasks(tasks)
         own = not isinstance(source, AdapterPackage)
-        pkg = pack(source, subfolder=subfolder, adapter_name=adapter_name) if own else source
+        if own:
+            # a store that can stage (the built-in one) copies and hashes each file once
+            stage, discard = getattr(self.blobs, "stage", None), getattr(self.blobs, "discard", None)
+            if not (callable(stage) and callable(discard) and callable(getattr(self.blobs, "put_staged", None))):
+                stage = discard = None
+            pkg = pack(source, subfolder=subfolder, adapter_name=adapter_name, stage=stage, discard=discard)
+        else:
+            pkg = source
         try:
             base_ref = BaseRef(name=pkg.base_name, revision=pkg.config.get("revision"))
             if base is not None:
@@ -447,7 +454,11 @@ class Registry:
             created = False
             if existing is None:
                 for f in pkg.files:
-                    written += self.blobs.put_file(f.source, f.sha256)
+                    if f.staged is not None:
+                        staged, f.staged = f.staged, None
+                        written += self.blobs.put_staged(staged)
+                    else:
+                        written += self.blobs.put_file(f.source, f.sha256)
                 created = self._commit_version(manifest, pkg.size)
         finally:
             if own:

@@ -82,70 +82,73 @@ def looks_like_pickle(path: Path) -> bool:
     return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
 
 
-def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
-    """Parse and validate the header of a safetensors file."""
+def read_header(path: str | os.PathLike[str], *, display: str | os.PathLike[str] | None = None
+                ) -> SafetensorsHeader:
+    """Parse and validate the header of a safetensors file. Errors name ``display`` (the
+    file the user knows) when ``path`` is a private copy of it."""
     p = Path(path)
+    shown = Path(display) if display is not None else p
     try:
         size = p.stat().st_size
         with open(p, "rb") as f:
             prefix = f.read(8)
             if len(prefix) < 8:
-                raise CorruptFileError(f"{p.name}: {size} bytes is too short to be a safetensors file")
+                raise CorruptFileError(f"{shown.name}: {size} bytes is too short to be a safetensors file")
             (n,) = struct.unpack("<Q", prefix)
             if n > MAX_HEADER_BYTES or n > size - 8:
                 if looks_like_pickle(p):
-                    refuse_pickle(p)
+                    refuse_pickle(shown)
                 raise CorruptFileError(
-                    f"{p.name}: header claims {n:,} bytes but the file has {size:,} bytes "
+                    f"{shown.name}: header claims {n:,} bytes but the file has {size:,} bytes "
                     f"(limit {MAX_HEADER_BYTES:,}); the file is truncated or not safetensors",
                     hint="re-download or re-save the file",
                 )
             raw = f.read(n)
     except OSError as exc:
-        raise CorruptFileError(f"{p}: cannot read ({exc.strerror or exc})") from exc
+        raise CorruptFileError(f"{shown}: cannot read ({exc.strerror or exc})") from exc
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         if looks_like_pickle(p):
-            refuse_pickle(p)
-        raise CorruptFileError(f"{p.name}: header is not valid JSON; not a safetensors file") from exc
+            refuse_pickle(shown)
+        raise CorruptFileError(f"{shown.name}: header is not valid JSON; not a safetensors file") from exc
     if not isinstance(header, dict):
-        raise CorruptFileError(f"{p.name}: header is not a JSON object")
+        raise CorruptFileError(f"{shown.name}: header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
-        raise CorruptFileError(f"{p.name}: __metadata__ is not an object")
+        raise CorruptFileError(f"{shown.name}: __metadata__ is not an object")
     base = 8 + n
     data_len = size - base
     tensors: dict[str, TensorInfo] = {}
     spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
         if not isinstance(info, dict):
-            raise CorruptFileError(f"{p.name}: entry {name!r} is not an object")
+            raise CorruptFileError(f"{shown.name}: entry {name!r} is not an object")
         dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if dtype not in DTYPE_SIZES:
-            raise CorruptFileError(f"{p.name}: tensor {name!r} has unknown dtype {dtype!r}")
+            raise CorruptFileError(f"{shown.name}: tensor {name!r} has unknown dtype {dtype!r}")
         if (
             not isinstance(shape, list)
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         ):
-            raise CorruptFileError(f"{p.name}: tensor {name!r} has an invalid shape {shape!r}")
+            raise CorruptFileError(f"{shown.name}: tensor {name!r} has an invalid shape {shape!r}")
         if (
             not isinstance(offs, list)
             or len(offs) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
             or not 0 <= offs[0] <= offs[1]
         ):
-            raise CorruptFileError(f"{p.name}: tensor {name!r} has invalid data_offsets {offs!r}")
+            raise CorruptFileError(f"{shown.name}: tensor {name!r} has invalid data_offsets {offs!r}")
         expected = math.prod(shape) * DTYPE_SIZES[dtype]
         if dtype == "F4":
             expected = (math.prod(shape) + 1) // 2
         if offs[1] - offs[0] != expected:
             raise CorruptFileError(
-                f"{p.name}: tensor {name!r} spans {offs[1] - offs[0]} bytes but {dtype}{shape} needs {expected}"
+                f"{shown.name}: tensor {name!r} spans {offs[1] - offs[0]} bytes but {dtype}{shape} needs {expected}"
             )
         if offs[1] > data_len:
             raise CorruptFileError(
-                f"{p.name}: tensor {name!r} ends at byte {base + offs[1]:,} but the file has {size:,} bytes; "
+                f"{shown.name}: tensor {name!r} ends at byte {base + offs[1]:,} but the file has {size:,} bytes; "
                 "the file is truncated",
                 hint="re-download or re-save the file",
             )
@@ -154,5 +157,5 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     spans.sort()
     for (_, e1, a), (s2, _, b) in zip(spans, spans[1:]):
         if s2 < e1:
-            raise CorruptFileError(f"{p.name}: tensors {a!r} and {b!r} overlap")
+            raise CorruptFileError(f"{shown.name}: tensors {a!r} and {b!r} overlap")
     return SafetensorsHeader(p, tensors, {str(k): str(v) for k, v in metadata.items()}, size)

@@ -10,8 +10,10 @@ Per round (order rotated, >= 5 rounds, medians reported):
 * ours: ``Registry.publish(dir, name=..., version=<new each round>, base=None)`` into a
   fresh SQLite registry (opened, with its migrations run, before the timer starts).
   ``base=None``: no base fingerprinting or shape check is timed (see "ours + base" below).
-  Publish hashes every file while packing, then streams each into the blob store
-  (re-hashing as it copies), fsyncs file and directory, and commits the version row.
+  Publish copies each file into the blob store's temp dir inside the kernel
+  (``copy_file_range``), hashes that private copy from the page cache while a second
+  thread fsyncs it, reads the config and safetensors header from the copies, renames the
+  blobs into place (fsyncing the directory) and commits the version row.
 * peer: ``shutil.copy`` of the adapter's files into a new directory + ``hashlib.sha256`` of
   each file (1 MiB reads). No fsync.
 * context, not the target's peer: the same copy + hash with ``os.fsync`` of each copied

@@ -117,6 +117,43 @@ def test_same_version_other_content_conflicts(registry, base_dir, lora_dir, lora
     assert [i.version for i in registry.list()] == ["1.0.0"]
 
 
+def test_publish_leaves_no_staged_copies_whatever_the_outcome(registry, base_dir, base_other_shape,
+                                                              lora_dir, lora_dir_b, tmp_path):
+    """Publish copies each file aside once and hashes the copy; created, no-op, conflict,
+    incompatible base: the store's temp dir is empty afterwards and the blobs verify."""
+    tmp = registry.blobs.root / "tmp"
+
+    def staged() -> list[str]:
+        return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
+
+    registry.publish(lora_dir, name=NAME, version="1.0.0")
+    assert staged() == []
+    assert registry.publish(lora_dir, name=NAME, version="1.0.0").bytes_written == 0
+    assert staged() == []
+    with pytest.raises(ah.VersionConflictError):
+        registry.publish(lora_dir_b, name=NAME, version="1.0.0")
+    assert staged() == []
+    with pytest.raises(ah.IncompatibleAdapterError):
+        registry.publish(lora_dir_b, name=NAME, version="2.0.0", base=base_other_shape)
+    assert staged() == []
+    with pytest.raises(ah.AdapterHubError):
+        registry.publish(lora_dir, name=NAME, version="not-a-version")
+    assert staged() == []
+    assert registry.stats()["versions"] == 1
+    assert registry.verify().ok
+    # the stored bytes are the ones that were hashed: a source edited later changes nothing
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in lora_dir_b.iterdir():
+        (src / f.name).write_bytes(f.read_bytes())
+    res = registry.publish(src, name=NAME, version="1.1.0")
+    (src / "adapter_config.json").write_text("{}")
+    pulled = registry.pull(f"{NAME}@1.1.0", tmp_path / "out")
+    for f in lora_dir_b.iterdir():
+        assert (pulled / f.name).read_bytes() == f.read_bytes()
+    assert {f.sha256 for f in res.manifest.files} == file_digests(lora_dir_b)
+
+
 def test_identical_files_are_stored_once(registry, lora_dir, lora_dir_b):
     registry.publish(lora_dir, name="acme/a", version="1.0.0")
     n1 = len(blob_files(registry))
