@@ -114,7 +114,12 @@ def transaction(engine: Engine, *, write: bool = False) -> Iterator[Connection]:
 
 
 def _operational(exc: OperationalError) -> RegistryError:
-    msg = str(exc.orig) if exc.orig is not None else str(exc)
+    return database_error(exc.orig if exc.orig is not None else exc)
+
+
+def database_error(exc: BaseException) -> RegistryError:
+    """A one-line RegistryError for a database driver's error."""
+    msg = str(exc) or type(exc).__name__
     if "locked" in msg or "busy" in msg:
         return RegistryError(f"the registry stayed locked by another process for {BUSY_TIMEOUT_MS // 1000}s",
                              hint="another adapterhub command holds a long write; retry when it ends")

@@ -12,12 +12,11 @@ import functools
 import json
 import os
 import re
-from collections import namedtuple
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -65,13 +64,80 @@ _ALIASES_OF = select(T_ALIASES.c.version_id, T_ALIASES.c.alias).where(
     T_ALIASES.c.version_id.in_(bindparam("ids", expanding=True)))
 _REQ_DIGESTS = select(T_REQS.c.digest)
 _NAMES_OF = select(T_ADAPTERS.c.id, T_ADAPTERS.c.name).where(T_ADAPTERS.c.id.in_(bindparam("ids", expanding=True)))
+# resolve reads these by position: id adapter_id version digest method variant base_fingerprint size yanked
+_RESOLVE_COLS = (T_VERSIONS.c.id, T_VERSIONS.c.adapter_id, T_VERSIONS.c.version, T_VERSIONS.c.digest,
+                 T_VERSIONS.c.method, T_VERSIONS.c.variant, T_VERSIONS.c.base_fingerprint, T_VERSIONS.c.size,
+                 T_VERSIONS.c.yanked)
 
-_ResolveRow = namedtuple("_ResolveRow", "id adapter_id version digest method variant base_fingerprint size yanked "
-                                        "adapter_name task_list")
+_EXACT_WHY = ("base weights differ from the ones the adapter was trained on",
+              "every tensor it touches exists in the base with matching shapes")
+_NO_FP_WHY = ("adapter was published without a base fingerprint",
+              "every tensor it touches exists in the base with matching shapes")
+_MEMO_MAX = 500_000  # names and task lists remembered per Registry (immutable once written)
 _TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", re.ASCII)
 _HEXPREFIX = re.compile(r"[0-9a-f]{8,64}")
 MANIFEST_FILE = "adapterhub_manifest.json"
 VERDICTS = ("exact", "structural", "incompatible")
+
+
+def _resolve_filters(by_name: bool, by_task: bool, by_method: bool, values: Mapping[str, Any] | None = None
+                     ) -> builtins.list[Any]:
+    """resolve's filters; with ``values`` the literals are bound, else named bind parameters."""
+    def param(key: str) -> Any:
+        return values[key] if values is not None else bindparam(key)
+
+    filters = []
+    if by_name:
+        filters.append(T_VERSIONS.c.adapter_id == select(T_ADAPTERS.c.id).where(
+            T_ADAPTERS.c.name_key == param("name_key")).scalar_subquery())
+    if by_task:
+        # correlated EXISTS: one primary-key probe per candidate row, where IN (subquery)
+        # would materialise every version carrying the task on each resolve
+        filters.append(select(T_TASKS.c.version_id).where(
+            T_TASKS.c.version_id == T_VERSIONS.c.id, T_TASKS.c.task == param("task")).exists())
+    if by_method:
+        filters.append(or_(T_VERSIONS.c.method == param("method"), T_VERSIONS.c.variant == param("method")))
+    return filters
+
+
+_SQL_CACHE: dict[tuple[Any, ...], tuple[str, tuple[str, ...] | None]] = {}
+
+
+def _resolve_sql(dialect: Any, n_fitting: int, by_name: bool, by_task: bool, by_method: bool
+                 ) -> tuple[str, tuple[str, ...] | None]:
+    """SQL text and positional parameter names of one half of resolve: the exact half
+    (``n_fitting`` 0) or the structural half over ``n_fitting`` requirement digests."""
+    key = (dialect.name, n_fitting, by_name, by_task, by_method)
+    hit = _SQL_CACHE.get(key)
+    if hit is None:
+        if n_fitting == 0:
+            where = [T_VERSIONS.c.base_fingerprint == bindparam("fp")]
+        else:
+            where = [T_VERSIONS.c.req_digest.in_([bindparam(f"req{i}") for i in range(n_fitting)]),
+                     or_(T_VERSIONS.c.base_fingerprint.is_(None), T_VERSIONS.c.base_fingerprint != bindparam("fp"))]
+        compiled = select(*_RESOLVE_COLS).where(*where, *_resolve_filters(by_name, by_task, by_method)
+                                                ).compile(dialect=dialect)
+        hit = (str(compiled), tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None)
+        if len(_SQL_CACHE) > 512:
+            _SQL_CACHE.clear()
+        _SQL_CACHE[key] = hit
+    return hit
+
+
+def _fetch_tuples(conn: Connection, sql: tuple[str, tuple[str, ...] | None], values: Mapping[str, Any]
+                  ) -> builtins.list[tuple[Any, ...]]:
+    """Run compiled SQL on the connection's DBAPI cursor, inside its transaction."""
+    text_sql, positions = sql
+    params: Any = tuple(values[k] for k in positions) if positions is not None else dict(values)
+    cur = conn.connection.cursor()
+    try:
+        cur.execute(text_sql, params)
+        rows: Any = cur.fetchall()
+        return rows
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise dbmod.database_error(exc) from exc
+    finally:
+        cur.close()
 
 
 # --------------------------------------------------------------------------- results
@@ -106,9 +172,10 @@ class VersionInfo:
         return d
 
 
-@dataclass(frozen=True)
-class Match:
-    """One resolve result: a version and how it fits the base."""
+class Match(NamedTuple):
+    """One resolve result: a version and how it fits the base. Immutable; a named tuple
+    because a resolve may return hundreds (cheaper to build, and the garbage collector
+    stops tracking tuples of plain values)."""
 
     name: str
     version: str
@@ -238,6 +305,9 @@ class Registry:
         self._fits_memo: dict[str, tuple[frozenset[str], builtins.list[str]]] = {}
         # fingerprint -> BaseFingerprint; base rows are written once and never change
         self._base_memo: dict[str, BaseFingerprint] = {}
+        self._name_memo: dict[int, str] = {}
+        self._task_memo: dict[str, str] = {}  # manifest digest -> tasks joined by newlines
+        self._task_tuples: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def open(cls, url: str | None = None, *, blobs: str | os.PathLike[str] | None = None,
@@ -725,46 +795,36 @@ class Registry:
         if arch is not None:
             fitting = self._ensure_fits(b)  # type: ignore[arg-type]
         spec = None
-        filters = []
         if name is not None:
             ref = parse_ref(name)
             spec = VersionSpec.parse(ref.spec) if ref.spec else None
-            filters.append(T_VERSIONS.c.adapter_id == select(T_ADAPTERS.c.id).where(
-                T_ADAPTERS.c.name_key == name_key(ref.name)).scalar_subquery())
+        cols = _RESOLVE_COLS
+        values: dict[str, Any] = {"fp": fp}
+        if name is not None:
+            values["name_key"] = name_key(parse_ref(name).name)
         if task:
-            # correlated EXISTS: one primary-key probe per candidate row, where IN (subquery)
-            # would materialise every version carrying the task on each resolve
-            filters.append(select(T_TASKS.c.version_id).where(
-                T_TASKS.c.version_id == T_VERSIONS.c.id, T_TASKS.c.task == task).exists())
+            values["task"] = task
         if method:
-            filters.append(or_(T_VERSIONS.c.method == method.lower(), T_VERSIONS.c.variant == method.lower()))
-        cols = [T_VERSIONS.c.id, T_VERSIONS.c.adapter_id, T_VERSIONS.c.version, T_VERSIONS.c.digest,
-                T_VERSIONS.c.method, T_VERSIONS.c.variant, T_VERSIONS.c.base_fingerprint, T_VERSIONS.c.size,
-                T_VERSIONS.c.yanked,
-                # name and tasks in the same query (one index probe each per row) rather than
-                # follow-up IN-list queries, whose rendering costs ~2 us per id in SQLAlchemy
-                select(T_ADAPTERS.c.name).where(T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
-                .scalar_subquery().label("adapter_name"),
-                select(func.aggregate_strings(T_TASKS.c.task, ",")).where(T_TASKS.c.version_id == T_VERSIONS.c.id)
-                .scalar_subquery().label("task_list")]
+            values["method"] = method.lower()
+        shape = (name is not None, bool(task), bool(method))
         with self._read() as conn:
             alias_vid = None
             if spec is not None and spec.kind == "alias":
                 alias_vid = self._select_version(conn, parse_ref(name).name, spec.text).id  # type: ignore[arg-type]
-            # plain named tuples: attribute access on SQLAlchemy rows costs ~1 us each, and the
-            # loops below read ~15 attributes per row
-            exact_rows = [_ResolveRow(*r) for r in conn.execute(
-                select(*cols).where(T_VERSIONS.c.base_fingerprint == fp, *filters)).all()]
-            struct_rows: builtins.list[Any] = []
-            other_rows: builtins.list[Any] = []
+            # plain DBAPI tuples from SQL compiled once per query shape: SQLAlchemy's Row objects
+            # cost ~1 us each to build and, unlike tuples of plain values, stay tracked by the
+            # garbage collector (hundreds per resolve made its full collections frequent)
+            rows = _fetch_tuples(conn, _resolve_sql(conn.dialect, 0, *shape), values)
+            verdicts: dict[int, str] = {}  # by version id, for rows that are not exact
             fit_reasons: dict[int, list[str]] = {}
             if fitting:  # the sets that fit, from _ensure_fits: ix_versions_req_digest does the rest
-                struct_rows = [_ResolveRow(*r) for r in conn.execute(
-                    select(*cols).where(T_VERSIONS.c.req_digest.in_(fitting),
-                                        or_(T_VERSIONS.c.base_fingerprint.is_(None),
-                                            T_VERSIONS.c.base_fingerprint != fp), *filters)).all()]
+                values.update((f"req{i}", d) for i, d in enumerate(fitting))
+                struct = _fetch_tuples(conn, _resolve_sql(conn.dialect, len(fitting), *shape), values)
+                verdicts.update((r[0], "structural") for r in struct)
+                rows += struct
             if include_incompatible:
-                seen = {r.id for r in exact_rows} | {r.id for r in struct_rows}
+                seen = {r[0] for r in rows}
+                filters = _resolve_filters(*shape, values)
                 if arch is not None:
                     q = select(*cols, T_FITS.c.reasons).join(
                         T_FITS, and_(T_FITS.c.req_digest == T_VERSIONS.c.req_digest, T_FITS.c.arch_signature == arch),
@@ -774,64 +834,110 @@ class Registry:
                 for r in conn.execute(q):
                     if r.id in seen:
                         continue
-                    other_rows.append(r)
+                    rows.append(tuple(r[:9]))
+                    verdicts[r.id] = "incompatible"
                     reasons = json.loads(r.reasons) if arch is not None and r.reasons else []
                     if arch is None:
                         reasons = [f"base {fp[:12]} is not known to this registry, so only exact matches can be "
                                    "checked; resolve with --base PATH"]
                     fit_reasons[r.id] = reasons or ["does not fit the base"]
-            all_rows = [(r, "exact") for r in exact_rows] + [(r, "structural") for r in struct_rows] + \
-                       [(r, "incompatible") for r in other_rows]
             kept = []
             parsed: dict[str, Version] = {}  # results repeat the same few version strings
-            for r, verdict in all_rows:
-                v = parsed.get(r.version) or parsed.setdefault(r.version, Version.parse(r.version))
+            for r in rows:
+                text_v = r[2]
+                v = parsed.get(text_v)
+                if v is None:
+                    v = parsed[text_v] = Version.parse(text_v)
                 if spec is not None:
                     if spec.kind == "alias":
-                        if r.id != alias_vid:
+                        if r[0] != alias_vid:
                             continue
                     elif spec.kind == "exact":
                         if v != spec.exact:
                             continue
-                    elif r.yanked or not spec.matches(v):
+                    elif r[8] or not spec.matches(v):
                         continue
-                elif r.yanked:
+                elif r[8]:  # yanked
                     continue
-                kept.append((r, verdict, v))
+                kept.append(r)
             if backend is not None and kept:
                 summaries = {}
-                ids = [k[0].id for k in kept]
+                ids = [r[0] for r in kept]
                 for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
                     for row in conn.execute(select(T_VERSIONS.c.id, T_VERSIONS.c.manifest)
                                             .where(T_VERSIONS.c.id.in_(chunk))):
                         summaries[row.id] = json.loads(row.manifest)["method"].get("summary") or {}
                 checked = []
-                for r, verdict, v in kept:
-                    why_not = backend.check(r.method, r.variant, summaries.get(r.id, {}))
+                for r in kept:
+                    why_not = backend.check(r[4], r[5], summaries.get(r[0], {}))
                     if why_not:
                         if not include_incompatible:
                             continue
-                        fit_reasons[r.id] = why_not + fit_reasons.get(r.id, [])
-                        verdict = "incompatible"
-                    checked.append((r, verdict, v))
+                        fit_reasons[r[0]] = why_not + fit_reasons.get(r[0], [])
+                        verdicts[r[0]] = "incompatible"
+                    checked.append(r)
                 kept = checked
-            order = {text: v._key() for text, v in parsed.items()}  # Version's own ordering, once per string
-            kept.sort(key=lambda x: order[x[0].version], reverse=True)
-            kept.sort(key=lambda x: VERDICTS.index(x[1]))
+            order = {text_v: v._key() for text_v, v in parsed.items()}  # Version's own ordering, once per string
+            rank = {verdict: i for i, verdict in enumerate(VERDICTS)}
+            kept.sort(key=lambda r: order[r[2]], reverse=True)
+            kept.sort(key=lambda r: rank[verdicts.get(r[0], "exact")])
             if limit is not None:
                 kept = kept[:limit]
+            names = self._adapter_names(conn, {r[1] for r in kept})
+            tasks = self._task_lists(conn, kept)
+        # few allocations per row: a resolve may return hundreds of versions, and every object
+        # that outlives a young-generation collection brings the next full one closer
         out = []
-        for r, verdict, _ in kept:
-            why: tuple[str, ...] = ()
-            if verdict == "structural":
-                why = ("base weights differ from the ones the adapter was trained on"
-                           if r.base_fingerprint else "adapter was published without a base fingerprint",
-                           "every tensor it touches exists in the base with matching shapes")
-            elif verdict == "incompatible":
-                why = tuple(fit_reasons.get(r.id, []))
-            out.append(Match(r.adapter_name, r.version, verdict, why, r.method, r.variant,
-                             tuple(sorted(r.task_list.split(","))) if r.task_list else (), r.base_fingerprint,
-                             r.digest, r.size))
+        for r in kept:
+            vid = r[0]
+            verdict = verdicts.get(vid, "exact")
+            if verdict == "exact":
+                why: tuple[str, ...] = ()
+            elif verdict == "structural":
+                why = _EXACT_WHY if r[6] else _NO_FP_WHY
+            else:
+                why = tuple(fit_reasons.get(vid, ()))
+            out.append(Match(names[r[1]], r[2], verdict, why, r[4], r[5], tasks[vid], r[6], r[3], r[7]))
+        return out
+
+    def _adapter_names(self, conn: Connection, ids: set[int]) -> dict[int, str]:
+        """Adapter names by id, remembered: a name's spelling is fixed when it is created."""
+        memo = self._name_memo
+        missing = sorted(i for i in ids if i not in memo)
+        if missing:
+            if len(memo) + len(missing) > _MEMO_MAX:
+                memo.clear()
+            for chunk in (missing[i:i + 500] for i in range(0, len(missing), 500)):
+                memo.update(tuple(a) for a in conn.execute(_NAMES_OF, {"ids": chunk}).all())
+        return memo
+
+    def _task_lists(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> dict[int, tuple[str, ...]]:
+        """Sorted task tuples by version id. Remembered by manifest digest, which covers the
+        tasks (and the name and version), so an entry can never go stale. The memo maps str
+        to str, which the garbage collector never has to walk; the few distinct tuples are
+        shared through a second, small dict."""
+        memo, shared = self._task_memo, self._task_tuples
+        out: dict[int, tuple[str, ...]] = {}
+        missing = []
+        for r in rows:  # resolve's rows: r[0] is the version id, r[3] its manifest digest
+            vid, digest = r[0], r[3]
+            hit = memo.get(digest)
+            if hit is None:
+                missing.append((vid, digest))
+            else:
+                out[vid] = shared[hit]
+        if missing:
+            if len(memo) + len(missing) > _MEMO_MAX:
+                memo.clear()
+            found: dict[int, list[str]] = {}
+            ids = [vid for vid, _ in missing]
+            for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
+                for vid, task in conn.execute(_TASKS_OF, {"ids": chunk}).all():
+                    found.setdefault(vid, []).append(task)
+            for vid, digest in missing:
+                tasks = tuple(sorted(found.get(vid, ())))
+                joined = memo[digest] = "\n".join(tasks)
+                out[vid] = shared.setdefault(joined, tasks)
         return out
 
     # ------------------------------------------------------------------ pull
