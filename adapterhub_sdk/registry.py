@@ -107,7 +107,7 @@ def _resolve_sql(dialect: Any, n_fitting: int, by_name: bool, by_task: bool, by_
                  ) -> tuple[str, tuple[str, ...] | None]:
     """SQL text and positional parameter names of one half of resolve: the exact half
     (``n_fitting`` 0) or the structural half over ``n_fitting`` requirement digests."""
-    key = (dialect.name, n_fitting, by_name, by_task, by_method)
+    key = (dialect.name, dialect.driver, dialect.paramstyle, n_fitting, by_name, by_task, by_method)
     hit = _SQL_CACHE.get(key)
     if hit is None:
         if n_fitting == 0:

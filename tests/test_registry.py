@@ -366,6 +366,29 @@ def test_unknown_fingerprint_gives_exact_matches_only(registry, base_dir, lora_d
 # --------------------------------------------------------------------------- list / show
 
 
+def test_resolve_labels_stay_right_when_a_version_is_replaced(registry, base_dir, lora_dir, lora_dir_b):
+    """resolve remembers names and task lists per Registry; a version deleted and published
+    again (SQLite may reuse its row id) with other tasks must show the new tasks, also
+    through a second Registry on the same database."""
+    registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir, tasks=["old-task"])
+    registry.publish(lora_dir, name="acme/other", version="1.0.0", base=base_dir, tasks=["x", "a"])
+    hits = {m.ref: m.tasks for m in registry.resolve(base=base_dir)}
+    assert hits == {f"{NAME}@1.0.0": ("old-task",), "acme/other@1.0.0": ("a", "x")}
+    registry.delete_version(f"{NAME}@1.0.0")
+    registry.publish(lora_dir_b, name=NAME, version="1.0.0", base=base_dir, tasks=["new-task", "b"])
+    second = ah.Registry.open(registry.url, blobs=registry.blobs.root)
+    for reg in (registry, second):
+        hits = {m.ref: m for m in reg.resolve(base=base_dir)}
+        assert hits[f"{NAME}@1.0.0"].tasks == ("b", "new-task")
+        assert hits["acme/other@1.0.0"].tasks == ("a", "x")
+        assert [m.ref for m in reg.resolve(base=base_dir, task="old-task")] == []
+        assert [m.ref for m in reg.resolve(base=base_dir, task="new-task")] == [f"{NAME}@1.0.0"]
+        m = hits[f"{NAME}@1.0.0"]
+        assert m.verdict == "exact" and m.to_dict()["tasks"] == ["b", "new-task"]
+        assert m == reg.resolve(base=base_dir, name=f"{NAME}@1.0.0")[0]
+    second.close()
+
+
 def test_list_filters(registry, base_dir, base_other_weights, lora_dir, lora_dir_b, ia3_dir):
     registry.publish(lora_dir, name="acme/sentiment", version="1.0.0", base=base_dir, tasks=["sentiment"])
     registry.publish(lora_dir, name="acme/sentiment", version="1.1.0", base=base_dir, tasks=["sentiment"])
