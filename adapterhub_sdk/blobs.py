@@ -88,15 +88,14 @@ class BlobStore:
             try:
                 with open(source, "rb") as src:
                     size = _copy_fd(src.fileno(), fd)
-                syncer = _Syncer(os.dup(fd))  # its own descriptor: it closes it when done
-                h = hashlib.sha256()
-                if size:
-                    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as m:
-                        h.update(m)
+                syncer = _Syncer(fd)
+                digest = _hash_fd(fd, size)
             finally:
                 os.close(fd)
-            return StagedBlob(tmp, h.hexdigest(), size, syncer)
+            return StagedBlob(tmp, digest, size, syncer)
         except BaseException:
+            if syncer is not None:
+                syncer.abandon()
             tmp.unlink(missing_ok=True)
             raise
 
@@ -219,21 +218,29 @@ class BlobStore:
 
 
 def _copy_fd(src: int, dst: int) -> int:
-    """Copy all of ``src`` into ``dst`` (both at offset 0) inside the kernel when it can."""
+    """Copy all of ``src`` into ``dst`` (both at offset 0), inside the kernel when it can.
+    Falls back to plain reads and writes where ``copy_file_range`` is missing or refused,
+    and whenever it copied less than the source's size (or nothing: files whose size the
+    filesystem reports as 0)."""
     n = 0
     try:
+        size = os.fstat(src).st_size
         while True:
             k = os.copy_file_range(src, dst, 1 << 30)
             if k == 0:
-                return n
+                break
             n += k
-    except OSError as exc:  # another filesystem or kernel that refuses: plain reads and writes
-        if n or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+        if n and n >= size:
+            return n
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
             raise
     except AttributeError:  # no copy_file_range on this platform
         pass
     os.lseek(src, 0, os.SEEK_SET)
     os.lseek(dst, 0, os.SEEK_SET)
+    os.ftruncate(dst, 0)
+    n = 0
     while chunk := os.read(src, BUF):
         view = memoryview(chunk)
         while view:
@@ -242,14 +249,42 @@ def _copy_fd(src: int, dst: int) -> int:
     return n
 
 
+def _hash_fd(fd: int, size: int) -> str:
+    """sha256 of the first ``size`` bytes of ``fd``: through mmap (no copy out of the page
+    cache), or plain reads where the filesystem refuses to map."""
+    h = hashlib.sha256()
+    if size:
+        try:
+            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as m:
+                h.update(m)
+            return h.hexdigest()
+        except (OSError, ValueError):
+            h = hashlib.sha256()
+        left = size
+        pos = 0
+        while left > 0:
+            chunk = os.pread(fd, min(BUF, left), pos)
+            if not chunk:
+                break
+            h.update(chunk)
+            pos += len(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
 class _Syncer:
-    """fsync a file descriptor in a background thread, then close it."""
+    """fsync a file in a background thread, on its own duplicate of the descriptor, which
+    it closes when done."""
 
     def __init__(self, fd: int):
-        self.fd = fd
+        self.fd = os.dup(fd)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="adapterhub-fsync", daemon=True)
-        self.thread.start()
+        try:
+            self.thread.start()
+        except BaseException:
+            os.close(self.fd)
+            raise
 
     def _run(self) -> None:
         try:
@@ -265,7 +300,10 @@ class _Syncer:
             raise self.error
 
     def abandon(self) -> None:
-        """The file is being thrown away: let the flush finish (and close) on its own."""
+        """The file is being thrown away. POSIX can unlink it while the flush finishes on its
+        own; Windows cannot delete a file that is still open, so wait there."""
+        if os.name == "nt":
+            self.thread.join()
 
 
 @dataclass

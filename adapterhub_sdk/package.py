@@ -223,9 +223,12 @@ def _pack_dir(root: Path, stage: Callable[[Path], Any] | None = None,
 
 def _discard_staged(files: list[PackedFile], discard: Callable[[Any], None] | None) -> None:
     for f in files:
-        if f.staged is not None and discard is not None:
-            discard(f.staged)
-        f.staged = None
+        staged, f.staged = f.staged, None
+        if staged is not None and discard is not None:
+            try:
+                discard(staged)
+            except OSError:
+                pass  # a leftover temp file; gc removes it
 
 
 ABANDONED_AFTER_S = 3600.0

@@ -64,6 +64,9 @@ _ALIASES_OF = select(T_ALIASES.c.version_id, T_ALIASES.c.alias).where(
     T_ALIASES.c.version_id.in_(bindparam("ids", expanding=True)))
 _REQ_DIGESTS = select(T_REQS.c.digest)
 _NAMES_OF = select(T_ADAPTERS.c.id, T_ADAPTERS.c.name).where(T_ADAPTERS.c.id.in_(bindparam("ids", expanding=True)))
+_TASKS_OR_NONE_OF = select(T_VERSIONS.c.id, T_TASKS.c.task).select_from(
+    T_VERSIONS.outerjoin(T_TASKS, T_TASKS.c.version_id == T_VERSIONS.c.id)).where(
+    T_VERSIONS.c.id.in_(bindparam("ids", expanding=True)))
 # resolve reads these by position: id adapter_id version digest method variant base_fingerprint size yanked
 _RESOLVE_COLS = (T_VERSIONS.c.id, T_VERSIONS.c.adapter_id, T_VERSIONS.c.version, T_VERSIONS.c.digest,
                  T_VERSIONS.c.method, T_VERSIONS.c.variant, T_VERSIONS.c.base_fingerprint, T_VERSIONS.c.size,
@@ -132,8 +135,8 @@ def _fetch_tuples(conn: Connection, sql: tuple[str, tuple[str, ...] | None], val
     cur = conn.connection.cursor()
     try:
         cur.execute(text_sql, params)
-        rows: Any = cur.fetchall()
-        return rows
+        rows = cur.fetchall()
+        return rows if isinstance(rows, list) else list(rows)
     except conn.dialect.loaded_dbapi.Error as exc:
         raise dbmod.database_error(exc) from exc
     finally:
@@ -907,9 +910,10 @@ class Registry:
         if missing:
             if len(memo) + len(missing) > _MEMO_MAX:
                 memo.clear()
+                missing = sorted(ids)
             for chunk in (missing[i:i + 500] for i in range(0, len(missing), 500)):
                 memo.update(tuple(a) for a in conn.execute(_NAMES_OF, {"ids": chunk}).all())
-        return memo
+        return {i: memo[i] for i in ids}
 
     def _task_lists(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> dict[int, tuple[str, ...]]:
         """Sorted task tuples by version id. Remembered by manifest digest, which covers the
@@ -929,15 +933,20 @@ class Registry:
         if missing:
             if len(memo) + len(missing) > _MEMO_MAX:
                 memo.clear()
+            # versions outer-joined to their tasks: a version deleted meanwhile (PostgreSQL
+            # reads each statement at a new snapshot) is absent, not remembered as task-less
             found: dict[int, list[str]] = {}
             ids = [vid for vid, _ in missing]
             for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
-                for vid, task in conn.execute(_TASKS_OF, {"ids": chunk}).all():
-                    found.setdefault(vid, []).append(task)
+                for vid, task in conn.execute(_TASKS_OR_NONE_OF, {"ids": chunk}).all():
+                    got = found.setdefault(vid, [])
+                    if task is not None:
+                        got.append(task)
             for vid, digest in missing:
                 tasks = tuple(sorted(found.get(vid, ())))
-                joined = memo[digest] = "\n".join(tasks)
-                out[vid] = shared.setdefault(joined, tasks)
+                if vid in found:
+                    memo[digest] = "\n".join(tasks)
+                out[vid] = shared.setdefault("\n".join(tasks), tasks)
         return out
 
     # ------------------------------------------------------------------ pull
