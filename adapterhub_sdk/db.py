@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
+from ._sqlite import enable_wal
 from .errors import RegistryError
 
 BUSY_TIMEOUT_MS = 120_000
@@ -59,7 +59,7 @@ def make_engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None  # transactions are begun explicitly below
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            _enable_wal(cur)
+            enable_wal(cur, BUSY_TIMEOUT_MS / 1000)
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
@@ -75,27 +75,6 @@ def make_engine(url: str) -> Engine:
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise RegistryError(f"no database driver for {parsed.drivername!r}",
                             hint="pip install 'adapterhub_sdk[postgres]'") from exc
-
-
-def _enable_wal(cur) -> None:  # noqa: ANN001
-    """Switch a SQLite database to WAL (persistent, so usually already done). Switching
-    needs an exclusive lock, and SQLite answers "database is locked" at once, without its
-    busy handler, while another process creates or switches the same new file: retry."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    delay = 0.005
-    while True:
-        try:
-            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
-                return
-            cur.execute("PRAGMA journal_mode=WAL").fetchone()
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._sqlite import enable_wal
 from .errors import CorruptFileError, WeightsNotFoundError
 from .safetensors_io import TensorInfo, looks_like_pickle, read_header, refuse_pickle
 
@@ -224,7 +225,7 @@ class _Cache:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
+                enable_wal(db, 30)
                 db.execute("CREATE TABLE IF NOT EXISTS files (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 self._db = db
             except (OSError, sqlite3.Error):
