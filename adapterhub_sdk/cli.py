@@ -576,10 +576,13 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
     try:
         dep = Deployment(base, registry=_registry(ctx), device=device, strict=strict)
         for item in adapters:
+            # NAME=SPEC, where NAME has no '@': a spec's own '=' (acme/a@>=1,<2) is not a separator
             name, sep, spec = item.partition("=")
+            if not sep or "@" in name:
+                name, spec = "", item
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", StructuralMatchWarning)
-                attached = dep.attach(spec if sep else item, name=name if sep else None)
+                attached = dep.attach(spec, name=name if sep and name != "" else None)
             for w in caught:
                 if issubclass(w.category, StructuralMatchWarning):
                     click.echo(f"warning: {w.message}", err=True)

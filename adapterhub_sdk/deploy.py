@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterFormatError, IncompatibleAdapterError, NotFoundError
+from .errors import AdapterFormatError, IncompatibleAdapterError, InvalidNameError, NotFoundError
 from .fingerprint import fingerprint
+from .generation import GenerationError
 from .methods.base import check_requirements, strip_prefix
 
 _KEY = re.compile(r"(?P<module>.+)\.lora_(?P<ab>A|B)\.weight")
@@ -230,6 +231,10 @@ class Deployment:
         if self.registry is None:
             raise NotFoundError("this deployment has no registry to attach from",
                                 hint="Deployment(base, registry=ah.Registry.open())")
+        if name is not None and (not name.strip() or name != name.strip() or name == "base"):
+            raise InvalidNameError(f"adapter name {name!r} is not usable here"
+                                   + (": 'base' means the base model" if name == "base" else ""),
+                                   hint="pick a non-empty name without surrounding spaces, other than 'base'")
         info = self.registry.show(spec)
         manifest = info.manifest
         key = name or info.name
@@ -264,9 +269,14 @@ class Deployment:
             attached = AttachedAdapter(key, f"{info.name}@{info.version}", info.digest, verdict, rank,
                                        len(prepared), nbytes, info.size, slot)
             old = self._adapters.get(key)
+            remerge = self._merged is not None and self._merged[0] == key
+            if remerge:
+                self.unmerge()  # the old version's weights leave the base before the swap
             self._adapters[key] = attached  # a swap is one assignment: requests see old or new
             if old is not None:
                 self._drop_slot(old.slot)
+            if remerge:
+                self.merge(key)  # the name stays merged, now with the new version
         return attached
 
     def replace(self, name: str, spec: str) -> AttachedAdapter:
@@ -425,6 +435,9 @@ class Deployment:
                 names: list[str | None] = [adapters] * n
             else:
                 names = list(adapters)
+                if batch_size is not None and len(names) != batch_size:
+                    raise GenerationError(f"{len(names)} adapter names for a batch of {batch_size} rows",
+                                          hint="give one name (or None) per row, or a single name for all rows")
             slots = [self._slot(n) for n in names]
             if self._merged is not None:
                 merged_slot = self._slot(self._merged[0])

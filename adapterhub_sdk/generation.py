@@ -3,6 +3,7 @@ stop conditions and its own stream of tokens, over one KV cache."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,7 +40,10 @@ def _pick(logits: Any, temperature: float, top_p: float, generator: Any) -> Any:
 
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float()
+    # shift the best logit to 0 before dividing: a tiny temperature then sends the others to
+    # -inf (greedy) instead of overflowing every logit to inf and the softmax to NaN
+    probs = torch.softmax((logits - logits.amax(-1, keepdim=True)) / temperature, dim=-1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < top_p
@@ -70,12 +74,22 @@ def generate_rows(dep: Any, prompts: Sequence[Any], adapters: Sequence[str | Non
                   on_token: Callable[[int, int], bool | None] | None, seed: int | None) -> list[dict[str, Any]]:
     import torch
 
-    if not 1 <= max_new_tokens <= 4096:
-        raise GenerationError(f"max_tokens must be between 1 and 4096, not {max_new_tokens}")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise GenerationError("temperature must be >= 0 and top_p in (0, 1]")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 4096:
+        raise GenerationError(f"max_tokens must be an integer between 1 and 4096, not {max_new_tokens!r}")
+    if not (math.isfinite(temperature) and temperature >= 0 and 0 < top_p <= 1):
+        raise GenerationError(f"temperature must be a finite number >= 0 and top_p in (0, 1], not "
+                              f"{temperature!r} and {top_p!r}")
+    if isinstance(prompts, str):
+        prompts = [prompts]
     rows = _encode(dep, prompts)
     n = len(rows)
+    if n == 0:
+        raise GenerationError("no prompts to generate for", hint="pass a list of strings or of token id lists")
+    vocab = dep.model.get_input_embeddings().num_embeddings
+    for ids in rows:
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise GenerationError(f"token id {bad[0]} is outside the model's vocabulary (0..{vocab - 1})")
     names = [adapters] * n if adapters is None or isinstance(adapters, str) else list(adapters)
     if len(names) != n:
         raise GenerationError(f"{n} prompts but {len(names)} adapters")

@@ -31,12 +31,13 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .deploy import Deployment, StructuralMatchWarning
@@ -146,12 +147,12 @@ class StreamOptions(_Body):
 
 class _Sampling(_Body):
     model: str
-    max_tokens: int | None = None
+    max_tokens: StrictInt | None = None
     temperature: float | None = None
     top_p: float | None = None
-    n: int | None = None
+    n: StrictInt | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: StrictInt | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = None
@@ -163,8 +164,8 @@ class _Sampling(_Body):
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = None
-    logprobs: int | None = None
-    best_of: int | None = None
+    logprobs: StrictInt | None = None
+    best_of: StrictInt | None = None
     suffix: str | None = None
 
 
@@ -180,9 +181,9 @@ class ChatMessage(_Body):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: StrictInt | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: StrictInt | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
@@ -795,7 +796,11 @@ def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch:
     metrics = Metrics()
     worker = BatchWorker(deployment, max_batch=max_batch, batch_wait_ms=batch_wait_ms, metrics=metrics)
     if base_id is None:
-        base_id = deployment.base_path.name if deployment.base_path is not None else "base"
+        path = deployment.base_path
+        base_id = (Path(path).resolve().name if path is not None else "") or "base"
+    if base_id in deployment.adapters:
+        raise AdapterHubError(f"an adapter is attached under the base model's id {base_id!r}",
+                              hint="attach it under another name (NAME=SPEC)")
     server = _Server(deployment, base_id, worker, metrics)
     metrics.adapters.set_function(lambda: len(deployment.adapters))
 

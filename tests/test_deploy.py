@@ -392,6 +392,53 @@ def test_replace_swaps_version_under_the_same_name(registry, base_dir, adapters,
         dep.replace("nope", "acme/a@1.0.0")
 
 
+def test_replace_of_the_merged_adapter_merges_the_new_version(registry, base_dir, adapters, peft_ref):
+    registry.publish(adapters["a"], name="acme/a", version="1.0.0", base=base_dir)
+    registry.publish(adapters["a2"], name="acme/a", version="1.1.0", base=base_dir)
+    dep = ah.Deployment(str(base_dir), registry=registry)
+    original = {k: v.clone() for k, v in dep.model.state_dict().items()}
+    dep.attach("acme/a@1.0.0", name="live")
+    dep.merge("live")
+    ids = batch(2, seed=9)
+    assert max_diff(dep.forward(ids, "live"), peft_logits(peft_ref, ids, "a")) < ATOL
+    dep.replace("live", "acme/a@1.1.0")
+    assert dep.merged == "live" and dep.adapters["live"].ref == "acme/a@1.1.0"
+    assert max_diff(dep.forward(ids, "live"), peft_logits(peft_ref, ids, "a2")) < ATOL
+    assert max_diff(dep.forward(ids, [None, None]), peft_logits(peft_ref, ids, [None, None])) < ATOL
+    dep.unmerge()
+    for k, v in dep.model.state_dict().items():  # only the new version was in the weights
+        assert torch.allclose(v, original[k], atol=1e-6), k
+
+
+def test_bad_deployment_input_is_refused_clearly(registry, base_dir, adapters):
+    from adapterhub_sdk.generation import GenerationError
+
+    registry.publish(adapters["a"], name="acme/a", version="1.0.0", base=base_dir)
+    dep = ah.Deployment(str(base_dir), registry=registry)
+    for bad in ("base", "", " x"):
+        with pytest.raises(ah.InvalidNameError):
+            dep.attach("acme/a@1.0.0", name=bad)
+    assert dep.adapters == {}
+    dep.attach("acme/a@1.0.0", name="a")
+    ids = batch(3, seed=2)
+    with pytest.raises(GenerationError, match="2 adapter names for a batch of 3"):
+        dep.forward(ids, ["a", None])
+    with pytest.raises(GenerationError, match="1 adapter names for a batch of 3"):
+        dep.forward(ids, ["a"])
+    with pytest.raises(GenerationError, match="no prompts"):
+        dep.generate([], "a")
+    vocab = dep.model.get_input_embeddings().num_embeddings
+    with pytest.raises(GenerationError, match="outside the model's vocabulary"):
+        dep.generate([[1, vocab]], "a", max_new_tokens=2)
+    for t in (float("nan"), float("inf"), -0.5):
+        with pytest.raises(GenerationError, match="temperature"):
+            dep.generate([[1, 2]], "a", max_new_tokens=2, temperature=t)
+    with pytest.raises(GenerationError, match="max_tokens"):
+        dep.generate([[1, 2]], "a", max_new_tokens=True)
+    greedy = dep.generate([[1, 2, 3]], "a", max_new_tokens=4)[0]["token_ids"]
+    assert dep.generate([[1, 2, 3]], "a", max_new_tokens=4, temperature=1e-45, seed=0)[0]["token_ids"] == greedy
+
+
 def test_detach_frees_the_adapter(registry, base_dir, adapters, peft_ref):
     dep = deployment(registry, adapters, base_dir, ["a", "a2", "b"])
     mem = dep.memory()
@@ -548,3 +595,20 @@ def test_deployment_without_registry_cannot_attach(base_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert dep.forward(batch(1), None).shape == (1, 12, 64)
+
+
+def test_served_base_id_is_the_directory_name_even_for_dot(registry, base_dir, adapters, monkeypatch, tmp_path):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    import shutil
+
+    from adapterhub_sdk.server import create_app
+
+    registry.publish(adapters["a"], name="acme/a", version="1.0.0", base=base_dir)
+    mine = tmp_path / "my-llama"
+    shutil.copytree(base_dir, mine)
+    monkeypatch.chdir(mine)
+    dep = ah.Deployment(".", registry=registry)
+    assert create_app(dep).state.server.base_id == "my-llama"
+    dep.attach("acme/a@1.0.0", name="my-llama")
+    with pytest.raises(ah.AdapterHubError, match="base model's id"):
+        create_app(dep)

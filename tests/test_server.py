@@ -150,7 +150,7 @@ def served(tmp_path_factory):
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [ADAPTERHUB, "--registry", registry_url, "serve", "--base", str(base), "--adapter", "acme/a@1.0.0",
-                 "--adapter", "acme/b@^1", "--port", str(port)],
+                 "--adapter", "acme/b@>=1.0,<2", "--port", str(port)],  # a range with '=' is a spec
                 stdout=out, stderr=subprocess.STDOUT, env=env)
         s = Served(f"http://127.0.0.1:{port}", base, registry_url, proc, log)
         try:
@@ -265,6 +265,17 @@ def test_several_prompts_and_seeded_sampling(served, client):
         want = served.local.generate([PROMPTS[0]], "acme/a", max_new_tokens=8, temperature=0.9, top_p=0.9,
                                      seed=7)[0]
     assert first["choices"][0]["text"] == second["choices"][0]["text"] == want["text"]
+
+
+def test_tiny_temperature_samples_like_greedy(served, client):
+    """A temperature so small that logits / t overflows must still sample (the best token),
+    not answer 500 with a NaN probability error."""
+    greedy = served.expected("acme/a", PROMPTS[1], 5)["text"]
+    for t in (1e-45, 1e-30):
+        r = client.post("/v1/completions", json={"model": "acme/a", "prompt": PROMPTS[1], "max_tokens": 5,
+                                                  "temperature": t, "seed": 1})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == greedy
 
 
 def test_stop_sequences(served, client):
@@ -457,6 +468,9 @@ BAD: list[tuple[str, str, str, Any, int, str | None]] = [
     ("prompt-wrong-type", "POST", _C, {**_OK, "prompt": 5}, 400, "prompt"),
     ("max-tokens-wrong-type", "POST", _C, {**_OK, "max_tokens": "many"}, 400, "max_tokens"),
     ("max-tokens-zero", "POST", _C, {**_OK, "max_tokens": 0}, 400, "max_tokens"),
+    ("max-tokens-bool", "POST", _C, {**_OK, "max_tokens": True}, 400, "max_tokens"),
+    ("max-tokens-float", "POST", _C, {**_OK, "max_tokens": 2.0}, 400, "max_tokens"),
+    ("n-string", "POST", _C, {**_OK, "n": "1"}, 400, "n"),
     ("temperature-negative", "POST", _C, {**_OK, "temperature": -1}, 400, "temperature"),
     ("top-p-zero", "POST", _C, {**_OK, "top_p": 0}, 400, "top_p"),
     ("n-two", "POST", _C, {**_OK, "n": 2}, 400, "n"),
