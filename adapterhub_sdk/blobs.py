@@ -66,7 +66,7 @@ class BlobStore:
     def put_file(self, source: str | os.PathLike[str], digest: str) -> int:
         """Store ``source`` under ``digest``. Returns the bytes written (0 if already stored).
         IntegrityError, and nothing stored, if the bytes do not hash to ``digest``."""
-        if self.path(digest).is_file():
+        if self._intact(digest):
             return 0
         staged = self.stage(source)
         if staged.sha256 != digest:
@@ -102,7 +102,7 @@ class BlobStore:
     def put_staged(self, staged: StagedBlob) -> int:
         """Move a staged copy into place under its digest (0 bytes written if already stored)."""
         final = self.path(staged.sha256)
-        if final.is_file():
+        if self._intact(staged.sha256, staged.size):
             self.discard(staged)
             return 0
         try:
@@ -115,6 +115,26 @@ class BlobStore:
         except BaseException:
             staged.path.unlink(missing_ok=True)
             raise
+
+    def _intact(self, digest: str, size: int | None = None) -> bool:
+        """Whether the blob is stored with the right bytes. Checked (a hash of the stored
+        file) before deduplicating against it, so that publishing the same content again
+        repairs a corrupt or missing blob instead of pointing a new version at it."""
+        p = self.path(digest)
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            return False
+        if size is not None and st.st_size != size:
+            return False
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            return _hash_fd(fd, st.st_size) == digest
+        finally:
+            os.close(fd)
 
     def discard(self, staged: StagedBlob) -> None:
         staged.syncer.abandon()
@@ -132,7 +152,7 @@ class BlobStore:
             return p.read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"blob sha256:{digest[:12]} is missing from {self.root}",
-                                hint="run 'adapterhub verify' and re-publish the affected versions") from None
+                                hint="run 'adapterhub verify', then publish the same files again under the same name@version") from None
 
     def copy_verified(self, digest: str, out: BinaryIO) -> int:
         """Stream a blob into ``out``, hashing as it goes; IntegrityError if it does not match.
@@ -144,7 +164,7 @@ class BlobStore:
             src = open(p, "rb")  # noqa: SIM115 - closed by the with below
         except FileNotFoundError:
             raise NotFoundError(f"blob sha256:{digest[:12]} is missing from {self.root}",
-                                hint="run 'adapterhub verify' and re-publish the affected versions") from None
+                                hint="run 'adapterhub verify', then publish the same files again under the same name@version") from None
         with src:
             while chunk := src.read(BUF):
                 h.update(chunk)

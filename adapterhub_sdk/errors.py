@@ -72,7 +72,8 @@ class VersionConflictError(AdapterHubError, FileExistsError):
 class IntegrityError(AdapterHubError, OSError):
     """Stored bytes do not match their digest (tampering or disk corruption)."""
 
-    hint = "run 'adapterhub verify' to list every damaged blob, then re-publish the affected versions"
+    hint = ("run 'adapterhub verify' to list every damaged blob, then publish the same files again "
+            "under the same name@version: that rewrites damaged or missing blobs")
 
 
 class RegistryError(AdapterHubError, RuntimeError):

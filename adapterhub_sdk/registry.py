@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import functools
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -141,6 +142,35 @@ def _fetch_tuples(conn: Connection, sql: tuple[str, tuple[str, ...] | None], val
         raise dbmod.database_error(exc) from exc
     finally:
         cur.close()
+
+
+def _check_metrics(metrics: Mapping[str, Any] | None) -> None:
+    """Metrics go into the canonical-JSON manifest: JSON values without NaN or infinities."""
+    for key, value in (metrics or {}).items():
+        if not isinstance(key, str) or not key:
+            raise AdapterHubError(f"metric name {key!r} is not a non-empty string")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise AdapterHubError(f"metric {key!r} is {value}: metrics must be finite numbers or text",
+                                  hint=f"pass a number such as {key}=0.91, or leave the metric out")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise AdapterHubError(f"metric {key!r} cannot go into the manifest ({exc})",
+                                  hint="metrics are finite numbers, text, or JSON lists/objects of them") from None
+
+
+def _refuse_precedence_twin(conn: Connection, adapter_id: int, name: str, ver: Version) -> None:
+    """Semver ignores build metadata: 1.0.0+a and 1.0.0+b are the same version, so a pin or a
+    range could not tell them apart. Refuse the second spelling."""
+    twin = conn.execute(select(T_VERSIONS.c.version).where(
+        T_VERSIONS.c.adapter_id == adapter_id, T_VERSIONS.c.major == ver.major, T_VERSIONS.c.minor == ver.minor,
+        T_VERSIONS.c.patch == ver.patch, T_VERSIONS.c.prerelease == ".".join(ver.prerelease),
+        T_VERSIONS.c.version != str(ver))).first()
+    if twin is not None:
+        raise VersionConflictError(
+            f"{name}@{ver} is the same version as the existing {name}@{twin.version}: versions that differ "
+            "only in build metadata (+...) have the same precedence",
+            hint="publish under a new version number")
 
 
 # --------------------------------------------------------------------------- results
@@ -495,6 +525,7 @@ class Registry:
         name = self._canonical_name(name)  # names are case-insensitive: keep the first spelling
         ver = Version.parse(version)
         task_list = _check_tasks(tasks)
+        _check_metrics(metrics)
         own = not isinstance(source, AdapterPackage)
         if own:
             # a store that can stage (the built-in one) copies and hashes each file once
@@ -525,13 +556,15 @@ class Registry:
                 raise VersionConflictError(f"{name}@{ver} already exists with other content")
             written = 0
             created = False
+            # also for an identical re-publish: a stored blob found corrupt or missing is
+            # written again (put_* check what is stored before deduplicating against it)
+            for f in pkg.files:
+                if f.staged is not None:
+                    staged, f.staged = f.staged, None
+                    written += self.blobs.put_staged(staged)
+                else:
+                    written += self.blobs.put_file(f.source, f.sha256)
             if existing is None:
-                for f in pkg.files:
-                    if f.staged is not None:
-                        staged, f.staged = f.staged, None
-                        written += self.blobs.put_staged(staged)
-                    else:
-                        written += self.blobs.put_file(f.source, f.sha256)
                 created = self._commit_version(manifest, pkg.size)
         finally:
             if own:
@@ -566,9 +599,9 @@ class Registry:
             raise VersionConflictError(f"{manifest.name}@{manifest.version} already exists here with other content")
         written = 0
         created = False
+        for f in manifest.files:  # repairs a corrupt or missing blob of an existing version too
+            written += self.blobs.put_file(sources[f.path], f.sha256)
         if existing is None:
-            for f in manifest.files:
-                written += self.blobs.put_file(sources[f.path], f.sha256)
             created = self._commit_version(manifest, sum(f.size for f in manifest.files))
         call_hook("after_publish", manifest=manifest, created=created)
         return PublishResult(manifest.name, manifest.version, manifest.digest, created, written,
@@ -580,10 +613,16 @@ class Registry:
         return row.name if row else name
 
     def _existing_digest(self, name: str, version: str) -> str | None:
+        """The digest of ``name@version`` if it exists. VersionConflictError if another
+        spelling of the same version exists (they differ only in build metadata)."""
         with self._read() as conn:
             row = conn.execute(
                 select(T_VERSIONS.c.digest).join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
                 .where(T_ADAPTERS.c.name_key == name_key(name), T_VERSIONS.c.version == version)).first()
+            if row is None:
+                adapter = conn.execute(select(T_ADAPTERS.c.id).where(T_ADAPTERS.c.name_key == name_key(name))).first()
+                if adapter is not None:
+                    _refuse_precedence_twin(conn, adapter.id, name, Version.parse(version))
         return row.digest if row else None
 
     def _commit_version(self, manifest: Manifest, size: int) -> bool:
@@ -603,6 +642,7 @@ class Registry:
                                 return False
                             raise VersionConflictError(
                                 f"{manifest.name}@{manifest.version} already exists with other content")
+                        _refuse_precedence_twin(conn, adapter_id, manifest.name, ver)
                     else:
                         adapter_id = conn.execute(insert(T_ADAPTERS).values(
                             name=manifest.name, name_key=key, created_at=utcnow())
@@ -648,6 +688,11 @@ class Registry:
             if not row:
                 raise NotFoundError(f"{canonical} has no alias {sp.alias!r}",
                                     hint=f"'adapterhub show {canonical}' lists its versions and aliases")
+            if row.yanked:
+                raise NotFoundError(f"{canonical}@{sp.alias} points to {row.version}, which is yanked; yanked "
+                                    "versions are reachable by exact pin only",
+                                    hint=f"pin it ({canonical}@{row.version}) or move the alias: "
+                                         f"adapterhub alias {canonical}@VERSION {sp.alias}")
             return row
         rows = conn.execute(select(T_VERSIONS).where(T_VERSIONS.c.adapter_id == adapter_id)).all()
         parsed = [(Version.parse(r.version), r) for r in rows]
@@ -657,6 +702,8 @@ class Registry:
                     return r
         else:
             live = [(v, r) for v, r in parsed if not r.yanked and sp.matches(v)]
+            if not live and not spec:  # nothing but pre-releases: with no spec given, the newest
+                live = [(v, r) for v, r in parsed if not r.yanked]
             if live:
                 return max(live, key=lambda vr: vr[0])[1]
         ordered = sorted(parsed, key=lambda vr: vr[0])
@@ -882,11 +929,12 @@ class Registry:
                 kept = checked
             order = {text_v: v._key() for text_v, v in parsed.items()}  # Version's own ordering, once per string
             rank = {verdict: i for i, verdict in enumerate(VERDICTS)}
+            names = self._adapter_names(conn, {r[1] for r in kept})
+            kept.sort(key=lambda r: names[r[1]])  # ties in verdict and version: by name, for a stable answer
             kept.sort(key=lambda r: order[r[2]], reverse=True)
             kept.sort(key=lambda r: rank[verdicts.get(r[0], "exact")])
             if limit is not None:
                 kept = kept[:limit]
-            names = self._adapter_names(conn, {r[1] for r in kept})
             tasks = self._task_lists(conn, kept)
         # few allocations per row: a resolve may return hundreds of versions, and every object
         # that outlives a young-generation collection brings the next full one closer

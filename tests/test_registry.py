@@ -261,6 +261,83 @@ def test_yanked_versions_only_by_exact_pin(registry, base_dir, lora_dir, tmp_pat
         registry.yank(f"{NAME}@^1")
 
 
+def test_build_metadata_does_not_make_a_second_version(registry, lora_dir, lora_dir_b, ia3_dir, tmp_path):
+    """1.0.0+build.5 and 1.0.0+build.6 have the same semver precedence: an exact pin could not
+    tell them apart, so the second spelling is refused and pins stay unambiguous."""
+    registry.publish(lora_dir, name=NAME, version="1.0.0+build.5")
+    for other in ("1.0.0", "1.0.0+build.6"):
+        with pytest.raises(ah.VersionConflictError, match=r"same version as the existing .*1\.0\.0\+build\.5"):
+            registry.publish(lora_dir_b, name=NAME, version=other)
+    registry.publish(ia3_dir, name=NAME, version="1.0.1+build.6")  # another precedence: fine
+    assert registry.show(f"{NAME}@1.0.0").version == "1.0.0+build.5"
+    assert registry.show(f"{NAME}@1.0.0+build.5").version == "1.0.0+build.5"
+    assert registry.show(f"{NAME}@latest").version == "1.0.1+build.6"
+    assert [i.version for i in registry.list(name=NAME)] == ["1.0.1+build.6", "1.0.0+build.5"]
+    assert registry.publish(lora_dir, name=NAME, version="1.0.0+build.5").created is False  # identical: no-op
+
+
+def test_republishing_repairs_a_damaged_blob(registry, lora_dir, tmp_path):
+    first = registry.publish(lora_dir, name=NAME, version="1.0.0")
+    weights = next(f for f in first.manifest.files if f.path == "adapter_model.safetensors")
+    blob = registry.blobs.path(weights.sha256)
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    blob.write_bytes(bytes(data))
+    assert not registry.verify().ok
+    # a new version over the same files must not point at the damaged bytes
+    second = registry.publish(lora_dir, name=NAME, version="1.1.0")
+    assert second.created and second.bytes_written == weights.size
+    assert registry.verify().ok
+    blob.unlink()  # missing: the same name@version published again puts it back
+    again = registry.publish(lora_dir, name=NAME, version="1.0.0")
+    assert again.created is False and again.bytes_written == weights.size
+    assert registry.verify().ok
+    assert registry.pull(f"{NAME}@1.0.0", tmp_path / "out").is_dir()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_metrics_are_refused(registry, lora_dir, bad):
+    with pytest.raises(ah.AdapterHubError, match="metric 'acc' is .*finite"):
+        registry.publish(lora_dir, name=NAME, version="1.0.0", metrics={"acc": bad})
+    assert registry.list() == []
+    with pytest.raises(ah.AdapterHubError, match="metric 'scores'"):
+        registry.publish(lora_dir, name=NAME, version="1.0.0", metrics={"scores": [0.5, bad]})
+    ok = registry.publish(lora_dir, name=NAME, version="1.0.0", metrics={"acc": 0.9, "split": "test",
+                                                                        "per_class": {"a": 1}})
+    assert registry.show(f"{NAME}@1.0.0").manifest.metrics == ok.manifest.metrics
+
+
+def test_an_alias_to_a_yanked_version_is_refused(registry, base_dir, lora_dir):
+    _publish_series(registry, lora_dir, base_dir, ["1.0.0", "1.1.0"])
+    registry.alias(f"{NAME}@1.1.0", "prod")
+    assert registry.show(f"{NAME}@prod").version == "1.1.0"
+    registry.yank(f"{NAME}@1.1.0")
+    with pytest.raises(ah.NotFoundError, match="prod points to 1.1.0, which is yanked"):
+        registry.show(f"{NAME}@prod")
+    with pytest.raises(ah.NotFoundError, match="yanked"):
+        registry.resolve(base_dir, name=f"{NAME}@prod")
+    assert registry.show(f"{NAME}@1.1.0").yanked  # still reachable by exact pin
+    registry.alias(f"{NAME}@1.0.0", "prod")
+    assert registry.show(f"{NAME}@prod").version == "1.0.0"
+
+
+def test_show_without_a_spec_finds_a_pre_release_only_adapter(registry, lora_dir):
+    registry.publish(lora_dir, name="acme/pre", version="0.1.0-rc.1")
+    registry.publish(lora_dir, name="acme/pre", version="0.1.0-rc.2")
+    assert registry.show("acme/pre").version == "0.1.0-rc.2"
+    with pytest.raises(ah.NotFoundError, match="no version"):
+        registry.show("acme/pre@latest")  # an explicit 'latest' still means a release
+    with pytest.raises(ah.NotFoundError, match="no version"):
+        registry.show("acme/pre@^0.1")
+
+
+def test_resolve_breaks_ties_by_name(registry, base_dir, lora_dir):
+    for name in ("zeta/x", "acme/b", "mid/a", "acme/a"):
+        registry.publish(lora_dir, name=name, version="1.0.0", base=base_dir)
+    assert [m.name for m in registry.resolve(base_dir)] == ["acme/a", "acme/b", "mid/a", "zeta/x"]
+
+
 # --------------------------------------------------------------------------- resolve
 
 
