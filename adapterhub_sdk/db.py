@@ -47,6 +47,9 @@ def make_engine(url: str) -> Engine:
     except ArgumentError as exc:
         raise RegistryError(f"registry URL {url!r} is not valid",
                             hint="use sqlite:///PATH or postgresql://USER@HOST:PORT/DB") from exc
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise RegistryError(f"registry URL scheme {parsed.drivername!r} is not supported",
+                            hint="use sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
         if db and db != ":memory:":
@@ -73,8 +76,11 @@ def make_engine(url: str) -> Engine:
     try:
         return create_engine(parsed, pool_pre_ping=True)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
-        raise RegistryError(f"no database driver for {parsed.drivername!r}",
-                            hint="pip install 'adapterhub_sdk[postgres]'") from exc
+        if parsed.get_backend_name() == "postgresql":
+            raise RegistryError(f"no database driver for {parsed.drivername!r}",
+                                hint="pip install 'adapterhub_sdk[postgres]'") from exc
+        raise RegistryError(f"registry URL scheme {parsed.drivername!r} is not supported",
+                            hint="use sqlite:///PATH or postgresql://USER@HOST:PORT/DB") from exc
 
 
 @contextlib.contextmanager

@@ -270,6 +270,14 @@ def test_error_bad_name(lora_dir):
                       "name", "acme/bad name")
 
 
+@pytest.mark.parametrize(("url", "words"), [
+    ("mysql://u@localhost/db", ("'mysql' is not supported", "sqlite:///")),
+    ("not a url", ("not valid", "sqlite:///")),
+])
+def test_error_unsupported_registry_url(url, words):
+    assert_user_error(run_cli("--registry", url, "list"), *words)
+
+
 def test_error_bad_version(lora_dir):
     assert_user_error(run_cli("publish", str(lora_dir), "--name", "acme/x", "--version", "1.0"),
                       "'1.0'", "semantic version")
