@@ -469,10 +469,10 @@ def plugins(as_json: bool) -> None:
     from .runtime import runtimes
     from .storage import storage_factories
 
-    infos = plugin_infos()
     meths = methods()
     backends = runtimes()
     schemes = storage_factories()
+    infos = plugin_infos()  # after the hooks ran: a plugin that failed in one shows its error
     if as_json:
         _emit_json({"plugins": [i.to_dict() for i in infos],
                     "methods": [{"name": m.name, "class": f"{type(m).__module__}.{type(m).__qualname__}"}
@@ -481,7 +481,9 @@ def plugins(as_json: bool) -> None:
                     "storage": sorted(schemes)})
         return
     for i in infos:
-        state = f"FAILED: {i.error}" if i.error else ", ".join(i.hooks)
+        state = ", ".join(i.hooks)
+        if i.error:
+            state = (f"{state}; " if state else "") + f"FAILED: {i.error}"
         click.echo(f"{i.name:<36} {i.source:<28} {state}")
     click.echo("methods:  " + ", ".join(m.name for m in meths))
     click.echo("runtimes: " + ", ".join(backends))
@@ -571,6 +573,7 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
         raise click.ClickException(f"'adapterhub serve' needs {exc.name or 'the serve extra'}: "
                                    "pip install 'adapterhub_sdk[serve]'") from None
     from .deploy import Deployment, StructuralMatchWarning
+    from .plugins import PluginWarning
 
     sock = _listen(host, port)  # before the slow model load: a taken port fails at once
     try:
@@ -584,7 +587,7 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
                 warnings.simplefilter("always", StructuralMatchWarning)
                 attached = dep.attach(spec, name=name if sep and name != "" else None)
             for w in caught:
-                if issubclass(w.category, StructuralMatchWarning):
+                if issubclass(w.category, (StructuralMatchWarning, PluginWarning)):  # e.g. a failing after_pull
                     click.echo(f"warning: {w.message}", err=True)
             click.echo(f"attached {attached.name} ({attached.ref}, {attached.verdict})")
         base_id = base[5:].partition("@")[0] if base.startswith("hf://") else None
@@ -609,13 +612,27 @@ def quickstart(workdir: str | None, steps: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .plugins import call_hook
+    import warnings
 
+    from .plugins import PluginWarning, call_hook
+
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, PluginWarning):  # a failing plugin: one line, the command goes on
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
     try:
-        call_hook("register_commands", cli=cli)
-    except AdapterHubError as exc:
-        click.echo(f"warning: {_error_line(exc)[7:]}", err=True)
-    cli.main(args=argv, prog_name="adapterhub")
+        try:
+            call_hook("register_commands", cli=cli)
+        except AdapterHubError as exc:
+            click.echo(f"warning: {_error_line(exc)[7:]}", err=True)
+        cli.main(args=argv, prog_name="adapterhub")
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -2,6 +2,11 @@
 
 Built-in behaviour (the LoRA family, the generic PEFT method) is registered through the
 same plugin manager as third-party plugins, so the core never special-cases a method.
+
+A plugin that raises in a ``register_*`` hook contributes nothing from that hook and one that
+raises in ``after_publish``/``after_pull`` does not fail the operation: both are a
+:class:`~adapterhub_sdk.plugins.PluginWarning` naming the plugin. ``validate_publish`` is a
+policy: an exception there refuses the publish (see :mod:`adapterhub_sdk.plugins`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ def register_methods(register: Callable[[AdapterMethod], None]) -> None:
     """Called once when plugins load. Call ``register(method)`` for each
     :class:`~adapterhub_sdk.methods.base.AdapterMethod` the plugin provides. Methods are
     asked in registration order, third-party plugins first, to ``detect`` an adapter config;
-    the first that claims it owns validation and description of that adapter."""
+    the first that claims it owns validation and description of that adapter. ``detect``
+    must not raise: a method whose ``detect`` raises is skipped, with a warning."""
 
 
 @hookspec

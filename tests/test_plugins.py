@@ -317,3 +317,270 @@ def test_storage_plugin_by_url_scheme(tmp_path, lora_dir, base_dir):
             ah.Registry.open(f"sqlite:///{tmp_path / 'r2.db'}", blobs="s3://bucket")
     finally:
         unregister_plugin(plugin)
+
+
+# ------------------------------------------------- a broken plugin does not break the rest
+
+
+class _Crashy(ah.AdapterMethod):
+    name = "crashy"
+
+    def detect(self, config):
+        raise RuntimeError("detect crashed")
+
+
+class _CrashyCollections:
+    """Registers something, then raises, in every collection hook."""
+
+    @ah.hookimpl
+    def register_methods(self, register):
+        register(_Tagged())  # half done: must not be kept
+        raise RuntimeError("methods boom")
+
+    @ah.hookimpl
+    def register_runtimes(self, register):
+        from adapterhub_sdk.runtime import RuntimeBackend, RuntimeLimits
+
+        register(RuntimeBackend("half", RuntimeLimits()))
+        raise RuntimeError("runtimes boom")
+
+    @ah.hookimpl
+    def register_storage(self, register):
+        register("half", _MemoryStore)
+        raise RuntimeError("storage boom")
+
+    @ah.hookimpl
+    def register_commands(self, cli):
+        @cli.command("half-command")
+        def half():
+            pass
+
+        raise RuntimeError("commands boom")
+
+
+def _plugin_warnings(fn, *args, **kwargs):
+    import warnings
+
+    from adapterhub_sdk.plugins import PluginWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args, **kwargs)
+    return result, [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
+
+
+def test_failing_collection_hooks_skip_that_plugin_only(tmp_path, lora_dir, base_dir):
+    from adapterhub_sdk.cli import cli
+    from adapterhub_sdk.plugins import call_hook, plugin_infos
+    from adapterhub_sdk.runtime import runtimes
+    from adapterhub_sdk.storage import storage_factories
+
+    good, bad = _TinyRuntime(), _CrashyCollections()
+    register_plugin(good, name="tiny-runtime")
+    register_plugin(bad, name="crashy-plugin")
+    try:
+        meths, warned = _plugin_warnings(methods)
+        assert [m.name for m in meths][0] == "lora" and "tagged" not in [m.name for m in meths]
+        assert len(warned) == 1 and "'crashy-plugin' failed in register_methods" in warned[0]
+        assert "methods boom" in warned[0] and "\n" not in warned[0]
+
+        backends, warned = _plugin_warnings(runtimes)
+        assert {"transformers", "tiny"} <= set(backends) and "half" not in backends
+        assert len(warned) == 1 and "'crashy-plugin' failed in register_runtimes" in warned[0]
+        assert _plugin_warnings(runtimes)[1] == []  # recorded and warned once per process
+
+        schemes, warned = _plugin_warnings(storage_factories)
+        assert "file" in schemes and "half" not in schemes
+        assert len(warned) == 1 and "register_storage" in warned[0]
+
+        _, warned = _plugin_warnings(call_hook, "register_commands", cli=cli)
+        assert "half-command" not in cli.commands and "publish" in cli.commands
+        assert len(warned) == 1 and "register_commands" in warned[0]
+
+        (info,) = [i for i in plugin_infos() if i.name == "crashy-plugin"]
+        for hook in ("register_methods", "register_runtimes", "register_storage", "register_commands"):
+            assert hook in info.hooks and f"{hook}: RuntimeError" in info.error
+
+        reg = ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+        man = reg.publish(lora_dir, name="acme/x", version="1.0.0", base=base_dir)
+        assert man.created and man.manifest.method["type"] == "lora"
+        assert [h.verdict for h in reg.resolve(base_dir, runtime="tiny", include_incompatible=True)] == ["incompatible"]
+        reg.close()
+    finally:
+        cli.commands.pop("half-command", None)
+        unregister_plugin(bad)
+        unregister_plugin(good)
+
+
+class _CrashyMethodPlugin:
+    @ah.hookimpl
+    def register_methods(self, register):
+        register(_Crashy())
+
+
+def test_method_whose_detect_raises_is_skipped_with_its_plugin_named(tmp_path, lora_dir):
+    from adapterhub_sdk.plugins import plugin_infos
+
+    plugin = _CrashyMethodPlugin()
+    register_plugin(plugin, name="crashy-method")
+    try:
+        pkg, warned = _plugin_warnings(ah.pack, lora_dir)
+        assert pkg.method.name == "lora"
+        assert len(warned) == 1
+        assert "'crashy-method' failed in method 'crashy' detect (RuntimeError: detect crashed)" in warned[0]
+        assert "skipped for detection" in warned[0]
+        assert "crashy" in [m.name for m in methods()] and isinstance(methods()[0], _Crashy)
+        (info,) = [i for i in plugin_infos() if i.name == "crashy-method"]
+        assert "detect" in info.error and "detect crashed" in info.error
+        reg = ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+        reg.publish(lora_dir, name="acme/x", version="1.0.0")
+        assert [v.name for v in reg.list()] == ["acme/x"]
+        reg.close()
+    finally:
+        unregister_plugin(plugin)
+
+
+class _NoisyEvents:
+    @ah.hookimpl
+    def after_publish(self, manifest, created):
+        raise ConnectionError("webhook down")
+
+    @ah.hookimpl
+    def after_pull(self, manifest, path):
+        raise ConnectionError("webhook down")
+
+
+def test_failing_event_hooks_warn_and_the_operation_succeeds(tmp_path, lora_dir):
+    plugin, recorder = _NoisyEvents(), _Policy()
+    recorder.seen = []
+    register_plugin(recorder, name="test-policy")
+    register_plugin(plugin, name="noisy-events")
+    try:
+        reg = ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+        _, warned = _plugin_warnings(reg.publish, lora_dir, name="acme/x", version="1.0.0", license="apache-2.0")
+        assert warned == ["plugin 'noisy-events' failed in after_publish (ConnectionError: webhook down); "
+                          "the operation itself succeeded"]
+        assert [v.version for v in reg.versions("acme/x")] == ["1.0.0"]
+        out, warned = _plugin_warnings(reg.pull, "acme/x@1.0.0", tmp_path / "out")
+        assert len(warned) == 1 and "'noisy-events' failed in after_pull" in warned[0]
+        assert (out / "adapter_model.safetensors").exists()
+        assert recorder.seen == [("publish", "acme/x", True), ("pull", "acme/x", True)]  # others still called
+        with pytest.raises(ah.AdapterHubError, match="test-policy.*license 'mit'"):  # a policy still blocks
+            reg.publish(lora_dir, name="acme/y", version="1.0.0", license="mit")
+        reg.close()
+    finally:
+        unregister_plugin(plugin)
+        unregister_plugin(recorder)
+
+
+def test_plugin_registered_without_a_name_gets_a_readable_one(tmp_path, lora_dir):
+    from adapterhub_sdk.plugins import plugin_infos
+
+    class Boom:
+        @ah.hookimpl
+        def validate_publish(self, manifest, package):
+            raise RuntimeError("kaboom")
+
+    first, second = Boom(), Boom()
+    name = register_plugin(first)
+    try:
+        assert name == "test_plugins.test_plugin_registered_without_a_name_gets_a_readable_one.Boom"
+        assert register_plugin(second) == name + "#2"
+        assert {name, name + "#2"} <= {i.name for i in plugin_infos()}
+        reg = ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+        with pytest.raises(ah.PluginError, match=r"plugin 'test_plugins\..*Boom(#2)?' failed in validate_publish"):
+            reg.publish(lora_dir, name="acme/x", version="1.0.0")
+        reg.close()
+    finally:
+        unregister_plugin(second)
+        unregister_plugin(first)
+
+
+def test_broken_plugins_in_the_cli(tmp_path, lora_dir):
+    """Real entry-point plugins failing in a collection hook, in detect and in after_publish:
+    publish and 'adapterhub plugins' still work, with one warning line per failure."""
+    site = tmp_path / "site"
+    site.mkdir()
+    _fake_dist(site, "ah-crashy", "ah_crashy_plugin", """
+        import adapterhub_sdk as ah
+
+        @ah.hookimpl
+        def register_methods(register):
+            raise RuntimeError("methods boom")
+
+        @ah.hookimpl
+        def register_runtimes(register):
+            raise RuntimeError("runtimes boom")
+    """)
+    _fake_dist(site, "ah-detect", "ah_detect_plugin", """
+        import adapterhub_sdk as ah
+
+        class Crashy(ah.AdapterMethod):
+            name = "crashy"
+
+            def detect(self, config):
+                raise KeyError("detect crashed")
+
+        @ah.hookimpl
+        def register_methods(register):
+            register(Crashy())
+
+        @ah.hookimpl
+        def after_publish(manifest, created):
+            raise ConnectionError("webhook down")
+    """)
+    env = {"PYTHONPATH": str(site) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "ADAPTERHUB_LOAD_PLUGINS": "ah-crashy,ah-detect"}
+
+    pub = run_cli("publish", str(lora_dir), "--name", "acme/x", "--version", "1.0.0", env=env)
+    assert pub.returncode == 0, pub.stderr
+    lines = pub.stderr.splitlines()
+    assert lines == [
+        "warning: plugin 'ah-crashy' failed in register_methods (RuntimeError: methods boom); "
+        "its contribution is skipped",
+        "warning: plugin 'ah-detect' failed in method 'crashy' detect (KeyError: 'detect crashed'); "
+        "the method is skipped for detection",
+        "warning: plugin 'ah-detect' failed in after_publish (ConnectionError: webhook down); "
+        "the operation itself succeeded",
+    ], pub.stderr
+    assert run_cli("list", "--json", env=env).stdout.count("acme/x") >= 1
+
+    text = run_cli("plugins", env=env)
+    assert text.returncode == 0, text.stderr
+    (row,) = [r for r in text.stdout.splitlines() if r.startswith("ah-crashy ")]
+    assert "register_methods, register_runtimes; FAILED: register_methods: RuntimeError: methods boom" in row
+    assert "register_runtimes: RuntimeError: runtimes boom" in row
+    assert "warning: plugin 'ah-crashy' failed in register_runtimes" in text.stderr
+
+    js = run_cli("plugins", "--json", env=env)
+    assert js.returncode == 0, js.stderr
+    listed = {p["name"]: p for p in json.loads(js.stdout)["plugins"]}
+    assert "register_methods: RuntimeError: methods boom" in listed["ah-crashy"]["error"]
+    assert listed["ah-detect"]["error"] is None  # nothing asked it to detect in this process
+    assert "crashy" in [m["name"] for m in json.loads(js.stdout)["methods"]]
+
+
+def test_unknown_names_in_load_plugins_are_warned_about(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    _fake_dist(site, "ah-good", "ah_good_plugin", """
+        import click
+        import adapterhub_sdk as ah
+
+        @ah.hookimpl
+        def register_commands(cli):
+            @cli.command("good-hello")
+            def hello():
+                click.echo("hello from a plugin")
+    """)
+    env = {"PYTHONPATH": str(site) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    typo = run_cli("good-hello", env={**env, "ADAPTERHUB_LOAD_PLUGINS": "ah-goood, nope"})
+    assert typo.returncode != 0  # nothing loaded: the command does not exist
+    warned = [ln for ln in typo.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warned) == 1, typo.stderr
+    assert "ADAPTERHUB_LOAD_PLUGINS names no installed plugin: ah-goood, nope" in warned[0]
+    assert "(installed: " in warned[0] and "ah-good" in warned[0].split("installed: ")[1]
+
+    ok = run_cli("good-hello", env={**env, "ADAPTERHUB_LOAD_PLUGINS": "ah_good,adapterhub_sdk.methods.lora"})
+    assert ok.returncode == 0 and ok.stdout == "hello from a plugin\n" and ok.stderr == "", ok.stderr
