@@ -32,6 +32,7 @@ from .loading import load_adapter
 from .manifest import BaseRef, FileEntry, Manifest
 from .methods.base import AdapterMethod
 from .package import AdapterPackage, pack
+from .plugins import PluginWarning
 from .registry import GcReport, Match, PublishResult, Registry, VerifyReport, VersionInfo
 from .versions import Version, VersionSpec
 
@@ -58,6 +59,7 @@ __all__ = [
     "Match",
     "NotFoundError",
     "PluginError",
+    "PluginWarning",
     "PublishResult",
     "Registry",
     "RegistryError",
