@@ -248,7 +248,8 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
     summary = m.method.get("summary", {})
     if summary.get("rank") is not None:
         click.echo(f"  rank/alpha   {summary.get('rank')}/{summary.get('alpha')}, targets {summary.get('targets')}")
-    click.echo(f"  trainable    {summary.get('trainable_params', 0):,} parameters")
+    share = f" ({info.base_fraction * 100:.3g}% of the base)" if info.base_fraction is not None else ""
+    click.echo(f"  trainable    {summary.get('trainable_params', 0):,} parameters{share}")
     click.echo(f"  base         {m.base.name or '-'}  fingerprint {m.base.fingerprint or 'not pinned'}")
     click.echo(f"  tasks        {', '.join(m.tasks) or '-'}")
     if m.license or m.description:

@@ -36,6 +36,17 @@ def sha256_file(path: Path, bufsize: int = 1 << 20) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def base_fraction(summary: dict[str, Any], base_params: Any) -> float | None:
+    """The summary's ``trainable_params`` over the base's parameter count, to four
+    significant digits; None when either is unknown. Computed when shown, not stored in the
+    manifest, so that manifests (and their digests) do not change with it."""
+    trainable = summary.get("trainable_params")
+    if not isinstance(trainable, int) or isinstance(trainable, bool) or not isinstance(base_params, int) \
+            or base_params <= 0:
+        return None
+    return float(f"{trainable / base_params:.4g}")
+
+
 @dataclass
 class PackedFile:
     path: str  # name inside the package

@@ -8,6 +8,7 @@ references is stored, so a version is whole or absent whatever process dies when
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import functools
 import json
 import math
@@ -46,7 +47,7 @@ from .models import (
     utcnow,
 )
 from .names import name_key, parse_ref, validate_alias, validate_name
-from .package import AdapterPackage, pack, write_package_dir
+from .package import AdapterPackage, base_fraction, pack, write_package_dir
 from .versions import Version, VersionSpec
 
 T_ADAPTERS: Table = Adapter.__table__  # type: ignore[assignment]
@@ -191,6 +192,8 @@ class VersionInfo:
     created_at: str
     aliases: tuple[str, ...] = ()
     manifest: Manifest | None = field(default=None, repr=False, compare=False)
+    # trainable parameters / the base's, when the base is known here (show only)
+    base_fraction: float | None = None
 
     def to_dict(self, *, with_manifest: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -200,6 +203,8 @@ class VersionInfo:
             "size": self.size, "yanked": self.yanked, "created_at": self.created_at,
             "aliases": list(self.aliases),
         }
+        if self.base_fraction is not None:
+            d["base_fraction"] = self.base_fraction
         if with_manifest and self.manifest is not None:
             d["manifest"] = self.manifest.to_dict()
         return d
@@ -746,7 +751,13 @@ class Registry:
         r = parse_ref(ref)
         with self._read() as conn:
             row = self._select_version(conn, r.name, r.spec)
-            return self._info(conn, [row], with_manifest=True)[0]
+            info = self._info(conn, [row], with_manifest=True)[0]
+            if info.base_fingerprint and info.manifest is not None:
+                n_params = conn.execute(select(T_BASES.c.n_params).where(
+                    T_BASES.c.fingerprint == info.base_fingerprint)).scalar()
+                info = dataclasses.replace(info, base_fraction=base_fraction(
+                    info.manifest.method.get("summary") or {}, n_params))
+            return info
 
     def versions(self, name: str) -> list[VersionInfo]:
         """Every version of an adapter, newest first, yanked ones included."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AdapterFormatError
@@ -79,6 +79,12 @@ def numel(shape: Shape | list[int]) -> int:
 
 
 
+def few(names: list[str], n: int = 3) -> str:
+    """``a, b, c (+2 more)``: the first ``n`` names and a count of the rest."""
+    more = f" (+{len(names) - n} more)" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
 def strip_prefix(key: str) -> str:
     return key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
 
@@ -113,6 +119,167 @@ def split_full_copies(tensors: Mapping[str, Shape], adapter_parts: str) -> tuple
         else:
             rest[key] = shape
     return rest, req
+
+
+# ----------------------------------------------------------------- PEFT's target selection
+
+#: config fields under which PEFT changes what it targets at injection time (weight tying moves
+#: targets to the embedding, parameter targets and layer replication add modules): with any of
+#: them set, which modules must carry the adapter cannot be told from names alone
+_UNEVALUATED = ("target_parameters", "layer_replication", "ensure_weight_tying", "target_modules_to_tie")
+#: the first numbered block in a module name (as in fingerprint's layer count)
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks|block)\.(\d+)\.")
+_NUMBERED = re.compile(r"\.\d+(?=\.)")
+TargetMatcher = Callable[[str], bool | None]
+
+
+def _names(value: Any) -> set[str] | None:
+    if isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value):
+        return set(value)
+    return None
+
+
+def peft_target_matcher(config: Mapping[str, Any]) -> TargetMatcher | None:
+    """PEFT's rule (``check_target_module_exists`` in ``peft.tuners.tuners_utils``) for whether a
+    tuner puts this adapter on the module named ``key`` (a name in the model, as in the adapter's
+    keys without ``base_model.model.``): ``exclude_modules`` and ``modules_to_save`` never;
+    ``target_modules`` as a regex must match the whole name; as a list, a name is targeted when
+    listed or when it ends with ``.<entry>``, and then ``layers_to_transform`` (with
+    ``layers_pattern``) must admit its layer index.
+
+    The predicate answers None where PEFT versions disagree (the layer index of a name with
+    several numbered parts). The function returns None when the config uses a form that
+    cannot be evaluated exactly from names: ``all-linear`` (it depends on module classes),
+    weight tying, ``target_parameters``, layer replication, a missing or malformed field."""
+    if any(config.get(k) for k in _UNEVALUATED):
+        return None
+    try:
+        targets = config.get("target_modules")
+        regex: re.Pattern[str] | None = None
+        names: set[str] = set()
+        if isinstance(targets, str):
+            if targets.lower() == "all-linear":
+                return None
+            regex = re.compile(targets)
+        elif (listed := _names(targets)) is not None:
+            names = listed
+        else:
+            return None
+
+        exclude = config.get("exclude_modules")
+        exclude_rx = re.compile(exclude) if isinstance(exclude, str) and exclude else None
+        exclude_names = _names(exclude) if not isinstance(exclude, str) and exclude else set()
+        if exclude_names is None:
+            return None
+        saved = _names(config.get("modules_to_save") or [])
+        if saved is None:
+            return None
+        saved_rx = [re.compile(rf"(^|.*\.){m}($|\..*)") for m in saved]
+
+        layers = config.get("layers_to_transform")
+        pattern = config.get("layers_pattern")
+        using_layers = layers is not None and (len(layers) != 0 if isinstance(layers, list) else True)
+        wanted: set[int] = set()
+        if using_layers:
+            if isinstance(layers, bool) or not (isinstance(layers, int) or (
+                    isinstance(layers, list) and all(isinstance(i, int) for i in layers))):
+                return None
+            wanted = {layers} if isinstance(layers, int) else set(layers)
+        if isinstance(pattern, str):
+            patterns = [pattern] if pattern else []
+        elif isinstance(pattern, list) and all(isinstance(p, str) for p in pattern):
+            patterns = list(pattern)  # PEFT tries them in order
+        elif pattern is None:
+            patterns = []
+        else:
+            return None
+        # current PEFT takes the first numbered part (lazy); PEFT < 0.14 took the last (greedy)
+        if patterns:
+            finders = [[re.compile(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.") for p in patterns],
+                       [re.compile(rf".*\.{p}\.(?P<idx>\d+)\.") for p in patterns]]
+        else:
+            finders = [[re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")], [re.compile(r".*\.[^.]*\.(?P<idx>\d+)\.")]]
+    except (re.error, TypeError):
+        return None
+
+    def layer_index(key: str, finder: list[re.Pattern[str]]) -> int | None:
+        for rx in finder:
+            m = rx.match(key)
+            if m is not None:
+                return int(m["idx"])
+        return None
+
+    def select(key: str) -> bool | None:
+        if exclude_rx is not None and exclude_rx.fullmatch(key):
+            return False
+        if key in exclude_names or any(key.endswith(f".{e}") for e in exclude_names):
+            return False
+        targeted = target(key)
+        if any(rx.match(key) for rx in saved_rx):
+            # PEFT >= 0.15 never targets modules_to_save; older versions adapted them too
+            return None if targeted is not False else False
+        return targeted
+
+    def target(key: str) -> bool | None:
+        if regex is not None:
+            return regex.fullmatch(key) is not None
+        if key in names:
+            return True
+        if not any(key.endswith(f".{t}") for t in names):
+            return False
+        if not using_layers:
+            return True
+        found = {layer_index(key, f) for f in finders}
+        if len(found) > 1:
+            return None
+        idx = found.pop()
+        return idx is not None and idx in wanted
+
+    return select
+
+
+def base_modules(base: BaseFingerprint) -> set[str]:
+    """Modules of ``base`` that a tuner can wrap: those with a weight matrix or kernel (2-D or
+    more; tied names included). Blocks past the config's ``num_hidden_layers`` are left out:
+    checkpoints may carry layers the model never builds (multi-token-prediction heads)."""
+    out: set[str] = set()
+    for name in [*base.shapes, *base.tied]:
+        shape = base.shape_of(name)
+        if name.endswith(".weight") and shape is not None and len(shape) >= 2:
+            out.add(name[: -len(".weight")])
+    n_layers = (base.config or {}).get("num_hidden_layers")
+    if isinstance(n_layers, int) and not isinstance(n_layers, bool):
+        out = {m for m in out if not ((hit := _LAYER_INDEX.search(m)) and int(hit.group(1)) >= n_layers)}
+    return out
+
+
+def check_targets(config: Mapping[str, Any], wrapped: Iterable[str], base: BaseFingerprint,
+                  parts: str = "lora_A/lora_B") -> list[str]:
+    """Reasons why the adapter's modules (``wrapped``) are not exactly those PEFT puts it on in
+    ``base`` (empty: they are, or the config cannot be evaluated exactly). A module PEFT targets
+    but the adapter lacks loads as a silent no-op; one PEFT does not target is ignored."""
+    select = peft_target_matcher(config)
+    if select is None:
+        return []
+    have = set(wrapped)
+    kinds = {_NUMBERED.sub(".N", f".{m}.") for m in have}
+
+    def expected(m: str) -> bool:
+        # a name with nested indices (experts.3 in layers.1) counts only where the adapter has
+        # one of its kind: transformers may fuse per-expert checkpoint tensors into one parameter
+        # that no module-targeting tuner wraps
+        return len(_NUMBERED.findall(f".{m}.")) < 2 or _NUMBERED.sub(".N", f".{m}.") in kinds
+
+    missing = sorted(m for m in base_modules(base) - have if select(m) is True and expected(m))
+    unexpected = sorted(m for m in have if select(m) is False)
+    reasons = []
+    if missing:
+        reasons.append(f"missing adapter weights: {few(missing)} selected by target_modules "
+                       f"but without {parts} in the adapter")
+    if unexpected:
+        reasons.append(f"unexpected adapter weights: {few(unexpected)} not selected by target_modules "
+                       f"(PEFT would ignore them)")
+    return reasons
 
 
 def detect_method(config: Mapping[str, Any]) -> tuple[AdapterMethod, str]:
@@ -161,6 +328,5 @@ def check_requirements(req: Mapping[str, list[int | None]], base: BaseFingerprin
         reasons = reasons[:MAX_REASONS] + [f"(+{len(reasons) - MAX_REASONS} more shape mismatches)"]
     if missing:
         modules = sorted({m if m.startswith("@") else m.rsplit(".", 1)[0] for m in missing})
-        more = f" (+{len(modules) - 3} more)" if len(modules) > 3 else ""
-        reasons.insert(0, f"missing module: {', '.join(_label(m) for m in modules[:3])}{more} not in the base")
+        reasons.insert(0, f"missing module: {few([_label(m) for m in modules])} not in the base")
     return reasons

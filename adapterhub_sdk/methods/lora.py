@@ -3,18 +3,91 @@ trainable tokens) and AdaLoRA."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import AdapterFormatError
 from ..hookspecs import hookimpl
-from .base import AdapterMethod, Requirements, Shape, group_by_module, numel, split_full_copies
+from .base import (
+    AdapterMethod,
+    Requirements,
+    Shape,
+    check_requirements,
+    check_targets,
+    group_by_module,
+    numel,
+    split_full_copies,
+)
 
 _LORA_PARTS = "lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector|token_adapter.trainable_tokens_delta"
+_ADALORA_PARTS = "lora_A|lora_B|lora_E"
+_PAIRS = (("lora_A", "lora_B"), ("lora_embedding_A", "lora_embedding_B"))
+_INCONSISTENT = "PEFT cannot load this adapter file; save it again with PEFT"
 
 
 def _ranks(tensors: Mapping[str, Shape], *suffixes: str) -> list[int]:
     return sorted({s[0] for k, s in tensors.items() if k.endswith(suffixes) and s})
+
+
+def _config_ranks(config: Mapping[str, Any], module: str) -> tuple[set[int], str] | None:
+    """The ranks ``adapter_config.json`` allows for ``module`` (``r``, or the ``rank_pattern``
+    entry PEFT picks for it: the current rule and the one before PEFT 0.14), and where they come
+    from; None when the config cannot say exactly (parameter targets, whose A stacks the
+    experts' ranks; a malformed pattern)."""
+    r, pattern = config.get("r"), config.get("rank_pattern") or {}
+    if config.get("target_parameters") or not isinstance(r, int) or not isinstance(pattern, dict):
+        return None
+    ranks: set[int] = set()
+    sources: set[str] = set()
+    for rule in (lambda k: rf"(.*\.)?({k})$", lambda k: rf".*\.{k}$"):
+        try:
+            key = next((k for k in pattern if re.match(rule(k), module)), None)
+        except (re.error, TypeError):
+            return None
+        want = r if key is None else pattern[key]
+        if not isinstance(want, int) or isinstance(want, bool):
+            return None
+        ranks.add(want)
+        sources.add(f"r={r}" if key is None else f"rank_pattern[{key!r}]={want}")
+    return ranks, " or ".join(sorted(sources))
+
+
+def _check_lora_module(config: Mapping[str, Any], module: str, parts: Mapping[str, Shape]) -> None:
+    """Raise AdapterFormatError when one module's tensors contradict each other or the config
+    (PEFT refuses such a file with a size mismatch, or loads half of it)."""
+    def bad(why: str) -> AdapterFormatError:
+        return AdapterFormatError(f"LoRA module {module!r} {why}", hint=_INCONSISTENT)
+
+    dora = bool(config.get("use_dora"))
+    for a_name, b_name in _PAIRS:
+        a, b = parts.get(a_name), parts.get(b_name)
+        if a is None and b is None:
+            continue
+        if a is None or b is None:
+            have, lacks = (a_name, b_name) if b is None else (b_name, a_name)
+            raise bad(f"lacks a {a_name}/{b_name} pair: it has {have} but no {lacks}")
+        if len(a) < 2 or len(b) < 2:
+            raise bad(f"has {a_name} of shape {list(a)} and {b_name} of shape {list(b)}")
+        # B's inner size is the rank, except for grouped convolutions and block-diagonal LoRA
+        if len(a) == 2 and len(b) == 2 and not config.get("use_bdlora") and a[0] != b[1]:
+            raise bad(f"has a rank mismatch: {a_name} is of rank {a[0]}, {b_name} of rank {b[1]}")
+        allowed = _config_ranks(config, module)
+        if allowed is not None and a[0] not in allowed[0]:
+            raise bad(f"has a rank mismatch: its tensors are of rank {a[0]}, "
+                      f"adapter_config.json gives {allowed[1]}")
+        magnitude = parts.get("lora_magnitude_vector")
+        if dora and magnitude is None:
+            raise bad("has no lora_magnitude_vector, which DoRA (use_dora) needs")
+        if dora and magnitude is not None and numel(magnitude) != b[0]:
+            raise bad(f"has a DoRA magnitude vector of {numel(magnitude)} entries for {b[0]} output features")
+    if "lora_magnitude_vector" in parts and not dora:
+        raise bad("has a DoRA lora_magnitude_vector but adapter_config.json does not set use_dora")
+
+
+def _wrapped(modules: Mapping[str, Mapping[str, Shape]]) -> list[str]:
+    """Modules that carry a full LoRA pair (what PEFT's target selection must account for)."""
+    return [m for m, parts in modules.items() if any(a in parts and b in parts for a, b in _PAIRS)]
 
 
 class LoraMethod(AdapterMethod):
@@ -36,6 +109,7 @@ class LoraMethod(AdapterMethod):
         fan_in_fan_out = bool(config.get("fan_in_fan_out"))
         own, req = split_full_copies(tensors, _LORA_PARTS)
         for module, parts in group_by_module(own, _LORA_PARTS).items():
+            _check_lora_module(config, module, parts)
             a, b = parts.get("lora_A"), parts.get("lora_B")
             ea, eb = parts.get("lora_embedding_A"), parts.get("lora_embedding_B")
             delta = parts.get("token_adapter.trainable_tokens_delta")
@@ -53,6 +127,13 @@ class LoraMethod(AdapterMethod):
                 raise AdapterFormatError(f"LoRA module {module!r} lacks a lora_A/lora_B pair",
                                          hint="the adapter file is incomplete; save it again with PEFT")
         return req
+
+    def validate(self, config: Mapping[str, Any], tensors: Mapping[str, Shape], base: Any) -> list[str]:
+        """Shapes against the base, then coverage: the adapter has a LoRA pair for exactly the
+        base modules its config selects (PEFT loads a missing one as a silent no-op)."""
+        reasons = check_requirements(self.requirements(config, tensors, base), base)
+        own, _ = split_full_copies(tensors, _LORA_PARTS)
+        return reasons + check_targets(config, _wrapped(group_by_module(own, _LORA_PARTS)), base)
 
     def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
         targets = config.get("target_modules")
@@ -76,13 +157,23 @@ class AdaLoraMethod(AdapterMethod):
 
     def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
                      base: Any = None) -> Requirements:
-        own, req = split_full_copies(tensors, "lora_A|lora_B|lora_E")
-        for module, parts in group_by_module(own, "lora_A|lora_B|lora_E").items():
-            a, b = parts.get("lora_A"), parts.get("lora_B")
+        own, req = split_full_copies(tensors, _ADALORA_PARTS)
+        for module, parts in group_by_module(own, _ADALORA_PARTS).items():
+            a, b, e = parts.get("lora_A"), parts.get("lora_B"), parts.get("lora_E")
             if a is None or b is None or len(a) != 2 or len(b) != 2:
                 raise AdapterFormatError(f"AdaLoRA module {module!r} lacks a lora_A/lora_B pair")
+            if e is None or len(e) != 2:
+                raise AdapterFormatError(f"AdaLoRA module {module!r} lacks lora_E", hint=_INCONSISTENT)
+            if not a[0] == e[0] == b[1]:
+                raise AdapterFormatError(f"AdaLoRA module {module!r} has a rank mismatch: lora_A is of rank "
+                                         f"{a[0]}, lora_E {e[0]}, lora_B {b[1]}", hint=_INCONSISTENT)
             req[f"{module}.weight"] = [a[1], b[0]] if config.get("fan_in_fan_out") else [b[0], a[1]]
         return req
+
+    def validate(self, config: Mapping[str, Any], tensors: Mapping[str, Shape], base: Any) -> list[str]:
+        reasons = check_requirements(self.requirements(config, tensors, base), base)
+        own, _ = split_full_copies(tensors, _ADALORA_PARTS)
+        return reasons + check_targets(config, group_by_module(own, _ADALORA_PARTS), base)
 
     def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
         return {"trainable_params": sum(numel(s) for s in tensors.values()),
