@@ -107,6 +107,12 @@ def _ln_tuning():
     return LNTuningConfig(target_modules=["input_layernorm"])
 
 
+def _vblora():
+    from peft import VBLoRAConfig
+
+    return VBLoRAConfig(r=4, target_modules=["q_proj", "v_proj"], vector_length=8, num_vectors=16)
+
+
 def _fourierft():
     from peft import FourierFTConfig
 
@@ -152,6 +158,8 @@ CASES = [
     # no specific plugin: the generic one, which checks by injecting PEFT on the meta device
     Case("hra", _hra, "generic", "hra", "q_proj", {"generic": True, "peft_type": "HRA"}),
     Case("ln-tuning", _ln_tuning, "generic", "ln_tuning", "input_layernorm", {"generic": True}),
+    # shared state on the tuner (the vector bank): PEFT injects it only through get_peft_model
+    Case("vblora", _vblora, "generic", "vblora", "q_proj", {"generic": True, "peft_type": "VBLORA"}),
 ]
 
 

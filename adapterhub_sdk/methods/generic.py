@@ -44,18 +44,31 @@ def _peft_config(config: Mapping[str, Any]) -> Any:
 def meta_inject(config: Mapping[str, Any], base_config: Mapping[str, Any]) -> tuple[dict[str, list[int]], Requirements]:
     """(expected adapter tensor shapes, touched base tensors and shapes) as PEFT computes them
     for this adapter config on this base architecture."""
-    from peft import get_peft_model_state_dict, inject_adapter_in_model
+    from peft import get_peft_model, get_peft_model_state_dict, inject_adapter_in_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     model = _meta_model(base_config)
-    model = inject_adapter_in_model(_peft_config(config), model, adapter_name="default")
-    expected = {k: list(v.shape) for k, v in get_peft_model_state_dict(model, adapter_name="default").items()}
+    peft_config = _peft_config(config)
+    try:
+        model = inject_adapter_in_model(peft_config, model, adapter_name="default")
+        state = get_peft_model_state_dict(model, adapter_name="default")
+    except ValueError as exc:
+        if "get_peft_model" not in str(exc):
+            raise
+        # methods with state shared across layers (VB-LoRA's vector bank) need the tuner
+        # model; its state dict keys carry the tuner's "base_model." prefix, dropped here
+        # like the adapter's own keys are
+        peft_model = get_peft_model(model, peft_config, adapter_name="default")
+        state = {k.removeprefix("base_model.model.").removeprefix("base_model."): v
+                 for k, v in get_peft_model_state_dict(peft_model, adapter_name="default").items()}
+        model = peft_model
+    expected = {k: list(v.shape) for k, v in state.items()}
     req: Requirements = {}
     for name, module in model.named_modules():
         if isinstance(module, BaseTunerLayer):
             weight = getattr(module.get_base_layer(), "weight", None)
             if weight is not None:
-                req[f"{name}.weight"] = list(weight.shape)
+                req[f"{name.removeprefix('base_model.model.')}.weight"] = list(weight.shape)
     return expected, req
 
 
@@ -99,6 +112,8 @@ class GenericPeftMethod(AdapterMethod):
         req: Requirements = {}
         for key, shape in tensors.items():
             rel = strip_prefix(key)
+            if rel == key and key.startswith("base_model."):  # state of the tuner itself (a shared bank)
+                continue
             parts = rel.split(".")
             at = next((i for i, p in enumerate(parts) if prefix and p.startswith(prefix)), None)
             if at is None and not prefix:
