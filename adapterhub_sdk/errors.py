@@ -76,6 +76,12 @@ class IntegrityError(AdapterHubError, OSError):
             "under the same name@version: that rewrites damaged or missing blobs")
 
 
+class DestinationError(AdapterHubError, OSError):
+    """A destination directory cannot be created or written."""
+
+    hint = "pass a directory you can write to"
+
+
 class RegistryError(AdapterHubError, RuntimeError):
     """The registry database cannot be opened or is in an unexpected state."""
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterHubError, IncompatibleAdapterError, IntegrityError
+from .errors import AdapterHubError, DestinationError, IncompatibleAdapterError, IntegrityError
 from .manifest import Manifest
 
 FORMATS: tuple[str, ...] = ("peft", "vllm", "lorax", "tgi", "ollama")
@@ -601,8 +601,11 @@ def export(registry: Any, spec: str, fmt: str, out: str | os.PathLike[str], *, o
         raise AdapterHubError(f"{out}: TGI cannot read a LORA_ADAPTERS path containing ',', '=' or '@'",
                               hint="export to a directory whose path has none of those characters")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent))
+    except OSError as exc:
+        raise DestinationError(f"cannot write into {out.parent}: {exc.strerror or exc}") from None
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; servers in containers run as other users
         staged = tmp / adir

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterFormatError, IncompatibleAdapterError
+from .errors import AdapterFormatError, DestinationError, IncompatibleAdapterError
 from .manifest import BaseRef, FileEntry, Manifest, check_file_path
 from .methods.base import AdapterMethod, Requirements, detect_method
 from .safetensors_io import PICKLE_SUFFIXES, looks_like_pickle, read_header, refuse_pickle
@@ -264,13 +264,19 @@ def write_package_dir(dest: Path, files: list[tuple[str, Any]], *, overwrite: bo
     into place, so ``dest`` is either absent/old or complete."""
     dest = Path(dest)
     parent = dest.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DestinationError(f"cannot create {parent}: {exc.strerror or exc}") from None
     if dest.is_file() or dest.is_symlink():
         raise FileExistsError(f"{dest} is a file; pass a directory path to write the adapter to")
     if dest.is_dir() and not overwrite and any(dest.iterdir()):
         raise FileExistsError(f"{dest} exists and is not empty; pass --force to replace it")
     _clean_abandoned(parent, dest.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".incomplete", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".incomplete", dir=parent))
+    except OSError as exc:
+        raise DestinationError(f"cannot write into {parent}: {exc.strerror or exc}") from None
     try:
         for name, writer in files:
             check_file_path(name)

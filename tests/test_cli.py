@@ -283,6 +283,13 @@ def test_error_bad_version(lora_dir):
                       "'1.0'", "semantic version")
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a directory nobody can create in")
+def test_error_pull_or_export_to_an_unwritable_place(published):
+    for args in (("pull", "acme/x@1.0.0", "--out", "/proc/adapterhub-nope/x"),
+                 ("export", "acme/x@1.0.0", "--format", "peft", "--out", "/proc/adapterhub-nope")):
+        assert_user_error(run_cli(*args), "cannot", "/proc", "write to")
+
+
 def test_error_pull_into_non_empty_dir(published, tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
