@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterHubError, IntegrityError, NotFoundError
+from .errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
 from .fingerprint import BaseFingerprint
 from .manifest import BaseRef, Manifest
 from .names import validate_name
@@ -264,7 +264,17 @@ class HubClient:
         manifest = self._manifest_for(ref, version, commit, snap, registry, base)
         sources = {f.path: snap / (CARD_KEEP if f.path == "README.md" and (snap / MANIFEST).is_file() else f.path)
                    for f in manifest.files}
-        registry.import_version(manifest, sources)
+        try:
+            registry.import_version(manifest, sources)
+        except VersionConflictError:
+            before = registry.show(f"{manifest.name}@{manifest.version}")
+            if base is not None and not before.base_fingerprint and manifest.base.fingerprint:
+                raise VersionConflictError(
+                    f"{manifest.name}@{manifest.version} was imported from {ref.repo} before without a base, and "
+                    "versions never change, so it stays unpinned",
+                    hint="'adapterhub resolve --base ...' still gives it a structural verdict; to pin a base, "
+                         "publish its files under a new version with --base") from None
+            raise
         if dest is not None:
             registry.pull(f"{manifest.name}@{manifest.version}", dest, overwrite=overwrite)
         return registry.show(f"{manifest.name}@{manifest.version}")

@@ -583,6 +583,10 @@ def test_repo_pushed_by_peft_without_manifest_is_imported(hub_env, lora_dir, bas
     assert hits[tagged.repo_id].verdict == "exact" and hits[untagged.repo_id].verdict == "structural"
     r = invoke("resolve", "--base", str(base_dir))
     assert "adapter was published without a base fingerprint" in r.stdout
+    # the unpinned import cannot be pinned afterwards (versions never change): say so and how
+    r = invoke("pull", f"hf://{untagged.repo_id}", "--base", str(base_dir))
+    assert r.exit_code != 0
+    assert "before without a base" in r.output and "new version with --base" in r.output
     reg.close()
 
 
