@@ -252,6 +252,10 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm.check_pending()
         _infos[:] = infos
         _pm = pm
+        for info in infos:  # said once per process: a policy that did not load does not apply
+            if info.error and info.source != "builtin":
+                _warn(f"plugin {info.name!r} did not load ({info.error}); what it provides is not active "
+                      "('adapterhub plugins' lists every plugin)")
         if allow:
             known = {_normalize(n) for n in available} | {_normalize(m) for m in DEFAULT_PLUGINS}
             unknown = sorted(a for a in allow if _normalize(a) not in known)

@@ -193,6 +193,10 @@ def test_entry_point_plugins_allowlist_and_broken_plugin(tmp_path):
 
     ok = run_cli("good-hello", env={**env, "ADAPTERHUB_LOAD_PLUGINS": "ah-good,ah-broken"})
     assert ok.returncode == 0 and ok.stdout == "hello from a plugin\n", ok.stderr
+    # the broken one is named on stderr, once, in one line (a policy that did not load is not active)
+    said = [line for line in ok.stderr.splitlines() if "ah-broken" in line]
+    assert len(said) == 1 and said[0].startswith("warning: ") and "did not load" in said[0], ok.stderr
+    assert "this plugin is broken" in said[0]
 
     none = run_cli("plugins", "--json", env={**env, "ADAPTERHUB_LOAD_PLUGINS": ""})
     names = {p["name"] for p in json.loads(none.stdout)["plugins"]}
