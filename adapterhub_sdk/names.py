@@ -52,7 +52,8 @@ def validate_alias(alias: str) -> str:
     except InvalidVersionError:
         kind = "invalid"
     if alias in RESERVED_ALIASES or kind != "alias":
-        raise InvalidNameError(f"alias {alias!r} is reserved or looks like a version")
+        raise InvalidNameError(f"alias {alias!r} is reserved or looks like a version",
+                               hint="choose a word such as prod, staging or canary")
     return alias
 
 
@@ -76,7 +77,8 @@ def parse_ref(text: str, *, default_spec: str | None = None) -> AdapterRef:
     name, sep, spec = text.partition("@")
     validate_name(name)
     if sep and not spec:
-        raise InvalidNameError(f"{text!r} has an empty version after '@'")
+        raise InvalidNameError(f"{text!r} has an empty version after '@'",
+                               hint="write NS/NAME alone for the latest, or NS/NAME@SPEC (1.2.0, ^1, prod)")
     spec_value = spec if sep else default_spec
     if spec_value is not None:
         VersionSpec.parse(spec_value)
