@@ -89,11 +89,20 @@ class RequirementSet(Base):
     body: Mapped[str] = mapped_column(Text)
 
 
+# the columns resolve fetches, after its lookup column(s); see the covering indexes below
+RESOLVE_COLUMNS = ("id", "adapter_id", "version", "digest", "method", "variant", "size", "yanked",
+                   "major", "minor", "patch")
+
+
 class AdapterVersion(Base):
     __tablename__ = "versions"
     __table_args__ = (
         UniqueConstraint("adapter_id", "version"),
         Index("ix_versions_adapter_order", "adapter_id", "major", "minor", "patch"),
+        # resolve reads these columns for hundreds of rows; indexes that hold them all spare a
+        # visit to each table row, whose manifest (kilobytes) sits before most of them
+        Index("ix_versions_resolve_fp", "base_fingerprint", *RESOLVE_COLUMNS),
+        Index("ix_versions_resolve_req", "req_digest", "base_fingerprint", *RESOLVE_COLUMNS),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
@@ -106,10 +115,10 @@ class AdapterVersion(Base):
     manifest: Mapped[str] = mapped_column(Text)
     method: Mapped[str] = mapped_column(String(64), index=True)
     variant: Mapped[str] = mapped_column(String(64))
-    base_fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
+    base_fingerprint: Mapped[str | None] = mapped_column(String(64))
     base_arch: Mapped[str | None] = mapped_column(String(64))
     base_name: Mapped[str | None] = mapped_column(String(1024))
-    req_digest: Mapped[Digest] = mapped_column(ForeignKey("requirement_sets.digest"), index=True)
+    req_digest: Mapped[Digest] = mapped_column(ForeignKey("requirement_sets.digest"))
     size: Mapped[int] = mapped_column(BigInteger)
     yanked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[Timestamp]

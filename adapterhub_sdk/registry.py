@@ -938,12 +938,15 @@ class Registry:
                         verdicts[r[0]] = "incompatible"
                     checked.append(r)
                 kept = checked
-            order = {text_v: v._key() for text_v, v in parsed.items()}  # Version's own ordering, once per string
+            # one sort: verdict, then newest first (Version's own order, computed once per distinct
+            # string), then name, so that ties come back the same way every time
+            keys = {text_v: v._key() for text_v, v in parsed.items()}
+            distinct = sorted(set(keys.values()), reverse=True)  # equal precedence, equal place
+            place = {k: i for i, k in enumerate(distinct)}
+            newest = {text_v: place[k] for text_v, k in keys.items()}
             rank = {verdict: i for i, verdict in enumerate(VERDICTS)}
             names = self._adapter_names(conn, {r[1] for r in kept})
-            kept.sort(key=lambda r: names[r[1]])  # ties in verdict and version: by name, for a stable answer
-            kept.sort(key=lambda r: order[r[2]], reverse=True)
-            kept.sort(key=lambda r: rank[verdicts.get(r[0], "exact")])
+            kept.sort(key=lambda r: (rank[verdicts.get(r[0], "exact")], newest[r[2]], names[r[1]]))
             if limit is not None:
                 kept = kept[:limit]
             tasks = self._task_lists(conn, kept)

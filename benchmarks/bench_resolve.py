@@ -14,7 +14,9 @@ SQLAlchemy Core into the real tables (building it through ``publish`` would take
   built from the family's shapes): q+v, q+k+v+o, all linear, and all linear plus a
   resized ``lm_head`` (which does not fit the family: vocabulary size differs).
   Adapters 0-3 of a base use the first, 4-6 the second, 7-8 the third, 9 the fourth.
-* ``versions.manifest`` is a small valid JSON string (resolve never parses it).
+* ``versions.manifest`` is as large as a real one (adapter config, requirements with one
+  entry per touched base tensor, file list: 2-20 KB); resolve never parses it, and must not
+  have to read it.
 
 A sample of bases is queried. Before timing, ``Registry.resolve`` is called once per
 queried base so the ``fits`` cache (requirement set x arch signature) is filled: the
@@ -78,6 +80,14 @@ REQ_TARGETS = [("self_attn.q_proj", "self_attn.v_proj"),
                ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
                LINEAR, LINEAR]
 ADAPTER_REQ = [0, 0, 0, 0, 1, 1, 1, 2, 2, 3]  # requirement set of adapter a of each base
+LORA_CONFIG = {  # the keys PEFT 0.21 writes to adapter_config.json for a LoRA
+    "alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": "org/base", "bias": "none",
+    "corda_config": None, "eva_config": None, "exclude_modules": None, "fan_in_fan_out": False,
+    "inference_mode": True, "init_lora_weights": True, "layer_replication": None, "layers_pattern": None,
+    "layers_to_transform": None, "loftq_config": {}, "lora_alpha": 16, "lora_bias": False,
+    "lora_dropout": 0.05, "megatron_config": None, "megatron_core": "megatron.core", "modules_to_save": None,
+    "peft_type": "LORA", "r": 8, "rank_pattern": {}, "revision": None, "target_modules": ["q_proj", "v_proj"],
+    "task_type": "CAUSAL_LM", "trainable_token_indices": None, "use_dora": False, "use_rslora": False}
 
 
 def family_dims(f: int) -> dict[str, int]:
@@ -130,10 +140,12 @@ def build(url: str, families: int, bases_per: int, seed: int = 0) -> dict:
         body = json.dumps({"shapes": {k: list(v) for k, v in shapes.items()}, "tied": {},
                            "dtypes": {"BF16": len(shapes)}}, sort_keys=True)
         fam_reqs = []
+        fam_req_bodies = []
         for k in range(4):
             req = requirements(d, shapes, k)
             dg = requirements_digest(req)
             fam_reqs.append(dg)
+            fam_req_bodies.append(req)
             if dg not in seen_reqs:  # content-addressed, as publish stores them
                 seen_reqs.add(dg)
                 reqs.append({"digest": dg, "body": json.dumps(req, sort_keys=True)})
@@ -161,8 +173,14 @@ def build(url: str, families: int, bases_per: int, seed: int = 0) -> dict:
                     major, minor, patch = (int(x) for x in core.split("."))
                     digest = "sha256:" + hashlib.sha256(f"v{vid}".encode()).hexdigest()
                     size = rnd.randint(1 << 20, 400 << 20)
-                    manifest = json.dumps({"name": name, "version": v, "digest": digest,
-                                           "method": {"type": "lora", "variant": variant}}, sort_keys=True)
+                    # as large as a real one: the adapter config, the requirements (one entry per
+                    # touched base tensor), the file list; kilobytes, which resolve must not read
+                    manifest = json.dumps({
+                        "name": name, "version": v, "digest": digest,
+                        "method": {"type": "lora", "variant": variant, "config": LORA_CONFIG},
+                        "requirements": fam_req_bodies[ADAPTER_REQ[a]],
+                        "files": [{"path": "adapter_config.json", "size": 700},
+                                  {"path": "adapter_model.safetensors", "size": size}]}, sort_keys=True)
                     versions.append({
                         "id": vid, "adapter_id": aid, "version": v, "major": major, "minor": minor,
                         "patch": patch, "prerelease": v.split("-", 1)[1] if "-" in v else "",
