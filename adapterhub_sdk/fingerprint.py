@@ -18,6 +18,7 @@ same signature accept the same adapters structurally.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
@@ -388,10 +389,51 @@ def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None
         if name in seen:
             raise CorruptFileError(f"{path}: tensor {name!r} is stored twice")
         seen[name] = name
-    shapes = {n: s for n, _, s, _ in entries}
     directory = path if path.is_dir() else path.parent
-    return _combine(entries, _cached_tied(directory, shapes, cache), str(path.resolve()),
-                    _read_config(directory))
+    stored_tie = _stored_tie(directory, files, entries)
+    if stored_tie is not None:  # tied, but saved twice: count it once, as in memory
+        entries = [e for e in entries if e[0] != stored_tie[0]]
+    shapes = {n: s for n, _, s, _ in entries}
+    tied = _cached_tied(directory, shapes, cache)
+    if stored_tie is not None:
+        tied[stored_tie[0]] = stored_tie[1]
+    return _combine(entries, tied, str(path.resolve()), _read_config(directory))
+
+
+def _stored_tie(directory: Path, files: list[Path], entries: list[tuple[str, str, tuple[int, ...], bytes]]
+                ) -> tuple[str, str] | None:
+    """(output head, input embedding) when config.json ties word embeddings yet the files
+    store both, with identical bytes; None otherwise."""
+    heads = [e for e in entries if _is_output_head(e[0])]
+    inputs = [e for e in entries if e[0].endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
+                                                   "embed_in.weight"))]
+    if len(heads) != 1 or len(inputs) != 1 or heads[0][1:3] != inputs[0][1:3]:
+        return None
+    cfg = _read_config(directory)
+    if not cfg or not cfg.get("tie_word_embeddings", False):
+        return None
+    head, emb = heads[0][0], inputs[0][0]
+    found: dict[str, tuple[Path, TensorInfo]] = {}
+    for f in files:
+        header = read_header(f)
+        for n in (head, emb):
+            if n in header.tensors:
+                found[n] = (f, header.tensors[n])
+    if len(found) != 2:
+        return None
+    with contextlib.ExitStack() as stack:
+        views = []
+        for n in (head, emb):
+            f, info = found[n]
+            fh = stack.enter_context(open(f, "rb"))
+            mm = stack.enter_context(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+            views.append(stack.enter_context(memoryview(mm))[info.start:info.end])
+        try:
+            same = views[0] == views[1]  # compared in place, no copy of the embedding
+        finally:
+            for v in views:
+                v.release()
+    return (head, emb) if same else None
 
 
 def _read_config(directory: Path) -> dict[str, Any] | None:
@@ -426,19 +468,24 @@ def _fingerprint_tensors(items: list[tuple[str, Any]], *, workers: int | None,
     jobs = []
     keep = []
     tied: dict[str, str] = {}
-    first_by_storage: dict[tuple, str] = {}
-    for name, t in items:
-        if not isinstance(t, torch.Tensor):
-            continue
+    tensors = [(name, t) for name, t in items if isinstance(t, torch.Tensor)]
+    for name, t in tensors:
         if t.device.type == "meta":
             raise WeightsNotFoundError(f"tensor {name!r} is on the meta device; a fingerprint needs real weights")
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype) \
-            if t.numel() else None
-        if key is not None and key in first_by_storage:
-            tied[name] = first_by_storage[key]
+    # tensors sharing storage (tied weights) count once, under the name save_pretrained keeps
+    # on disk: not an output head, whatever order the state dict lists them in
+    groups: dict[tuple, list[str]] = {}
+    for name, t in tensors:
+        if t.numel():
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+            groups.setdefault(key, []).append(name)
+    for names in groups.values():
+        if len(names) > 1:
+            canonical = min(names, key=lambda n: (_is_output_head(n), names.index(n)))
+            tied.update({n: canonical for n in names if n != canonical})
+    for name, t in tensors:
+        if name in tied:
             continue
-        if key is not None:
-            first_by_storage[key] = name
         dtype = _TORCH_TO_ST.get(str(t.dtype))
         if dtype is None:
             raise CorruptFileError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
@@ -448,6 +495,10 @@ def _fingerprint_tensors(items: list[tuple[str, Any]], *, workers: int | None,
         jobs.append((name, dtype, tuple(t.shape), memoryview(raw.numpy()).cast("B")))  # type: ignore[arg-type]
     hashed = _hash_buffers(jobs, workers, progress, "fingerprint")
     return _combine(hashed, tied, source, config)
+
+
+def _is_output_head(name: str) -> bool:
+    return name.endswith(("lm_head.weight", "embed_out.weight"))
 
 
 def _jsonable(d: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -144,6 +144,36 @@ def test_tied_weights(tied_dir):
     assert on_disk.to_dict()["tied"] == {"lm_head.weight": "model.embed_tokens.weight"}
 
 
+def test_tied_weights_stored_twice_or_listed_in_any_order(tied_dir, tmp_path):
+    """A tied model saved with both tensors (plain safetensors.save_file of its state dict),
+    and its state dict listed sorted or reversed, give the same fingerprint as the model:
+    the tie counts once, under the input embedding's name."""
+    from safetensors.torch import save_file
+
+    model = _llama(seed=0, tie=True)
+    want = fingerprint(model)
+    both = tmp_path / "both"
+    both.mkdir()
+    save_file({k: v.clone().contiguous() for k, v in model.state_dict().items()}, str(both / "model.safetensors"))
+    (both / "config.json").write_bytes((tied_dir / "config.json").read_bytes())
+    stored = fingerprint(both, use_cache=False)
+    assert stored.digest == want.digest and stored.tied == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert fingerprint(both).digest == want.digest  # and again through the cache
+    items = list(model.state_dict().items())
+    for order in (sorted(items), list(reversed(items))):
+        fp = fingerprint(dict(order))
+        assert fp.digest == want.digest and fp.tied == {"lm_head.weight": "model.embed_tokens.weight"}
+    # stored twice but NOT equal: two tensors, as stored
+    sd = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+    sd["lm_head.weight"] = sd["lm_head.weight"] + 1
+    differ = tmp_path / "differ"
+    differ.mkdir()
+    save_file(sd, str(differ / "model.safetensors"))
+    (differ / "config.json").write_bytes((tied_dir / "config.json").read_bytes())
+    fp = fingerprint(differ, use_cache=False)
+    assert fp.digest != want.digest and "lm_head.weight" in fp.shapes and fp.tied == {}
+
+
 def test_untied_base_has_its_own_lm_head(base_fp):
     assert base_fp.tied == {}
     assert base_fp.shape_of("lm_head.weight") == (64, 32)
