@@ -340,7 +340,7 @@ class HubClient:
             raise NotFoundError(
                 f"base {repo}{at} (commit {str(info.sha)[:12]}) has not been fingerprinted with this registry",
                 hint=f"fingerprint it once where it is downloaded: adapterhub fingerprint --register "
-                     f"$(hf download {repo}{' --revision ' + revision if revision else ''})")
+                     f"$(hf download --quiet {repo}{' --revision ' + revision if revision else ''})")
         registry.record_base_source(found, "hub", repo, str(info.sha))
         return found
 

@@ -394,8 +394,10 @@ class Registry:
 
     def register_base(self, base: Any, *, source: str | None = None, file_digests: bool = False) -> BaseFingerprint:
         """Fingerprint ``base`` (path, nn.Module, state dict) if needed and record it with
-        where it was seen: its path; the sha256 of its weight files (free for a Hub cache
-        snapshot, hashed when ``file_digests``); the Hub repo and commit of a cache snapshot."""
+        where it was seen: its path; with ``file_digests``, the sha256 of its weight files
+        (verified against the Hub cache's blob names in a cache snapshot) and the Hub repo
+        and commit of a cache snapshot, which let others identify the base from the Hub's
+        metadata alone."""
         from .sources import files_key, hub_cache_origin, weight_file_digests
 
         fp = fingerprint(base)
@@ -406,11 +408,11 @@ class Registry:
             sources.append(("path", locator, "", "{}"))
         if is_path:
             digests = weight_file_digests(base, compute=file_digests)
-            if digests:
+            if digests:  # only verified bytes become a shared mapping
                 sources.append(("files", files_key(digests), "", json.dumps({"files": digests}, sort_keys=True)))
-            origin = hub_cache_origin(base)
-            if origin:
-                sources.append(("hub", origin[0], origin[1], "{}"))
+                origin = hub_cache_origin(base)
+                if origin:
+                    sources.append(("hub", origin[0], origin[1], "{}"))
         self._record_base(fp, sources)
         return fp
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from .errors import IntegrityError
 from .fingerprint import weight_files
 from .package import sha256_file
 
@@ -25,18 +26,22 @@ def files_key(digests: Mapping[str, str]) -> str:
 
 
 def weight_file_digests(path: str | os.PathLike[str], *, compute: bool) -> dict[str, str] | None:
-    """sha256 of each safetensors weight file, by file name. In the Hub cache the blob a
-    snapshot links to is named by that sha256, so nothing is read; elsewhere the files are
-    hashed only when ``compute`` is true (None otherwise)."""
+    """sha256 of each safetensors weight file, by file name, when ``compute`` is true (None
+    otherwise). In the Hub cache a snapshot's file links to a blob named by the sha256 the
+    Hub reported; the bytes are hashed anyway and must match that name, since these digests
+    become the shared mapping from Hub files to a fingerprint: a corrupt cache must not be
+    recorded as the base everyone resolves against."""
+    if not compute:
+        return None
     out: dict[str, str] = {}
     for f in weight_files(path):
+        digest = sha256_file(f)[0]
         target = Path(os.readlink(f)).name if f.is_symlink() else ""
-        if _HEX64.fullmatch(target):
-            out[f.name] = target
-            continue
-        if not compute:
-            return None
-        out[f.name] = sha256_file(f)[0]
+        if _HEX64.fullmatch(target) and target != digest:
+            raise IntegrityError(f"{f.name} in the Hugging Face cache does not match its sha256 {target[:12]} "
+                                 f"(its bytes hash to {digest[:12]}): the cached file is corrupt",
+                                 hint="delete that snapshot from the cache (hf cache delete) and download it again")
+        out[f.name] = digest
     return out
 
 

@@ -886,3 +886,41 @@ def test_interrupted_download_leaves_nothing_and_a_retry_succeeds(hub_env, olah_
         proxy.shutdown()
         proxy.server_close()
         thread.join(10)
+
+
+def _cache_snapshot(root: Path, repo: str, files: dict[str, bytes]) -> Path:
+    """A Hugging Face cache snapshot laid out as huggingface_hub writes it: blobs named by
+    their sha256, and a snapshot folder of symlinks to them (real files, no server)."""
+    repo_dir = root / ("models--" + repo.replace("/", "--"))
+    snap = repo_dir / "snapshots" / ("c" * 40)
+    snap.mkdir(parents=True)
+    (repo_dir / "blobs").mkdir()
+    for name, data in files.items():
+        blob = repo_dir / "blobs" / sha256(data)
+        blob.write_bytes(data)
+        (snap / name).symlink_to(os.path.relpath(blob, snap))
+    return snap
+
+
+def test_register_verifies_a_hub_cache_snapshot_before_sharing_its_mapping(base_dir, tmp_path):
+    """The files -> fingerprint and Hub commit -> fingerprint mappings are shared by everyone
+    using the registry: a cached blob whose bytes no longer match its sha256 name is refused,
+    and nothing is recorded for it."""
+    files = {p.name: p.read_bytes() for p in base_dir.iterdir() if p.is_file()}
+    snap = _cache_snapshot(tmp_path / "hf-cache", "acme-org/llama-mini", files)
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'reg' / 'registry.db'}") as reg:
+        fp = reg.register_base(snap, file_digests=True)
+        assert reg.find_base(hub=("acme-org/llama-mini", "c" * 40)).digest == fp.digest
+        assert reg.find_base(files={"model.safetensors": sha256(files["model.safetensors"])}).digest == fp.digest
+
+    bad = _cache_snapshot(tmp_path / "hf-cache-2", "acme-org/llama-bad", files)
+    blob = (bad / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0x01  # tensor bytes, not the header
+    blob.write_bytes(bytes(data))
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'reg2' / 'registry.db'}") as reg:
+        with pytest.raises(ah.IntegrityError, match="model.safetensors in the Hugging Face cache does not match"):
+            reg.register_base(bad, file_digests=True)
+        assert reg.find_base(hub=("acme-org/llama-bad", "c" * 40)) is None
+        reg.register_base(bad)  # without file digests: the path only, no shared Hub mapping
+        assert reg.find_base(hub=("acme-org/llama-bad", "c" * 40)) is None
