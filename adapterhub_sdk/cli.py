@@ -328,9 +328,13 @@ def resolve(ctx: click.Context, base: str | None, fingerprint: str | None, task:
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--base", metavar="PATH|hf://ORG/MODEL",
               help="For a Hub repo pushed by PEFT without a manifest: the base to pin it to.")
+@click.option("--name", "accept_name", metavar="NS/NAME",
+              help="For a Hub repo whose manifest names another adapter: accept that name even though "
+                   "it already has versions from elsewhere here.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str | None, as_json: bool) -> None:
+def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str | None, accept_name: str | None,
+         as_json: bool) -> None:
     """Write an adapter version to OUT as a directory PEFT loads (digests verified).
 
     With hf://ORG/REPO[@SPEC] the version is downloaded from the Hub, verified against its
@@ -339,14 +343,16 @@ def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str |
     if ref.startswith("hf://"):
         from .hub import HubClient
 
-        info = HubClient().pull(reg, ref, base=base, dest=out, overwrite=force)
+        info = HubClient().pull(reg, ref, base=base, dest=out, overwrite=force, name=accept_name)
         if as_json:
             _emit_json({"name": info.name, "version": info.version, "digest": info.digest,
-                        "path": out, "source": ref})
+                        "path": out, "source": ref, "origin": info.source})
             return
         click.echo(f"pulled {ref} as {info.name}@{info.version} (verified, recorded in the local registry)"
                    + (f" to {out}" if out else ""))
         return
+    if accept_name is not None:
+        raise click.UsageError("--name applies to hf://ORG/REPO pulls only")
     if out is None:
         raise click.UsageError("give --out DIR: where to write the adapter")
     info = reg.show(ref)

@@ -256,16 +256,33 @@ class HubClient:
         return version, commit, Path(path)
 
     def pull(self, registry: Any, text: str, *, base: Any = None, dest: str | os.PathLike[str] | None = None,
-             overwrite: bool = False) -> Any:
+             overwrite: bool = False, name: str | None = None) -> Any:
         """Download, verify and record a Hub version in ``registry``; write it to ``dest`` too.
-        Returns the recorded VersionInfo."""
+        Returns the recorded VersionInfo. A repo whose manifest names another adapter than
+        the repo (``acme/sentiment`` pushed to ``hf://team/sentiment-lora``) adds to that name
+        only if the name is new here or all its versions came from this same repo, unless
+        ``name`` accepts it explicitly: a repo cannot slip versions into a name it does not own."""
+        from .names import name_key
+
         ref = parse_hub_ref(text)
         version, commit, snap = self.download(ref)
         manifest = self._manifest_for(ref, version, commit, snap, registry, base)
+        if name is not None and name_key(name) != name_key(manifest.name):
+            raise NotFoundError(f"{ref} holds {manifest.name}@{manifest.version}, not {name}",
+                                hint=f"pull without --name, or with --name {manifest.name}")
+        here = f"hf://{ref.repo}"
+        if name_key(manifest.name) != name_key(ref.repo) and name is None:
+            origins = registry.origins(manifest.name) - {here}
+            if origins:
+                whence = ", ".join(sorted("publishes in this registry" if o is None else o for o in origins))
+                raise AdapterHubError(
+                    f"{ref} holds {manifest.name}@{manifest.version}, but {manifest.name} here already has versions "
+                    f"from {whence}; a repo adds to a name other than its own only when you say so",
+                    hint=f"if {ref.repo} is trusted to publish {manifest.name}, pull with --name {manifest.name}")
         sources = {f.path: snap / (CARD_KEEP if f.path == "README.md" and (snap / MANIFEST).is_file() else f.path)
                    for f in manifest.files}
         try:
-            registry.import_version(manifest, sources)
+            registry.import_version(manifest, sources, origin=f"{here}@{commit}")
         except VersionConflictError:
             before = registry.show(f"{manifest.name}@{manifest.version}")
             if base is not None and not before.base_fingerprint and manifest.base.fingerprint:

@@ -121,6 +121,8 @@ class AdapterVersion(Base):
     req_digest: Mapped[Digest] = mapped_column(ForeignKey("requirement_sets.digest"))
     size: Mapped[int] = mapped_column(BigInteger)
     yanked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # where the version came from when it was not published here, e.g. hf://ORG/REPO@COMMIT
+    source: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     created_at: Mapped[Timestamp]
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
 

@@ -194,6 +194,8 @@ class VersionInfo:
     manifest: Manifest | None = field(default=None, repr=False, compare=False)
     # trainable parameters / the base's, when the base is known here (show only)
     base_fraction: float | None = None
+    # where the version came from when it was not published here (hf://ORG/REPO@COMMIT)
+    source: str | None = None
 
     def to_dict(self, *, with_manifest: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -205,6 +207,7 @@ class VersionInfo:
         }
         if self.base_fraction is not None:
             d["base_fraction"] = self.base_fraction
+        d["source"] = self.source
         if with_manifest and self.manifest is not None:
             d["manifest"] = self.manifest.to_dict()
         return d
@@ -580,7 +583,8 @@ class Registry:
         call_hook("after_publish", manifest=manifest, created=created)
         return result
 
-    def import_version(self, manifest: Manifest, sources: Mapping[str, str | os.PathLike[str]]) -> PublishResult:
+    def import_version(self, manifest: Manifest, sources: Mapping[str, str | os.PathLike[str]], *,
+                       origin: str | None = None) -> PublishResult:
         """Record a version whose manifest was made elsewhere (a Hub pull), keeping the manifest
         and its digest as they are. Every file is verified against the manifest first; a file
         that differs is named in the error and nothing is recorded."""
@@ -609,10 +613,18 @@ class Registry:
         for f in manifest.files:  # repairs a corrupt or missing blob of an existing version too
             written += self.blobs.put_file(sources[f.path], f.sha256)
         if existing is None:
-            created = self._commit_version(manifest, sum(f.size for f in manifest.files))
+            created = self._commit_version(manifest, sum(f.size for f in manifest.files), source=origin)
         call_hook("after_publish", manifest=manifest, created=created)
         return PublishResult(manifest.name, manifest.version, manifest.digest, created, written,
                              len(manifest.files), manifest)
+
+    def origins(self, name: str) -> set[str | None]:
+        """Where the versions of ``name`` came from: None for versions published here, a
+        Hub repo (``hf://ORG/REPO``, commit dropped) for pulled ones. Empty if no such adapter."""
+        with self._read() as conn:
+            rows = conn.execute(select(T_VERSIONS.c.source).join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
+                                .where(T_ADAPTERS.c.name_key == name_key(name))).all()
+        return {r.source.rsplit("@", 1)[0] if r.source else None for r in rows}
 
     def _canonical_name(self, name: str) -> str:
         with self._read() as conn:
@@ -632,7 +644,7 @@ class Registry:
                     _refuse_precedence_twin(conn, adapter.id, name, Version.parse(version))
         return row.digest if row else None
 
-    def _commit_version(self, manifest: Manifest, size: int) -> bool:
+    def _commit_version(self, manifest: Manifest, size: int, *, source: str | None = None) -> bool:
         ver = Version.parse(manifest.version)
         req_digest = requirements_digest(manifest.requirements)
         for attempt in range(5):
@@ -663,7 +675,7 @@ class Registry:
                         manifest=manifest.to_json().decode("utf-8"), method=manifest.method["type"],
                         variant=manifest.method.get("variant") or "", base_fingerprint=manifest.base.fingerprint,
                         base_arch=manifest.base.arch_signature, base_name=manifest.base.name,
-                        req_digest=req_digest, size=size, yanked=False, created_at=utcnow(),
+                        req_digest=req_digest, size=size, yanked=False, created_at=utcnow(), source=source,
                     ).returning(T_VERSIONS.c.id)).scalar_one()
                     if manifest.tasks:
                         conn.execute(insert(T_TASKS), [{"version_id": vid, "task": t} for t in manifest.tasks])
@@ -746,6 +758,7 @@ class Registry:
             names[r.adapter_id], r.version, r.digest, r.method, r.variant, tuple(sorted(tasks.get(r.id, []))),
             r.base_fingerprint, r.base_name, r.size, bool(r.yanked), _iso(r.created_at),
             tuple(sorted(aliases.get(r.id, []))), Manifest.from_json(r.manifest) if with_manifest else None,
+            source=r.source,
         ) for r in rows]
 
     def show(self, ref: str) -> VersionInfo:
@@ -1023,19 +1036,21 @@ class Registry:
         return HubClient().push(self, ref, to, private=private)
 
     def pull(self, ref: str, dest: str | os.PathLike[str] | None = None, *, overwrite: bool = False,
-             base: Any = None) -> Path | None:
+             base: Any = None, name: str | None = None) -> Path | None:
         """Write ``name@spec`` to ``dest`` as a directory PEFT loads. Every file is verified
         against its digest first; ``dest`` is written atomically (complete or untouched).
         ``hf://ORG/REPO@SPEC`` pulls from the Hub: verified, recorded here (so it resolves
         offline afterwards) and, when ``dest`` is given, written there; ``base`` pins a
         repo PEFT pushed without a manifest. Returns the written directory (None for a Hub
-        pull without ``dest``: the version is then only recorded)."""
+        pull without ``dest``: the version is then only recorded). ``name``: accept the
+        adapter name a Hub repo's manifest gives, when it differs from the repo's own and that
+        name already holds versions from elsewhere here."""
         from .plugins import call_hook
 
         if ref.startswith("hf://"):
             from .hub import HubClient
 
-            HubClient().pull(self, ref, base=base, dest=dest, overwrite=overwrite)
+            HubClient().pull(self, ref, base=base, dest=dest, overwrite=overwrite, name=name)
             return Path(dest) if dest is not None else None
         if dest is None:
             raise TypeError("pull needs a destination directory")

@@ -552,6 +552,37 @@ def test_pull_latest_and_ranges_over_version_tags(hub_env, src, olah_repo, tmp_p
     reg.close()
 
 
+def test_a_repo_cannot_slip_versions_into_a_name_held_by_others(hub_env, hub_server, src, lora_dir, tmp_path):
+    """Against olah: the pushed acme/sentiment versions served again by another org's repo.
+    A name with versions from elsewhere (published here, or pulled from another repo) does
+    not take versions from it unless the user says so (--name); the recorded version keeps
+    the repo and commit it came from."""
+    evil = mirror_to_olah(hub_server, src["fake"], SRC_REPO, repo_id=unique_repo_id("mimic"))
+    reg = ah.Registry.open()
+    reg.publish(lora_dir, name="acme/sentiment", version="0.0.1")  # the team's own, published here
+    r = invoke("pull", f"hf://{evil.repo_id}@1.3.0")
+    assert r.exit_code == 1
+    line = one_error_line(r.stderr, "acme/sentiment@1.3.0", "publishes in this registry", "--name acme/sentiment")
+    assert evil.repo_id in line
+    assert [v.version for v in reg.versions("acme/sentiment")] == ["0.0.1"]
+    r = invoke("pull", f"hf://{evil.repo_id}@1.3.0", "--name", "acme/other")
+    assert r.exit_code == 1
+    one_error_line(r.stderr, "not acme/other")
+
+    r = invoke("pull", f"hf://{evil.repo_id}@1.3.0", "--name", "acme/sentiment", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["origin"] == f"hf://{evil.repo_id}@{evil.tags['1.3.0']}"
+    info = reg.show("acme/sentiment@1.3.0")
+    assert info.source == out["origin"] and info.to_dict()["source"] == out["origin"]
+    assert reg.show("acme/sentiment@0.0.1").source is None
+    # a second repo serving the same name is refused too: the name now has two origins
+    other = mirror_to_olah(hub_server, src["fake"], SRC_REPO, repo_id=unique_repo_id("mimic"))
+    r = invoke("pull", f"hf://{other.repo_id}@2.0.0")
+    assert r.exit_code == 1 and "--name acme/sentiment" in r.stderr
+    reg.close()
+
+
 def test_repo_pushed_by_peft_without_manifest_is_imported(hub_env, lora_dir, base_dir):
     """Against olah: a repo holding only ``save_pretrained`` output (untagged, or tagged
     v1.0.0) is imported under the repo's name. Without a base its fingerprint is unknown and
