@@ -97,11 +97,35 @@ def _hub_errors(what: str) -> Iterator[None]:
         if status is not None and status >= 500:
             raise HubUnavailableError(f"{what}: the Hub answered {status}") from exc
         raise AdapterHubError(f"{what}: the Hub refused the request ({status}): {str(exc).splitlines()[0]}") from exc
+    except ValueError as exc:  # a reply that is not the JSON the Hub API sends (json.JSONDecodeError)
+        if type(exc).__name__ != "JSONDecodeError":
+            raise
+        raise HubUnavailableError(f"{what}: the server's answer is not a Hub API response ({exc})",
+                                  hint="check HF_ENDPOINT: it must point at the Hugging Face Hub or a "
+                                       "server that implements its API") from exc
     except Exception as exc:  # httpx connection errors and friends
         name = type(exc).__name__
         if any(k in name for k in ("Connect", "Timeout", "Network", "Protocol", "RemoteProtocol")):
             raise HubUnavailableError(f"{what}: the Hub is not reachable ({name})") from exc
         raise
+
+
+def _check_cached_files(ref: Any, snap: Path) -> None:
+    """Files the Hub stores with LFS sit in huggingface_hub's cache as blobs named by their
+    sha256: a blob whose bytes no longer match its name (a damaged cache) is refused, with
+    what to do, before anything is read from it."""
+    from .package import sha256_file
+
+    bad = []
+    for f in sorted(snap.rglob("*")):
+        if not f.is_symlink() or not f.is_file():
+            continue
+        name = Path(os.readlink(f)).name
+        if re.fullmatch(r"[0-9a-f]{64}", name) and sha256_file(f)[0] != name:
+            bad.append(str(f.relative_to(snap)))
+    if bad:
+        raise IntegrityError(f"{ref}: the Hugging Face cache holds damaged copies of {', '.join(bad)}",
+                             hint="delete that snapshot from the cache ('hf cache delete') and pull again")
 
 
 def model_card(manifest: Manifest, repo: str) -> str:
@@ -266,7 +290,18 @@ class HubClient:
 
         ref = parse_hub_ref(text)
         version, commit, snap = self.download(ref)
+        _check_cached_files(ref, snap)
         manifest = self._manifest_for(ref, version, commit, snap, registry, base)
+        if base is not None and (snap / MANIFEST).is_file():
+            bfp = registry._as_base(base)
+            pinned = manifest.base.fingerprint
+            got = bfp.digest if isinstance(bfp, BaseFingerprint) else str(bfp)
+            if pinned != got:
+                raise AdapterHubError(
+                    f"{ref}: --base does not apply: the repo's manifest "
+                    + (f"pins base {pinned[:12]}" if pinned else "is not pinned to a base")
+                    + (f", not {got[:12]}" if pinned else " and a published manifest never changes"),
+                    hint="omit --base (it pins repos that PEFT pushed without a manifest)")
         if name is not None and name_key(name) != name_key(manifest.name):
             raise NotFoundError(f"{ref} holds {manifest.name}@{manifest.version}, not {name}",
                                 hint=f"pull without --name, or with --name {manifest.name}")

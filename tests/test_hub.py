@@ -521,6 +521,38 @@ def test_pull_exact_version_records_verifies_and_resolves_offline(hub_env, src, 
     one_error_line(again.stderr, "HF_HUB_OFFLINE")
 
 
+def test_damaged_hub_cache_is_refused_with_what_to_do_and_base_must_fit(hub_env, src, olah_repo, base_dir,
+                                                                         base_other_shape, tmp_path):
+    """Against olah: a cached blob whose bytes no longer match its sha256 name is refused by
+    name, with how to recover; after deleting the snapshot the pull succeeds. ``--base`` on a
+    repo with a manifest must agree with the manifest's pin."""
+    ref = f"hf://{olah_repo.repo_id}@1.0.0"
+    first = run_cli("pull", ref, "--out", str(tmp_path / "first"))
+    assert first.returncode == 0, first.stderr
+    hub_cache = Path(os.environ["HF_HOME"]) / "hub"
+    snaps = [p for p in hub_cache.rglob(olah_repo.tags["1.0.0"]) if p.is_dir()]
+    assert len(snaps) == 1
+    blob = (snaps[0] / "adapter_model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0x01
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'fresh' / 'registry.db'}") as fresh:
+        with pytest.raises(ah.IntegrityError, match="damaged copies of adapter_model.safetensors") as err:
+            fresh.pull(ref)
+        assert "hf cache delete" in err.value.hint
+        assert fresh.list() == []
+        shutil.rmtree(snaps[0])
+        blob.unlink()
+        fresh.pull(ref)
+        assert fresh.show("acme/sentiment@1.0.0").digest == src["reg"].show("acme/sentiment@1.0.0").digest
+
+    r = invoke("pull", ref, "--base", str(base_other_shape))
+    assert r.exit_code == 1
+    one_error_line(r.stderr, "--base does not apply", "omit --base")
+    assert invoke("pull", ref, "--base", str(base_dir)).exit_code == 0  # the base it is pinned to
+
+
 def test_pull_latest_and_ranges_over_version_tags(hub_env, src, olah_repo, tmp_path):
     """Against olah: no version and ``@latest`` pick the highest version tag, ``@^1`` the
     highest 1.x, an exact version its tag; each pulled version is recorded as pushed."""
