@@ -67,6 +67,7 @@ class BlobStore:
         """Store ``source`` under ``digest``. Returns the bytes written (0 if already stored).
         IntegrityError, and nothing stored, if the bytes do not hash to ``digest``."""
         if self._intact(digest):
+            self._touch(digest)
             return 0
         staged = self.stage(source)
         if staged.sha256 != digest:
@@ -103,10 +104,15 @@ class BlobStore:
         """Move a staged copy into place under its digest (0 bytes written if already stored)."""
         final = self.path(staged.sha256)
         if self._intact(staged.sha256, staged.size):
+            self._touch(staged.sha256)
             self.discard(staged)
             return 0
         try:
             staged.syncer.wait()
+            if not staged.path.exists():
+                raise IntegrityError(f"the staged copy of blob sha256:{staged.sha256[:12]} was removed while "
+                                     "publishing (by 'adapterhub gc --grace 0'?)",
+                                     hint="publish again; run gc with its default grace while others publish")
             os.chmod(staged.path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged.path, final)
@@ -115,6 +121,47 @@ class BlobStore:
         except BaseException:
             staged.path.unlink(missing_ok=True)
             raise
+
+    def holds(self, staged: StagedBlob) -> bool:
+        """Whether the blob ``staged`` would write is already stored intact (then refreshed:
+        its mtime is the grace period ``gc`` honours)."""
+        if self._intact(staged.sha256, staged.size):
+            self._touch(staged.sha256)
+            return True
+        return False
+
+    def _touch(self, digest: str) -> None:
+        try:
+            os.utime(self.path(digest))
+        except OSError:
+            pass
+
+    def quarantine(self, digest: str) -> Path | None:
+        """Move a blob out of its address (gc's first step): a publish that looks for it from
+        now on writes its own copy. Returns where it went, or None if it was not there."""
+        token = self._tmpdir() / f"gc.{digest}.{os.getpid()}.{time.monotonic_ns()}"
+        try:
+            os.rename(self.path(digest), token)
+        except FileNotFoundError:
+            return None
+        return token
+
+    def release(self, token: Path, digest: str, *, keep: bool) -> int:
+        """Finish a quarantine: put the blob back (``keep``: a version referenced it
+        meanwhile) or delete it. Returns the bytes freed."""
+        if keep:
+            final = self.path(digest)
+            if final.exists():  # a publish wrote it again meanwhile: same bytes
+                token.unlink(missing_ok=True)
+            else:
+                os.rename(token, final)
+            return 0
+        try:
+            size = token.stat().st_size
+        except FileNotFoundError:
+            return 0
+        token.unlink(missing_ok=True)
+        return size
 
     def _intact(self, digest: str, size: int | None = None) -> bool:
         """Whether the blob is stored with the right bytes. Checked (a hash of the stored

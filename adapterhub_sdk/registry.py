@@ -568,14 +568,30 @@ class Registry:
             created = False
             # also for an identical re-publish: a stored blob found corrupt or missing is
             # written again (put_* check what is stored before deduplicating against it)
-            for f in pkg.files:
-                if f.staged is not None:
-                    staged, f.staged = f.staged, None
-                    written += self.blobs.put_staged(staged)
-                else:
-                    written += self.blobs.put_file(f.source, f.sha256)
-            if existing is None:
-                created = self._commit_version(manifest, pkg.size)
+            reused = []  # staged copies of blobs already stored: kept until the version is committed
+            try:
+                for f in pkg.files:
+                    if f.staged is not None:
+                        staged, f.staged = f.staged, None
+                        if callable(getattr(self.blobs, "holds", None)) and self.blobs.holds(staged):
+                            reused.append(staged)
+                        else:
+                            written += self.blobs.put_staged(staged)
+                    else:
+                        written += self.blobs.put_file(f.source, f.sha256)
+                if existing is None:
+                    created = self._commit_version(manifest, pkg.size)
+                # a gc that started before the commit may have taken a reused blob away: now
+                # that the version references it, gc keeps it, and a missing one is put back
+                for staged in reused:
+                    if self.blobs.has(staged.sha256):
+                        self.blobs.discard(staged)
+                    else:
+                        written += self.blobs.put_staged(staged)
+                reused = []
+            finally:
+                for staged in reused:
+                    self.blobs.discard(staged)
         finally:
             if own:
                 pkg.close()
@@ -614,6 +630,9 @@ class Registry:
             written += self.blobs.put_file(sources[f.path], f.sha256)
         if existing is None:
             created = self._commit_version(manifest, sum(f.size for f in manifest.files), source=origin)
+            for f in manifest.files:  # a gc that ran before the commit may have taken one away
+                if self.blobs.size(f.sha256) != f.size:
+                    written += self.blobs.put_file(sources[f.path], f.sha256)
         call_hook("after_publish", manifest=manifest, created=created)
         return PublishResult(manifest.name, manifest.version, manifest.digest, created, written,
                              len(manifest.files), manifest)
@@ -1142,14 +1161,32 @@ class Registry:
         report = GcReport(dry_run=dry_run)
         with self._read() as conn:
             referenced = {s for (s,) in conn.execute(select(T_FILES.c.sha256).distinct())}
+        quarantine = getattr(self.blobs, "quarantine", None)
         for sha in list(self.blobs.iter_digests()):
             if sha in referenced:
                 continue
-            if self.blobs.age(sha) < grace_seconds:
+            if self.blobs.age(sha) < grace_seconds:  # publishes refresh the blobs they reuse
                 report.kept_recent += 1
                 continue
-            report.blobs_removed += 1
-            report.bytes_freed += self.blobs.size(sha) if dry_run else self.blobs.delete(sha)
+            if dry_run:
+                report.blobs_removed += 1
+                report.bytes_freed += self.blobs.size(sha)
+                continue
+            if not callable(quarantine):
+                report.blobs_removed += 1
+                report.bytes_freed += self.blobs.delete(sha)
+                continue
+            # move it aside, then ask again: a version committed since the first read keeps it
+            # (and a publish that reused it puts it back after its commit in any case)
+            token = quarantine(sha)
+            if token is None:
+                continue
+            with self._read() as conn:
+                now = conn.execute(select(T_FILES.c.sha256).where(T_FILES.c.sha256 == sha).limit(1)).first()
+            freed = self.blobs.release(token, sha, keep=now is not None)
+            if now is None:
+                report.blobs_removed += 1
+                report.bytes_freed += freed
         report.temp_removed = self.blobs.clean_temp(grace_seconds, dry_run=dry_run)
         return report
 

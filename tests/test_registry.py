@@ -94,12 +94,15 @@ def test_publish_resolve_pull_roundtrip_loads_with_peft(registry, base_dir, lora
 
 def test_identical_republish_is_a_noop(registry, base_dir, lora_dir):
     first = registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir, tasks=["sentiment"])
-    before = {p: p.stat().st_mtime_ns for p in blob_files(registry)}
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in blob_files(registry)}
     again = registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir, tasks=["sentiment"])
     assert again.created is False
     assert again.bytes_written == 0
     assert again.digest == first.digest
-    assert {p: p.stat().st_mtime_ns for p in blob_files(registry)} == before
+    after = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in blob_files(registry)}
+    assert set(after) == set(before)
+    for p, (ino, mtime) in after.items():  # the same files, not rewritten; only refreshed (gc's grace)
+        assert ino == before[p][0] and mtime >= before[p][1]
     assert len(registry.list()) == 1
     assert registry.verify().ok
 
@@ -582,3 +585,57 @@ def test_pull_refuses_existing_non_empty_dir_and_keeps_it(registry, lora_dir, tm
     assert not (dest / "mine.txt").exists()
     assert (dest / "adapter_model.safetensors").read_bytes() == (lora_dir / "adapter_model.safetensors").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_gc_racing_a_publish_that_reuses_its_blobs_loses_nothing(registry, lora_dir, monkeypatch):
+    """A publish that reuses blobs no version references (left by a deleted version) while a
+    gc that read the references earlier removes them: the two interleavings that matter,
+    forced in process on real files and a real database."""
+    import os
+    import time
+
+    registry.publish(lora_dir, name=NAME, version="1.0.0")
+    registry.delete_version(f"{NAME}@1.0.0")
+    shas = sorted(registry.blobs.iter_digests())
+    old = time.time() - 7200
+    for sha in shas:
+        os.utime(registry.blobs.path(sha), (old, old))
+
+    # 1. gc moves the blobs aside after the publish found them, before its commit
+    real_commit = registry._commit_version
+    taken = {}
+
+    def commit_after_gc_took_them(*a, **kw):
+        for sha in shas:
+            taken[sha] = registry.blobs.quarantine(sha)
+        return real_commit(*a, **kw)
+
+    monkeypatch.setattr(registry, "_commit_version", commit_after_gc_took_them)
+    res = registry.publish(lora_dir, name=NAME, version="1.1.0")
+    monkeypatch.undo()
+    assert res.created and all(taken.values())
+    for sha, token in taken.items():  # gc asks again: referenced now, so it puts back (or drops its copy)
+        registry.blobs.release(token, sha, keep=True)
+    assert registry.verify().ok
+
+    # 2. a real gc run after that: nothing referenced is removed, the grace protects the rest
+    report = registry.gc(grace_seconds=3600)
+    assert report.blobs_removed == 0 and registry.verify().ok
+
+    # 3. the blobs unreferenced and old again: gc's own re-check keeps what a commit references
+    registry.delete_version(f"{NAME}@1.1.0")
+    for sha in shas:
+        os.utime(registry.blobs.path(sha), (old, old))
+    real_release = registry.blobs.release
+
+    def publish_meanwhile(token, sha, *, keep):
+        if not getattr(publish_meanwhile, "done", False):
+            publish_meanwhile.done = True
+            registry.publish(lora_dir, name=NAME, version="1.2.0")  # finds the blob missing: writes it
+        return real_release(token, sha, keep=keep)
+
+    monkeypatch.setattr(registry.blobs, "release", publish_meanwhile)
+    registry.gc(grace_seconds=0)
+    monkeypatch.undo()
+    assert registry.verify().ok
+    assert registry.pull(f"{NAME}@1.2.0", registry.blobs.root.parent / "out").is_dir()
