@@ -29,6 +29,7 @@ from .errors import (
     IntegrityError,
     InvalidVersionError,
     NotFoundError,
+    RegistryError,
     VersionConflictError,
 )
 from .fingerprint import BaseFingerprint, fingerprint
@@ -355,22 +356,28 @@ class Registry:
              upgrade: bool = False) -> Registry:
         """Open (creating if new) the registry at ``url``; default SQLite under ADAPTERHUB_HOME.
         ``blobs`` is the blob store: a directory or a ``scheme://`` URL of a storage plugin
-        (env ADAPTERHUB_BLOBS; default ``blobs/`` beside a SQLite database file, else
-        ``<home>/blobs``)."""
+        (env ADAPTERHUB_BLOBS; default ``blobs/`` beside a SQLite database file; a PostgreSQL
+        registry needs one given, since all its users must share it)."""
         from .home import default_blob_root, default_registry_url
 
         url = url or default_registry_url()
         engine = dbmod.make_engine(url)
-        if blobs is None:
-            path = dbmod.sqlite_path(engine)
-            if path and not os.environ.get("ADAPTERHUB_BLOBS"):
-                blobs = Path(path).parent / "blobs"  # a SQLite registry keeps its blobs beside it
-            else:
-                blobs = default_blob_root()
         if upgrade:
             dbmod.upgrade(engine)
         else:
             dbmod.ensure_schema(engine)
+        if blobs is None:
+            path = dbmod.sqlite_path(engine)
+            if path and not os.environ.get("ADAPTERHUB_BLOBS"):
+                blobs = Path(path).parent / "blobs"  # a SQLite registry keeps its blobs beside it
+            elif not dbmod.is_sqlite(engine) and not os.environ.get("ADAPTERHUB_BLOBS"):
+                engine.dispose()
+                raise RegistryError(
+                    "a PostgreSQL registry needs the blob store its users share, and none was given",
+                    hint="pass --blobs DIR (or Registry.open(url, blobs=DIR)) or set ADAPTERHUB_BLOBS; "
+                         "every user of this registry must use the same one")
+            else:
+                blobs = default_blob_root()
         from .storage import open_blob_store
 
         return cls(engine, open_blob_store(blobs), url)

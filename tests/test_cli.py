@@ -246,9 +246,12 @@ def cli_url(request, tmp_path):
 
 
 def test_registry_option_and_env(cli_url, base_dir, lora_dir, tmp_path):
-    ok("--registry", cli_url, "publish", str(lora_dir), "--name", "team/x", "--version", "1.0.0",
-       "--base", str(base_dir), "--task", "t")
-    env = {"ADAPTERHUB_REGISTRY_URL": cli_url}
+    shared = tmp_path / "team-blobs"
+    if cli_url.startswith("postgresql"):  # a server registry has no place of its own for blobs
+        assert_user_error(run_cli("--registry", cli_url, "list"), "needs the blob store", "--blobs")
+    ok("--registry", cli_url, "--blobs", str(shared), "publish", str(lora_dir), "--name", "team/x",
+       "--version", "1.0.0", "--base", str(base_dir), "--task", "t")
+    env = {"ADAPTERHUB_REGISTRY_URL": cli_url, "ADAPTERHUB_BLOBS": str(shared)}
     assert [(i["name"], i["version"]) for i in js("list", env=env)] == [("team/x", "1.0.0")]
     ok("pull", "team/x@latest", "--out", str(tmp_path / "x"), env=env)
     assert sha(tmp_path / "x" / "adapter_model.safetensors") == sha(lora_dir / "adapter_model.safetensors")
