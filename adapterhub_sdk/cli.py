@@ -49,7 +49,7 @@ class _Group(click.Group):
             sys.exit(exc.exit_code)
 
     def invoke(self, ctx: click.Context) -> Any:
-        debug = bool(os.environ.get("ADAPTERHUB_DEBUG")) or "--debug" in sys.argv[1:]
+        debug = _truthy(os.environ.get("ADAPTERHUB_DEBUG")) or "--debug" in sys.argv[1:]
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort):
@@ -136,6 +136,11 @@ def fingerprint_cmd(ctx: click.Context, path: str, as_json: bool, no_cache: bool
 # --------------------------------------------------------------------------- publish
 
 
+def _truthy(value: str | None) -> bool:
+    """An environment flag: unset, empty, 0, false, no and off are off."""
+    return value is not None and value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
 def _parse_metrics(items: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -171,7 +176,12 @@ def publish(ctx: click.Context, directory: str, name: str, version: str, base: s
     if as_json:
         _emit_json(res.to_dict())
         return
-    what = "published" if res.created else "already published (identical content, nothing written)"
+    if res.created:
+        what = "published"
+    elif res.bytes_written:
+        what = "already published (identical content); damaged or missing blobs written again"
+    else:
+        what = "already published (identical content, nothing written)"
     click.echo(f"{res.name}@{res.version} {what}")
     click.echo(f"  digest  {res.digest}")
     fp = res.manifest.base.fingerprint
@@ -513,7 +523,8 @@ def db_upgrade(ctx: click.Context) -> None:
 
     engine = dbmod.make_engine(obj.get("registry_url") or default_registry_url())
     try:
-        before, after = dbmod.upgrade(engine)
+        with dbmod.operational_errors():
+            before, after = dbmod.upgrade(engine)
     finally:
         engine.dispose()
     click.echo(f"registry schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
@@ -529,7 +540,7 @@ def db_current(ctx: click.Context) -> None:
     obj = ctx.find_root().obj
     engine = dbmod.make_engine(obj.get("registry_url") or default_registry_url())
     try:
-        with engine.connect() as conn:
+        with dbmod.operational_errors(), engine.connect() as conn:
             click.echo(f"current {dbmod.current_revision(conn) or 'empty'}, head {dbmod.head_revision()}")
     finally:
         engine.dispose()

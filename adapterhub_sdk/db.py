@@ -104,7 +104,11 @@ def _operational(exc: OperationalError) -> RegistryError:
 
 def database_error(exc: BaseException) -> RegistryError:
     """A one-line RegistryError for a database driver's error."""
-    msg = str(exc) or type(exc).__name__
+    msg = (str(exc) or type(exc).__name__).strip()
+    if "no such column" in msg or "does not exist" in msg and "column" in msg:
+        return RegistryError(f"the registry schema does not match this adapterhub_sdk ({msg.splitlines()[0]})",
+                             hint="run 'adapterhub db upgrade'; if it says the schema is current, the database "
+                                  "was written by another adapterhub_sdk build")
     if "locked" in msg or "busy" in msg:
         return RegistryError(f"the registry stayed locked by another process for {BUSY_TIMEOUT_MS // 1000}s",
                              hint="another adapterhub command holds a long write; retry when it ends")
@@ -165,13 +169,30 @@ def _schema_lock(engine: Engine) -> Iterator[None]:
             conn.commit()
 
 
+@contextlib.contextmanager
+def operational_errors() -> Iterator[None]:
+    """Database errors as one-line RegistryErrors (a server that is down, a missing database,
+    a statement the schema refuses)."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except DBAPIError as exc:
+        raise database_error(exc.orig if exc.orig is not None else exc) from exc
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
-    """Apply all migrations. Returns (revision before, revision after)."""
+    """Apply all migrations. Returns (revision before, revision after). A database holding
+    other tables and no adapterhub schema is refused, never migrated into."""
     from alembic import command
 
     with _schema_lock(engine):
         with engine.connect() as conn:
             before = current_revision(conn)
+            foreign = set(inspect(conn).get_table_names()) - {"alembic_version"} if before is None else set()
+        if foreign:
+            raise RegistryError("the database has tables but no adapterhub schema; not upgrading it",
+                                hint="point --registry at an empty database or an adapterhub registry")
         head = head_revision()
         if before != head:
             with engine.connect() as conn:

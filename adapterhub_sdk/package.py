@@ -259,6 +259,19 @@ def _clean_abandoned(parent: Path, name: str) -> None:
             continue
 
 
+def _chmod_like_mkdir(path: Path) -> None:
+    """mkdtemp makes 0700; give the directory the mode a plain mkdir would (0777 less the
+    umask), so that a service account can read what was pulled into a shared place."""
+    probe = path.parent / f".{path.name}.mode"
+    try:
+        probe.mkdir()
+        mode = probe.stat().st_mode & 0o777
+        probe.rmdir()
+        os.chmod(path, mode)
+    except OSError:
+        pass
+
+
 def write_package_dir(dest: Path, files: list[tuple[str, Any]], *, overwrite: bool = False) -> Path:
     """Write files (name, writer(fileobj)) to ``dest`` atomically: a sibling temp dir renamed
     into place, so ``dest`` is either absent/old or complete."""
@@ -277,6 +290,7 @@ def write_package_dir(dest: Path, files: list[tuple[str, Any]], *, overwrite: bo
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".incomplete", dir=parent))
     except OSError as exc:
         raise DestinationError(f"cannot write into {parent}: {exc.strerror or exc}") from None
+    _chmod_like_mkdir(tmp)
     try:
         for name, writer in files:
             check_file_path(name)

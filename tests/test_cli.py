@@ -335,3 +335,24 @@ def test_debug_shows_traceback():
     proc = run_cli("show", "acme/nope", env={"ADAPTERHUB_DEBUG": "1"})
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "NotFoundError" in proc.stderr
+
+
+def test_db_upgrade_refuses_a_foreign_database(tmp_path):
+    import sqlite3
+
+    app = tmp_path / "app.db"
+    with sqlite3.connect(app) as db:
+        db.execute("CREATE TABLE users (id INTEGER)")
+    assert_user_error(run_cli("--registry", f"sqlite:///{app}", "db", "upgrade"), "no adapterhub schema")
+    with sqlite3.connect(app) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["users"]
+
+
+def test_debug_env_zero_means_off_and_pulled_dirs_get_the_umask_mode(published, tmp_path):
+    off = run_cli("show", "nope/x", env={"ADAPTERHUB_DEBUG": "0"})
+    assert_user_error(off, "no adapter named")
+    on = run_cli("show", "nope/x", env={"ADAPTERHUB_DEBUG": "1"})
+    assert on.returncode != 0 and "Traceback" in on.stderr
+    ok("pull", "acme/x@1.0.0", "--out", str(tmp_path / "pulled"))
+    (tmp_path / "plain").mkdir()
+    assert (tmp_path / "pulled").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
