@@ -1,14 +1,12 @@
 """Covering indexes for resolve: the version columns resolve reads, after its lookup
 column (base fingerprint; requirement digest), so that it never visits table rows, whose
 manifests (kilobytes each) sit before most of those columns. They replace the plain
-indexes on the same leading columns. And ``versions.source``: where a version came from
-when it was not published here (``hf://ORG/REPO@COMMIT`` for a Hub pull).
+indexes on the same leading columns.
 
 Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-26
 """
-import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
@@ -21,8 +19,6 @@ _COLUMNS = ["id", "adapter_id", "version", "digest", "method", "variant", "size"
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("versions", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("source", sa.String(length=1024), nullable=True))
     op.create_index("ix_versions_resolve_fp", "versions", ["base_fingerprint", *_COLUMNS])
     op.create_index("ix_versions_resolve_req", "versions", ["req_digest", "base_fingerprint", *_COLUMNS])
     op.drop_index("ix_versions_base_fingerprint", table_name="versions")
@@ -34,5 +30,3 @@ def downgrade() -> None:
     op.create_index("ix_versions_base_fingerprint", "versions", ["base_fingerprint"])
     op.drop_index("ix_versions_resolve_req", table_name="versions")
     op.drop_index("ix_versions_resolve_fp", table_name="versions")
-    with op.batch_alter_table("versions", schema=None) as batch_op:
-        batch_op.drop_column("source")
