@@ -422,20 +422,28 @@ def push(ctx: click.Context, ref: str, to: str, private: bool | None, as_json: b
 @cli.command()
 @click.argument("ref", metavar="NS/NAME@VERSION")
 @click.argument("alias_name", metavar="ALIAS")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def alias(ctx: click.Context, ref: str, alias_name: str) -> None:
+def alias(ctx: click.Context, ref: str, alias_name: str, as_json: bool) -> None:
     """Point ALIAS (e.g. prod) at a version; an existing alias moves."""
     info = _registry(ctx).alias(ref, alias_name)
+    if as_json:
+        _emit_json({"name": info.name, "alias": alias_name, "version": info.version, "digest": info.digest})
+        return
     click.echo(f"{info.name}@{alias_name} -> {info.version}")
 
 
 @cli.command()
 @click.argument("ref", metavar="NS/NAME@VERSION")
 @click.option("--undo", is_flag=True, help="Un-yank.")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def yank(ctx: click.Context, ref: str, undo: bool) -> None:
+def yank(ctx: click.Context, ref: str, undo: bool, as_json: bool) -> None:
     """Hide a version from ranges, latest and resolve (exact pins still work)."""
     info = _registry(ctx).yank(ref, undo=undo)
+    if as_json:
+        _emit_json({"name": info.name, "version": info.version, "digest": info.digest, "yanked": info.yanked})
+        return
     click.echo(f"{info.name}@{info.version} {'restored' if undo else 'yanked'}")
 
 
@@ -531,8 +539,9 @@ def db_upgrade(ctx: click.Context) -> None:
 
 
 @db.command("current")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def db_current(ctx: click.Context) -> None:
+def db_current(ctx: click.Context, as_json: bool) -> None:
     """Print the registry's schema revision and the one this SDK needs."""
     from . import db as dbmod
     from .home import default_registry_url
@@ -541,7 +550,12 @@ def db_current(ctx: click.Context) -> None:
     engine = dbmod.make_engine(obj.get("registry_url") or default_registry_url())
     try:
         with dbmod.operational_errors(), engine.connect() as conn:
-            click.echo(f"current {dbmod.current_revision(conn) or 'empty'}, head {dbmod.head_revision()}")
+            current = dbmod.current_revision(conn)
+        if as_json:
+            _emit_json({"current": current, "head": dbmod.head_revision(),
+                        "up_to_date": current == dbmod.head_revision()})
+        else:
+            click.echo(f"current {current or 'empty'}, head {dbmod.head_revision()}")
     finally:
         engine.dispose()
 

@@ -356,3 +356,13 @@ def test_debug_env_zero_means_off_and_pulled_dirs_get_the_umask_mode(published, 
     ok("pull", "acme/x@1.0.0", "--out", str(tmp_path / "pulled"))
     (tmp_path / "plain").mkdir()
     assert (tmp_path / "pulled").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+
+
+def test_alias_yank_and_db_current_json(published):
+    a = js("alias", "acme/x@1.0.0", "prod")
+    assert (a["name"], a["alias"], a["version"]) == ("acme/x", "prod", "1.0.0") and a["digest"].startswith("sha256:")
+    y = js("yank", "acme/x@1.0.0")
+    assert (y["version"], y["yanked"]) == ("1.0.0", True)
+    assert js("yank", "acme/x@1.0.0", "--undo")["yanked"] is False
+    cur = js("db", "current")
+    assert cur["current"] == cur["head"] and cur["up_to_date"] is True
