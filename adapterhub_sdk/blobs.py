@@ -144,6 +144,10 @@ class BlobStore:
             os.rename(self.path(digest), token)
         except FileNotFoundError:
             return None
+        try:
+            os.utime(token)  # fresh: another gc's temp cleanup (which honours its grace) leaves it alone
+        except OSError:
+            pass
         return token
 
     def release(self, token: Path, digest: str, *, keep: bool) -> int:
