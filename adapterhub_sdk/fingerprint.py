@@ -397,7 +397,27 @@ def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None
     tied = _cached_tied(directory, shapes, cache)
     if stored_tie is not None:
         tied[stored_tie[0]] = stored_tie[1]
+    if path.is_dir():
+        _check_index(directory, set(shapes) | set(tied))
     return _combine(entries, tied, str(path.resolve()), _read_config(directory))
+
+
+def _check_index(directory: Path, stored: set[str]) -> None:
+    """A sharded checkpoint's index must not name a tensor that no shard holds (a shard
+    saved over by another model, or cut short): such a model does not load."""
+    indexes = sorted(directory.glob("*.safetensors.index.json"))
+    if not indexes:
+        return
+    try:
+        weight_map = json.loads(indexes[0].read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # weight_files already refused an unreadable index
+    missing = sorted(n for n in weight_map if n not in stored)
+    if missing:
+        raise CorruptFileError(
+            f"{indexes[0].name} names {len(missing)} tensor(s) no shard holds, e.g. {missing[0]!r} "
+            f"in {weight_map[missing[0]]!r}",
+            hint="re-download the model; its shards and index do not belong together")
 
 
 def _stored_tie(directory: Path, files: list[Path], entries: list[tuple[str, str, tuple[int, ...], bytes]]

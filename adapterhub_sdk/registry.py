@@ -1146,8 +1146,8 @@ class Registry:
                 except AdapterHubError:
                     ok = False
                 if not ok:
-                    report.problems.append({"kind": "manifest", "version": ref,
-                                            "problem": "manifest does not match its digest"})
+                    report.problems.append({"kind": "manifest", "version": ref, "ref": ref, "name": v.name,
+                                            "digest": v.digest, "problem": "manifest does not match its digest"})
             for f in conn.execute(select(T_FILES.c.sha256, T_VERSIONS.c.version, T_ADAPTERS.c.name)
                                   .join(T_VERSIONS, T_VERSIONS.c.id == T_FILES.c.version_id)
                                   .join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)):
@@ -1156,8 +1156,8 @@ class Registry:
             report.blobs += 1
             problem = self.blobs.verify(sha)
             if problem:
-                report.problems.append({"kind": "blob", "sha256": sha, "problem": problem,
-                                        "versions": sorted(set(users[sha]))})
+                report.problems.append({"kind": "blob", "sha256": sha, "digest": f"sha256:{sha}",
+                                        "problem": problem, "versions": sorted(set(users[sha]))})
             else:
                 report.bytes += self.blobs.size(sha)
         return report

@@ -211,6 +211,8 @@ def test_verify_reports_missing_blob(lora_dir):
     report = json.loads(proc.stdout)
     assert report["ok"] is False
     assert [(p["problem"], p["versions"]) for p in report["problems"]] == [("missing", ["acme/x@1.0.0"])]
+    weights = sha(lora_dir / "adapter_model.safetensors")
+    assert report["problems"][0]["digest"] == f"sha256:{weights}" and report["problems"][0]["sha256"] == weights
 
 
 def test_plugins():

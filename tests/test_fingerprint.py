@@ -456,6 +456,19 @@ def test_shard_missing_from_index(sharded_dir, tmp_path):
     assert victim.name in str(info.value)
 
 
+def test_index_naming_a_tensor_no_shard_holds(sharded_dir, tmp_path):
+    """An index and shards that do not belong together (a tensor the index places in a shard
+    that does not hold it) is refused, naming the tensor; the same model untouched passes."""
+    d = shutil.copytree(sharded_dir, tmp_path / "mismatch")
+    index_path = next(d.glob("*.safetensors.index.json"))
+    index = json.loads(index_path.read_text())
+    index["weight_map"]["model.layers.9.mlp.up_proj.weight"] = sorted(set(index["weight_map"].values()))[0]
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(CorruptFileError, match="model.layers.9.mlp.up_proj.weight"):
+        fingerprint(d, use_cache=False)
+    assert fingerprint(sharded_dir).digest  # the original is fine
+
+
 @pytest.mark.parametrize("shard", ["../model.safetensors", "/etc/passwd", ".hidden.safetensors", 7])
 def test_index_naming_shards_outside_the_directory(sharded_dir, tmp_path, shard):
     d = shutil.copytree(sharded_dir, tmp_path / "escape")
