@@ -113,7 +113,9 @@ def _hub_errors(what: str) -> Iterator[None]:
 def _check_cached_files(ref: Any, snap: Path) -> None:
     """Files the Hub stores with LFS sit in huggingface_hub's cache as blobs named by their
     sha256: a blob whose bytes no longer match its name (a damaged cache) is refused, with
-    what to do, before anything is read from it."""
+    what to do. Run for a repo without a manifest (nothing else checks its bytes) and when a
+    repo with one fails its checks (to tell a damaged cache from a bad repo); a good pull
+    of a repo with a manifest is not hashed an extra time."""
     from .package import sha256_file
 
     bad = []
@@ -290,8 +292,13 @@ class HubClient:
 
         ref = parse_hub_ref(text)
         version, commit, snap = self.download(ref)
-        _check_cached_files(ref, snap)
-        manifest = self._manifest_for(ref, version, commit, snap, registry, base)
+        if not (snap / MANIFEST).is_file():
+            _check_cached_files(ref, snap)  # nothing else checks the bytes of a manifest-less repo
+        try:
+            manifest = self._manifest_for(ref, version, commit, snap, registry, base)
+        except AdapterHubError:
+            _check_cached_files(ref, snap)  # a damaged cache gets its own message, with the way out
+            raise
         if base is not None and (snap / MANIFEST).is_file():
             bfp = registry._as_base(base)
             pinned = manifest.base.fingerprint
@@ -318,6 +325,9 @@ class HubClient:
                    for f in manifest.files}
         try:
             registry.import_version(manifest, sources, origin=f"{here}@{commit}")
+        except IntegrityError:
+            _check_cached_files(ref, snap)  # files that differ from the manifest: the cache, or the repo?
+            raise
         except VersionConflictError:
             before = registry.show(f"{manifest.name}@{manifest.version}")
             if base is not None and not before.base_fingerprint and manifest.base.fingerprint:
