@@ -39,7 +39,9 @@ def save_lora(base_dir: Path, out: Path, *, seed: int = 0, r: int = 4, targets=(
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
+    # a string is PEFT's regex (or "all-linear") form and stays as it is
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r,
+                                                  target_modules=targets if isinstance(targets, str) else list(targets),
                                                   **lora_kw))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

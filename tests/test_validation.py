@@ -21,7 +21,7 @@ from adapterhub_sdk.fingerprint import BaseFingerprint
 from adapterhub_sdk.methods.base import base_modules, check_targets, peft_target_matcher
 from adapterhub_sdk.package import pack
 
-from conftest import run_cli
+from conftest import run_cli, save_lora
 
 Q0 = "model.layers.0.self_attn.q_proj"
 V1 = "model.layers.1.self_attn.v_proj"
@@ -74,24 +74,6 @@ def fp_base(base_dir) -> BaseFingerprint:
     return ah.fingerprint(base_dir, use_cache=False)
 
 
-def save_peft(base_dir: Path, out: Path, **lora_kw) -> Path:
-    """Like conftest.save_lora, but the LoraConfig gets ``lora_kw`` as they are (a regex
-    ``target_modules`` stays a string)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    lora_kw.setdefault("target_modules", ["q_proj", "v_proj"])
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, lora_alpha=8, **lora_kw))
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, base_dir) -> Callable[..., Path]:
     """``adapters(name, **lora_kw)``: a real LoRA adapter saved by PEFT, made once per module."""
@@ -100,7 +82,8 @@ def adapters(tmp_path_factory, base_dir) -> Callable[..., Path]:
 
     def get(name: str, **kw) -> Path:
         if name not in cache:
-            cache[name] = save_peft(base_dir, root / name, **kw)
+            targets = kw.pop("target_modules", ("q_proj", "v_proj"))
+            cache[name] = save_lora(base_dir, root / name, seed=3, targets=targets, **kw)
         return cache[name]
 
     return get
