@@ -425,8 +425,7 @@ def _stored_tie(directory: Path, files: list[Path], entries: list[tuple[str, str
     """(output head, input embedding) when config.json ties word embeddings yet the files
     store both, with identical bytes; None otherwise."""
     heads = [e for e in entries if _is_output_head(e[0])]
-    inputs = [e for e in entries if e[0].endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
-                                                   "embed_in.weight"))]
+    inputs = [e for e in entries if e[0].endswith(_EMBED_SUFFIXES)]
     if len(heads) != 1 or len(inputs) != 1 or heads[0][1:3] != inputs[0][1:3]:
         return None
     cfg = _read_config(directory)
