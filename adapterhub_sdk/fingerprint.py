@@ -283,20 +283,20 @@ def weight_files(path: str | os.PathLike[str]) -> list[Path]:
                 refuse_pickle(p, "checkpoint")
             raise WeightsNotFoundError(f"{p}: not a .safetensors file")
         return [p]
-    indexes = sorted(p.glob("*.safetensors.index.json"))
-    if indexes:
+    index = _index(p)
+    if index is not None:
+        index_path, weight_map = index
         try:
-            weight_map = json.loads(indexes[0].read_text())["weight_map"]
             names = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CorruptFileError(f"{indexes[0].name}: not a valid safetensors index ({exc})") from exc
+        except TypeError as exc:
+            raise CorruptFileError(f"{index_path.name}: not a valid safetensors index ({exc})") from exc
         files = []
         for n in names:
             if not isinstance(n, str) or "/" in n or "\\" in n or n.startswith("."):
-                raise CorruptFileError(f"{indexes[0].name}: refuses shard name {n!r}")
+                raise CorruptFileError(f"{index_path.name}: refuses shard name {n!r}")
             f = p / n
             if not f.is_file():
-                raise CorruptFileError(f"{indexes[0].name} names shard {n!r}, which is missing",
+                raise CorruptFileError(f"{index_path.name} names shard {n!r}, which is missing",
                                        hint="re-download the model; a shard is missing")
             files.append(f)
         return files
@@ -402,20 +402,31 @@ def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None
     return _combine(entries, tied, str(path.resolve()), _read_config(directory))
 
 
+def _index(directory: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(path, weight_map) of a sharded checkpoint's index; None without one."""
+    indexes = sorted(directory.glob("*.safetensors.index.json"))
+    if not indexes:
+        return None
+    try:
+        weight_map = json.loads(indexes[0].read_text())["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"{indexes[0].name}: not a valid safetensors index ({exc})") from exc
+    return indexes[0], weight_map
+
+
 def _check_index(directory: Path, stored: set[str]) -> None:
     """A sharded checkpoint's index must not name a tensor that no shard holds (a shard
     saved over by another model, or cut short): such a model does not load."""
-    indexes = sorted(directory.glob("*.safetensors.index.json"))
-    if not indexes:
+    index = _index(directory)
+    if index is None:
         return
-    try:
-        weight_map = json.loads(indexes[0].read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # weight_files already refused an unreadable index
+    index_path, weight_map = index
     missing = sorted(n for n in weight_map if n not in stored)
     if missing:
         raise CorruptFileError(
-            f"{indexes[0].name} names {len(missing)} tensor(s) no shard holds, e.g. {missing[0]!r} "
+            f"{index_path.name} names {len(missing)} tensor(s) no shard holds, e.g. {missing[0]!r} "
             f"in {weight_map[missing[0]]!r}",
             hint="re-download the model; its shards and index do not belong together")
 
