@@ -260,7 +260,17 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
         click.echo(f"  rank/alpha   {summary.get('rank')}/{summary.get('alpha')}, targets {summary.get('targets')}")
     share = f" ({info.base_fraction * 100:.3g}% of the base)" if info.base_fraction is not None else ""
     click.echo(f"  trainable    {summary.get('trainable_params', 0):,} parameters{share}")
-    click.echo(f"  base         {m.base.name or '-'}  fingerprint {m.base.fingerprint or 'not pinned'}")
+    # The fingerprint is what the adapter is pinned to; PEFT's base_model_name_or_path is only
+    # a label the trainer wrote, and may name another model entirely: never show them as one.
+    if m.base.fingerprint:
+        seen = info.base_seen_as or ()
+        where = f"  (weights seen at {'; '.join(seen[:3])}{' ...' if len(seen) > 3 else ''})" if seen else \
+            "  (weights not seen by this registry)"
+        click.echo(f"  base         fingerprint sha256:{m.base.fingerprint}{where}")
+    else:
+        click.echo("  base         not pinned to base weights (published without --base)")
+    if m.base.name:
+        click.echo(f"  peft base    {m.base.name}  (the name PEFT recorded in adapter_config.json; not checked)")
     click.echo(f"  tasks        {', '.join(m.tasks) or '-'}")
     if m.license or m.description:
         click.echo(f"  license      {m.license or '-'}")

@@ -197,6 +197,9 @@ class VersionInfo:
     base_fraction: float | None = None
     # where the version came from when it was not published here (hf://ORG/REPO@COMMIT)
     source: str | None = None
+    # what the pinned fingerprint is of: where this registry saw those weights (show only):
+    # local paths, hf://REPO@COMMIT of Hub cache snapshots, newest first
+    base_seen_as: tuple[str, ...] | None = None
 
     def to_dict(self, *, with_manifest: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -209,6 +212,8 @@ class VersionInfo:
         if self.base_fraction is not None:
             d["base_fraction"] = self.base_fraction
         d["source"] = self.source
+        if self.base_seen_as is not None:
+            d["base_seen_as"] = list(self.base_seen_as)
         if with_manifest and self.manifest is not None:
             d["manifest"] = self.manifest.to_dict()
         return d
@@ -797,8 +802,17 @@ class Registry:
                 n_params = conn.execute(select(T_BASES.c.n_params).where(
                     T_BASES.c.fingerprint == info.base_fingerprint)).scalar()
                 info = dataclasses.replace(info, base_fraction=base_fraction(
-                    info.manifest.method.get("summary") or {}, n_params))
+                    info.manifest.method.get("summary") or {}, n_params),
+                    base_seen_as=self._seen_as(conn, info.base_fingerprint))
             return info
+
+    @staticmethod
+    def _seen_as(conn: Any, fp: str) -> tuple[str, ...]:
+        """Where the weights of fingerprint ``fp`` were seen: local paths and Hub snapshots."""
+        rows = conn.execute(select(T_SOURCES.c.kind, T_SOURCES.c.locator, T_SOURCES.c.revision)
+                            .where(T_SOURCES.c.fingerprint == fp, T_SOURCES.c.kind.in_(("path", "hub")))
+                            .order_by(T_SOURCES.c.seen_at.desc(), T_SOURCES.c.id.desc()).limit(20)).all()
+        return tuple(f"hf://{r.locator}@{r.revision}" if r.kind == "hub" else r.locator for r in rows)
 
     def versions(self, name: str) -> list[VersionInfo]:
         """Every version of an adapter, newest first, yanked ones included."""
