@@ -328,9 +328,12 @@ class Deployment:
 
     def _prepare(self, config: dict[str, Any], tensors: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """Per target module: (A^T [in, r], (B * scaling)^T [r, out]) on the model's device/dtype."""
-        if config.get("fan_in_fan_out") or config.get("lora_bias") or config.get("modules_to_save"):
-            raise IncompatibleAdapterError("this runtime serves plain LoRA/rsLoRA: fan_in_fan_out, lora_bias and "
-                                           "modules_to_save are not supported",
+        from .lora_options import lora_alpha, unsupported_options
+
+        refused = unsupported_options(config)
+        if refused:  # PEFT would compute something this runtime does not: refuse, never approximate
+            raise IncompatibleAdapterError(f"this runtime serves plain LoRA/rsLoRA; the adapter {refused[0]}",
+                                           reasons=refused,
                                            hint="load it with ah.load_adapter (PEFT) outside a Deployment")
         pairs: dict[str, dict[str, Any]] = {}
         for key, t in tensors.items():
@@ -338,7 +341,7 @@ class Deployment:
             if m is None:
                 raise IncompatibleAdapterError(f"tensor {key!r} is not a LoRA A/B weight this runtime can serve")
             pairs.setdefault(m["module"], {})[m["ab"]] = t
-        alpha = float(config.get("lora_alpha") or 8)
+        alpha = lora_alpha(config)
         rs = bool(config.get("use_rslora"))
         out = {}
         for module_name, ab in pairs.items():

@@ -1,0 +1,77 @@
+"""Which options of a LoRA ``adapter_config.json`` change what the adapter computes.
+
+A runtime or an export target that implements plain LoRA must not serve an adapter whose
+config turns on something it does not implement (activated LoRA, layer replication, trainable
+token rows, block-diagonal factors, ...): PEFT would compute something else, and the output
+would differ without a word. The check is an allow-list, so an option that a newer PEFT adds
+is refused until someone states what it does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Options that never change the output of a saved adapter at inference: metadata, which
+# modules are selected (the saved tensors already say which are), dropout (off in eval),
+# initialisation schemes (they only chose the starting values that training then saved),
+# the backward-only VeLoRA, and PEFT runtime settings that are not saved.
+INERT = frozenset({
+    "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+    "inference_mode", "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
+    "lora_dropout", "init_lora_weights", "loftq_config", "eva_config", "corda_config", "lora_ga_config",
+    "velora_config", "megatron_config", "megatron_core", "runtime_config", "qalora_group_size",
+    "ensure_weight_tying",
+})
+
+# What every LoRA runtime here implements: the scale of each module's update.
+SCALING = frozenset({"r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern"})
+
+# What each option does, for the reason given when it is refused.
+_WHAT = {
+    "use_dora": "DoRA (weight-decomposed LoRA)",
+    "fan_in_fan_out": "fan_in_fan_out (transposed Conv1D weights)",
+    "bias": "trained base biases (bias != 'none')",
+    "lora_bias": "a bias on lora_B (lora_bias)",
+    "modules_to_save": "full copies of modules (modules_to_save)",
+    "trainable_token_indices": "trained embedding rows (trainable_token_indices)",
+    "target_parameters": "LoRA on nn.Parameter (target_parameters)",
+    "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens: the update applies only from "
+                               "the invocation tokens on)",
+    "layer_replication": "layer replication (layer_replication rebuilds the layer stack)",
+    "use_qalora": "QA-LoRA input pooling (use_qalora)",
+    "use_bdlora": "block-diagonal LoRA (use_bdlora)",
+    "arrow_config": "Arrow routing between adapters (arrow_config)",
+    "kasa_config": "KaSA singular-value adaptation (kasa_config)",
+    "monteclora_config": "Monte Carlo LoRA (monteclora_config)",
+}
+
+
+def _off(key: str, value: Any) -> bool:
+    if key == "bias":
+        return value in (None, "none")
+    return value is None or value is False or (isinstance(value, (list, dict, tuple, str)) and not value)
+
+
+def unsupported_options(config: Mapping[str, Any], supported: Iterable[str] = ()) -> list[str]:
+    """Reasons, one per option ``config`` turns on that is neither inert, nor scaling, nor in
+    ``supported``; empty when a plain-LoRA runtime computes exactly what PEFT computes."""
+    ok = INERT | SCALING | frozenset(supported)
+    reasons = []
+    for key in sorted(config):
+        value = config[key]
+        if key in ok or _off(key, value):
+            continue
+        what = _WHAT.get(key)
+        reasons.append(f"uses {what}" if what else
+                       f"uses the LoRA option {key}={value!r}, which this SDK does not know (a newer PEFT?)")
+    return reasons
+
+
+def lora_alpha(config: Mapping[str, Any]) -> float:
+    """``lora_alpha`` as PEFT reads it: 8 when absent (0 is a valid value, not a default)."""
+    value = config.get("lora_alpha", 8)
+    return 8.0 if value is None else float(value)
+
+
+__all__ = ["INERT", "SCALING", "lora_alpha", "unsupported_options"]

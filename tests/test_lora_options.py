@@ -1,0 +1,81 @@
+"""Deployment serves plain LoRA/rsLoRA exactly as PEFT does, or refuses: a LoRA option that
+changes what PEFT computes (activated LoRA, layer replication, trainable token rows, ...)
+is refused by name, never served as if it were plain LoRA (issue 8)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import adapterhub_sdk as ah
+from adapterhub_sdk.errors import IncompatibleAdapterError
+from adapterhub_sdk.lora_options import _WHAT, INERT, SCALING, unsupported_options
+
+
+def _lora(base_dir, out, **kw):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    cfg = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], **kw}
+    peft_model = get_peft_model(model, LoraConfig(**cfg))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_activated_lora_is_refused_not_served_as_plain_lora(tmp_path, registry, base_dir):
+    # aLoRA applies its update only from the invocation tokens on: serving it on every token
+    # (what a plain-LoRA runtime does) gives other logits than PEFT
+    registry.publish(_lora(base_dir, tmp_path / "alora", alora_invocation_tokens=[5, 6]),
+                     name="acme/alora", version="1.0.0", base=base_dir)
+    dep = ah.Deployment(str(base_dir), registry=registry)
+    with pytest.raises(IncompatibleAdapterError, match="activated LoRA"):
+        dep.attach("acme/alora@1.0.0")
+    assert dep.adapters == {}
+
+
+def test_lora_alpha_zero_scales_by_zero_as_peft_does(tmp_path, registry, base_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    path = _lora(base_dir, tmp_path / "a0", lora_alpha=0)
+    registry.publish(path, name="acme/a0", version="1.0.0", base=base_dir)
+    dep = ah.Deployment(str(base_dir), registry=registry)
+    dep.attach("acme/a0@1.0.0")
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), path).eval()
+    with torch.no_grad():
+        want = ref(input_ids=ids).logits
+    assert torch.allclose(dep.forward(ids, adapters=["acme/a0"]), want, atol=1e-6, rtol=0)
+
+
+def test_every_option_of_the_installed_peft_is_classified():
+    # a LoRA option PEFT adds is refused as unknown until someone classifies it here
+    from peft import LoraConfig
+
+    known = INERT | SCALING | set(_WHAT)
+    fields = {f.name for f in dataclasses.fields(LoraConfig)}
+    assert fields - known == set(), f"classify these LoRA options in lora_options.py: {sorted(fields - known)}"
+    # PEFT's defaults are all off: a default config serves as plain LoRA
+    assert unsupported_options(LoraConfig(target_modules=["q_proj"]).to_dict()) == []
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    ({"use_dora": True}, "DoRA"),
+    ({"bias": "all"}, "bias"),
+    ({"layer_replication": [[0, 2], [1, 2]]}, "layer replication"),
+    ({"use_bdlora": {"lora_a_is_blockdiagonal": True}}, "block-diagonal"),
+    ({"some_future_option": 3}, "does not know"),
+])
+def test_options_that_change_the_output_are_named(extra, needle):
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "bias": "none", **extra}
+    reasons = unsupported_options(config)
+    assert len(reasons) == 1 and needle in reasons[0]
+    assert unsupported_options(config, supported=extra) == []
