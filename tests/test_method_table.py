@@ -1,0 +1,329 @@
+"""The method table beyond Llama: layer kinds PEFT adapts that the Llama matrix in
+test_methods.py never meets. Convolutions (Conv1d/2d/3d) for LoHa, LoKr, OFT, BOFT, AdaLoRA,
+IA3 and LoRA/DoRA; transformers' ``Conv1D`` (GPT-2, weight stored as (in, out)) for IA3, VeRA
+and LoRA; OFT on ``nn.Embedding``; LoRA on ``nn.MultiheadAttention``; LoRA on a bare
+``nn.Parameter`` (``target_parameters``); LoRA's newer options (``lora_bias``, ``use_rslora``,
+``trainable_token_indices``, ``use_bdlora``).
+
+Each row: a tiny model (custom torch modules, or GPT-2 built from a config), a real adapter
+saved by PEFT with every trainable tensor perturbed, published against its base (a safetensors
+state dict, or a save_pretrained directory for GPT-2), resolved ``exact``, pulled, loaded back by
+PEFT with outputs bit-identical to the original PeftModel's, and refused on a base of another
+shape with a reason that names the adapted module.
+
+Not in the table because the installed PEFT does not adapt them: LoHa/LoKr on Conv3d, OFT on
+Conv1d/Conv3d, BOFT and AdaLoRA on Conv1d/Conv3d (PEFT raises at injection)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import adapterhub_sdk as ah
+
+from conftest import run_cli
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+# --------------------------------------------------------------------------- tiny bases
+
+
+class ConvNet(nn.Module):
+    """One convolution (``kernel``) then a linear head; ``dim`` picks Conv1d/2d/3d."""
+
+    def __init__(self, dim: int = 2, cin: int = 4, cout: int = 6, k: int = 3):
+        super().__init__()
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
+        self.dim = dim
+        self.kernel = conv(cin, cout, k, padding=1)
+        self.head = nn.Linear(cout, 3)
+
+    def forward(self, x):
+        y = self.kernel(x).relu()
+        return self.head(y.flatten(2).mean(-1))
+
+
+class EmbNet(nn.Module):
+    def __init__(self, vocab: int = 20, width: int = 8):
+        super().__init__()
+        self.table = nn.Embedding(vocab, width)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.head(self.table(x))
+
+
+class MhaNet(nn.Module):
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, 2, batch_first=True)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+
+class Scaler(nn.Module):
+    """A module whose weight is a bare nn.Parameter (no nn.Linear): target_parameters' case."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(cout, cin) * 0.3)
+
+    def forward(self, x):
+        return x @ self.w.T
+
+
+class ParamNet(nn.Module):
+    def __init__(self, cin: int = 8, cout: int = 6):
+        super().__init__()
+        self.mix = Scaler(cin, cout)
+        self.head = nn.Linear(cout, 3)
+
+    def forward(self, x):
+        return self.head(self.mix(x).relu())
+
+
+class LinNet(nn.Module):
+    def __init__(self, cin: int = 8, hidden: int = 16):
+        super().__init__()
+        self.proj = nn.Linear(cin, hidden)
+        self.head = nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        return self.head(self.proj(x).relu())
+
+
+def _gpt2(width: int = 16):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=16, n_embd=width, n_layer=1, n_head=2)).eval()
+
+
+def _x(*shape: int):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(7))
+
+
+@dataclass(frozen=True)
+class Base:
+    """How to build a base (and one of another shape), and its fixed input."""
+
+    make: Callable[[], Any]
+    other: Callable[[], Any]
+    input: Callable[[], Any]
+    hf: bool = False  # a transformers model: saved with save_pretrained, called with input_ids
+
+
+CONV1 = Base(lambda: ConvNet(1), lambda: ConvNet(1, cin=5, cout=8), lambda: _x(2, 4, 7))
+CONV2 = Base(lambda: ConvNet(2), lambda: ConvNet(2, cin=5, cout=8), lambda: _x(2, 4, 5, 5))
+CONV3 = Base(lambda: ConvNet(3), lambda: ConvNet(3, cin=5, cout=8), lambda: _x(2, 4, 3, 4, 4))
+GPT2 = Base(_gpt2, lambda: _gpt2(24), lambda: torch.tensor([[1, 5, 9, 3, 7], [4, 8, 2, 30, 0]]), hf=True)
+EMB = Base(EmbNet, lambda: EmbNet(width=12), lambda: torch.tensor([[1, 5, 9, 3], [4, 19, 2, 0]]))
+MHA = Base(MhaNet, lambda: MhaNet(12), lambda: _x(2, 5, 8))
+PARAM = Base(ParamNet, lambda: ParamNet(cin=10), lambda: _x(2, 8))
+LIN = Base(LinNet, lambda: LinNet(cin=10), lambda: _x(2, 8))
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def cfg(kind: str, **kw) -> Callable[[], Any]:
+    def make():
+        import peft
+
+        return getattr(peft, kind)(**kw)
+    return make
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    base: Base
+    config: Callable[[], Any]
+    method: str  # manifest method.type
+    module: str  # what the other-shape refusal must name
+
+
+K = ["kernel"]
+ROWS = [
+    # convolutions
+    Row("loha-conv1d", CONV1, cfg("LoHaConfig", r=2, alpha=4, target_modules=K), "loha", "kernel"),
+    Row("loha-conv2d", CONV2, cfg("LoHaConfig", r=2, alpha=4, target_modules=K), "loha", "kernel"),
+    Row("loha-conv2d-effective", CONV2, cfg("LoHaConfig", r=2, alpha=4, target_modules=K,
+                                            use_effective_conv2d=True), "loha", "kernel"),
+    Row("lokr-conv1d", CONV1, cfg("LoKrConfig", r=2, alpha=4, target_modules=K), "lokr", "kernel"),
+    Row("lokr-conv2d", CONV2, cfg("LoKrConfig", r=2, alpha=4, target_modules=K), "lokr", "kernel"),
+    Row("lokr-conv2d-effective", CONV2, cfg("LoKrConfig", r=1, alpha=4, target_modules=K, decompose_both=True,
+                                            use_effective_conv2d=True), "lokr", "kernel"),
+    Row("oft-conv2d", CONV2, cfg("OFTConfig", r=0, oft_block_size=4, target_modules=K), "oft", "kernel"),
+    Row("boft-conv2d", CONV2, cfg("BOFTConfig", boft_block_size=4, target_modules=K), "boft", "kernel"),
+    Row("adalora-conv2d", CONV2, cfg("AdaLoraConfig", init_r=2, target_r=1, total_step=10,
+                                     target_modules=K), "adalora", "kernel"),
+    Row("ia3-conv2d", CONV2, cfg("IA3Config", target_modules=K, feedforward_modules=[]), "ia3", "kernel"),
+    Row("ia3-conv3d-ff", CONV3, cfg("IA3Config", target_modules=K, feedforward_modules=K), "ia3", "kernel"),
+    Row("lora-conv3d", CONV3, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=K), "lora", "kernel"),
+    Row("dora-conv2d", CONV2, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=K, use_dora=True),
+        "lora", "kernel"),
+    # GPT-2's Conv1D: weight stored transposed, (in, out)
+    Row("ia3-gpt2-conv1d", GPT2, cfg("IA3Config", target_modules=["c_attn", "mlp.c_proj"],
+                                     feedforward_modules=["mlp.c_proj"]), "ia3", "c_attn"),
+    Row("vera-gpt2-conv1d", GPT2, cfg("VeraConfig", r=4, target_modules=["c_attn"]), "vera", "c_attn"),
+    Row("lora-gpt2-conv1d", GPT2, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["c_attn", "c_fc"],
+                                      fan_in_fan_out=True), "lora", "c_fc"),
+    # other layer kinds
+    Row("oft-embedding", EMB, cfg("OFTConfig", r=0, oft_block_size=4, target_modules=["table"]), "oft", "table"),
+    Row("lora-mha", MHA, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["attn"]), "lora", "attn"),
+    Row("lora-target-parameters", PARAM, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=[],
+                                             target_parameters=["mix.w"]), "lora", "mix"),
+    # newer LoRA options
+    Row("lora-bias", LIN, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["proj"], lora_bias=True),
+        "lora", "proj"),
+    Row("rslora-conv2d", CONV2, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=K, use_rslora=True),
+        "lora", "kernel"),
+    Row("lora-trainable-tokens", EMB, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["head"],
+                                          trainable_token_indices={"table": [1, 3]}), "lora", "table"),
+    Row("bdlora", LIN, cfg("LoraConfig", r=4, lora_alpha=4, target_modules=["proj"], use_bdlora={
+        "target_modules_bd_a": ["proj"], "nblocks": 2}), "lora", "proj"),
+]
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _out(model, x):
+    model.eval()
+    with torch.no_grad():
+        if isinstance(x, torch.Tensor) and x.dtype == torch.long and getattr(model, "config", None) is not None \
+                and hasattr(model.config, "vocab_size"):
+            return model(input_ids=x).logits
+        return model(x)
+
+
+def _save_base(model, path: Path, hf: bool) -> Path:
+    if hf:
+        model.save_pretrained(path)
+        return path
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / "model.safetensors")
+    return path / "model.safetensors"
+
+
+def _load_base(base: Base, path: Path):
+    if base.hf:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path).eval()
+    from safetensors.torch import load_file
+
+    model = base.make()
+    model.load_state_dict(load_file(path))
+    return model.eval()
+
+
+@dataclass
+class Built:
+    base: Path
+    other: Path
+    adapter: Path
+    reference: Any
+
+
+def build(row: Row, root: Path) -> Built:
+    from peft import get_peft_model
+
+    torch.manual_seed(0)
+    base = row.base.make().eval()
+    base_path = _save_base(base, root / "base", row.base.hf)
+    torch.manual_seed(1)
+    other_path = _save_base(row.base.other().eval(), root / "other", row.base.hf)
+    x = row.base.input()
+    plain = _out(base, x)
+    model = get_peft_model(base, row.config())
+    g = torch.Generator().manual_seed(3)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable
+    with torch.no_grad():
+        for p in trainable:
+            p.add_(torch.randn(p.shape, generator=g) * 0.2)
+    model.save_pretrained(root / "adapter")
+    reference = _out(model, x)
+    assert not torch.allclose(reference, plain), "the adapter must change the output"
+    return Built(base_path, other_path, root / "adapter", reference)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Callable[[Row], Built]:
+    cache: dict[str, Built] = {}
+
+    def get(row: Row) -> Built:
+        if row.id not in cache:
+            cache[row.id] = build(row, tmp_path_factory.mktemp(row.id))
+        return cache[row.id]
+
+    return get
+
+
+def reload(row: Row, b: Built, adapter: Path):
+    from peft import PeftModel
+
+    return _out(PeftModel.from_pretrained(_load_base(row.base, b.base), adapter), row.base.input())
+
+
+# --------------------------------------------------------------------------- the rows
+
+
+@pytest.fixture
+def reg(tmp_path):
+    registry = ah.Registry.open(f"sqlite:///{tmp_path / 'registry.db'}", blobs=tmp_path / "blobs")
+    try:
+        yield registry
+    finally:
+        registry.close()
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_row(row, reg, built, tmp_path):
+    b = built(row)
+    name = f"acme/{row.id}"
+    reg.publish(b.adapter, name=name, version="1.0.0", base=b.base)
+    info = reg.show(f"{name}@1.0.0")
+    assert info.method == row.method, (info.method, info.variant)
+    assert info.manifest.requirements
+
+    assert (name, "exact") in {(m.name, m.verdict) for m in reg.resolve(b.base)}
+
+    pulled = reg.pull(f"{name}@1.0.0", tmp_path / "pulled")
+    assert torch.equal(reload(row, b, pulled), b.reference)
+
+    with pytest.raises(ah.IncompatibleAdapterError) as err:
+        reg.publish(b.adapter, name=name, version="1.0.1", base=b.other)
+    assert any(row.module in r for r in err.value.reasons), err.value.reasons
+    [bad] = [m for m in reg.resolve(b.other, include_incompatible=True) if m.name == name]
+    assert bad.verdict == "incompatible"
+    assert any(row.module in r for r in bad.reasons), bad.reasons
+
+
+def test_cli_row(built, tmp_path):
+    """One row through the real CLI: publish --base, resolve --json, pull; then PEFT reloads it."""
+    row = next(r for r in ROWS if r.id == "loha-conv2d")
+    b = built(row)
+    args = ("--registry", f"sqlite:///{tmp_path / 'r.db'}", "--blobs", str(tmp_path / "blobs"))
+    run_cli(*args, "publish", str(b.adapter), "--name", "acme/conv", "--version", "1.0.0",
+            "--base", str(b.base), check=True)
+    proc = run_cli(*args, "resolve", str(b.base), "--json", check=True)
+    assert [(m["name"], m["verdict"]) for m in json.loads(proc.stdout)] == [("acme/conv", "exact")]
+    run_cli(*args, "pull", "acme/conv@1.0.0", str(tmp_path / "pulled"), check=True)
+    assert torch.equal(reload(row, b, tmp_path / "pulled"), b.reference)
+    bad = run_cli(*args, "publish", str(b.adapter), "--name", "acme/conv", "--version", "1.0.1",
+                  "--base", str(b.other))
+    assert bad.returncode != 0
+    assert "kernel" in bad.stderr and len(bad.stderr.strip().splitlines()) <= 2, bad.stderr
