@@ -183,14 +183,16 @@ class Deployment:
         self._next_slot = 0
         self._merged: tuple[str, dict[str, Any]] | None = None
         self.base_path: Path | None = None
+        self._loaded: Any = None
         if isinstance(base, (str, Path)):
             path = self._local_base(str(base))
             self.base_path = path
-            from transformers import AutoModelForCausalLM
+            from .base_loading import load_base
 
-            self.fingerprint = fingerprint(path)
-            kwargs = {"dtype": dtype} if dtype is not None else {}
-            self.model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            # the files from_pretrained loads, at their stored dtype unless dtype is given
+            self._loaded = load_base(path, dtype)
+            self.fingerprint = self._loaded.fingerprint
+            self.model: Any = self._loaded.model
             if tokenizer is None:
                 tokenizer = _try_tokenizer(path)
         else:
@@ -488,7 +490,8 @@ class Deployment:
 
     def describe(self) -> dict[str, Any]:
         return {"base": {"fingerprint": self.fingerprint.digest, "path": str(self.base_path) if self.base_path else None,
-                         "n_params": self.fingerprint.n_params},
+                         "n_params": self.fingerprint.n_params,
+                         **(self._loaded.describe() if self._loaded is not None else {})},
                 "device": str(self.device), "strict": self.strict,
                 "adapters": [a.to_dict() for a in self._adapters.values()], "memory": self.memory()}
 

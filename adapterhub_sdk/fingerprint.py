@@ -34,7 +34,8 @@ from typing import Any
 
 from ._sqlite import enable_wal
 from .errors import CorruptFileError, WeightsNotFoundError
-from .safetensors_io import TensorInfo, looks_like_pickle, read_header, refuse_pickle
+from .layouts import SAFE_WEIGHTS_NAME, AmbiguousCheckpointError, read_index, resolve_checkpoint
+from .safetensors_io import TensorInfo, read_header
 
 CHUNK = 8 * 1024 * 1024
 ALGO = "v1"
@@ -273,44 +274,9 @@ def _default_cache() -> _Cache:
 
 
 def weight_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The safetensors files that make up a model directory (or the file itself)."""
-    p = Path(path)
-    if not p.exists():
-        raise WeightsNotFoundError(f"{p}: no such file or directory")
-    if p.is_file():
-        if p.suffix != ".safetensors" or looks_like_pickle(p):
-            if looks_like_pickle(p):
-                refuse_pickle(p, "checkpoint")
-            raise WeightsNotFoundError(f"{p}: not a .safetensors file")
-        return [p]
-    index = _index(p)
-    if index is not None:
-        index_path, weight_map = index
-        try:
-            names = sorted(set(weight_map.values()))
-        except TypeError as exc:
-            raise CorruptFileError(f"{index_path.name}: not a valid safetensors index ({exc})") from exc
-        files = []
-        for n in names:
-            if not isinstance(n, str) or "/" in n or "\\" in n or n.startswith("."):
-                raise CorruptFileError(f"{index_path.name}: refuses shard name {n!r}")
-            f = p / n
-            if not f.is_file():
-                raise CorruptFileError(f"{index_path.name} names shard {n!r}, which is missing",
-                                       hint="re-download the model; a shard is missing")
-            files.append(f)
-        return files
-    files = sorted(f for f in p.glob("*.safetensors") if f.name != "adapter_model.safetensors")
-    if files:
-        return files
-    pickles = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt"))
-    if pickles:
-        refuse_pickle(pickles[0], "checkpoint")
-    if (p / "adapter_config.json").exists():
-        raise WeightsNotFoundError(f"{p} is an adapter, not a base model",
-                                   hint="pass the base model's directory (the one with model.safetensors)")
-    raise WeightsNotFoundError(f"{p}: no *.safetensors weights found",
-                               hint="pass a directory written by save_pretrained, or a .safetensors file")
+    """The safetensors files that ``from_pretrained`` loads from a model directory (or the
+    file itself); see :mod:`adapterhub_sdk.layouts` for the precedence and what is refused."""
+    return resolve_checkpoint(path).files
 
 
 def _tied_from_config(directory: Path, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
@@ -342,11 +308,10 @@ def _tied_from_config(directory: Path, shapes: Mapping[str, tuple[int, ...]]) ->
     return {k: v for k, v in tied.items() if k not in shapes and v in shapes}
 
 
-def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None,
-                       cache: _Cache | None) -> BaseFingerprint:
-    files = weight_files(path)
+def _hash_files(files: list[Path], label: str, *, workers: int | None, progress: bool | None,
+                cache: _Cache | None) -> list[tuple[str, str, tuple[int, ...], bytes]]:
+    """(name, dtype, shape, entry digest) of every tensor in ``files``, from the cache when unchanged."""
     entries: list[tuple[str, str, tuple[int, ...], bytes]] = []
-    seen: dict[str, str] = {}
     todo: list[tuple[Path, str, list[TensorInfo]]] = []
     for f in files:
         key = _Cache.key(f)
@@ -370,7 +335,7 @@ def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None
                 for t in infos:
                     jobs.append((t.name, t.dtype, t.shape, view[t.start:t.end]))
                     owners.append(key)
-            hashed = _hash_buffers(jobs, workers, progress, f"fingerprint {path.name}")
+            hashed = _hash_buffers(jobs, workers, progress, f"fingerprint {label}")
             del jobs, view
         finally:
             for mm in maps:
@@ -385,6 +350,37 @@ def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None
         if cache:
             for _, key, _ in todo:
                 cache.put(key, per_file.get(key, []))
+    return entries
+
+
+def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None,
+                       cache: _Cache | None) -> BaseFingerprint:
+    checkpoint = resolve_checkpoint(path)
+    fp = _fingerprint_checkpoint(path, checkpoint.files, checkpoint.index, workers=workers,
+                                 progress=progress, cache=cache)
+    if checkpoint.shadowed and checkpoint.shadowed_index is not None:
+        # transformers loads model.safetensors; vLLM and others read the shards: same tensors, or refused
+        index = checkpoint.shadowed_index
+        try:
+            other = _fingerprint_checkpoint(path, checkpoint.shadowed, index, workers=workers,
+                                            progress=progress, cache=cache)
+        except CorruptFileError as exc:
+            raise AmbiguousCheckpointError(
+                f"{path} holds {SAFE_WEIGHTS_NAME} and {index.name} whose shards do not load ({exc})",
+                hint=f"keep one weight set: remove {index.name} and its shards, or {SAFE_WEIGHTS_NAME}") from exc
+        if other.digest != fp.digest:
+            raise AmbiguousCheckpointError(
+                f"{path} holds two different weight sets: {SAFE_WEIGHTS_NAME} (fingerprint {fp.short}, what "
+                f"transformers loads) and the shards of {index.name} (fingerprint {other.short}, what vLLM "
+                "and other loaders read)",
+                hint=f"keep one weight set: remove {index.name} and its shards, or {SAFE_WEIGHTS_NAME}")
+    return fp
+
+
+def _fingerprint_checkpoint(path: Path, files: list[Path], index: Path | None, *, workers: int | None,
+                            progress: bool | None, cache: _Cache | None) -> BaseFingerprint:
+    entries = _hash_files(files, path.name, workers=workers, progress=progress, cache=cache)
+    seen: dict[str, str] = {}
     for name, *_ in entries:
         if name in seen:
             raise CorruptFileError(f"{path}: tensor {name!r} is stored twice")
@@ -397,32 +393,15 @@ def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None
     tied = _cached_tied(directory, shapes, cache)
     if stored_tie is not None:
         tied[stored_tie[0]] = stored_tie[1]
-    if path.is_dir():
-        _check_index(directory, set(shapes) | set(tied))
+    if index is not None:
+        _check_index(index, set(shapes) | set(tied))
     return _combine(entries, tied, str(path.resolve()), _read_config(directory))
 
 
-def _index(directory: Path) -> tuple[Path, dict[str, Any]] | None:
-    """(path, weight_map) of a sharded checkpoint's index; None without one."""
-    indexes = sorted(directory.glob("*.safetensors.index.json"))
-    if not indexes:
-        return None
-    try:
-        weight_map = json.loads(indexes[0].read_text())["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CorruptFileError(f"{indexes[0].name}: not a valid safetensors index ({exc})") from exc
-    return indexes[0], weight_map
-
-
-def _check_index(directory: Path, stored: set[str]) -> None:
+def _check_index(index_path: Path, stored: set[str]) -> None:
     """A sharded checkpoint's index must not name a tensor that no shard holds (a shard
     saved over by another model, or cut short): such a model does not load."""
-    index = _index(directory)
-    if index is None:
-        return
-    index_path, weight_map = index
+    weight_map = read_index(index_path)
     missing = sorted(n for n in weight_map if n not in stored)
     if missing:
         raise CorruptFileError(

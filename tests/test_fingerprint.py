@@ -199,9 +199,10 @@ def test_renamed_shards_keep_the_fingerprint(sharded_dir, base_fp, tmp_path):
     index["weight_map"] = {k: renames[v] for k, v in index["weight_map"].items()}
     index_path.write_text(json.dumps(index))
     assert fingerprint(d, use_cache=False).digest == base_fp.digest
-    # without the index the files are found by their suffix
+    # without the index from_pretrained cannot load the directory: refused (tests/test_layouts.py)
     index_path.unlink()
-    assert fingerprint(d, use_cache=False).digest == base_fp.digest
+    with pytest.raises(WeightsNotFoundError, match="from_pretrained cannot load"):
+        fingerprint(d, use_cache=False)
 
 
 def test_safetensors_metadata_does_not_count(base_dir, base_fp, tmp_path):
@@ -496,6 +497,9 @@ def test_tensor_stored_twice(base_dir, tmp_path):
     d.mkdir()
     shutil.copy(base_dir / "model.safetensors", d / "model-a.safetensors")
     save_file({"model.norm.weight": torch.ones(32)}, d / "model-b.safetensors")
+    names = load_file(d / "model-a.safetensors")
+    weight_map = {n: "model-b.safetensors" if n == "model.norm.weight" else "model-a.safetensors" for n in names}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     with pytest.raises(CorruptFileError, match="twice"):
         fingerprint(d, use_cache=False)
 
