@@ -21,12 +21,14 @@ What each tool accepts (checked against the projects' own source and documentati
   (one of 1, 8, 16, 32, 64, 128, 256, 320, 512).
 - LoRAX: PEFT LoRA directories from a local path (``adapter_source: "local"``).
 - TGI: PEFT LoRA directories named in ``LORA_ADAPTERS=name=/path`` at launch.
-- Ollama: a safetensors PEFT LoRA directory in a Modelfile ``ADAPTER`` line, for Llama,
-  Mistral and Gemma bases.
+- Ollama: a safetensors PEFT LoRA directory in a Modelfile ``ADAPTER`` line, for bases its
+  adapter converter takes (``llama``, ``gemma2``).
 
-DoRA is refused for all four servers: vLLM rejects it; LoRAX, TGI and Ollama do not
-document support for it, and a loader that ignores the magnitude vectors would serve
-output that differs from the adapter's.
+Exports are exact or refused (:mod:`adapterhub_sdk.export_exact`): where a server applies
+one scale to every module (TGI, LoRAX; Ollama's one alpha over each module's rank), the
+per-module scales of ``rank_pattern``/``alpha_pattern``/rsLoRA are folded into the
+weights; what a server would drop without a word (DoRA, LoRA bias, ``modules_to_save``,
+modules it does not map, ...) is refused with the reason.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import export_exact
 from .errors import AdapterHubError, DestinationError, IncompatibleAdapterError, IntegrityError
 from .manifest import Manifest
 
@@ -56,8 +59,9 @@ VLLM_MAX_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_INIT_OK = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
 #: ``modules_to_save`` vLLM accepts (classification heads)
 VLLM_MODULES_TO_SAVE_OK = ("classifier", "score")
-#: Ollama imports safetensors adapters for these base architectures (``model_type``)
-OLLAMA_MODEL_TYPES = ("llama", "mistral", "mixtral", "gemma", "gemma2")
+#: Ollama's adapter converter (``convert.ConvertAdapter``) takes bases of these ``model_type``s
+#: (a local Gemma 1 directory converts as ``gemma``, a Mistral one has no converter)
+OLLAMA_MODEL_TYPES = export_exact.OLLAMA_ADAPTER_BASES
 
 
 @dataclass(frozen=True)
@@ -164,10 +168,11 @@ def limitations(fmt: str, manifest: Manifest) -> list[str]:
     if not _is_lora(manifest):
         return [f"{target} serves LoRA adapters only; this is a {variant} adapter"]
     config = manifest.method.get("config") or {}
+    reasons = []
     if variant == "dora" or config.get("use_dora"):
-        return [f"{target} does not document DoRA support (use_dora=true); a loader that ignores the "
-                "magnitude vectors would serve output that differs from the adapter's"]
-    return []
+        reasons.append(f"{target} does not support DoRA (use_dora=true); it ignores the magnitude vectors, so "
+                       "its output would differ from the adapter's")
+    return reasons + export_exact.config_refusals(target, config)
 
 
 def _check_format(fmt: str) -> str:
@@ -522,8 +527,8 @@ def _layout_ollama(tmp: Path, manifest: Manifest, base: _Base, served: str, out:
     base_arg = base.ref or "BASE_MODEL"
     model_type = _model_type(base.config)
     if model_type is None:
-        warnings.append("the base's architecture is unknown here; Ollama imports safetensors adapters only "
-                        "for Llama, Mistral and Gemma bases")
+        warnings.append("the base's architecture is unknown here; Ollama's adapter converter takes only bases "
+                        "whose GGUF architecture is llama or gemma2 (a Mistral from the Ollama library is llama)")
     if not base.checked:
         warnings.append(f"FROM names {base_arg!r}; Ollama needs an Ollama model or a local safetensors or GGUF "
                         "copy of exactly the weights the adapter was trained on (export again with --base-path "
@@ -548,8 +553,8 @@ def _layout_ollama(tmp: Path, manifest: Manifest, base: _Base, served: str, out:
         "`Modelfile`:",
         "",
         *_fence("", modelfile),
-        "Ollama imports safetensors adapters for Llama (2, 3, 3.1), Mistral (1, 2, Mixtral) and "
-        "Gemma (1, 2) bases; it advises non-quantized (non-QLoRA) adapters.",
+        "Ollama's adapter converter takes bases whose architecture is llama (Llama 2, 3, 3.1, and Mistral "
+        "models from the Ollama library) or gemma2; it advises non-quantized (non-QLoRA) adapters.",
     ]
     _write(tmp / README, _readme(manifest, "ollama", adapter_dir=adir, served_name=ollama_name, base=base,
                                  usage=usage, warnings=warnings))
@@ -589,8 +594,8 @@ def export(registry: Any, spec: str, fmt: str, out: str | os.PathLike[str], *, o
         mt = _model_type(base.config)
         if mt is not None and mt not in OLLAMA_MODEL_TYPES:
             raise IncompatibleAdapterError(
-                f"cannot export {ref} for Ollama: Ollama imports safetensors LoRA adapters only for Llama, "
-                f"Mistral and Gemma bases; this base is {mt!r}",
+                f"cannot export {ref} for Ollama: Ollama's adapter converter takes only "
+                f"{' and '.join(OLLAMA_MODEL_TYPES)} bases; this base is {mt!r}",
                 reasons=[f"base model_type {mt!r} is not one of {', '.join(OLLAMA_MODEL_TYPES)}"],
                 hint="convert the adapter to GGUF with llama.cpp's convert_lora_to_gguf.py, or serve it elsewhere")
     served = info.name
@@ -620,10 +625,20 @@ def export(registry: Any, spec: str, fmt: str, out: str | os.PathLike[str], *, o
             staged.rmdir()
             adapter_path, readme, details = _layout_peft(tmp, manifest, base, served, out, warnings)
         else:
+            exact = export_exact.conform(fmt, staged, base.config)
+            if exact.reasons:
+                raise IncompatibleAdapterError(
+                    f"cannot export {ref} for {TARGETS[fmt]}: {exact.reasons[0]}"
+                    + (f" (and {len(exact.reasons) - 1} more)" if len(exact.reasons) > 1 else ""),
+                    reasons=exact.reasons, hint="export it with --format peft, or serve it with the transformers "
+                                                "runtime")
+            warnings.extend(exact.notes)
             shutil.copyfile(staged / MANIFEST_FILE, tmp / MANIFEST_FILE)
             layout = {"vllm": _layout_vllm, "lorax": _layout_lorax, "tgi": _layout_tgi,
                       "ollama": _layout_ollama}[fmt]
             adapter_path, readme, details = layout(tmp, manifest, base, served, out, adir, warnings)
+            if exact.details:
+                details = {**details, "exact": exact.details}
         files = _files_under(tmp)
         _commit(tmp, out, overwrite)
     except BaseException:
