@@ -154,6 +154,23 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+def _request_type() -> type:
+    """What ``resolve_lora`` answers here: vLLM's ``LoRARequest`` when vLLM is importable,
+    the plugin's ``LoRAArgs`` otherwise."""
+    if resolver_mod.vllm_available():
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest
+    return adapterhub_vllm.LoRAArgs
+
+
+def _pulled_version(answer) -> str:
+    """``name@version`` of the directory a resolver answer points vLLM at, read from the
+    manifest pulled beside the weights (the same with and without vLLM)."""
+    manifest = json.loads(Path(answer.lora_path, "adapterhub_manifest.json").read_text())
+    return f"{manifest['name']}@{manifest['version']}"
+
+
 # --------------------------------------------------------------------------- runtime backend
 
 
@@ -358,7 +375,13 @@ def test_resolver_refuses_everything_when_the_served_model_is_unknown(vregistry,
 def test_resolver_with_a_configured_fingerprint(vregistry, vbase, tmp_path):
     res = _resolver(vregistry, tmp_path, base_fingerprint=ah.fingerprint(vbase).digest)
     got = asyncio.run(res.resolve_lora("org/served-by-hub-id", "acme/sentiment@1.0.0"))
-    assert got is not None and got.adapter == "acme/sentiment@1.0.0"
+    # a LoRARequest with vLLM, LoRAArgs without: neither is assumed, both are checked
+    assert isinstance(got, _request_type()), type(got)
+    assert got.lora_name == "acme/sentiment@1.0.0" and got.lora_int_id > 0
+    assert _pulled_version(got) == "acme/sentiment@1.0.0"
+    # the configured fingerprint is the one checked: other weights' adapters stay refused
+    assert asyncio.run(res.resolve_lora("org/served-by-hub-id", "acme/other")) is None
+    assert "pinned to base" in res.refusals["acme/other"]
 
 
 def test_resolver_from_env(vregistry, vbase, tmp_path, monkeypatch):
@@ -371,6 +394,7 @@ def test_resolver_from_env(vregistry, vbase, tmp_path, monkeypatch):
     res = resolver_mod.AdapterHubLoRAResolver.from_env()
     assert (res.base_fingerprint, res.max_lora_rank, res.cache_dir) == (fp, 16, tmp_path / "envcache")
     got = asyncio.run(res.resolve_lora("whatever", "acme/sentiment"))
+    assert isinstance(got, _request_type()) and _pulled_version(got) == "acme/sentiment@1.1.0"
     assert Path(got.lora_path).parent == tmp_path / "envcache"
     monkeypatch.setenv("ADAPTERHUB_VLLM_BASE_FINGERPRINT", "nope")
     with pytest.raises(ValueError, match="ADAPTERHUB_VLLM_BASE_FINGERPRINT"):
