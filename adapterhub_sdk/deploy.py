@@ -466,12 +466,24 @@ class Deployment:
                               attention_mask=None if attention_mask is None else attention_mask.to(self.device)).logits
 
     def generate(self, prompts: Sequence[str] | Any, adapters: Sequence[str | None] | str | None = None, *,
-                 max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
-                 stop: Sequence[str] = (), on_token: Callable[[int, int], bool | None] | None = None,
-                 seed: int | None = None) -> list[dict[str, Any]]:
+                 max_new_tokens: int = 32, temperature: float | Sequence[float] = 0.0,
+                 top_p: float | Sequence[float] = 1.0, stop: Sequence[str] = (),
+                 on_token: Callable[[int, int], bool | None] | None = None,
+                 seed: int | Sequence[int | None] | None = None) -> list[dict[str, Any]]:
         """Generate for a batch of prompts (strings, or token id lists), row i with ``adapters[i]``.
         ``on_token(row, token_id)`` is called as tokens are produced (streaming); returning
-        False stops that row. Returns per row: text, token ids, finish_reason, usage."""
+        False stops that row. Returns per row: text, token ids, finish_reason, usage.
+
+        ``temperature``, ``top_p`` and ``seed`` take one value for all rows or one per row.
+        Every row draws from its own random generator (seeded with its seed, or fresh), so a
+        seeded row gives the same tokens alone as beside any other rows.
+
+        Rows fail alone: a row whose logits are NaN/Inf (a broken adapter), or whose sampling
+        or ``on_token`` raises, stops there with ``finish_reason: "error"``, ``error`` (a
+        one-line message) and ``error_code`` (``nonfinite_logits`` | ``generation_failed``);
+        its text and token ids are what it produced before. The other rows run on unchanged.
+        When every row failed, the first failure is raised instead
+        (:class:`~adapterhub_sdk.generation.RowError`, with ``.results``)."""
         from .generation import generate_rows
 
         return generate_rows(self, prompts, adapters, max_new_tokens=max_new_tokens, temperature=temperature,

@@ -1,5 +1,6 @@
 """A small batched decode loop for deployments: every row keeps its own adapter, its own
-stop conditions and its own stream of tokens, over one KV cache."""
+sampling settings and random generator, its own stop conditions, its own stream of tokens
+and its own failure, over one KV cache."""
 
 from __future__ import annotations
 
@@ -35,22 +36,89 @@ def _decode(dep: Any, ids: list[int]) -> str:
     return dep.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def _pick(logits: Any, temperature: float, top_p: float, generator: Any) -> Any:
+class RowError(AdapterHubError, RuntimeError):
+    """One row of a batch failed while generating; the other rows ran on without it.
+
+    ``code``: ``nonfinite_logits`` (see :class:`NonFiniteLogitsError`) or ``generation_failed``
+    (sampling or the ``on_token`` callback raised). ``row``: its index in the batch.
+    ``results``: set when :func:`generate_rows` raises it because every row failed: the
+    per-row results, each failed one carrying its own ``error``."""
+
+    code = "generation_failed"
+
+    def __init__(self, message: str, *, row: int, code: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.row = row
+        if code is not None:
+            self.code = code
+        self.results: list[dict[str, Any]] | None = None
+
+
+class NonFiniteLogitsError(RowError):
+    """A row's next-token logits hold NaN or +Inf (or are all -Inf): there is nothing to pick
+    from, and no token would be what PEFT's model computes. Usually corrupt adapter weights."""
+
+    code = "nonfinite_logits"
+
+
+def _per_row(value: Any, n: int, what: str) -> list[Any]:
+    """One value per row: a scalar applies to every row, a sequence must have n items."""
+    if value is None or isinstance(value, (int, float)):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise GenerationError(f"{n} prompts but {len(values)} values of {what}",
+                              hint=f"give one {what} for every row, or a single one for all rows")
+    return values
+
+
+def _generators(seeds: list[Any], device: Any) -> list[Any]:
+    """One torch.Generator per row: seeded rows start from their seed, the others from fresh
+    entropy, so no row's draws depend on which rows share its batch."""
     import torch
 
-    if temperature <= 0:
-        return logits.argmax(-1)
+    out = []
+    for seed in seeds:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise GenerationError(f"seed must be an integer or None, not {seed!r}")
+        g = torch.Generator(device=device)
+        try:
+            g.manual_seed(seed) if seed is not None else g.seed()
+        except (RuntimeError, OverflowError) as exc:
+            raise GenerationError(f"seed {seed!r} is out of range ({exc})",
+                                  hint="use an integer between 0 and 2**63 - 1") from None
+        out.append(g)
+    return out
+
+
+def _nonfinite(logits: Any) -> list[bool]:
+    """Per row: True when its logits hold NaN or +Inf, or every one is -Inf. (-Inf on some
+    tokens only is a model excluding them: argmax and softmax handle it as PEFT's model would.)"""
+    import torch
+
+    bad = torch.isnan(logits) | torch.isposinf(logits)
+    return (bad.any(-1) | torch.isneginf(logits).all(-1)).tolist()
+
+
+def _sample(logits: Any, temperature: float, top_p: float, generator: Any) -> int:
+    """One token from one row's logits (1-d), drawing only from that row's generator."""
+    import torch
+
     logits = logits.float()
     # shift the best logit to 0 before dividing: a tiny temperature then sends the others to
     # -inf (greedy) instead of overflowing every logit to inf and the softmax to NaN
-    probs = torch.softmax((logits - logits.amax(-1, keepdim=True)) / temperature, dim=-1)
+    probs = torch.softmax((logits - logits.amax()) / temperature, dim=-1)
     if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
+        sorted_p, order = probs.sort(descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < top_p
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _cache_kwargs(model: Any) -> tuple[str, dict[str, Any]]:
@@ -70,21 +138,32 @@ def _cache_of(out: Any) -> Any:
 
 
 def generate_rows(dep: Any, prompts: Sequence[Any], adapters: Sequence[str | None] | str | None, *,
-                  max_new_tokens: int, temperature: float, top_p: float, stop: Sequence[str],
-                  on_token: Callable[[int, int], bool | None] | None, seed: int | None) -> list[dict[str, Any]]:
+                  max_new_tokens: int, temperature: float | Sequence[float], top_p: float | Sequence[float],
+                  stop: Sequence[str], on_token: Callable[[int, int], bool | None] | None,
+                  seed: int | Sequence[int | None] | None) -> list[dict[str, Any]]:
+    """The decode loop behind :meth:`Deployment.generate` (see there for the contract).
+
+    Each row samples with its own temperature, top_p and generator, so a row's tokens do not
+    depend on the rows beside it. A row whose logits are not finite, or whose sampling or
+    ``on_token`` raises, is finished with ``finish_reason: "error"`` and its own ``error``;
+    the others run on. When every row failed, the first failure is raised (``RowError``,
+    with ``.results``)."""
     import torch
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 4096:
         raise GenerationError(f"max_tokens must be an integer between 1 and 4096, not {max_new_tokens!r}")
-    if not (math.isfinite(temperature) and temperature >= 0 and 0 < top_p <= 1):
-        raise GenerationError(f"temperature must be a finite number >= 0 and top_p in (0, 1], not "
-                              f"{temperature!r} and {top_p!r}")
     if isinstance(prompts, str):
         prompts = [prompts]
     rows = _encode(dep, prompts)
     n = len(rows)
     if n == 0:
         raise GenerationError("no prompts to generate for", hint="pass a list of strings or of token id lists")
+    temps = [float(t) for t in _per_row(temperature, n, "temperature")]
+    top_ps = [float(p) for p in _per_row(top_p, n, "top_p")]
+    for t, p in zip(temps, top_ps):
+        if not (math.isfinite(t) and t >= 0 and 0 < p <= 1):
+            raise GenerationError(f"temperature must be a finite number >= 0 and top_p in (0, 1], not "
+                                  f"{t!r} and {p!r}")
     vocab = dep.model.get_input_embeddings().num_embeddings
     for ids in rows:
         bad = [t for t in ids if not 0 <= t < vocab]
@@ -105,6 +184,7 @@ def generate_rows(dep: Any, prompts: Sequence[Any], adapters: Sequence[str | Non
     eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
     width = max(len(r) for r in rows)
     device = dep.device
+    generators = _generators(_per_row(seed, n, "seed"), device)
     input_ids = torch.full((n, width), pad, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     for i, ids in enumerate(rows):  # left padding keeps every row's last token at the end
@@ -112,39 +192,62 @@ def generate_rows(dep: Any, prompts: Sequence[Any], adapters: Sequence[str | Non
         mask[i, width - len(ids):] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     produced: list[list[int]] = [[] for _ in range(n)]
     finish: list[str | None] = [None] * n
+    errors: list[RowError | None] = [None] * n
+
+    def fail(i: int, err: RowError) -> None:
+        finish[i], errors[i] = "error", err
+
     cache_kw, extra = _cache_kwargs(dep.model)
     with torch.no_grad(), dep.use(names):
         out = dep.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
         past = _cache_of(out)
         logits = out.logits[:, -1, :]
         last_pos = positions[:, -1]
-        for _step in range(max_new_tokens):
-            nxt = _pick(logits, temperature, top_p, generator)
+        for step in range(max_new_tokens):
+            broken = _nonfinite(logits)
+            greedy = logits.argmax(-1).tolist()
+            nxt = [pad] * n
             for i in range(n):
                 if finish[i] is not None:
                     continue
-                t = int(nxt[i])
+                if broken[i]:
+                    who = f"the adapter {names[i]!r}" if names[i] not in (None, "", "base") else "the base model"
+                    fail(i, NonFiniteLogitsError(
+                        f"{who} produced non-finite logits (NaN or Inf) at generation step {step + 1}", row=i,
+                        hint="its weights are likely corrupt: check them, or publish and attach a healthy version"))
+                    continue
+                try:
+                    t = greedy[i] if temps[i] <= 0 else _sample(logits[i], temps[i], top_ps[i], generators[i])
+                except Exception as exc:  # noqa: BLE001 - this row's failure, not its batch's
+                    fail(i, RowError(f"sampling failed ({_one_line(exc)})", row=i))
+                    continue
                 if t in eos_ids:
                     finish[i] = "stop"
                     continue
                 produced[i].append(t)
-                if on_token is not None and on_token(i, t) is False:
-                    finish[i] = "stop"
-                    continue
+                nxt[i] = t
+                if on_token is not None:
+                    try:
+                        keep_going = on_token(i, t)
+                    except Exception as exc:  # noqa: BLE001 - a callback failing for one row stops that row
+                        fail(i, RowError(f"on_token raised for row {i} ({_one_line(exc)})", row=i))
+                        continue
+                    if keep_going is False:
+                        finish[i] = "stop"
+                        continue
                 if stop and any(s in _decode(dep, produced[i]) for s in stop):
                     finish[i] = "stop"
                 elif len(produced[i]) >= max_new_tokens:
                     finish[i] = "length"
             if all(f is not None for f in finish):
                 break
-            nxt = torch.where(torch.tensor([f is None for f in finish], device=device), nxt,
-                              torch.full_like(nxt, pad))
+            step_ids = torch.tensor([t if f is None else pad for t, f in zip(nxt, finish)], dtype=torch.long,
+                                    device=device)
             mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
             last_pos = last_pos + 1
-            out = dep.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
+            out = dep.model(input_ids=step_ids[:, None], attention_mask=mask, position_ids=last_pos[:, None],
                             use_cache=True, **{cache_kw: past}, **extra)
             past = _cache_of(out)
             logits = out.logits[:, -1, :]
@@ -154,6 +257,16 @@ def generate_rows(dep: Any, prompts: Sequence[Any], adapters: Sequence[str | Non
         for s in stop:
             if s and s in text:
                 text = text[: text.index(s)]
-        results.append({"text": text, "token_ids": produced[i], "finish_reason": finish[i] or "length",
-                        "prompt_tokens": len(rows[i]), "completion_tokens": len(produced[i])})
+        res: dict[str, Any] = {"text": text, "token_ids": produced[i], "finish_reason": finish[i] or "length",
+                               "prompt_tokens": len(rows[i]), "completion_tokens": len(produced[i])}
+        err = errors[i]
+        if err is not None:
+            res["error"] = err.message + (f"; {err.hint}" if err.hint else "")
+            res["error_code"] = err.code
+        results.append(res)
+    first = next((e for e in errors if e is not None), None)
+    if first is not None and all(e is not None for e in errors):
+        first.results = results
+        raise first
     return results
+

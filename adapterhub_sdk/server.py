@@ -11,9 +11,11 @@
 
 One worker thread owns the deployment. Requests are queued; the worker takes up to
 ``max_batch`` of them (waiting up to ``batch_wait_ms`` for more), runs one
-``Deployment.generate`` over all rows that share sampling settings, each row with its own
-adapter, and hands tokens back to each request's event loop as they are produced. Every
-error is an OpenAI-style object ``{"error": {"message", "type", "param", "code"}}``.
+``Deployment.generate`` over their rows, each row with its own adapter, sampling settings
+and random generator, and hands tokens back to each request's event loop as they are
+produced. A row that fails (non-finite logits) is answered with its own error; the rows
+beside it complete as they would alone. Every error is an OpenAI-style object
+``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from .errors import (
     NotFoundError,
     RegistryError,
 )
-from .generation import GenerationError
+from .generation import GenerationError, NonFiniteLogitsError, RowError
 
 log = logging.getLogger("adapterhub_sdk.server")
 
@@ -101,6 +103,8 @@ def api_error(exc: BaseException, *, param: str | None = None) -> APIError:
         return APIError(400, text, param=param, code="incompatible_adapter")
     if isinstance(exc, (InvalidNameError, InvalidVersionError)):
         return APIError(400, _message(exc), param=param, code="invalid_spec")
+    if isinstance(exc, NonFiniteLogitsError):  # the adapter is broken: retrying will not help (not 5xx)
+        return APIError(422, _message(exc), type="model_error", param=param, code=exc.code)
     if isinstance(exc, GenerationError):
         code = "context_length_exceeded" if "context" in str(exc) else "invalid_value"
         return APIError(400, _message(exc), param=param, code=code)
@@ -336,12 +340,6 @@ class _Job:
     sent: str = ""  # text streamed so far
     finish: str | None = None
 
-    def group_key(self) -> tuple[Any, ...]:
-        if self.temperature <= 0:
-            return ("greedy",)  # top_p and seed do not matter
-        if self.seed is not None:
-            return ("seeded", id(self))  # alone: a seed must not depend on who shares the batch
-        return ("sample", self.temperature, self.top_p)
 
 
 @dataclass(eq=False)
@@ -524,11 +522,8 @@ class BatchWorker:
                 job.emit(("error", job.index, api_error(exc, param="prompt")))
                 continue
             ready.append(job)
-        groups: dict[tuple[Any, ...], list[_Job]] = {}
-        for job in ready:
-            groups.setdefault(job.group_key(), []).append(job)
-        for group in groups.values():
-            self._generate(group)
+        if ready:  # one batch: every row samples with its own settings and generator
+            self._generate(ready)
 
     def _on_token(self, group: list[_Job]) -> Callable[[int, int], bool]:
         def on_token(row: int, token: int) -> bool:
@@ -561,20 +556,26 @@ class BatchWorker:
             self.metrics.queue_wait.observe(now - job.enqueued)
             job.emit(("start", job.index))
         self.metrics.batch_size.observe(len(group))
-        first = group[0]
         try:
             results = self.dep.generate(
                 [job.ids for job in group], [job.adapter for job in group],
                 max_new_tokens=max(job.limit for job in group),
-                temperature=first.temperature, top_p=first.top_p, stop=(),
-                on_token=self._on_token(group), seed=first.seed if first.temperature > 0 else None)
-        except Exception as exc:  # noqa: BLE001 - answered to every request of the group
+                temperature=[job.temperature for job in group], top_p=[job.top_p for job in group], stop=(),
+                on_token=self._on_token(group), seed=[job.seed for job in group])
+        except RowError as exc:  # every row failed, each for its own reason
+            if exc.results is None:
+                raise
+            results = exc.results
+        except Exception as exc:  # noqa: BLE001 - the batch itself failed: answered to every request
             err = api_error(exc)
             for job in group:
                 job.emit(("error", job.index, err))
             return
         for job, res in zip(group, results):
             if job.cancelled:
+                continue
+            if res["finish_reason"] == "error":  # this row's failure, answered to its request only
+                job.emit(("error", job.index, _row_error(res)))
                 continue
             ids = list(res["token_ids"])
             text = _cut(self._decode(ids), job.stop)
@@ -587,6 +588,15 @@ class BatchWorker:
             self.metrics.prompt_tokens.labels(job.label).inc(len(job.ids))
             job.emit(("done", job.index, {"text": text, "finish_reason": finish, "prompt_tokens": len(job.ids),
                                           "completion_tokens": len(ids)}))
+
+
+def _row_error(res: dict[str, Any]) -> APIError:
+    """The error answered to a request whose row failed (see Deployment.generate)."""
+    message = str(res.get("error") or "generation failed")
+    if res.get("error_code") == NonFiniteLogitsError.code:
+        return APIError(422, message, type="model_error", code=NonFiniteLogitsError.code)
+    log.error("a row failed while generating: %s", message)
+    return APIError(500, message, code=str(res.get("error_code") or "generation_failed"))
 
 
 # --------------------------------------------------------------------------- the app
