@@ -216,3 +216,33 @@ def test_adapter_pinned_to_other_weights_is_not_exact(layouts, tmp_path, registr
     other = ah.Deployment(layouts["explicit"], registry=registry)  # loads chosen.safetensors: other weights
     with pytest.warns(ah.StructuralMatchWarning):
         assert other.attach("acme/tiny@1.0.0").verdict == "structural"
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected"])
+def test_tensors_transformers_changes_while_loading_make_the_loaded_weights_the_identity(
+        layouts, tmp_path, registry, change):
+    """A parameter the architecture has but the file lacks (from_pretrained initialises it
+    randomly), or a tensor the architecture does not have (dropped): the model in memory
+    is not the checkpoint. The deployment says so and checks adapters against what it
+    loaded, so an adapter pinned to the files is not 'exact' (today it was)."""
+    from safetensors.torch import load_file, save_file
+
+    from adapterhub_sdk.base_loading import LoadedBaseWarning
+
+    d = shutil.copytree(layouts["single"], tmp_path / change)
+    sd = load_file(d / "model.safetensors")
+    if change == "missing":
+        del sd["model.layers.1.mlp.up_proj.weight"]
+    else:
+        sd["model.layers.0.extra.weight"] = torch.ones(4, 4)
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    lora = save_lora(layouts["single"], tmp_path / "lora", seed=4)
+    registry.publish(lora, name="acme/pinned", version="1.0.0", base=d)  # pinned to the files
+    with pytest.warns(LoadedBaseWarning, match="differs from its checkpoint"):
+        dep = ah.Deployment(d, registry=registry)
+    base = dep.describe()["base"]
+    assert base["fingerprint"] == ah.fingerprint(dep.model).digest == base["loaded"]["fingerprint"]
+    assert base["checkpoint"]["fingerprint"] == ah.fingerprint(d).digest != base["fingerprint"]
+    assert base["fingerprint_of"].startswith("the model as loaded")
+    with pytest.warns(ah.StructuralMatchWarning):
+        assert dep.attach("acme/pinned@1.0.0").verdict == "structural"
