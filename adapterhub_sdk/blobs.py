@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .adapter_files import open_regular
 from .errors import IntegrityError, NotFoundError
 
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -63,9 +64,10 @@ class BlobStore:
         t.mkdir(parents=True, exist_ok=True)
         return t
 
-    def put_file(self, source: str | os.PathLike[str], digest: str) -> int:
+    def put_file(self, source: str | os.PathLike[str] | BinaryIO, digest: str) -> int:
         """Store ``source`` under ``digest``. Returns the bytes written (0 if already stored).
-        IntegrityError, and nothing stored, if the bytes do not hash to ``digest``."""
+        IntegrityError, and nothing stored, if the bytes do not hash to ``digest``. A path
+        must name a regular file; a link there is not followed (see :meth:`stage`)."""
         if self._intact(digest):
             self._touch(digest)
             return 0
@@ -76,8 +78,11 @@ class BlobStore:
                                  f"got {staged.sha256[:12]}", hint="do not modify the adapter while publishing")
         return self.put_staged(staged)
 
-    def stage(self, source: str | os.PathLike[str]) -> StagedBlob:
-        """Copy ``source`` into a private temp file and hash the copy: what is stored later is
+    def stage(self, source: str | os.PathLike[str] | BinaryIO) -> StagedBlob:
+        """Copy ``source`` (a path, or a file opened for reading, copied from its start) into
+        a private temp file and hash the copy. A path is opened without following a link in
+        its last component and must be a regular file (NotRegularFileError otherwise): a
+        store never takes in bytes from wherever a link points. What is stored later is
         exactly what was hashed, whatever happens to ``source`` meanwhile. The kernel copies
         (``copy_file_range``, no trip through Python), the hash reads the copy from the page
         cache, and a second thread starts flushing it to disk at the same time. Finish with
@@ -87,8 +92,13 @@ class BlobStore:
         syncer: _Syncer | None = None
         try:
             try:
-                with open(source, "rb") as src:
-                    size = _copy_fd(src.fileno(), fd)
+                if hasattr(source, "fileno"):
+                    src_fd = source.fileno()
+                    os.lseek(src_fd, 0, os.SEEK_SET)
+                    size = _copy_fd(src_fd, fd)
+                else:
+                    with open_regular(source, what="file") as src:
+                        size = _copy_fd(src.fileno(), fd)
                 syncer = _Syncer(fd)
                 digest = _hash_fd(fd, size)
             finally:

@@ -164,15 +164,18 @@ def _parse_metrics(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--description", metavar="D")
 @click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="Evaluation metric (repeatable).")
 @click.option("--subfolder", metavar="NAME", help="Adapter subfolder (PEFT's layout for non-default adapters).")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Publish weights holding NaN or Inf (research use; refused otherwise, and on attach).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def publish(ctx: click.Context, directory: str, name: str, version: str, base: str | None,
             tasks: tuple[str, ...], license_: str | None, description: str | None,
-            metrics: tuple[str, ...], subfolder: str | None, as_json: bool) -> None:
+            metrics: tuple[str, ...], subfolder: str | None, allow_nonfinite: bool, as_json: bool) -> None:
     """Publish the PEFT adapter in DIRECTORY as NS/NAME@VERSION."""
     reg = _registry(ctx)
     res = reg.publish(directory, name=name, version=version, base=base, tasks=list(tasks), license=license_,
-                      description=description, metrics=_parse_metrics(metrics), subfolder=subfolder)
+                      description=description, metrics=_parse_metrics(metrics), subfolder=subfolder,
+                      allow_nonfinite=allow_nonfinite)
     if as_json:
         _emit_json(res.to_dict())
         return
@@ -656,12 +659,13 @@ def quickstart(workdir: str | None, steps: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     import warnings
 
+    from .adapter_files import AdapterContentWarning
     from .plugins import PluginWarning, call_hook
 
     shown = warnings.showwarning
 
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, PluginWarning):  # a failing plugin: one line, the command goes on
+        if issubclass(category, (PluginWarning, AdapterContentWarning)):  # one line, the command goes on
             click.echo(f"warning: {message}", err=True)
         else:
             shown(message, category, *args, **kwargs)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .adapter_files import refuse_nonfinite
 from .errors import AdapterFormatError, IncompatibleAdapterError, InvalidNameError, NotFoundError
 from .fingerprint import fingerprint
 from .generation import GenerationError
@@ -326,6 +327,7 @@ class Deployment:
 
         config = json.loads(read("adapter_config.json"))
         tensors = load_safetensors(read("adapter_model.safetensors"))
+        refuse_nonfinite(f"{manifest.name}@{manifest.version}", tensors)
         return config, tensors
 
     def _prepare(self, config: dict[str, Any], tensors: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

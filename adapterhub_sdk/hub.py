@@ -14,18 +14,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .adapter_files import NonFiniteWarning, describe, nonfinite_message, refuse
 from .errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
 from .fingerprint import BaseFingerprint
 from .manifest import BaseRef, Manifest
 from .names import validate_name
-from .package import pack
+from .package import CONFIG, AdapterPackage, pack_files
 from .versions import Version, VersionSpec
 
 SCHEME = "hf://"
@@ -128,6 +131,61 @@ def _check_cached_files(ref: Any, snap: Path) -> None:
     if bad:
         raise IntegrityError(f"{ref}: the Hugging Face cache holds damaged copies of {', '.join(bad)}",
                              hint="delete that snapshot from the cache ('hf cache delete') and pull again")
+
+
+def _cached_file(snap: Path, rel: str) -> Path | None:
+    """The file huggingface_hub's cache holds for ``rel`` in the snapshot ``snap``: the blob
+    its link resolves to, which must be a regular file in that repo's own ``blobs/`` folder
+    (or a plain file in the snapshot, in a cache on a filesystem without links). None if
+    the snapshot has no such entry; anything else (a link out of the cache, a FIFO ...) is
+    refused by name. Readers then open the blob itself: no link is followed after this."""
+    entry = snap / rel
+    try:
+        st = entry.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return entry
+    if stat.S_ISLNK(st.st_mode):
+        target = Path(os.path.realpath(entry))
+        blobs = Path(os.path.realpath(snap.parent.parent / "blobs"))
+        try:
+            regular = stat.S_ISREG(target.lstat().st_mode)
+        except FileNotFoundError:
+            return None
+        if target.parent == blobs and regular:
+            return target
+        refuse(entry, describe(st, entry), "cached file")
+    refuse(entry, describe(st, entry), "cached file")
+
+
+def _snapshot_files(ref: Any, snap: Path) -> dict[str, Path]:
+    """The adapter's files in a cache snapshot (top level, or the one subfolder holding an
+    adapter config, as PEFT pushes a non-default adapter), mapped to their cached blobs."""
+    folder = snap
+    if _cached_file(snap, CONFIG) is None:
+        subs = sorted(d.name for d in snap.iterdir() if not d.is_symlink() and d.is_dir()
+                      and not d.name.startswith(".") and _cached_file(d, CONFIG) is not None)
+        if len(subs) == 1:
+            folder = snap / subs[0]
+    out = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or (not entry.is_symlink() and entry.is_dir()):
+            continue
+        found = _cached_file(folder, entry.name)
+        if found is not None:
+            out[entry.name] = found
+    if CONFIG not in out:
+        raise NotFoundError(f"{ref}: no {CONFIG}; not a PEFT adapter repo")
+    return out
+
+
+def _warn_nonfinite(ref: Any, pkg: AdapterPackage) -> None:
+    """A Hub version whose weights hold NaN or Inf is imported (attach refuses it), with a warning."""
+    found = pkg.nonfinite()
+    if found:
+        warnings.warn(f"{ref}: " + nonfinite_message("adapter_model.safetensors", found)
+                      + "; a deployment will refuse to attach it", NonFiniteWarning, stacklevel=3)
 
 
 def model_card(manifest: Manifest, repo: str) -> str:
@@ -321,7 +379,8 @@ class HubClient:
                     f"{ref} holds {manifest.name}@{manifest.version}, but {manifest.name} here already has versions "
                     f"from {whence}; a repo adds to a name other than its own only when you say so",
                     hint=f"if {ref.repo} is trusted to publish {manifest.name}, pull with --name {manifest.name}")
-        sources = {f.path: snap / (CARD_KEEP if f.path == "README.md" and (snap / MANIFEST).is_file() else f.path)
+        sources = {f.path: _cached_file(snap, CARD_KEEP if f.path == "README.md" and (snap / MANIFEST).is_file()
+                                        else f.path) or snap / f.path
                    for f in manifest.files}
         try:
             registry.import_version(manifest, sources, origin=f"{here}@{commit}")
@@ -349,21 +408,23 @@ class HubClient:
             if version is not None and Version.parse(manifest.version) != version:
                 raise IntegrityError(f"{ref}: tag {version} holds the manifest of version {manifest.version}")
             bad = []
-            for f in manifest.files:
-                local = snap / (CARD_KEEP if f.path == "README.md" else f.path)
-                if not local.is_file():
+            found = {}
+            for f in manifest.files:  # the package as published: README.md back in place
+                local = _cached_file(snap, CARD_KEEP if f.path == "README.md" else f.path)
+                if local is None:
                     bad.append(f"{f.path} (missing)")
+                else:
+                    found[f.path] = local
             if bad:
                 raise IntegrityError(f"{ref}: files listed in the manifest are missing: {', '.join(bad)}")
-            with tempfile.TemporaryDirectory(prefix="adapterhub-view-") as tmp:
-                for f in manifest.files:  # the package as published: README.md back in place
-                    (Path(tmp) / f.path).symlink_to((snap / (CARD_KEEP if f.path == "README.md" else f.path)).resolve())
-                with pack(tmp) as pkg:
-                    if not _consistent(pkg.requirements, manifest.requirements):
-                        raise IntegrityError(f"{ref}: the manifest's requirements do not match its adapter files")
+            with pack_files(found, root=snap) as pkg:
+                if not _consistent(pkg.requirements, manifest.requirements):
+                    raise IntegrityError(f"{ref}: the manifest's requirements do not match its adapter files")
+                _warn_nonfinite(ref, pkg)
             return manifest
         # a repo PEFT pushed without our manifest: build one on the way
-        with pack(snap) as pkg:
+        with pack_files(_snapshot_files(ref, snap), root=snap, select=True) as pkg:
+            _warn_nonfinite(ref, pkg)
             name = ref.repo if _valid_name(ref.repo) else None
             if name is None:
                 raise NotFoundError(f"{ref}: {ref.repo!r} cannot be used as an adapter name")

@@ -10,15 +10,32 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from .adapter_files import (
+    DirReader,
+    NonFinite,
+    NonFiniteError,
+    copy_and_hash,
+    nonfinite_message,
+    nonfinite_tensors,
+    open_regular,
+    refuse,
+    skipped,
+)
 from .errors import AdapterFormatError, DestinationError, IncompatibleAdapterError
 from .manifest import BaseRef, FileEntry, Manifest, check_file_path
 from .methods.base import AdapterMethod, Requirements, detect_method
-from .safetensors_io import PICKLE_SUFFIXES, looks_like_pickle, read_header, refuse_pickle
+from .safetensors_io import (
+    PICKLE_SUFFIXES,
+    looks_like_pickle,
+    looks_like_pickle_head,
+    read_header,
+    refuse_pickle,
+)
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -70,6 +87,8 @@ class AdapterPackage:
     summary: dict[str, Any]
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
     _discard: Callable[[Any], None] | None = field(default=None, repr=False)
+    _copies: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    _nonfinite: list[NonFinite] | None = field(default=None, repr=False)
 
     @property
     def base_name(self) -> str | None:
@@ -109,11 +128,30 @@ class AdapterPackage:
                         requirements=self.requirements, tasks=tuple(tasks), description=description,
                         license=license, metrics=dict(metrics or {}), provenance=dict(provenance or {}))
 
+    def nonfinite(self) -> list[NonFinite]:
+        """The tensors of the adapter's weights holding NaN or Inf values (empty if none),
+        read from the package's own copy of the file, one tensor at a time."""
+        if self._nonfinite is None:
+            weights = next(f for f in self.files if f.path == WEIGHTS)
+            self._nonfinite = nonfinite_tensors(weights.source, display=self.root / WEIGHTS)
+        return self._nonfinite
+
+    def require_finite(self) -> None:
+        """Raise NonFiniteError, naming the tensor, if the weights hold NaN or Inf."""
+        found = self.nonfinite()
+        if found:
+            raise NonFiniteError(
+                nonfinite_message(WEIGHTS, found) + "; an adapter with such weights makes the model's outputs NaN",
+                hint="check the training run (a diverged loss, fp16 overflow) and save the adapter again; to "
+                     "publish it anyway for research, pass --allow-nonfinite (Python: allow_nonfinite=True)")
+
     def close(self) -> None:
         _discard_staged(self.files, self._discard)
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        for attr in ("_copies", "_tmp"):
+            tmp = getattr(self, attr)
+            if tmp is not None:
+                tmp.cleanup()
+                setattr(self, attr, None)
 
     def __enter__(self) -> AdapterPackage:
         return self
@@ -122,48 +160,106 @@ class AdapterPackage:
         self.close()
 
 
-def _find_adapter_dir(root: Path, subfolder: str | None) -> Path:
+def _open_adapter_dir(root: Path, subfolder: str | None) -> DirReader:
+    """The adapter's directory, opened: ``root`` itself (the user's path, which may be a
+    link) or a real subfolder of it (a subfolder that is a link is refused)."""
     if not root.exists():
         raise AdapterFormatError(f"{root}: no such directory")
     if not root.is_dir():
         if looks_like_pickle(root):
             refuse_pickle(root, "adapter file")
         raise AdapterFormatError(f"{root} is a file; pass the directory PEFT saved the adapter to")
-    if subfolder is not None:
-        if not subfolder or "/" in subfolder or "\\" in subfolder or subfolder.startswith("."):
-            raise AdapterFormatError(f"subfolder {subfolder!r} is not a plain folder name")
-        root = root / subfolder
-        if not (root / CONFIG).is_file():
-            raise AdapterFormatError(f"{root}: no {CONFIG}")
-        return root
-    if (root / CONFIG).is_file():
-        return root
-    subs = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / CONFIG).is_file())
-    if len(subs) == 1:
-        return root / subs[0]
-    if subs:
-        raise AdapterFormatError(f"{root} holds several adapters ({', '.join(subs)}); choose one",
-                                 hint="pass --subfolder NAME (PEFT saves non-default adapters in subfolders)")
-    raise AdapterFormatError(f"{root}: no {CONFIG}; not a PEFT adapter directory",
-                             hint="point at the directory that PeftModel.save_pretrained wrote")
+    top = DirReader(root)
+    try:
+        if subfolder is not None:
+            if not subfolder or "/" in subfolder or "\\" in subfolder or subfolder.startswith("."):
+                raise AdapterFormatError(f"subfolder {subfolder!r} is not a plain folder name")
+            if top.entry(subfolder) is None:
+                raise AdapterFormatError(f"{root / subfolder}: no such folder")
+            sub = top.subdir(subfolder)
+            if sub.entry(CONFIG) is None:
+                sub.close()
+                raise AdapterFormatError(f"{root / subfolder}: no {CONFIG}")
+            top.close()
+            return sub
+        if top.entry(CONFIG) is not None:
+            return top
+        subs, linked = [], []
+        for e in top.entries():
+            if e.name.startswith("."):
+                continue
+            if e.directory:
+                with top.subdir(e.name) as d:
+                    if d.entry(CONFIG) is not None:
+                        subs.append(e.name)
+            elif not e.regular and (root / e.name / CONFIG).is_file():
+                linked.append(e)
+        if len(subs) == 1:
+            sub = top.subdir(subs[0])
+            top.close()
+            return sub
+        if subs:
+            raise AdapterFormatError(f"{root} holds several adapters ({', '.join(subs)}); choose one",
+                                     hint="pass --subfolder NAME (PEFT saves non-default adapters in subfolders)")
+        if linked:
+            refuse(root / linked[0].name, linked[0].kind, "adapter subfolder")
+        raise AdapterFormatError(f"{root}: no {CONFIG}; not a PEFT adapter directory",
+                                 hint="point at the directory that PeftModel.save_pretrained wrote")
+    except BaseException:
+        top.close()
+        raise
 
 
 def pack(source: Any, *, subfolder: str | None = None, adapter_name: str | None = None,
-         stage: Callable[[Path], Any] | None = None, discard: Callable[[Any], None] | None = None
+         stage: Callable[[Any], Any] | None = None, discard: Callable[[Any], None] | None = None
          ) -> AdapterPackage:
     """Pack a PEFT adapter directory, or a PeftModel (``adapter_name`` selects one of its adapters).
+
+    Only regular files inside the directory are read, never through a link (see
+    :mod:`adapterhub_sdk.adapter_files`): an adapter file that is a link, a FIFO, a device
+    is refused by name; such an entry that is not part of the adapter is skipped with a
+    :class:`~adapterhub_sdk.adapter_files.SkippedEntryWarning`.
 
     With ``stage`` (a blob store's :meth:`~adapterhub_sdk.blobs.BlobStore.stage`), every file
     is first copied aside and hashed there, and the package is read from those copies: one
     pass over the bytes, and what gets stored is exactly what was checked. ``discard``
-    throws a staged copy away; :meth:`AdapterPackage.close` calls it for copies not stored."""
+    throws a staged copy away; :meth:`AdapterPackage.close` calls it for copies not stored.
+    Without ``stage`` the files are copied into a private temp folder the package owns."""
     if hasattr(source, "peft_config") and hasattr(source, "save_pretrained"):
         return _pack_model(source, adapter_name, stage, discard)
-    root = _find_adapter_dir(Path(source), subfolder)
-    return _pack_dir(root, stage, discard)
+    with _open_adapter_dir(Path(source), subfolder) as d:
+        return _pack_dir(d, stage, discard)
 
 
-def _pack_model(model: Any, adapter_name: str | None, stage: Callable[[Path], Any] | None = None,
+def pack_files(files: Mapping[str, str | os.PathLike[str]], *, root: str | os.PathLike[str] | None = None,
+               stage: Callable[[Any], Any] | None = None, discard: Callable[[Any], None] | None = None,
+               select: bool = False) -> AdapterPackage:
+    """Pack the files named explicitly (package name -> path of a regular file), e.g. the
+    blobs a huggingface_hub cache snapshot links to. Each path is opened without following
+    a link; ``root`` is what messages call the package's folder. With ``select``, the
+    files are chosen as in a directory: pickles refused, only the adapter's files kept."""
+    shown = Path(root) if root is not None else Path(".")
+    if select:
+        for name, path in files.items():
+            if name.lower().endswith(PICKLE_SUFFIXES):
+                refuse_pickle(shown / name, "adapter file")
+            if name.endswith(".safetensors"):
+                with open_regular(path, display=shown / name) as f:
+                    if _is_pickle_head(f):
+                        refuse_pickle(shown / name, "adapter file")
+        files = {n: p for n, p in files.items() if _wanted(n)}
+    opened: list[tuple[str, BinaryIO]] = []
+    try:
+        for name, path in sorted(files.items()):
+            check_file_path(name)
+            opened.append((name, open_regular(path, display=shown / name)))
+        return _pack_opened(shown, opened, stage, discard)
+    finally:
+        for _, f in opened:
+            f.close()
+
+
+def _pack_model(model: Any, adapter_name: str | None, stage: Callable[[Any], Any] | None = None,
                 discard: Callable[[Any], None] | None = None) -> AdapterPackage:
     names = list(model.peft_config)
     name = adapter_name or getattr(model, "active_adapter", None) or names[0]
@@ -175,9 +271,12 @@ def _pack_model(model: Any, adapter_name: str | None, stage: Callable[[Path], An
     try:
         model.save_pretrained(tmp.name, selected_adapters=[name], safe_serialization=True)
         root = Path(tmp.name)
-        if not (root / CONFIG).is_file():
-            root = root / name
-        pkg = _pack_dir(root, stage, discard)
+        with DirReader(root) as top:
+            if top.entry(CONFIG) is not None:
+                pkg = _pack_dir(top, stage, discard)
+            else:
+                with top.subdir(name) as d:
+                    pkg = _pack_dir(d, stage, discard)
     except BaseException:
         tmp.cleanup()
         raise
@@ -185,30 +284,83 @@ def _pack_model(model: Any, adapter_name: str | None, stage: Callable[[Path], An
     return pkg
 
 
-def _pack_dir(root: Path, stage: Callable[[Path], Any] | None = None,
+def _wanted(name: str) -> bool:
+    """Whether a file of an adapter directory is part of the package."""
+    return name in (CONFIG, WEIGHTS) or Path(name).suffix.lower() in EXTRA_SUFFIXES
+
+
+def _is_pickle_head(f: BinaryIO) -> bool:
+    head = os.pread(f.fileno(), 9, 0)
+    return looks_like_pickle_head(head, os.fstat(f.fileno()).st_size)
+
+
+def _pack_dir(d: DirReader, stage: Callable[[Any], Any] | None = None,
               discard: Callable[[Any], None] | None = None) -> AdapterPackage:
-    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    for p in entries:
-        if p.is_file() and (p.suffix.lower() in PICKLE_SUFFIXES or (p.suffix == ".safetensors" and looks_like_pickle(p))):
-            refuse_pickle(p, "adapter file")
-    if not (root / WEIGHTS).is_file():
+    root = d.display
+    entries = [e for e in d.entries() if not e.name.startswith(".")]
+    for e in entries:
+        if not e.directory and e.name.lower().endswith(PICKLE_SUFFIXES):
+            refuse_pickle(root / e.name, "adapter file")
+        if e.regular and e.name.endswith(".safetensors"):
+            with d.open(e.name) as f:
+                if _is_pickle_head(f):
+                    refuse_pickle(root / e.name, "adapter file")
+    by_entry = {e.name: e for e in entries}
+    for required in (CONFIG, WEIGHTS):
+        got = by_entry.get(required)
+        if got is not None and not got.regular:
+            refuse(root / required, got.kind)
+    if WEIGHTS not in by_entry:
         raise AdapterFormatError(f"{root}: no {WEIGHTS}",
                                  hint="save the adapter with save_pretrained(..., safe_serialization=True)")
-    if (root / CONFIG).stat().st_size > MAX_CONFIG_BYTES:
-        raise AdapterFormatError(f"{CONFIG} is larger than {MAX_CONFIG_BYTES} bytes")
-    chosen = [p for p in entries if p.is_file()
-              and (p.name in (CONFIG, WEIGHTS) or p.suffix.lower() in EXTRA_SUFFIXES)]
-    for p in chosen:
-        check_file_path(p.name)
-    files: list[PackedFile] = []
+    chosen = []
+    for e in entries:
+        wanted = _wanted(e.name)
+        if e.regular and wanted:
+            chosen.append(e.name)
+        elif wanted and not e.directory:
+            refuse(root / e.name, e.kind)
+        elif not e.regular and not e.directory:
+            skipped(root / e.name, e.kind)
+    for name in chosen:
+        check_file_path(name)
+    opened: list[tuple[str, BinaryIO]] = []
     try:
-        for p in chosen:
+        for name in chosen:
+            opened.append((name, d.open(name)))
+        return _pack_opened(root, opened, stage, discard)
+    finally:
+        for _, f in opened:
+            f.close()
+
+
+def _pack_opened(root: Path, opened: list[tuple[str, BinaryIO]], stage: Callable[[Any], Any] | None,
+                 discard: Callable[[Any], None] | None) -> AdapterPackage:
+    """The package of files already opened (regular files, checked): each is copied aside
+    (staged in the blob store, or into a private temp folder) and everything else is read
+    from those copies."""
+    handles = dict(opened)
+    if CONFIG not in handles:
+        raise AdapterFormatError(f"{root}: no {CONFIG}; not a PEFT adapter directory",
+                                 hint="point at the directory that PeftModel.save_pretrained wrote")
+    if WEIGHTS not in handles:
+        raise AdapterFormatError(f"{root}: no {WEIGHTS}",
+                                 hint="save the adapter with save_pretrained(..., safe_serialization=True)")
+    if os.fstat(handles[CONFIG].fileno()).st_size > MAX_CONFIG_BYTES:
+        raise AdapterFormatError(f"{CONFIG} is larger than {MAX_CONFIG_BYTES} bytes")
+    files: list[PackedFile] = []
+    copies = None if stage is not None else tempfile.TemporaryDirectory(prefix="adapterhub-pack-")
+    try:
+        for name, f in opened:
             if stage is None:
-                digest, size = sha256_file(p)
-                files.append(PackedFile(p.name, p, digest, size))
+                assert copies is not None
+                dest = Path(copies.name) / name
+                digest, size = copy_and_hash(f, dest)
+                files.append(PackedFile(name, dest, digest, size))
             else:
-                staged = stage(p)
-                files.append(PackedFile(p.name, staged.path, staged.sha256, staged.size, staged))
+                f.seek(0)
+                staged = stage(f)
+                files.append(PackedFile(name, staged.path, staged.sha256, staged.size, staged))
         by_name = {f.path: f.source for f in files}
         cfg_path = by_name[CONFIG]
         if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
@@ -228,8 +380,11 @@ def _pack_dir(root: Path, stage: Callable[[Path], Any] | None = None,
         summary = method.describe(config, tensors)
     except BaseException:
         _discard_staged(files, discard)
+        if copies is not None:
+            copies.cleanup()
         raise
-    return AdapterPackage(root, config, files, tensors, method, variant, requirements, summary, _discard=discard)
+    return AdapterPackage(root, config, files, tensors, method, variant, requirements, summary, _discard=discard,
+                          _copies=copies)
 
 
 def _discard_staged(files: list[PackedFile], discard: Callable[[Any], None] | None) -> None:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -301,6 +302,19 @@ def _iso(ts: Any) -> str:
     return str(ts)
 
 
+def _warn_nonfinite(ref: str, path: Path) -> None:
+    """A pulled version whose weights hold NaN or Inf is written as it is (to debug it), with
+    a warning naming the tensor; a deployment refuses to attach it."""
+    from .adapter_files import NonFiniteWarning, nonfinite_message, nonfinite_tensors
+
+    weights = path / "adapter_model.safetensors"
+    found = nonfinite_tensors(weights) if weights.is_file() else []
+    if found:
+        warnings.warn(f"{ref}: " + nonfinite_message(weights.name, found)
+                      + "; written as published, but a deployment refuses to attach it", NonFiniteWarning,
+                      stacklevel=3)
+
+
 def _check_tasks(tasks: Iterable[str]) -> list[str]:
     out = []
     for t in tasks:
@@ -536,11 +550,14 @@ class Registry:
     def publish(self, source: Any, *, name: str, version: str, base: Any = None,
                 tasks: Sequence[str] = (), license: str | None = None, description: str | None = None,
                 metrics: dict[str, Any] | None = None, subfolder: str | None = None,
-                adapter_name: str | None = None) -> PublishResult:
+                adapter_name: str | None = None, allow_nonfinite: bool = False) -> PublishResult:
         """Publish an adapter (directory, PeftModel or AdapterPackage) as ``name@version``.
 
         With ``base`` (path, nn.Module, state dict or BaseFingerprint), the adapter is
-        checked against it tensor by tensor and pinned to its fingerprint."""
+        checked against it tensor by tensor and pinned to its fingerprint. Weights holding
+        NaN or Inf are refused (NonFiniteError, naming the tensor) unless
+        ``allow_nonfinite`` (research use); the manifest's provenance then records them
+        under ``nonfinite`` (provenance is outside the digest)."""
         from .plugins import call_hook
 
         validate_name(name)
@@ -558,6 +575,9 @@ class Registry:
         else:
             pkg = source
         try:
+            nonfinite = pkg.nonfinite()
+            if nonfinite and not allow_nonfinite:
+                pkg.require_finite()
             base_ref = BaseRef(name=pkg.base_name, revision=pkg.config.get("revision"))
             if base is not None:
                 bfp = self._as_base(base)
@@ -569,7 +589,10 @@ class Registry:
             manifest = pkg.manifest(
                 name=name, version=str(ver), base=base_ref, tasks=task_list, description=description,
                 license=license, metrics=metrics,
-                provenance={"created_at": _iso(utcnow()), "versions": _pkg_versions()})
+                provenance={"created_at": _iso(utcnow()), "versions": _pkg_versions(),
+                            **({"nonfinite": {"allowed": True, "tensors": len(nonfinite),
+                                              "values": sum(n.count for n in nonfinite),
+                                              "first": nonfinite[0].tensor}} if nonfinite else {})})
             for plugin, reason in call_hook("validate_publish", manifest=manifest, package=pkg):
                 if reason:
                     raise AdapterHubError(f"publish rejected by policy {plugin!r}: {reason}")
@@ -1112,6 +1135,7 @@ class Registry:
         payload = [(f.path, writer(f.sha256)) for f in manifest.files]
         payload.append((MANIFEST_FILE, lambda out: out.write(manifest.to_json())))
         path = write_package_dir(Path(dest), payload, overwrite=overwrite)
+        _warn_nonfinite(f"{r.name}@{row.version}", path)
         call_hook("after_pull", manifest=manifest, path=path)
         return path
 

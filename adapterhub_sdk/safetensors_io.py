@@ -74,6 +74,11 @@ def looks_like_pickle(path: Path) -> bool:
             size = os.fstat(f.fileno()).st_size
     except OSError:
         return False
+    return looks_like_pickle_head(head, size)
+
+
+def looks_like_pickle_head(head: bytes, size: int) -> bool:
+    """Whether a file of ``size`` bytes starting with ``head`` (its first 9 bytes) is a pickle."""
     # a safetensors header: a length that fits the file, then '{' (the length's first byte
     # may be 0x80, which alone would look like a pickle)
     if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8:
