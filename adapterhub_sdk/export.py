@@ -150,7 +150,8 @@ def vllm_limitations(manifest: Manifest) -> list[str]:
                        "convert the adapter to a plain LoRA with PEFT first")
     for key, what in (("alora_invocation_tokens", "Activated LoRA (aLoRA)"),
                       ("layer_replication", "layer_replication"), ("use_bdlora", "block-diagonal LoRA"),
-                      ("use_qalora", "QALoRA")):
+                      ("use_qalora", "QALoRA"),
+                      ("trainable_token_indices", "trainable tokens (trainable_token_indices)")):
         if config.get(key):
             reasons.append(f"vLLM does not support {what}")
     return reasons

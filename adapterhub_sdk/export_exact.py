@@ -246,6 +246,11 @@ def conform(fmt: str, adapter_dir: Path, base_config: Mapping[str, Any] | None) 
             res.reasons.append(f"Ollama's adapter converter maps only the attention and MLP projections of "
                                f"model.layers.N; the adapter also adapts {bad[0]}"
                                + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+        wide = sorted(n for n, m in mods.items() if m.rank > min(int(m.a.shape[1]), int(m.b.shape[0])))
+        if wide:
+            res.reasons.append(f"Ollama's adapter converter takes a lora_A with more rows than columns (or a lora_B "
+                               f"with fewer) for another layout and transposes it; {wide[0]} has rank "
+                               f"{mods[wide[0]].rank} above its width")
     if res.reasons or not mods:
         return res
     scales = {n: peft_scale(config, n) for n in mods}

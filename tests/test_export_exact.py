@@ -279,3 +279,14 @@ def test_ollama_refuses_a_base_its_adapter_converter_does_not_take(arch, registr
     with pytest.raises(ah.IncompatibleAdapterError, match=f"only llama and gemma2 bases; this base is '{arch}'"):
         export(registry, "acme/unpinned", "ollama", tmp_path / "o", base_path=base)
     assert not (tmp_path / "o").exists()
+
+
+def test_ollama_refuses_a_rank_its_converter_would_transpose(registry, models_dir, base_dir, tmp_path):
+    """k_proj is 16 wide here: a rank-20 lora_B [16, 20] looks like another layout to Ollama."""
+    adapter = models_dir / "wide_rank"
+    if not adapter.exists():
+        _build(base_dir, adapter, seed=4, r=20, lora_alpha=20, target_modules=["k_proj"])
+    registry.publish(adapter, name=NAME, version="1.0.0", base=base_dir)
+    with pytest.raises(ah.IncompatibleAdapterError, match="rank 20 above its width"):
+        export(registry, NAME, "ollama", tmp_path / "o", base_path=base_dir)
+    export(registry, NAME, "tgi", tmp_path / "t", base_path=base_dir)  # TGI has no such rule
