@@ -319,9 +319,9 @@ def test_cli_row(built, tmp_path):
     args = ("--registry", f"sqlite:///{tmp_path / 'r.db'}", "--blobs", str(tmp_path / "blobs"))
     run_cli(*args, "publish", str(b.adapter), "--name", "acme/conv", "--version", "1.0.0",
             "--base", str(b.base), check=True)
-    proc = run_cli(*args, "resolve", str(b.base), "--json", check=True)
+    proc = run_cli(*args, "resolve", "--base", str(b.base), "--json", check=True)
     assert [(m["name"], m["verdict"]) for m in json.loads(proc.stdout)] == [("acme/conv", "exact")]
-    run_cli(*args, "pull", "acme/conv@1.0.0", str(tmp_path / "pulled"), check=True)
+    run_cli(*args, "pull", "acme/conv@1.0.0", "--out", str(tmp_path / "pulled"), check=True)
     assert torch.equal(reload(row, b, tmp_path / "pulled"), b.reference)
     bad = run_cli(*args, "publish", str(b.adapter), "--name", "acme/conv", "--version", "1.0.1",
                   "--base", str(b.other))

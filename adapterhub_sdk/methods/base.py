@@ -121,6 +121,38 @@ def split_full_copies(tensors: Mapping[str, Shape], adapter_parts: str) -> tuple
     return rest, req
 
 
+def pin_flattened(req: Requirements, base: BaseFingerprint | None) -> Requirements:
+    """PEFT's LyCORIS, OFT, BOFT and AdaLoRA layers see a convolution's kernel flattened to
+    ``(out, in/groups * k...)``; their tensors give a 2-D ``[out, in_flat]``. With ``base`` in
+    hand, a requirement on a kernel of more dimensions whose trailing sizes multiply to
+    ``in_flat`` is pinned to the kernel's own shape (the adapter fits it exactly as PEFT sees
+    it); any other stays as it is, and so is refused with both shapes named."""
+    if base is None:
+        return req
+    out: Requirements = {}
+    for name, want in req.items():
+        have = base.shape_of(name)
+        if (have is not None and len(have) > 2 and len(want) == 2 and want[1] is not None
+                and want[0] in (None, have[0]) and numel(have[1:]) == want[1]):
+            out[name] = [want[0], *have[1:]]
+        else:
+            out[name] = want
+    return out
+
+
+def selects(spec: Any, module: str) -> bool:
+    """Whether a PEFT module list (``feedforward_modules``, ...) names ``module``: a string is
+    a regex matched against the whole name; a list entry matches the name or its last parts."""
+    if isinstance(spec, str):
+        try:
+            return re.fullmatch(spec, module) is not None
+        except re.error:
+            return False
+    if isinstance(spec, (list, tuple, set)):
+        return any(isinstance(e, str) and (module == e or module.endswith(f".{e}")) for e in spec)
+    return False
+
+
 # ----------------------------------------------------------------- PEFT's target selection
 
 #: config fields under which PEFT changes what it targets at injection time (weight tying moves

@@ -17,6 +17,7 @@ from .base import (
     check_targets,
     group_by_module,
     numel,
+    pin_flattened,
     split_full_copies,
 )
 
@@ -87,7 +88,77 @@ def _check_lora_module(config: Mapping[str, Any], module: str, parts: Mapping[st
 
 def _wrapped(modules: Mapping[str, Mapping[str, Shape]]) -> list[str]:
     """Modules that carry a full LoRA pair (what PEFT's target selection must account for)."""
-    return [m for m, parts in modules.items() if any(a in parts and b in parts for a, b in _PAIRS)]
+    return [m for m, parts in modules.items()
+            if ".base_layer." not in m and any(a in parts and b in parts for a, b in _PAIRS)]
+
+
+def _unwrapped(module: str) -> str:
+    return module.replace(".base_layer.", ".")
+
+
+def _bd_blocks(config: Mapping[str, Any], module: str, side: str) -> int:
+    """Block-diagonal LoRA (``use_bdlora``): the number of blocks of ``module``'s A (``side``
+    "a") or B, whose stored weight is then ``[r, in/blocks]`` (or ``[out, r/blocks]``); 1 when
+    it is a plain matrix. PEFT picks the side by substring match on the module's name."""
+    bd = config.get("use_bdlora")
+    if not isinstance(bd, dict):
+        return 1
+    patterns = bd.get(f"target_modules_bd_{side}") or []
+    blocks = bd.get("nblocks")
+    if isinstance(blocks, int) and not isinstance(blocks, bool) and blocks > 0 and any(
+            isinstance(p, str) and p in module for p in patterns):
+        return blocks
+    return 1
+
+
+def _conv_in(a: Shape, b: Shape) -> int | None:
+    """A convolution's kernel is ``[out, in/groups, k...]`` while lora_A is ``[r, in, k...]`` and
+    lora_B ``[out, r/groups, 1...]``: the groups are ``r / B's inner size``."""
+    if len(b) >= 2 and b[1] > 0 and a[0] % b[1] == 0 and a[1] % (a[0] // b[1]) == 0:
+        return a[1] // (a[0] // b[1])
+    return None
+
+
+def _param_target(config: Mapping[str, Any], module: str) -> list[str]:
+    """The ``target_parameters`` entries PEFT puts on ``module`` (full parameter names)."""
+    found = []
+    for entry in config.get("target_parameters") or []:
+        if not isinstance(entry, str) or "." not in entry:
+            continue
+        owner, param = entry.rsplit(".", 1)
+        if module == owner or module.endswith(f".{owner}"):
+            found.append(f"{module}.{param}")
+    return found
+
+
+def _special_weight(config: Mapping[str, Any], module: str, modules: Mapping[str, Any], a: Shape, b: Shape,
+                    base: Any) -> Requirements | None:
+    """Requirements of a LoRA pair whose base tensor is not ``<module>.weight``: an
+    ``nn.MultiheadAttention`` (its packed ``in_proj_weight``; PEFT wraps its ``out_proj``
+    too, saved as ``<module>.base_layer.out_proj``), or a parameter named by
+    ``target_parameters`` (LoRA on an ``nn.Parameter``: ``[out, in]``, or for a 3-D expert
+    tensor ``[experts, in, out]`` with A ``[r * experts, in]``, in either order since it
+    depends on the model's code; the base settles which)."""
+    have = (lambda n: base.shape_of(n)) if base is not None else (lambda n: None)
+    mha = f"{module}.base_layer.out_proj" in modules or (
+        have(f"{module}.weight") is None and have(f"{module}.in_proj_weight") is not None)
+    if mha and len(a) == 2:
+        return {f"{module}.in_proj_weight": [b[0], a[1]]}
+    params = _param_target(config, module)
+    if len(params) != 1 or len(a) != 2 or len(b) != 2:
+        return {p: [] for p in params} or None
+    [param] = params
+    shape = have(param)
+    if shape is not None and len(shape) == 3:
+        experts = shape[0]
+        if experts > 0 and a[0] % experts == 0:
+            for pair in ((a[1], b[0]), (b[0], a[1])):
+                if list(shape[1:]) == list(pair):
+                    return {param: [experts, *pair]}
+        return {param: [None, a[1], b[0]]}  # refused, naming the parameter
+    if shape is None and base is None:
+        return {param: []}  # 2-D or 3-D: only the base can tell
+    return {param: [b[0], a[1]]}
 
 
 class LoraMethod(AdapterMethod):
@@ -108,21 +179,27 @@ class LoraMethod(AdapterMethod):
                      base: Any = None) -> Requirements:
         fan_in_fan_out = bool(config.get("fan_in_fan_out"))
         own, req = split_full_copies(tensors, _LORA_PARTS)
-        for module, parts in group_by_module(own, _LORA_PARTS).items():
+        modules = group_by_module(own, _LORA_PARTS)
+        for module, parts in modules.items():
             _check_lora_module(config, module, parts)
             a, b = parts.get("lora_A"), parts.get("lora_B")
             ea, eb = parts.get("lora_embedding_A"), parts.get("lora_embedding_B")
             delta = parts.get("token_adapter.trainable_tokens_delta")
-            if a is not None and b is not None:
+            # a layer PEFT wraps inside another wrapped one (the out_proj of a wrapped
+            # nn.MultiheadAttention) is saved under <outer>.base_layer.<inner>
+            weight = f"{_unwrapped(module)}.weight"
+            if a is not None and b is not None and (special := _special_weight(config, module, modules, a, b, base)):
+                req.update(special)
+            elif a is not None and b is not None:
                 if len(a) == 2:
-                    out_f, in_f = b[0], a[1]
-                    req[f"{module}.weight"] = [in_f, out_f] if fan_in_fan_out else [out_f, in_f]
-                else:  # convolution: A is [r, in/groups, k...], B is [out, r, 1...]
-                    req[f"{module}.weight"] = [b[0], None, *a[2:]]
+                    out_f, in_f = b[0], a[1] * _bd_blocks(config, module, "a")
+                    req[weight] = [in_f, out_f] if fan_in_fan_out else [out_f, in_f]
+                else:  # convolution: A is [r, in, k...], B is [out, r/groups, 1...]
+                    req[weight] = [b[0], _conv_in(a, b), *a[2:]]
             elif ea is not None and eb is not None:
-                req[f"{module}.weight"] = [ea[1], eb[0]]
+                req[weight] = [ea[1], eb[0]]
             elif delta is not None and len(delta) == 2:
-                req[f"{module}.weight"] = [None, delta[1]]
+                req[weight] = [None, delta[1]]
             else:
                 raise AdapterFormatError(f"LoRA module {module!r} lacks a lora_A/lora_B pair",
                                          hint="the adapter file is incomplete; save it again with PEFT")
@@ -168,7 +245,7 @@ class AdaLoraMethod(AdapterMethod):
                 raise AdapterFormatError(f"AdaLoRA module {module!r} has a rank mismatch: lora_A is of rank "
                                          f"{a[0]}, lora_E {e[0]}, lora_B {b[1]}", hint=_INCONSISTENT)
             req[f"{module}.weight"] = [a[1], b[0]] if config.get("fan_in_fan_out") else [b[0], a[1]]
-        return req
+        return pin_flattened(req, base)  # SVDConv2d sees its kernel flattened
 
     def validate(self, config: Mapping[str, Any], tensors: Mapping[str, Shape], base: Any) -> list[str]:
         reasons = check_requirements(self.requirements(config, tensors, base), base)

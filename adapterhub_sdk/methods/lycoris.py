@@ -6,10 +6,34 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..hookspecs import hookimpl
-from .base import AdapterMethod, Requirements, Shape, group_by_module, numel, split_full_copies
+from .base import (
+    AdapterMethod,
+    Requirements,
+    Shape,
+    group_by_module,
+    numel,
+    pin_flattened,
+    split_full_copies,
+)
 
 _LOHA = "hada_w1_a|hada_w1_b|hada_w2_a|hada_w2_b|hada_t1|hada_t2"
 _LOKR = "lokr_w1|lokr_w1_a|lokr_w1_b|lokr_w2|lokr_w2_a|lokr_w2_b|lokr_t2"
+
+
+def _kernel(module: str, out_f: int, in_f: int, t: Shape, base: Any) -> list[int | None]:
+    """The kernel shape behind a Tucker (``use_effective_conv2d``) core ``t`` of shape
+    ``(r, r, k1, k2)``. PEFT stores a Conv1d's core as ``(r, r, k, 1)``: a trailing 1 is a
+    Conv1d when the base says so; without a base only the existence is known."""
+    if len(t) != 4:
+        return []
+    if t[3] != 1:
+        return [out_f, in_f, t[2], t[3]]
+    have = base.shape_of(f"{module}.weight") if base is not None else None
+    if have is not None and len(have) == 3:
+        return [out_f, in_f, t[2]]
+    if have is not None:
+        return [out_f, in_f, t[2], 1]
+    return []
 
 
 class LohaMethod(AdapterMethod):
@@ -20,12 +44,14 @@ class LohaMethod(AdapterMethod):
                      base: Any = None) -> Requirements:
         own, req = split_full_copies(tensors, _LOHA)
         for module, p in group_by_module(own, _LOHA).items():
-            w1a, w1b = p.get("hada_w1_a"), p.get("hada_w1_b")
-            if w1a is not None and w1b is not None and "hada_t1" not in p and len(w1b) == 2:
-                req[f"{module}.weight"] = [w1a[0], w1b[1]]
-            else:  # convolution (Tucker): shapes depend on the kernel; existence only
+            w1a, w1b, t1 = p.get("hada_w1_a"), p.get("hada_w1_b"), p.get("hada_t1")
+            if w1a is None or w1b is None or len(w1a) != 2 or len(w1b) != 2:
                 req[f"{module}.weight"] = []
-        return req
+            elif t1 is None:  # Linear, or a convolution seen flattened: [out, in * k...]
+                req[f"{module}.weight"] = [w1a[0], w1b[1]]
+            else:  # convolution with a Tucker core: w1_a is [r, out], w1_b [r, in]
+                req[f"{module}.weight"] = _kernel(module, w1a[1], w1b[1], t1, base)
+        return pin_flattened(req, base)
 
     def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
         return {"trainable_params": sum(numel(s) for s in tensors.values()), "rank": config.get("r"),
@@ -40,15 +66,29 @@ class LokrMethod(AdapterMethod):
                      base: Any = None) -> Requirements:
         own, req = split_full_copies(tensors, _LOKR)
         for module, p in group_by_module(own, _LOKR).items():
-            w1 = p.get("lokr_w1") or (
-                (p["lokr_w1_a"][0], p["lokr_w1_b"][1]) if "lokr_w1_a" in p and "lokr_w1_b" in p else None)
-            w2 = p.get("lokr_w2") or (
-                (p["lokr_w2_a"][0], p["lokr_w2_b"][1]) if "lokr_w2_a" in p and "lokr_w2_b" in p else None)
-            if w1 is not None and w2 is not None and len(w1) == 2 and len(w2) == 2 and "lokr_t2" not in p:
-                req[f"{module}.weight"] = [w1[0] * w2[0], w1[1] * w2[1]]
-            else:
-                req[f"{module}.weight"] = []
-        return req
+            req[f"{module}.weight"] = self._kernel_shape(module, p, base)
+        return pin_flattened(req, base)
+
+    @staticmethod
+    def _kernel_shape(module: str, p: Mapping[str, Shape], base: Any) -> list[int | None]:
+        """PEFT's LoKr weight is kron(w1, w2): w1 is ``(a, c)`` (whole or as w1_a @ w1_b) and
+        w2 ``(b, d, k...)`` whole, ``(b, d*k...)`` as w2_a @ w2_b (a flattened kernel), or a
+        Tucker core ``(r, r, k1, k2)`` with w2_a ``(r, b)`` and w2_b ``(r, d)``; the weight is
+        ``(a*b, c*d, k...)``."""
+        w1 = p.get("lokr_w1")
+        if w1 is None and "lokr_w1_a" in p and "lokr_w1_b" in p:
+            w1 = (p["lokr_w1_a"][0], p["lokr_w1_b"][-1])
+        w2a, w2b, t2 = p.get("lokr_w2_a"), p.get("lokr_w2_b"), p.get("lokr_t2")
+        if w1 is None or len(w1) != 2:
+            return []
+        if (w2 := p.get("lokr_w2")) is not None and len(w2) >= 2:
+            return [w1[0] * w2[0], w1[1] * w2[1], *w2[2:]]
+        if w2a is None or w2b is None or len(w2a) != 2 or len(w2b) != 2:
+            return []
+        if t2 is not None:
+            kernel = _kernel(module, w2a[1], w2b[1], t2, base)
+            return [w1[0] * kernel[0], w1[1] * kernel[1], *kernel[2:]] if kernel else []  # type: ignore[operator]
+        return [w1[0] * w2a[0], w1[1] * w2b[1]]
 
     def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
         return {"trainable_params": sum(numel(s) for s in tensors.values()), "rank": config.get("r"),

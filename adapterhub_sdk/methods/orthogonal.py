@@ -8,7 +8,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..hookspecs import hookimpl
-from .base import AdapterMethod, Requirements, Shape, group_by_module, numel, split_full_copies
+from .base import (
+    AdapterMethod,
+    Requirements,
+    Shape,
+    group_by_module,
+    numel,
+    pin_flattened,
+    split_full_copies,
+)
 
 
 def _block_size(packed: int) -> int | None:
@@ -20,13 +28,15 @@ def _block_size(packed: int) -> int | None:
 class OftMethod(AdapterMethod):
     name = "oft"
     peft_types = ("OFT",)
-    _PARTS = "oft_R|oft_s"
+    #: an nn.Embedding's rotation is ``oft_embedding_R`` (it rotates the embedding dimension,
+    #: the weight's second); a convolution's rotates its kernel flattened to in * k * k
+    _PARTS = "oft_R|oft_s|oft_embedding_R"
 
     def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
                      base: Any = None) -> Requirements:
         own, req = split_full_copies(tensors, self._PARTS)
         for module, p in group_by_module(own, self._PARTS).items():
-            r = p.get("oft_R")
+            r = p.get("oft_R") or p.get("oft_embedding_R")
             in_f = None
             if r is not None and len(r) == 2 and not config.get("block_share"):
                 b = _block_size(r[1])
@@ -34,7 +44,7 @@ class OftMethod(AdapterMethod):
             out = p.get("oft_s")
             shape: list[int | None] = [out[0] if out else None, in_f]
             req[f"{module}.weight"] = shape if any(d is not None for d in shape) else []
-        return req
+        return pin_flattened(req, base)
 
     def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
         return {"trainable_params": sum(numel(s) for s in tensors.values()),
@@ -52,9 +62,10 @@ class BoftMethod(AdapterMethod):
         for module, p in group_by_module(own, "boft_R|boft_s").items():
             r, s = p.get("boft_R"), p.get("boft_s")
             in_f = r[1] * r[2] if r is not None and len(r) == 4 else None
-            out = s[0] if s is not None and len(s) == 2 else None
+            # the output scale is (out, 1) on a Linear, (1, out) on a Conv2d
+            out = (s[1] if s[0] == 1 else s[0]) if s is not None and len(s) == 2 else None
             req[f"{module}.weight"] = [out, in_f] if (out or in_f) else []
-        return req
+        return pin_flattened(req, base)
 
     def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
         return {"trainable_params": sum(numel(s) for s in tensors.values()),
