@@ -72,15 +72,19 @@ def _per_row(value: Any, n: int, what: str) -> list[Any]:
     return values
 
 
-def _generators(seeds: list[Any], device: Any) -> list[Any]:
-    """One torch.Generator per row: seeded rows start from their seed, the others from fresh
-    entropy, so no row's draws depend on which rows share its batch."""
+def _generators(seeds: list[Any], temps: list[float], device: Any) -> list[Any]:
+    """One torch.Generator per sampled row (None for greedy rows): seeded rows start from
+    their seed, the others from fresh entropy, so no row's draws depend on which rows share
+    its batch."""
     import torch
 
-    out = []
-    for seed in seeds:
+    out: list[Any] = []
+    for seed, temp in zip(seeds, temps):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise GenerationError(f"seed must be an integer or None, not {seed!r}")
+        if temp <= 0:
+            out.append(None)
+            continue
         g = torch.Generator(device=device)
         try:
             g.manual_seed(seed) if seed is not None else g.seed()
@@ -184,7 +188,7 @@ def generate_rows(dep: Any, prompts: Sequence[Any], adapters: Sequence[str | Non
     eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
     width = max(len(r) for r in rows)
     device = dep.device
-    generators = _generators(_per_row(seed, n, "seed"), device)
+    generators = _generators(_per_row(seed, n, "seed"), temps, device)
     input_ids = torch.full((n, width), pad, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     for i, ids in enumerate(rows):  # left padding keeps every row's last token at the end

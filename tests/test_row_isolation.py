@@ -22,6 +22,7 @@ import torch
 
 import adapterhub_sdk as ah
 from adapterhub_sdk.generation import NonFiniteLogitsError, RowError
+
 from conftest import save_lora
 
 VOCAB = 64
