@@ -327,3 +327,24 @@ def test_cli_row(built, tmp_path):
                   "--base", str(b.other))
     assert bad.returncode != 0
     assert "kernel" in bad.stderr and len(bad.stderr.strip().splitlines()) <= 2, bad.stderr
+
+
+def test_pinned_requirements_refine_the_adapters_own(built):
+    """Requirements pinned at publish (a flattened kernel pinned to the kernel's shape) only add
+    precision to what the adapter files alone give, so a pulled manifest can be checked against
+    its files (``methods.base.refines``, the rule the Hub import needs)."""
+    from adapterhub_sdk.methods.base import refines
+    from adapterhub_sdk.package import pack
+
+    pinned_any = False
+    for row in ROWS:
+        b = built(row)
+        with pack(b.adapter) as pkg:
+            free = dict(pkg.requirements)
+            pkg.require_base(ah.fingerprint(b.base, use_cache=False))
+            assert refines(free, pkg.requirements), (row.id, free, pkg.requirements)
+            pinned_any |= free != pkg.requirements
+    assert pinned_any
+    # a flattened size the kernel does not have is no refinement
+    assert not refines({"kernel.weight": [6, 35]}, {"kernel.weight": [6, 4, 3, 3]})
+    assert not refines({"kernel.weight": [7, 36]}, {"kernel.weight": [6, 4, 3, 3]})

@@ -140,6 +140,25 @@ def pin_flattened(req: Requirements, base: BaseFingerprint | None) -> Requiremen
     return out
 
 
+def refines(derived: Mapping[str, list[int | None]], pinned: Mapping[str, list[int | None]]) -> bool:
+    """Whether ``pinned`` (requirements made with a base in hand) is ``derived`` (made from the
+    adapter alone) or more precise: every derived entry is there with the same known sizes, or,
+    for a 2-D ``[out, in_flat]``, as the kernel shape :func:`pin_flattened` put in its place."""
+    for name, want in derived.items():
+        have = pinned.get(name)
+        if have is None:
+            return False
+        if not want:
+            continue
+        if len(have) > 2 and len(want) == 2 and want[1] is not None and None not in have[1:]:
+            flat: list[int | None] = [have[0], numel([d for d in have[1:] if d is not None])]
+            if all(w is None or w == h for w, h in zip(want, flat)):
+                continue
+        if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have)):
+            return False
+    return True
+
+
 def selects(spec: Any, module: str) -> bool:
     """Whether a PEFT module list (``feedforward_modules``, ...) names ``module``: a string is
     a regex matched against the whole name; a list entry matches the name or its last parts."""
