@@ -321,3 +321,33 @@ def test_cli_publish_nonfinite_refused_in_one_line_and_accepted_with_the_flag(ad
                 "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["created"] is True
+
+
+# --------------------------------------------------------------------------- Hub imports
+
+
+def test_hub_import_reads_the_cache_blobs_and_refuses_a_cache_link_that_leaves_the_cache(
+        hub_env, lora_dir, outside, tmp_path):
+    """Against olah (tests/hubserver.py): a manifest-less repo PEFT pushed is imported from
+    huggingface_hub's cache, whose snapshot entries are links into its own ``blobs/``; the
+    stored files are the repo's bytes. A snapshot entry whose link leads out of the cache
+    (a tampered cache) is refused by name, and its target's bytes are not stored."""
+    from hubserver import make_hub_repo, unique_repo_id
+    from huggingface_hub import snapshot_download
+
+    files = {p.name: p.read_bytes() for p in lora_dir.iterdir()}
+    good = make_hub_repo(hub_env.mirrors, unique_repo_id("peft"), files)
+    reg = ah.Registry.open()
+    reg.pull(f"hf://{good.repo_id}", dest=tmp_path / "good")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "good").iterdir() if p.name in files} == files
+
+    bad = make_hub_repo(hub_env.mirrors, unique_repo_id("peft"), files)
+    snap = Path(snapshot_download(bad.repo_id, revision=bad.head))
+    assert (snap / "README.md").is_symlink()  # huggingface_hub's own layout
+    (snap / "README.md").unlink()
+    (snap / "README.md").symlink_to(outside / "passwd")
+    with pytest.raises(NotRegularFileError, match=r"README\.md is a symbolic link to"):
+        reg.pull(f"hf://{bad.repo_id}")
+    assert [i.name for i in reg.list()] == [good.repo_id]
+    assert_outside_bytes_nowhere(Path(os.environ["ADAPTERHUB_HOME"]) / "blobs", outside)
+    reg.close()
