@@ -505,10 +505,6 @@ def _valid_name(repo: str) -> bool:
 def _consistent(derived: dict[str, list[int | None]], claimed: dict[str, list[int | None]]) -> bool:
     """Every requirement derived from the files appears in the manifest, with the same
     known dimensions (a manifest pinned to a base may only be more precise)."""
-    for name, want in derived.items():
-        if name not in claimed:
-            return False
-        have = claimed[name]
-        if want and (len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have))):
-            return False
-    return True
+    from .methods.base import refines
+
+    return refines(derived, claimed)

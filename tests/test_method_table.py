@@ -348,3 +348,32 @@ def test_pinned_requirements_refine_the_adapters_own(built):
     # a flattened size the kernel does not have is no refinement
     assert not refines({"kernel.weight": [6, 35]}, {"kernel.weight": [6, 4, 3, 3]})
     assert not refines({"kernel.weight": [7, 36]}, {"kernel.weight": [6, 4, 3, 3]})
+
+
+def test_hub_pull_of_a_pinned_conv_adapter(hub_env, built, tmp_path):
+    """Against the local Hub server (olah): a LoHa on a Conv2d, published with --base (its
+    requirement pinned to the kernel's shape) and put in a repo with its manifest, is imported
+    by a fresh registry: the manifest's requirements are checked against the files as a
+    refinement of the flattened [out, in*k*k], not refused as if they contradicted them."""
+    from hubserver import make_hub_repo, unique_repo_id
+
+    from adapterhub_sdk.hub import CARD_KEEP, MANIFEST
+
+    row = next(r for r in ROWS if r.id == "loha-conv2d")
+    b = built(row)
+    src = ah.Registry.open(f"sqlite:///{tmp_path / 'src.db'}", blobs=tmp_path / "src-blobs")
+    src.publish(b.adapter, name="acme/conv", version="1.0.0", base=b.base)
+    manifest = src.show("acme/conv@1.0.0").manifest
+    src.close()
+    assert manifest.requirements["kernel.weight"] == [6, 4, 3, 3]
+    # the repo layout a push writes: the package's own README.md kept under CARD_KEEP
+    files = {(CARD_KEEP if p.name == "README.md" else p.name): p.read_bytes() for p in b.adapter.iterdir()}
+    repo = make_hub_repo(hub_env.mirrors, unique_repo_id("conv"), {**files, MANIFEST: manifest.to_json()},
+                         tags=["v1.0.0"])
+    reg = ah.Registry.open()
+    try:
+        reg.pull(f"hf://{repo.repo_id}@1.0.0", tmp_path / "pulled")
+        assert reg.show("acme/conv@1.0.0").manifest.digest == manifest.digest
+        assert torch.equal(reload(row, b, tmp_path / "pulled"), b.reference)
+    finally:
+        reg.close()
