@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .adapter_files import NonFiniteWarning, describe, nonfinite_message, refuse
+from .adapter_files import NonFiniteWarning, describe, nonfinite_message, open_regular, refuse
 from .errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
 from .fingerprint import BaseFingerprint
 from .manifest import BaseRef, Manifest
@@ -402,9 +402,10 @@ class HubClient:
 
     def _manifest_for(self, ref: HubRef, version: Version | None, commit: str, snap: Path, registry: Any,
                       base: Any) -> Manifest:
-        raw = snap / MANIFEST
-        if raw.is_file():
-            manifest = Manifest.from_json(raw.read_bytes())
+        raw = _cached_file(snap, MANIFEST)
+        if raw is not None:
+            with open_regular(raw, display=snap / MANIFEST, what="cached file") as fh:
+                manifest = Manifest.from_json(fh.read())
             if version is not None and Version.parse(manifest.version) != version:
                 raise IntegrityError(f"{ref}: tag {version} holds the manifest of version {manifest.version}")
             bad = []
