@@ -154,7 +154,23 @@ def vllm_limitations(manifest: Manifest) -> list[str]:
                       ("trainable_token_indices", "trainable tokens (trainable_token_indices)")):
         if config.get(key):
             reasons.append(f"vLLM does not support {what}")
-    return reasons
+    return reasons + _other_options("vLLM", config, _VLLM_CHECKED)
+
+
+# the options vllm_limitations decides on itself; the rest (fan_in_fan_out, target_parameters,
+# KaSA, ...) are refused until someone confirms that vLLM computes them as PEFT does
+_VLLM_CHECKED = frozenset({"use_dora", "modules_to_save", "lora_bias", "bias", "init_lora_weights",
+                           "alora_invocation_tokens", "layer_replication", "use_bdlora", "use_qalora",
+                           "trainable_token_indices"})
+
+
+def _other_options(target: str, config: Mapping[str, Any], checked: frozenset[str]) -> list[str]:
+    """Any other LoRA option that changes what PEFT computes (KaSA, Arrow, an option of a
+    newer PEFT): a target that does not know it would serve the adapter as plain LoRA."""
+    from .lora_options import unsupported_options
+
+    return [f"{target} cannot serve it as PEFT does: the adapter {why}"
+            for why in unsupported_options({k: v for k, v in config.items() if k not in checked})]
 
 
 def limitations(fmt: str, manifest: Manifest) -> list[str]:
@@ -173,7 +189,8 @@ def limitations(fmt: str, manifest: Manifest) -> list[str]:
     if variant == "dora" or config.get("use_dora"):
         reasons.append(f"{target} does not support DoRA (use_dora=true); it ignores the magnitude vectors, so "
                        "its output would differ from the adapter's")
-    return reasons + export_exact.config_refusals(target, config)
+    return reasons + export_exact.config_refusals(target, config) + _other_options(target, config,
+                                                                                   export_exact.CHECKED)
 
 
 def _check_format(fmt: str) -> str:

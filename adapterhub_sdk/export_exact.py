@@ -56,6 +56,12 @@ _KEY_RE = re.compile(r"^base_model\.model\.(?P<mod>.+)\.lora_(?P<ab>[AB])\.weigh
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
 
+#: the options config_refusals (and limitations' DoRA check) decide on
+CHECKED = frozenset({"lora_bias", "bias", "modules_to_save", "init_lora_weights", "fan_in_fan_out",
+                     "alora_invocation_tokens", "layer_replication", "use_bdlora", "use_qalora",
+                     "target_parameters", "trainable_token_indices", "use_dora"})
+
+
 def config_refusals(target: str, config: Mapping[str, Any]) -> list[str]:
     """Reasons a server that loads only plain LoRA matrices (TGI, LoRAX, Ollama) cannot
     serve an adapter with this config as PEFT does."""
@@ -356,5 +362,5 @@ def _scales_text(scales: Mapping[str, float]) -> str:
     return ", ".join(f"{v:g}" for v in vals[:4]) + (", ..." if len(vals) > 4 else "")
 
 
-__all__ = ["Conformed", "OLLAMA_ADAPTER_BASES", "SERVER_LORA_MODULES", "config_refusals", "conform",
+__all__ = ["CHECKED", "Conformed", "OLLAMA_ADAPTER_BASES", "SERVER_LORA_MODULES", "config_refusals", "conform",
            "ollama_alpha", "peft_scale", "uniform_scale"]

@@ -14,15 +14,22 @@ from typing import Any
 
 # Options that never change the output of a saved adapter at inference: metadata, which
 # modules are selected (the saved tensors already say which are), dropout (off in eval),
-# initialisation schemes (they only chose the starting values that training then saved),
-# the backward-only VeLoRA, and PEFT runtime settings that are not saved.
+# the configs of initialisation schemes (they only chose the starting values that training
+# then saved; ``init_lora_weights`` itself is checked below), the backward-only VeLoRA, and
+# PEFT runtime settings that are not saved.
 INERT = frozenset({
     "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
     "inference_mode", "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
-    "lora_dropout", "init_lora_weights", "loftq_config", "eva_config", "corda_config", "lora_ga_config",
+    "lora_dropout", "loftq_config", "eva_config", "corda_config", "lora_ga_config",
     "velora_config", "megatron_config", "megatron_core", "runtime_config", "qalora_group_size",
     "ensure_weight_tying",
 })
+
+# init_lora_weights values that only set the starting A/B (overwritten by the saved tensors
+# when PEFT loads the adapter). Others (pissa*, corda*, olora, loftq) rewrite the base
+# weights when PEFT loads the adapter (W - scale * B0 A0, a quantised W), so PEFT's output is
+# not W + scale * B A; they are refused unless a target implements them.
+PLAIN_INITS = frozenset({"gaussian", "eva", "orthogonal", "mica", "lora_ga"})
 
 # What every LoRA runtime here implements: the scale of each module's update.
 SCALING = frozenset({"r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern"})
@@ -62,6 +69,13 @@ def unsupported_options(config: Mapping[str, Any], supported: Iterable[str] = ()
         value = config[key]
         if key in ok or _off(key, value):
             continue
+        if key == "init_lora_weights":
+            if value is True or (isinstance(value, str) and value.lower() in PLAIN_INITS):
+                continue
+            reasons.append(f"was initialised with init_lora_weights={value!r}, which rewrites the base weights "
+                           "when PEFT loads it (convert it to a plain LoRA with PEFT's "
+                           "path_initial_model_for_weight_conversion)")
+            continue
         what = _WHAT.get(key)
         reasons.append(f"uses {what}" if what else
                        f"uses the LoRA option {key}={value!r}, which this SDK does not know (a newer PEFT?)")
@@ -74,4 +88,4 @@ def lora_alpha(config: Mapping[str, Any]) -> float:
     return 8.0 if value is None else float(value)
 
 
-__all__ = ["INERT", "SCALING", "lora_alpha", "unsupported_options"]
+__all__ = ["INERT", "PLAIN_INITS", "SCALING", "lora_alpha", "unsupported_options"]

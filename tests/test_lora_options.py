@@ -60,7 +60,7 @@ def test_every_option_of_the_installed_peft_is_classified():
     # a LoRA option PEFT adds is refused as unknown until someone classifies it here
     from peft import LoraConfig
 
-    known = INERT | SCALING | set(_WHAT)
+    known = INERT | SCALING | set(_WHAT) | {"init_lora_weights"}
     fields = {f.name for f in dataclasses.fields(LoraConfig)}
     assert fields - known == set(), f"classify these LoRA options in lora_options.py: {sorted(fields - known)}"
     # PEFT's defaults are all off: a default config serves as plain LoRA
@@ -73,9 +73,34 @@ def test_every_option_of_the_installed_peft_is_classified():
     ({"layer_replication": [[0, 2], [1, 2]]}, "layer replication"),
     ({"use_bdlora": {"lora_a_is_blockdiagonal": True}}, "block-diagonal"),
     ({"some_future_option": 3}, "does not know"),
+    ({"init_lora_weights": "pissa_niter_4"}, "rewrites the base weights"),
+    ({"init_lora_weights": "olora"}, "rewrites the base weights"),
+    ({"init_lora_weights": "loftq"}, "rewrites the base weights"),
 ])
 def test_options_that_change_the_output_are_named(extra, needle):
     config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "bias": "none", **extra}
     reasons = unsupported_options(config)
     assert len(reasons) == 1 and needle in reasons[0]
     assert unsupported_options(config, supported=extra) == []
+
+
+@pytest.mark.parametrize("init", [True, False, "gaussian", "eva", "orthogonal", "lora_ga"])
+def test_inits_that_leave_the_base_alone_serve_as_plain_lora(init):
+    assert unsupported_options({"peft_type": "LORA", "r": 4, "init_lora_weights": init}) == []
+
+
+@pytest.mark.parametrize("fmt", ["vllm", "lorax", "tgi", "ollama"])
+@pytest.mark.parametrize("extra", [{"kasa_config": {"rank": 4}}, {"arrow_config": {"top_k": 2}},
+                                   {"some_future_option": 1}, {"init_lora_weights": "pissa"}])
+def test_every_export_target_refuses_options_it_would_ignore(tmp_path, base_dir, lora_dir, fmt, extra):
+    from adapterhub_sdk.export import limitations
+
+    reg = ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}", blobs=tmp_path / "blobs")
+    reg.publish(lora_dir, name="acme/a", version="1.0.0", base=base_dir)
+    manifest = reg.show("acme/a@1.0.0").manifest
+    assert limitations(fmt, manifest) == []
+    method = dict(manifest.method)
+    method["config"] = {**method["config"], **extra}
+    reasons = limitations(fmt, dataclasses.replace(manifest, method=method))
+    assert reasons, f"{fmt} would serve {extra} as plain LoRA"
+    reg.close()
