@@ -1,23 +1,108 @@
 """Put an adapter directory on a model: the method plugin's ``apply`` when it has one
-(methods PEFT does not know), PEFT otherwise."""
+(methods PEFT does not know), PEFT otherwise.
+
+A directory written by ``pull`` carries the version's manifest: its files are checked
+against their digests and the model's weights against the base fingerprint the adapter is
+pinned to before anything is loaded, exactly as ``Deployment.attach`` does. A plain PEFT
+directory has no pin, and loads as PEFT loads it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterFormatError
-from .methods.base import detect_method
+from .deploy import StructuralMatchWarning
+from .errors import AdapterFormatError, IncompatibleAdapterError, IntegrityError
+from .methods.base import check_requirements, detect_method
+
+MANIFEST_FILE = "adapterhub_manifest.json"
 
 
-def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default") -> Any:
-    """Load the adapter at ``path`` (as pulled) onto ``model`` and return the model to use."""
+def _read(reader: Any, name: str) -> bytes:
+    with reader.open(name) as fh:
+        return fh.read()
+
+
+def _sha256(reader: Any, name: str) -> str:
+    h = hashlib.sha256()
+    with reader.open(name) as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _base_state(model: Any) -> Any:
+    """What to fingerprint: the model itself, or for a PeftModel the base weights under its
+    tuner layers (adapter tensors left out, ``base_layer``/``original_module`` unwrapped)."""
+    if not (hasattr(model, "peft_config") and hasattr(model, "get_base_model")):
+        return model
+    names = set(model.peft_config)
+    state = {}
+    for key, value in model.get_base_model().state_dict().items():
+        parts = key.split(".")
+        if names & set(parts) or "modules_to_save" in parts:
+            continue
+        state[re.sub(r"\.(base_layer|original_module)(?=\.)", "", key)] = value
+    return state
+
+
+def check_pulled(model: Any, path: str | Path, *, strict: bool = False) -> str | None:
+    """For a directory written by ``pull``: verify its files against the manifest, then the
+    model's weights against the pinned base fingerprint. Returns the verdict (``exact``,
+    ``structural``; None when the directory has no manifest or the version is not pinned);
+    raises IntegrityError for changed files, IncompatibleAdapterError when it does not fit."""
+    from .adapter_files import DirReader
+    from .fingerprint import fingerprint
+    from .manifest import Manifest
+
+    with DirReader(Path(path)) as reader:
+        entry = reader.entry(MANIFEST_FILE)
+        if entry is None:
+            return None
+        manifest = Manifest.from_json(_read(reader, MANIFEST_FILE))
+        ref = f"{manifest.name}@{manifest.version}"
+        for f in manifest.files:
+            if reader.entry(f.path) is None:
+                raise IntegrityError(f"{path}: {f.path} of {ref} is missing",
+                                     hint=f"pull it again: adapterhub pull {ref} --out {path} --overwrite")
+            if _sha256(reader, f.path) != f.sha256:
+                raise IntegrityError(f"{path}: {f.path} does not match the sha256 {ref} lists for it (changed "
+                                     "since it was pulled)",
+                                     hint=f"pull it again: adapterhub pull {ref} --out {path} --overwrite")
+    if not manifest.base.fingerprint:
+        return None
+    fp = fingerprint(_base_state(model), progress=False)
+    if fp.digest == manifest.base.fingerprint:
+        return "exact"
+    reasons = check_requirements(manifest.requirements, fp)
+    if reasons:
+        raise IncompatibleAdapterError(f"{ref} does not fit this model: {reasons[0]}", reasons=reasons)
+    if strict:
+        raise IncompatibleAdapterError(f"{ref} was trained on other base weights (strict)",
+                                       reasons=["base weights differ from the ones the adapter was trained on"],
+                                       hint="load it without strict=True to accept a structural fit")
+    warnings.warn(f"{ref}: the model's weights differ from the ones it was trained on "
+                  f"(pinned to {manifest.base.fingerprint[:12]}, this model is {fp.digest[:12]}); it fits "
+                  "structurally", StructuralMatchWarning, stacklevel=3)
+    return "structural"
+
+
+def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default", strict: bool = False) -> Any:
+    """Load the adapter at ``path`` (as pulled) onto ``model`` and return the model to use.
+
+    A pulled directory is checked first (files against the manifest's digests, the model
+    against the pinned base fingerprint): an adapter that does not fit is refused, one that
+    fits only structurally warns (``strict=True`` refuses it)."""
     p = Path(path)
     try:
         config = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise AdapterFormatError(f"{p}: no readable adapter_config.json ({exc})") from exc
+    check_pulled(model, p, strict=strict)
     method, _ = detect_method(config)
     try:
         return method.apply(model, str(p), config, adapter_name)
