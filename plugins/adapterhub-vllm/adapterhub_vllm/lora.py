@@ -26,6 +26,8 @@ from adapterhub_sdk.errors import AdapterHubError, IncompatibleAdapterError
 from adapterhub_sdk.export import adapter_rank, vllm_limitations
 from adapterhub_sdk.manifest import Manifest
 
+from .checks import running_vllm_reasons
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 MANIFEST_FILE = "adapterhub_manifest.json"
@@ -115,6 +117,9 @@ def served_fingerprint(served_model: str | os.PathLike[str] | None = None, *,
 def refusal_reasons(manifest: Manifest, served_fp: str, *, max_lora_rank: int | None = None) -> list[str]:
     """Why vLLM, serving the weights ``served_fp``, must not load this adapter (empty: it may)."""
     reasons = list(vllm_limitations(manifest))
+    if manifest.method.get("type") == "lora":
+        config = manifest.method.get("config") or {}
+        reasons += running_vllm_reasons(config)  # what depends on the vLLM release installed here
     pin = manifest.base.fingerprint
     if not pin:
         reasons.append("it was published without a base fingerprint, so it cannot be checked against the "

@@ -131,6 +131,18 @@ def vdora(vmodels, vbase) -> Path:
     return _lora(vbase, vmodels / "dora", seed=2, use_dora=True)
 
 
+@pytest.fixture(scope="session")
+def vpattern(vmodels, vbase) -> Path:
+    """A LoRA whose v_proj has its own rank and alpha (PEFT's rank_pattern / alpha_pattern)."""
+    return _lora(vbase, vmodels / "pattern", seed=3, rank_pattern={"v_proj": 2}, alpha_pattern={"v_proj": 3})
+
+
+@pytest.fixture(scope="session")
+def vtokens(vmodels, vbase) -> Path:
+    """A LoRA that also trains two embedding rows (PEFT's trainable_token_indices)."""
+    return _lora(vbase, vmodels / "tokens", seed=4, trainable_token_indices=[1, 2])
+
+
 @pytest.fixture
 def vregistry(tmp_path, vbase, vbase_other, vlora, vdora):
     """A SQLite registry: acme/sentiment 1.0.0 and 1.1.0 (pinned to vbase), acme/other
@@ -438,9 +450,18 @@ def _fake_vllm() -> dict[str, types.ModuleType]:
 
     resolver.LoRAResolver = LoRAResolver
     resolver.LoRAResolverRegistry = _Registry()
+    peft_helper = types.ModuleType("vllm.lora.peft_helper")
+
+    class PEFTHelper:
+        def get_rank_and_scaling(self, module_name):  # vLLM 0.33: rank_pattern/alpha_pattern per module
+            raise NotImplementedError
+
+    peft_helper.PEFTHelper = PEFTHelper
     vllm, lora = types.ModuleType("vllm"), types.ModuleType("vllm.lora")
-    vllm.lora, lora.request, lora.resolver = lora, request, resolver
-    return {"vllm": vllm, "vllm.lora": lora, "vllm.lora.request": request, "vllm.lora.resolver": resolver}
+    vllm.__version__ = "0.33.0"
+    vllm.lora, lora.request, lora.resolver, lora.peft_helper = lora, request, resolver, peft_helper
+    return {"vllm": vllm, "vllm.lora": lora, "vllm.lora.request": request, "vllm.lora.resolver": resolver,
+            "vllm.lora.peft_helper": peft_helper}
 
 
 @pytest.fixture
@@ -504,6 +525,37 @@ def test_register_resolver_and_a_vllm_like_lookup(fake_vllm, vregistry, vbase, t
     assert "pinned to base" in registry.get_resolver("adapterhub").refusals["acme/other"]
 
 
+def test_patterns_are_refused_on_a_vllm_that_ignores_them(fake_vllm, vregistry, vbase, vpattern, tmp_path,
+                                                          monkeypatch):
+    """A vLLM without per-module rank/alpha patterns scales every module by lora_alpha/r: an
+    adapter with patterns would be served with other weights than PEFT's, so it is refused."""
+    mod, fakes = fake_vllm
+    vregistry.publish(vpattern, name="acme/pattern", version="1.0.0", base=vbase)
+    res = mod.AdapterHubLoRAResolver(registry=vregistry, cache_dir=tmp_path / "cache")
+    ok = asyncio.run(res.resolve_lora(str(vbase), "acme/pattern"))  # this stand-in applies them, as 0.33 does
+    assert isinstance(ok, fakes["vllm.lora.request"].LoRARequest)
+    monkeypatch.delattr(fakes["vllm.lora.peft_helper"].PEFTHelper, "get_rank_and_scaling")
+    monkeypatch.setattr(fakes["vllm"], "__version__", "0.8.5")
+    old = mod.AdapterHubLoRAResolver(registry=vregistry, cache_dir=tmp_path / "old-cache")
+    assert asyncio.run(old.resolve_lora(str(vbase), "acme/pattern")) is None
+    why = old.refusals["acme/pattern"]
+    assert "vLLM (0.8.5) ignores rank_pattern and alpha_pattern" in why and "upgrade vLLM" in why
+    assert not (tmp_path / "old-cache").exists() or not any((tmp_path / "old-cache").iterdir())
+    assert asyncio.run(old.resolve_lora(str(vbase), "acme/sentiment")) is not None  # plain LoRA: still served
+
+
+def test_trainable_tokens_are_refused_before_anything_is_pulled(vregistry, vbase, vtokens, tmp_path):
+    """vLLM does not load PEFT's trainable token rows (vLLM 0.33 fails on the tensor name):
+    the resolver says so (export's vllm_limitations) instead of handing vLLM the adapter."""
+    vregistry.publish(vtokens, name="acme/tokens", version="1.0.0", base=vbase)
+    with pytest.raises(ah.IncompatibleAdapterError, match="trainable tokens"):
+        prepare_lora("acme/tokens", registry=vregistry, served_model=vbase, cache_dir=tmp_path / "cache")
+    res = _resolver(vregistry, tmp_path)
+    assert asyncio.run(res.resolve_lora(str(vbase), "acme/tokens")) is None
+    assert "trainable_token_indices" in res.refusals["acme/tokens"]
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
 # --------------------------------------------------------------------------- the real vLLM, when importable
 
 
@@ -518,6 +570,46 @@ def test_resolver_subclasses_the_real_vllm_resolver(vregistry, vbase, tmp_path):
     res = resolver_mod.AdapterHubLoRAResolver(registry=vregistry, cache_dir=tmp_path / "cache")
     got = asyncio.run(res.resolve_lora(str(vbase), "acme/sentiment"))
     assert isinstance(got, LoRARequest) and got.lora_name == "acme/sentiment"
+
+
+def test_real_vllm_reads_the_weights_and_scaling_peft_applies(vregistry, vbase, vpattern, tmp_path, monkeypatch):
+    """What the resolver hands vLLM, read by vLLM's own loader (PEFTHelper, LoRAModel, on the
+    CPU): every module's scaling * B @ A equals PEFT's delta weight for it, patterns included.
+    The GPU kernels that apply it are not exercised here (see the README)."""
+    if not resolver_mod.vllm_available():
+        pytest.skip(f"vLLM is not importable here ({resolver_mod.VLLM_IMPORT_ERROR}); this reads the adapter "
+                    "with vLLM's own loader")
+    import torch
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+    from vllm.config.lora import LoRAConfig
+    from vllm.lora import lora_model
+    from vllm.lora.lora_model import LoRAModel
+    from vllm.lora.peft_helper import PEFTHelper
+
+    # vLLM pins CPU copies of LoRA weights for the GPU transfer, which needs an NVIDIA driver;
+    # the tensors and scalings read are the same without it
+    monkeypatch.setattr(lora_model, "PIN_MEMORY", False)
+
+    vregistry.publish(vpattern, name="acme/pattern", version="1.0.0", base=vbase)
+    res = _resolver(vregistry, tmp_path)
+    for name in ("acme/sentiment@1.0.0", "acme/pattern"):
+        req = asyncio.run(res.resolve_lora(str(vbase), name))
+        assert req is not None, res.refusals
+        helper = PEFTHelper.from_local_dir(req.lora_path, None)
+        helper.validate_legal(LoRAConfig(max_lora_rank=8))
+        lm = LoRAModel.from_local_checkpoint(req.lora_path, {"q_proj", "v_proj"}, helper, lora_model_id=1,
+                                             device="cpu", dtype=torch.float32)
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(vbase), req.lora_path)
+        peft_delta = {n.removeprefix("base_model.model."): m.get_delta_weight("default")
+                      for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
+        assert sorted(lm.loras) == sorted(peft_delta) and len(peft_delta) == 4
+        for module, w in lm.loras.items():
+            assert torch.equal((w.lora_b @ w.lora_a) * w.scaling, peft_delta[module]), (name, module)
+        scales = {m.rsplit(".", 1)[-1]: w.scaling for m, w in lm.loras.items()}
+        assert scales == ({"q_proj": 2.0, "v_proj": 2.0} if name.startswith("acme/sentiment")
+                          else {"q_proj": 2.0, "v_proj": 1.5})
 
 
 # --------------------------------------------------------------------------- packaging
