@@ -237,7 +237,9 @@ class _Cache:
     @staticmethod
     def key(path: Path) -> str:
         st = path.stat()
-        return f"{ALGO}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_dev}"
+        # ctime too: a file rewritten in place with its mtime put back (os.utime, touch -r,
+        # cp -p) keeps size, mtime and inode, but no one can set its ctime
+        return f"{ALGO}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{st.st_dev}"
 
     def get(self, key: str) -> Any:
         db = self._conn()

@@ -9,6 +9,7 @@ import os
 import pickle
 import shutil
 import struct
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -551,3 +552,20 @@ def test_cli_bad_input_is_one_error_line(tmp_path, lora_dir, base_dir):
 def test_error_classes_are_adapterhub_errors():
     for cls in (CorruptFileError, UnsafeFormatError, WeightsNotFoundError):
         assert issubclass(cls, AdapterHubError)
+
+
+def test_cache_sees_a_file_rewritten_in_place_with_its_mtime_put_back(base_dir, tmp_path):
+    # same size, same inode, mtime restored (os.utime, touch -r, cp -p): only ctime tells
+    d = shutil.copytree(base_dir, tmp_path / "rewritten")
+    f = d / "model.safetensors"
+    before = fingerprint(d)
+    st = f.stat()
+    data = bytearray(f.read_bytes())
+    data[-4] ^= 0x40  # one bit of the last tensor's last value
+    with open(f, "r+b") as fh:  # in place: the inode stays
+        fh.write(data)
+    time.sleep(0.01)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = f.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    assert fingerprint(d).digest == fingerprint(d, use_cache=False).digest != before.digest
