@@ -36,6 +36,7 @@ MANIFEST = "adapterhub_manifest.json"
 CARD_KEEP = "adapterhub/README.md"  # where a package's own README.md lives in the repo
 _REPO_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
+_AMBIGUOUS = "ambiguous:"
 _COMMIT = re.compile(r"[0-9a-f]{40}", re.ASCII)  # a full commit sha: a base model's revision
 
 
@@ -248,15 +249,24 @@ class HubClient:
     # ------------------------------------------------------------------ versions
 
     def versions(self, repo: str) -> dict[Version, str]:
-        """Semantic-version tags of ``repo`` and the commits they point at."""
+        """Semantic-version tags of ``repo`` and the commits they point at (for a version
+        tagged twice, as ``1.0.0`` and ``v1.0.0``, on different commits: a marker starting
+        with ``ambiguous:`` that naming it refuses)."""
         with _hub_errors(f"hf://{repo}"):
             refs = self.api.list_repo_refs(repo)
-        out = {}
+        out: dict[Version, str] = {}
+        seen: dict[Version, list[tuple[str, str]]] = {}
         for tag in refs.tags:
             try:
-                out[Version.parse(tag.name.removeprefix("v"))] = tag.target_commit
+                v = Version.parse(tag.name.removeprefix("v"))
             except AdapterHubError:
                 continue
+            seen.setdefault(v, []).append((tag.name, tag.target_commit))
+        for v, tags in seen.items():
+            commits = {c for _, c in tags}
+            # '1.0.0' and 'v1.0.0' on different commits: neither may win silently
+            out[v] = tags[0][1] if len(commits) == 1 else _AMBIGUOUS + ",".join(
+                f"{name}={commit[:12]}" for name, commit in sorted(tags))
         return out
 
     def _select(self, ref: HubRef) -> tuple[Version | None, str]:
@@ -268,14 +278,19 @@ class HubClient:
         if spec.kind == "alias":
             raise NotFoundError(f"{ref}: aliases are not stored on the Hub; use a version or a range")
         if versions:
+            chosen: Version | None = None
             if spec.kind == "exact":
-                for v, commit in versions.items():
-                    if v == spec.exact:
-                        return v, commit
+                chosen = next((v for v in versions if v == spec.exact), None)
             else:
-                best = spec.best(versions)
-                if best is not None:
-                    return best, versions[best]
+                chosen = spec.best(versions)
+            if chosen is not None:
+                commit = versions[chosen]
+                if commit.startswith(_AMBIGUOUS):
+                    raise NotFoundError(
+                        f"{ref}: version {chosen} has tags on different commits "
+                        f"({commit.removeprefix(_AMBIGUOUS).replace(',', ', ')}); which one is {chosen} is "
+                        "not decidable", hint="delete the wrong tag on the Hub, or ask the repo's owner to")
+                return chosen, commit
             raise NotFoundError(f"{ref}: no version tag matches {spec.text!r} "
                                 f"(tags: {', '.join(str(v) for v in sorted(versions))})")
         if ref.spec not in (None, "latest"):

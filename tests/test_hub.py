@@ -987,3 +987,20 @@ def test_register_verifies_a_hub_cache_snapshot_before_sharing_its_mapping(base_
         assert reg.find_base(hub=("acme-org/llama-bad", "c" * 40)) is None
         reg.register_base(bad)  # without file digests: the path only, no shared Hub mapping
         assert reg.find_base(hub=("acme-org/llama-bad", "c" * 40)) is None
+
+
+def test_a_version_tagged_twice_on_different_commits_is_refused(hub_env, hub_server, src):
+    """Against olah: '1.3.0' and 'v1.3.0' on different commits name two adapters as one
+    version; neither may win silently (it was the later-listed tag). Other versions pull."""
+    repo = mirror_to_olah(hub_server, src["fake"], SRC_REPO, repo_id=unique_repo_id("twice"))
+    repo.tag("v1.3.0", repo.tags["2.0.0"])
+    reg = ah.Registry.open()
+    for spec in ("1.3.0", "^1"):
+        r = invoke("pull", f"hf://{repo.repo_id}@{spec}")
+        assert r.exit_code == 1
+        one_error_line(r.stderr, "1.3.0 has tags on different commits", "v1.3.0=", "delete the wrong tag")
+    assert reg.list() == []
+    r = invoke("pull", f"hf://{repo.repo_id}@~1.2", "--json")  # 1.2.x: unambiguous
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["version"] == "1.2.0"
+    reg.close()
