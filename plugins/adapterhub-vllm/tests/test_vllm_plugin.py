@@ -612,6 +612,47 @@ def test_real_vllm_reads_the_weights_and_scaling_peft_applies(vregistry, vbase, 
                           else {"q_proj": 2.0, "v_proj": 1.5})
 
 
+_PLUGIN_LOAD = """
+import asyncio, json, sys
+from vllm.plugins import load_general_plugins
+from vllm.lora.resolver import LoRAResolverRegistry
+
+load_general_plugins()  # what every vLLM process does at start-up
+res = LoRAResolverRegistry.get_resolver("adapterhub")
+ok = asyncio.run(res.resolve_lora(sys.argv[1], "acme/sentiment@1.0.0"))
+refused = asyncio.run(res.resolve_lora(sys.argv[1], "acme/other"))
+print(json.dumps({"resolvers": sorted(LoRAResolverRegistry.get_supported_resolvers()),
+                  "type": type(ok).__module__ + "." + type(ok).__name__, "lora_path": ok.lora_path,
+                  "refused": refused is None, "why": res.refusals.get("acme/other", "")}))
+"""
+
+
+def test_real_vllm_loads_the_resolver_through_its_entry_point(vregistry, vbase, tmp_path):
+    """vLLM's own general-plugin loader, in a fresh process, finds the entry point, registers
+    the resolver from the environment, and the resolver answers and refuses."""
+    if not resolver_mod.vllm_available():
+        pytest.skip(f"vLLM is not importable here ({resolver_mod.VLLM_IMPORT_ERROR}); this runs vLLM's plugin "
+                    "loader")
+    from importlib.metadata import entry_points
+
+    if "adapterhub_lora_resolver" not in {ep.name for ep in entry_points(group="vllm.general_plugins")}:
+        pytest.skip("adapterhub-vllm is not installed as a distribution here (pip install -e "
+                    "plugins/adapterhub-vllm), so vLLM cannot find its entry point")
+    import os
+    import subprocess
+
+    env = {**os.environ, "VLLM_PLUGINS": "adapterhub_lora_resolver", "ADAPTERHUB_REGISTRY_URL": vregistry.url,
+           "ADAPTERHUB_BLOBS": str(vregistry.blobs), "ADAPTERHUB_VLLM_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", _PLUGIN_LOAD, str(vbase)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["resolvers"] == ["adapterhub"] and got["type"] == "vllm.lora.request.LoRARequest"
+    assert Path(got["lora_path"]).parent == tmp_path / "cache"
+    assert got["refused"] and "pinned to base" in got["why"]
+
+
 # --------------------------------------------------------------------------- packaging
 
 
