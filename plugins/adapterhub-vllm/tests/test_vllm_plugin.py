@@ -556,6 +556,31 @@ def test_trainable_tokens_are_refused_before_anything_is_pulled(vregistry, vbase
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
+@pytest.mark.parametrize("kw, why", [
+    ({"modules_to_save": ["lm_head"]}, "modules_to_save only for classifier heads"),
+    ({"bias": "lora_only"}, "adapter bias"),
+    ({"lora_bias": True}, "LoRA bias"),
+    ({"use_dora": True}, "DoRA"),
+], ids=["modules_to_save", "bias", "lora_bias", "dora"])
+def test_what_vllm_would_serve_differently_is_refused_by_the_resolver(vregistry, vbase, tmp_path, kw, why):
+    """Real PEFT adapters with what vLLM drops or does not implement: the resolver answers
+    None with the reason, and nothing reaches the cache vLLM would load from."""
+    adapter = _lora(vbase, tmp_path / "adapter", seed=5, **kw)
+    vregistry.publish(adapter, name="acme/differs", version="1.0.0", base=vbase)
+    res = _resolver(vregistry, tmp_path)
+    assert asyncio.run(res.resolve_lora(str(vbase), "acme/differs")) is None
+    assert why in res.refusals["acme/differs"], res.refusals
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_a_rank_above_the_servers_max_lora_rank_is_refused(vregistry, vbase, tmp_path):
+    small = _resolver(vregistry, tmp_path, max_lora_rank=2)
+    assert asyncio.run(small.resolve_lora(str(vbase), "acme/sentiment")) is None
+    assert "rank 4 is above the server's --max-lora-rank 2" in small.refusals["acme/sentiment"]
+    roomy = _resolver(vregistry, tmp_path, max_lora_rank=8)
+    assert asyncio.run(roomy.resolve_lora(str(vbase), "acme/sentiment")) is not None
+
+
 # --------------------------------------------------------------------------- the real vLLM, when importable
 
 
