@@ -100,8 +100,15 @@ def _nonfinite(logits: Any) -> list[bool]:
     tokens only is a model excluding them: argmax and softmax handle it as PEFT's model would.)"""
     import torch
 
-    bad = torch.isnan(logits) | torch.isposinf(logits)
-    return (bad.any(-1) | torch.isneginf(logits).all(-1)).tolist()
+    # one reduction per step: a row whose sum is finite has only finite logits (NaN and Inf
+    # propagate); only rows failing that (or overflowing it) get the exact check
+    suspect = (~torch.isfinite(logits.sum(-1, dtype=torch.float32))).tolist()
+    out = [False] * len(suspect)
+    for i, maybe in enumerate(suspect):
+        if maybe:
+            row = logits[i]
+            out[i] = bool((torch.isnan(row) | torch.isposinf(row)).any() or torch.isneginf(row).all())
+    return out
 
 
 def _sample(logits: Any, temperature: float, top_p: float, generator: Any) -> int:

@@ -285,3 +285,21 @@ def test_http_broken_adapter_beside_30_healthy_requests(dep):
     assert checked >= 20
     assert f"adapterhub_batch_size_sum {float(len(reqs))}" in metrics  # one batch held every row
     assert "adapterhub_batch_size_count 1.0" in metrics
+
+
+def test_minus_inf_on_some_tokens_is_not_a_failure(dep):
+    """A model may exclude tokens with -inf logits: argmax and softmax handle that as PEFT's model
+    would, so such rows are not failed (only NaN, +Inf, or every logit -Inf is)."""
+    def mask_tokens(module: Any, args: Any, y: torch.Tensor) -> torch.Tensor:
+        y = y.clone()
+        y[..., :40] = float("-inf")
+        return y
+
+    handle = dep.model.lm_head.register_forward_hook(mask_tokens)
+    try:
+        out = dep.generate([prompt(0), prompt(1)], "good", max_new_tokens=5, temperature=[0.0, 1.0], seed=3)
+    finally:
+        handle.remove()
+    for row in out:
+        assert row["finish_reason"] != "error" and "error" not in row, row
+        assert row["token_ids"] and all(t >= 40 for t in row["token_ids"]), row
