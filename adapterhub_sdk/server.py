@@ -562,15 +562,14 @@ class BatchWorker:
                 max_new_tokens=max(job.limit for job in group),
                 temperature=[job.temperature for job in group], top_p=[job.top_p for job in group], stop=(),
                 on_token=self._on_token(group), seed=[job.seed for job in group])
-        except RowError as exc:  # every row failed, each for its own reason
-            if exc.results is None:
-                raise
-            results = exc.results
-        except Exception as exc:  # noqa: BLE001 - the batch itself failed: answered to every request
-            err = api_error(exc)
-            for job in group:
-                job.emit(("error", job.index, err))
-            return
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, RowError) and exc.results is not None:  # every row failed, each on its own
+                results = exc.results
+            else:  # the batch itself failed: answered to every request
+                err = api_error(exc)
+                for job in group:
+                    job.emit(("error", job.index, err))
+                return
         for job, res in zip(group, results):
             if job.cancelled:
                 continue

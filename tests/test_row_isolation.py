@@ -264,6 +264,13 @@ def test_http_broken_adapter_beside_30_healthy_requests(dep):
         worker.call(gate.wait)
         replies = asyncio.run(main(serving.url))
         metrics = httpx.get(serving.url + "/metrics").text
+        # alone in its batch, every row of which fails: still its own error, not a hung request
+        lone = httpx.post(serving.url + "/v1/completions", timeout=60,
+                          json={"model": "bad", "prompt": prompt(43), "max_tokens": 3, "temperature": 0})
+        after = httpx.post(serving.url + "/v1/completions", timeout=60,
+                           json={"model": "good", "prompt": prompt(0), "max_tokens": 3, "temperature": 0})
+    assert lone.status_code == 422 and lone.json()["error"]["code"] == "nonfinite_logits", lone.text
+    assert after.status_code == 200  # the worker runs on
     checked = 0
     for body, (status, reply) in zip(reqs, replies):
         result = _stream_result(reply) if body.get("stream") else reply
