@@ -116,6 +116,10 @@ class AdapterPackage:
                 hint="check that --base is the model this adapter was trained on",
             )
         self.requirements = self.method.requirements(self.config, self.tensors, base)
+        how = getattr(self.method, "validation", None)  # how it was checked, when less than shapes
+        validated = how(self.config, self.tensors, base) if callable(how) else None
+        if validated:
+            self.summary = {**self.summary, "validated": validated}
 
     def manifest(self, *, name: str, version: str, base: BaseRef, tasks: list[str] | tuple[str, ...] = (),
                  description: str | None = None, license: str | None = None,

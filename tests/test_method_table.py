@@ -38,11 +38,11 @@ nn = torch.nn
 class ConvNet(nn.Module):
     """One convolution (``kernel``) then a linear head; ``dim`` picks Conv1d/2d/3d."""
 
-    def __init__(self, dim: int = 2, cin: int = 4, cout: int = 6, k: int = 3):
+    def __init__(self, dim: int = 2, cin: int = 4, cout: int = 6, k: int = 3, groups: int = 1):
         super().__init__()
         conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
         self.dim = dim
-        self.kernel = conv(cin, cout, k, padding=1)
+        self.kernel = conv(cin, cout, k, padding=1, groups=groups)
         self.head = nn.Linear(cout, 3)
 
     def forward(self, x):
@@ -124,6 +124,9 @@ class Base:
 CONV1 = Base(lambda: ConvNet(1), lambda: ConvNet(1, cin=5, cout=8), lambda: _x(2, 4, 7))
 CONV2 = Base(lambda: ConvNet(2), lambda: ConvNet(2, cin=5, cout=8), lambda: _x(2, 4, 5, 5))
 CONV3 = Base(lambda: ConvNet(3), lambda: ConvNet(3, cin=5, cout=8), lambda: _x(2, 4, 3, 4, 4))
+# only the input channels differ: what LoRA's lora_A [r, in, k, k] pins
+CONV2_IN = Base(lambda: ConvNet(2), lambda: ConvNet(2, cin=6), lambda: _x(2, 4, 5, 5))
+CONV2_GROUPED = Base(lambda: ConvNet(2, groups=2), lambda: ConvNet(2, cin=8, groups=2), lambda: _x(2, 4, 5, 5))
 GPT2 = Base(_gpt2, lambda: _gpt2(24), lambda: torch.tensor([[1, 5, 9, 3, 7], [4, 8, 2, 30, 0]]), hf=True)
 EMB = Base(EmbNet, lambda: EmbNet(width=12), lambda: torch.tensor([[1, 5, 9, 3], [4, 19, 2, 0]]))
 MHA = Base(MhaNet, lambda: MhaNet(12), lambda: _x(2, 5, 8))
@@ -169,6 +172,10 @@ ROWS = [
     Row("ia3-conv2d", CONV2, cfg("IA3Config", target_modules=K, feedforward_modules=[]), "ia3", "kernel"),
     Row("ia3-conv3d-ff", CONV3, cfg("IA3Config", target_modules=K, feedforward_modules=K), "ia3", "kernel"),
     Row("lora-conv3d", CONV3, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=K), "lora", "kernel"),
+    Row("lora-conv2d-in-channels", CONV2_IN, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=K), "lora",
+        "kernel"),
+    Row("lora-conv2d-grouped", CONV2_GROUPED, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=K), "lora",
+        "kernel"),
     Row("dora-conv2d", CONV2, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=K, use_dora=True),
         "lora", "kernel"),
     # GPT-2's Conv1D: weight stored transposed, (in, out)
@@ -377,3 +384,54 @@ def test_hub_pull_of_a_pinned_conv_adapter(hub_env, built, tmp_path):
         assert torch.equal(reload(row, b, tmp_path / "pulled"), b.reference)
     finally:
         reg.close()
+
+
+# --------------------------------------------------------------------------- the generic path
+
+
+@dataclass(frozen=True)
+class GenericRow:
+    row: Row
+    how: str  # what the summary's "validated" must say
+    refused: bool  # whether a base of another shape is refused at publish (PEFT's own injection tells)
+    needle: str  # what a refusal at publish must name
+    module: str  # what the refusal at resolve (the pinned shapes) must name
+
+
+GENERIC_ROWS = [
+    # RandLoRA saves its shared projections on the tuner (base_model.randlora_A): PEFT creates them only
+    # through get_peft_model, whose injection on the meta device then gives every key and shape
+    GenericRow(Row("randlora-gpt2", GPT2, cfg("RandLoraConfig", r=4, target_modules=["c_attn"]), "generic",
+                   "randlora_A"), "meta device", True, "randlora_A", "c_attn"),
+    # FRoD's init decomposes the base weights: nothing to compute on the meta device, so only the
+    # modules' existence is checked (and said); the requirements pin the base's shapes for resolve
+    GenericRow(Row("frod-gpt2", GPT2, cfg("FrodConfig", target_modules=["c_attn"]), "generic", "c_attn"),
+               "weight values", False, "c_attn", "c_attn"),
+    # a custom model's state dict has no config to build it from: existence only, and said
+    GenericRow(Row("hra-custom", LIN, cfg("HRAConfig", r=2, target_modules=["proj"]), "generic", "proj"),
+               "no model config", False, "proj", "proj"),
+]
+
+
+@pytest.mark.parametrize("g", GENERIC_ROWS, ids=[g.row.id for g in GENERIC_ROWS])
+def test_generic_row(g, reg, built, tmp_path):
+    """Methods without their own plugin: published, loaded back bit-identical, the summary's
+    ``validated`` saying how far the check went; a base of another shape is refused at publish
+    where PEFT's injection can tell, and at resolve (the pinned shapes) in every case."""
+    row, b = g.row, built(g.row)
+    name = f"acme/{row.id}"
+    reg.publish(b.adapter, name=name, version="1.0.0", base=b.base)
+    info = reg.show(f"{name}@1.0.0")
+    assert info.method == "generic"
+    validated = info.manifest.method["summary"]["validated"]
+    assert validated.startswith("generic: ") and g.how in validated, validated
+    assert (name, "exact") in {(m.name, m.verdict) for m in reg.resolve(b.base)}
+    pulled = reg.pull(f"{name}@1.0.0", tmp_path / "pulled")
+    assert torch.equal(reload(row, b, pulled), b.reference)
+
+    [bad] = [m for m in reg.resolve(b.other, include_incompatible=True) if m.name == name]
+    assert bad.verdict == "incompatible" and any(g.module in r for r in bad.reasons), bad.reasons
+    if g.refused:
+        with pytest.raises(ah.IncompatibleAdapterError) as err:
+            reg.publish(b.adapter, name=name, version="1.0.1", base=b.other)
+        assert any(g.needle in r for r in err.value.reasons), err.value.reasons

@@ -61,6 +61,12 @@ class AdapterMethod:
         """Reasons the adapter does not fit ``base`` (empty: it fits)."""
         return check_requirements(self.requirements(config, tensors, base), base)
 
+    def validation(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
+                   base: BaseFingerprint) -> str | None:
+        """How an adapter that fits ``base`` was checked, when that is less than the shapes of
+        every tensor it touches (recorded as the summary's ``validated``); None: shapes."""
+        return None
+
     def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
         """Facts for the manifest: trainable parameters, rank, targets ..."""
         return {"trainable_params": sum(numel(s) for s in tensors.values())}

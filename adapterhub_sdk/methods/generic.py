@@ -8,12 +8,22 @@ keys and shapes PEFT expects; the touched modules' shapes become the requirement
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from ..hookspecs import hookimpl
-from .base import AdapterMethod, Requirements, Shape, check_requirements, numel, strip_prefix
+from .base import (
+    PEFT_PREFIX,
+    AdapterMethod,
+    Requirements,
+    Shape,
+    check_requirements,
+    numel,
+    strip_prefix,
+)
 
 _SUFFIX = re.compile(r"\.[a-z0-9]+_[A-Za-z0-9_]+(?:\.(?:weight|bias))?$")
 
@@ -41,15 +51,35 @@ def _peft_config(config: Mapping[str, Any]) -> Any:
     return PeftConfig.from_peft_type(**kwargs)
 
 
-def meta_inject(config: Mapping[str, Any], base_config: Mapping[str, Any]) -> tuple[dict[str, list[int]], Requirements]:
+def meta_inject(config: Mapping[str, Any], base_config: Mapping[str, Any], *,
+                tuner: bool = False) -> tuple[dict[str, list[int]], Requirements]:
+    """:func:`_meta_inject`, remembered for the last few (config, base config) pairs: a publish
+    asks for it to validate, to pin the requirements and to say how it validated."""
+    key = (json.dumps(config, sort_keys=True, default=str), json.dumps(base_config, sort_keys=True, default=str),
+           tuner)
+    expected, req = _cached_inject(key)
+    return {k: list(v) for k, v in expected.items()}, {k: list(v) for k, v in req.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_inject(key: tuple[str, str, bool]) -> tuple[dict[str, list[int]], Requirements]:
+    return _meta_inject(json.loads(key[0]), json.loads(key[1]), tuner=key[2])
+
+
+def _meta_inject(config: Mapping[str, Any], base_config: Mapping[str, Any], *,
+                 tuner: bool = False) -> tuple[dict[str, list[int]], Requirements]:
     """(expected adapter tensor shapes, touched base tensors and shapes) as PEFT computes them
-    for this adapter config on this base architecture."""
+    for this adapter config on this base architecture. ``tuner``: the adapter holds state of
+    the tuner model itself (a shared bank saved as ``base_model.<name>``), which only
+    ``get_peft_model`` creates."""
     from peft import get_peft_model, get_peft_model_state_dict, inject_adapter_in_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     model = _meta_model(base_config)
     peft_config = _peft_config(config)
     try:
+        if tuner:
+            raise ValueError("shared state: use get_peft_model")
         model = inject_adapter_in_model(peft_config, model, adapter_name="default")
         state = get_peft_model_state_dict(model, adapter_name="default")
     except ValueError as exc:
@@ -90,6 +120,21 @@ def _is_prompt_learning(config: Mapping[str, Any]) -> bool:
         return False
 
 
+def _tuner_state(tensors: Mapping[str, Shape]) -> bool:
+    """Whether the adapter holds state of the tuner model itself (``base_model.<name>``, as
+    VB-LoRA's bank or RandLoRA's saved projections), not only of wrapped modules."""
+    return any(k.startswith("base_model.") and not k.startswith(PEFT_PREFIX) for k in tensors)
+
+
+def _needs_values(exc: BaseException) -> bool:
+    """PEFT failed on the meta device because the method's init reads the base's weights."""
+    return isinstance(exc, (NotImplementedError, RuntimeError)) and "meta" in str(exc).lower()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:160]
+
+
 class GenericPeftMethod(AdapterMethod):
     name = "generic"
 
@@ -125,24 +170,50 @@ class GenericPeftMethod(AdapterMethod):
                 req[rel.replace(".base_layer.", ".")] = list(shape)  # a full copy (modules_to_save)
         return req
 
+    def _pinned_existence(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
+                          base: Any) -> Requirements:
+        """The touched modules, pinned to the shapes ``base`` has (when it has them)."""
+        req = self._existence(config, tensors)
+        if base is None:
+            return req
+        return {k: (v or list(have) if (have := base.shape_of(k)) is not None else v) for k, v in req.items()}
+
     def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
                      base: Any = None) -> Requirements:
         base_config = getattr(base, "config", None)
         if base_config and not _is_prompt_learning(config):
             try:
-                _, req = meta_inject(config, base_config)
+                _, req = meta_inject(config, base_config, tuner=_tuner_state(tensors))
                 return req
             except Exception:  # noqa: BLE001 - validate() reports why
                 pass
-        return self._existence(config, tensors)
+        return self._pinned_existence(config, tensors, base)
+
+    def validation(self, config: Mapping[str, Any], tensors: Mapping[str, Shape], base: Any) -> str | None:
+        base_config = getattr(base, "config", None)
+        if _is_prompt_learning(config):
+            return "generic: the touched modules exist in the base (prompt learning; no shapes checked)"
+        if not base_config:
+            return ("generic: the touched modules exist in the base; no shapes checked (the base has no "
+                    "model config to build it on the meta device)")
+        try:
+            meta_inject(config, base_config, tuner=_tuner_state(tensors))
+        except Exception as exc:  # noqa: BLE001 - only values-needing inits get here (validate refused the rest)
+            return (f"generic: the touched modules exist in the base; no shapes checked (PEFT's injection "
+                    f"needs the base's weight values: {type(exc).__name__}: {_first_line(exc)})")
+        return "generic: PEFT's injection on the meta device gives exactly the adapter's keys and shapes"
 
     def validate(self, config: Mapping[str, Any], tensors: Mapping[str, Shape], base: Any) -> list[str]:
         base_config = getattr(base, "config", None)
         if not base_config or _is_prompt_learning(config):
             return check_requirements(self._existence(config, tensors), base)
         try:
-            expected, req = meta_inject(config, base_config)
+            expected, req = meta_inject(config, base_config, tuner=_tuner_state(tensors))
         except Exception as exc:  # noqa: BLE001 - PEFT's refusal is the reason
+            if _needs_values(exc):
+                # an init computed from the weights (FRoD's decomposition): nothing to compute
+                # on the meta device; the modules' existence is what can be checked
+                return check_requirements(self._existence(config, tensors), base)
             return [f"PEFT cannot apply this adapter to the base: {type(exc).__name__}: {exc}"]
         actual = {strip_prefix(k) if k.startswith("base_model.model.") else k.removeprefix("base_model."): list(s)
                   for k, s in tensors.items()}
