@@ -3,7 +3,7 @@ test_methods.py never meets. Convolutions (Conv1d/2d/3d) for LoHa, LoKr, OFT, BO
 IA3 and LoRA/DoRA; transformers' ``Conv1D`` (GPT-2, weight stored as (in, out)) for IA3, VeRA
 and LoRA; OFT on ``nn.Embedding``; LoRA on ``nn.MultiheadAttention``; LoRA on a bare
 ``nn.Parameter`` (``target_parameters``); LoRA's newer options (``lora_bias``, ``use_rslora``,
-``trainable_token_indices``, ``use_bdlora``).
+``trainable_token_indices``, ``use_bdlora``, KaSA, VeLoRA, MonteCLoRA).
 
 Each row: a tiny model (custom torch modules, or GPT-2 built from a config), a real adapter
 saved by PEFT with every trainable tensor perturbed, published against its base (a safetensors
@@ -196,6 +196,11 @@ ROWS = [
         "lora", "kernel"),
     Row("lora-trainable-tokens", EMB, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["head"],
                                           trainable_token_indices={"table": [1, 3]}), "lora", "table"),
+    Row("kasa", LIN, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["proj"], kasa_config={}), "lora", "proj"),
+    Row("velora", LIN, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["proj"],
+                           velora_config={"num_groups": 4}), "lora", "proj"),
+    Row("monteclora", LIN, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["proj"], monteclora_config={}),
+        "lora", "proj"),
     Row("bdlora", LIN, cfg("LoraConfig", r=4, lora_alpha=4, target_modules=["proj"], use_bdlora={
         "target_modules_bd_a": ["proj"], "nblocks": 2}), "lora", "proj"),
 ]

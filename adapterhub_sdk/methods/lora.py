@@ -21,7 +21,11 @@ from .base import (
     split_full_copies,
 )
 
-_LORA_PARTS = "lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector|token_adapter.trainable_tokens_delta"
+#: per-module tensors of PEFT's LoRA variants beside A and B: KaSA's singular values (lora_diag),
+#: VeLoRA's group embedding, MonteCLoRA's sampler state; they fix no base size beyond A and B's
+_VARIANT_PARTS = r"lora_diag|lora_velora_embed|lora_monteclora_sampler\.[A-Za-z0-9_]+"
+_LORA_PARTS = ("lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector|token_adapter.trainable_tokens_delta|"
+               + _VARIANT_PARTS)
 _ADALORA_PARTS = "lora_A|lora_B|lora_E"
 _PAIRS = (("lora_A", "lora_B"), ("lora_embedding_A", "lora_embedding_B"))
 _INCONSISTENT = "PEFT cannot load this adapter file; save it again with PEFT"
@@ -82,6 +86,9 @@ def _check_lora_module(config: Mapping[str, Any], module: str, parts: Mapping[st
             raise bad("has no lora_magnitude_vector, which DoRA (use_dora) needs")
         if dora and magnitude is not None and numel(magnitude) != b[0]:
             raise bad(f"has a DoRA magnitude vector of {numel(magnitude)} entries for {b[0]} output features")
+    diag, a = parts.get("lora_diag"), parts.get("lora_A")
+    if diag is not None and a is not None and numel(diag) != a[0]:
+        raise bad(f"has a KaSA lora_diag of {numel(diag)} entries for rank {a[0]}")
     if "lora_magnitude_vector" in parts and not dora:
         raise bad("has a DoRA lora_magnitude_vector but adapter_config.json does not set use_dora")
 
