@@ -140,6 +140,13 @@ def vllm_limitations(manifest: Manifest) -> list[str]:
     if extra:
         reasons.append(f"vLLM supports modules_to_save only for classifier heads "
                        f"({', '.join(VLLM_MODULES_TO_SAVE_OK)}); the adapter saves {', '.join(map(str, extra))}")
+    return reasons + vllm_config_limitations(config)
+
+
+def vllm_config_limitations(config: Mapping[str, Any]) -> list[str]:
+    """The part of :func:`vllm_limitations` that only a LoRA config shows: options vLLM
+    does not implement (DoRA, rank and modules_to_save are checked by the caller)."""
+    reasons = []
     if config.get("lora_bias"):
         reasons.append("vLLM does not support LoRA bias (lora_bias=true)")
     if config.get("bias") not in (None, "none"):

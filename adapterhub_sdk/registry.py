@@ -1005,10 +1005,10 @@ class Registry:
                 for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
                     for row in conn.execute(select(T_VERSIONS.c.id, T_VERSIONS.c.manifest)
                                             .where(T_VERSIONS.c.id.in_(chunk))):
-                        summaries[row.id] = json.loads(row.manifest)["method"].get("summary") or {}
+                        summaries[row.id] = json.loads(row.manifest)["method"]
                 checked = []
                 for r in kept:
-                    why_not = backend.check(r[4], r[5], summaries.get(r[0], {}))
+                    why_not = backend.check_method(summaries.get(r[0]) or {"type": r[4], "variant": r[5]})
                     if why_not:
                         if not include_incompatible:
                             continue

@@ -55,6 +55,13 @@ class RuntimeBackend:
             reasons.append(f"runtime {self.name!r} supports rank <= {lim.max_rank}, the adapter has rank {max(ranks)}")
         return reasons
 
+    def check_method(self, method: Mapping[str, Any]) -> list[str]:
+        """Reasons from a manifest's whole ``method`` entry (``type``, ``variant``, ``config``,
+        ``summary``): what :meth:`check` says, plus what only the config shows (a LoRA
+        option the backend does not implement). ``resolve --runtime`` and attach use this;
+        override it for rules on the config."""
+        return self.check(str(method.get("type")), str(method.get("variant") or ""), method.get("summary") or {})
+
 
 def _cuda() -> bool:
     try:
@@ -81,6 +88,15 @@ class TransformersRuntime(RuntimeBackend):
 
     def check(self, method: str, variant: str, summary: Mapping[str, Any]) -> list[str]:
         return super().check(method, variant, summary)
+
+    def check_method(self, method: Mapping[str, Any]) -> list[str]:
+        from .lora_options import unsupported_options
+
+        reasons = super().check_method(method)
+        if method.get("type") == "lora":
+            reasons += [f"runtime {self.name!r} serves plain LoRA/rsLoRA; the adapter {why}"
+                        for why in unsupported_options(method.get("config") or {}, supported={"use_dora"})]
+        return reasons
 
 
 def runtimes() -> dict[str, RuntimeBackend]:

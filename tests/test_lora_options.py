@@ -104,3 +104,18 @@ def test_every_export_target_refuses_options_it_would_ignore(tmp_path, base_dir,
     reasons = limitations(fmt, dataclasses.replace(manifest, method=method))
     assert reasons, f"{fmt} would serve {extra} as plain LoRA"
     reg.close()
+
+
+def test_resolve_for_the_runtime_says_what_attach_would_refuse(tmp_path, base_dir, lora_dir):
+    # `resolve --runtime transformers` reads the config, not only the summary: it agrees with attach
+    reg = ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}", blobs=tmp_path / "blobs")
+    reg.publish(_lora(base_dir, tmp_path / "alora", alora_invocation_tokens=[5, 6]),
+                name="acme/alora", version="1.0.0", base=base_dir)
+    reg.publish(lora_dir, name="acme/plain", version="1.0.0", base=base_dir)
+    hits = {h.name: h for h in reg.resolve(base_dir, runtime="transformers", include_incompatible=True)}
+    assert hits["acme/plain"].verdict == "exact"
+    assert hits["acme/alora"].verdict == "incompatible"
+    assert any("activated LoRA" in r for r in hits["acme/alora"].reasons)
+    assert [h.name for h in reg.resolve(base_dir, runtime="transformers")] == ["acme/plain"]
+    assert {h.name for h in reg.resolve(base_dir)} == {"acme/alora", "acme/plain"}  # no runtime: both fit
+    reg.close()

@@ -41,6 +41,16 @@ class VllmRuntime(RuntimeBackend):
                            f"({', '.join(VLLM_MODULES_TO_SAVE_OK)}), the adapter saves {', '.join(map(str, extra))}")
         return reasons
 
+    def check_method(self, method: Mapping[str, Any]) -> list[str]:
+        """Also what only the LoRA config shows (LoRA bias, aLoRA, unknown options, ...), as
+        the resolver refuses it, so that ``resolve --runtime vllm`` and vLLM agree."""
+        from adapterhub_sdk.export import vllm_config_limitations
+
+        reasons = super().check_method(method)
+        if method.get("type") == "lora":
+            reasons += [f"runtime 'vllm': {why}" for why in vllm_config_limitations(method.get("config") or {})]
+        return reasons
+
     def lora_request_args(self, spec: str, **kwargs: Any) -> Any:
         """See :func:`adapterhub_vllm.lora.prepare_lora`."""
         from .lora import prepare_lora

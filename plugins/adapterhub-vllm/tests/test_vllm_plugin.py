@@ -209,6 +209,17 @@ def test_runtime_check():
     assert VLLM_LIMITS.devices == ("cuda",)
 
 
+@pytest.mark.parametrize("config", [{"lora_bias": True}, {"alora_invocation_tokens": [3]},
+                                    {"kasa_config": {"r": 2}}, {"init_lora_weights": "pissa"}])
+def test_runtime_check_reads_the_config_as_the_resolver_does(config):
+    # resolve --runtime vllm must not call compatible what the resolver (vllm_limitations) refuses
+    rt = VllmRuntime()
+    method = {"type": "lora", "variant": "lora", "summary": {"rank": 8}, "config": {"r": 8, **config}}
+    assert rt.check("lora", "lora", {"rank": 8}) == []  # the summary alone shows nothing
+    assert rt.check_method(method)
+    assert rt.check_method({**method, "config": {"r": 8}}) == []
+
+
 def test_resolve_with_runtime_vllm_marks_dora_incompatible(vllm_plugin, vregistry, vbase):
     hits = {h.name: h for h in vregistry.resolve(vbase, runtime="vllm", include_incompatible=True)}
     assert hits["acme/sentiment"].verdict == "exact"
