@@ -87,17 +87,30 @@ def _local_model_path(model: str) -> Path | None:
     if not _HUB_ID.fullmatch(model):
         return None
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, snapshot_download
 
-        return Path(snapshot_download(repo_id=model, local_files_only=True))
+        found = Path(snapshot_download(repo_id=model, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached, no huggingface_hub, offline: unknown
         return None
+    # vLLM may serve another revision (--revision) than the one 'main' points at here: with
+    # several snapshots cached, which weights it loaded cannot be told from the cache
+    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{model.replace('/', '--')}" / "snapshots"
+    cached = sorted(p.name for p in snapshots.iterdir()) if snapshots.is_dir() else [found.name]
+    if len(cached) > 1:
+        raise AdapterHubError(
+            f"the served model {model!r} has {len(cached)} revisions in the Hugging Face cache "
+            f"({', '.join(c[:12] for c in cached)}); which one vLLM serves cannot be told",
+            hint="set ADAPTERHUB_VLLM_BASE_FINGERPRINT to 'adapterhub fingerprint' of the served snapshot")
+    return found
 
 
 def served_fingerprint(served_model: str | os.PathLike[str] | None = None, *,
                        fingerprint: str | None = None) -> str:
     """The fingerprint of the weights vLLM serves: ``fingerprint`` when given (configuration,
-    e.g. ADAPTERHUB_VLLM_BASE_FINGERPRINT), else computed from the served model's directory."""
+    e.g. ADAPTERHUB_VLLM_BASE_FINGERPRINT), else computed from the served model's directory
+    (for a Hub id, its one snapshot in the Hugging Face cache: with several cached, refused).
+    vLLM started with ``--download-dir`` elsewhere, or with ``--quantization``, serves other
+    weights than the cache shows: set the fingerprint then."""
     if fingerprint:
         return check_fingerprint(fingerprint)
     if served_model is None:

@@ -710,3 +710,23 @@ def test_readme_lists_the_gpu_checks():
     readme = (ROOT / "README.md").read_text()
     for needle in ("vllm serve", "--enable-lora", "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "mismatch"):
         assert needle in readme
+
+
+def test_served_hub_id_with_several_cached_revisions_is_refused(vbase, tmp_path, monkeypatch):
+    # vLLM may serve any of them (--revision): fingerprinting the one 'main' points at could pass
+    # an adapter that does not fit the served weights. A real huggingface_hub cache layout.
+    import shutil
+
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--acme--base"
+    shas = ["a" * 40, "b" * 40]
+    for sha in shas:
+        shutil.copytree(vbase, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(shas[0])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ah.AdapterHubError, match="2 revisions in the Hugging Face cache"):
+        served_fingerprint("acme/base")
+    shutil.rmtree(repo / "snapshots" / shas[1])
+    assert served_fingerprint("acme/base") == ah.fingerprint(vbase).digest
