@@ -101,6 +101,32 @@ class LinNet(nn.Module):
         return self.head(self.proj(x).relu())
 
 
+class EmbConv1DNet(nn.Module):
+    """An embedding and transformers' Conv1D in a plain module (no config: the base is a state dict)."""
+
+    def __init__(self, width: int = 8, out: int = 6):
+        from transformers.pytorch_utils import Conv1D
+
+        super().__init__()
+        self.emb = nn.Embedding(20, width)
+        self.conv1d = Conv1D(out, width)  # weight (in, out)
+        self.head = nn.Linear(out, 3)
+
+    def forward(self, x):
+        return self.head(self.conv1d(self.emb(x)).relu())
+
+
+class MhaMlp(nn.Module):
+    def __init__(self, width: int = 8, hidden: int = 10):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(width, 2, batch_first=True)
+        self.lin0 = nn.Linear(width, hidden)
+        self.lin1 = nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        return self.lin1(self.lin0(self.mha(x, x, x, need_weights=False)[0]).relu())
+
+
 def _gpt2(width: int = 16):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -132,6 +158,10 @@ EMB = Base(EmbNet, lambda: EmbNet(width=12), lambda: torch.tensor([[1, 5, 9, 3],
 MHA = Base(MhaNet, lambda: MhaNet(12), lambda: _x(2, 5, 8))
 PARAM = Base(ParamNet, lambda: ParamNet(cin=10), lambda: _x(2, 8))
 LIN = Base(LinNet, lambda: LinNet(cin=10), lambda: _x(2, 8))
+EMB_CONV1D = Base(EmbConv1DNet, lambda: EmbConv1DNet(12, 10), lambda: torch.tensor([[1, 5, 9, 3], [4, 19, 2, 0]]))
+MHA_MLP = Base(MhaMlp, lambda: MhaMlp(12, 14), lambda: _x(2, 5, 8))
+CONV1_GROUPED = Base(lambda: ConvNet(1, groups=2), lambda: ConvNet(1, cin=8, cout=8, groups=2), lambda: _x(2, 4, 7))
+CONV2_1X1 = Base(lambda: ConvNet(2, k=1), lambda: ConvNet(2, cin=5, cout=8, k=1), lambda: _x(2, 4, 5, 5))
 
 
 # --------------------------------------------------------------------------- the table
@@ -161,6 +191,8 @@ ROWS = [
     Row("loha-conv2d", CONV2, cfg("LoHaConfig", r=2, alpha=4, target_modules=K), "loha", "kernel"),
     Row("loha-conv2d-effective", CONV2, cfg("LoHaConfig", r=2, alpha=4, target_modules=K,
                                             use_effective_conv2d=True), "loha", "kernel"),
+    Row("loha-conv1d-grouped", CONV1_GROUPED, cfg("LoHaConfig", r=4, alpha=4, target_modules=K), "loha", "kernel"),
+    Row("lokr-conv2d-1x1", CONV2_1X1, cfg("LoKrConfig", r=2, alpha=4, target_modules=K), "lokr", "kernel"),
     Row("lokr-conv1d", CONV1, cfg("LoKrConfig", r=2, alpha=4, target_modules=K), "lokr", "kernel"),
     Row("lokr-conv2d", CONV2, cfg("LoKrConfig", r=2, alpha=4, target_modules=K), "lokr", "kernel"),
     Row("lokr-conv2d-effective", CONV2, cfg("LoKrConfig", r=1, alpha=4, target_modules=K, decompose_both=True,
@@ -184,9 +216,19 @@ ROWS = [
     Row("vera-gpt2-conv1d", GPT2, cfg("VeraConfig", r=4, target_modules=["c_attn"]), "vera", "c_attn"),
     Row("lora-gpt2-conv1d", GPT2, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["c_attn", "c_fc"],
                                       fan_in_fan_out=True), "lora", "c_fc"),
+    # the same in a plain module whose base is a state dict (no config says which layers are Conv1D)
+    Row("ia3-conv1d-custom", EMB_CONV1D, cfg("IA3Config", target_modules=["conv1d"], feedforward_modules=["conv1d"]),
+        "ia3", "conv1d"),
+    Row("vera-conv1d-custom", EMB_CONV1D, cfg("VeraConfig", r=2, target_modules=["conv1d"]), "vera", "conv1d"),
+    Row("dora-emb-conv1d-custom", EMB_CONV1D, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["emb", "conv1d"],
+                                                  use_dora=True), "lora", "conv1d"),
     # other layer kinds
     Row("oft-embedding", EMB, cfg("OFTConfig", r=0, oft_block_size=4, target_modules=["table"]), "oft", "table"),
     Row("lora-mha", MHA, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["attn"]), "lora", "attn"),
+    Row("lora-mha-and-linear", MHA_MLP, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["mha", "lin0"]),
+        "lora", "mha"),
+    Row("lora-target-parameters-on-linear", MHA_MLP, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["lin0"],
+                                                         target_parameters=["lin1.weight"]), "lora", "lin1"),
     Row("lora-target-parameters", PARAM, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=[],
                                              target_parameters=["mix.w"]), "lora", "mix"),
     # newer LoRA options
