@@ -91,6 +91,27 @@ class ParamNet(nn.Module):
         return self.head(self.mix(x).relu())
 
 
+class Experts(nn.Module):
+    """A mixture-of-experts style 3-D parameter, (experts, in, out), as fused MoE layers keep it."""
+
+    def __init__(self, experts: int, cin: int, cout: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(experts, cin, cout) * 0.3)
+
+    def forward(self, x):
+        return torch.einsum("bi,eio->beo", x, self.w).mean(1)
+
+
+class ExpertsNet(nn.Module):
+    def __init__(self, cin: int = 8):
+        super().__init__()
+        self.experts = Experts(3, cin, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.experts(x).relu())
+
+
 class LinNet(nn.Module):
     def __init__(self, cin: int = 8, hidden: int = 16):
         super().__init__()
@@ -158,6 +179,7 @@ EMB = Base(EmbNet, lambda: EmbNet(width=12), lambda: torch.tensor([[1, 5, 9, 3],
 MHA = Base(MhaNet, lambda: MhaNet(12), lambda: _x(2, 5, 8))
 PARAM = Base(ParamNet, lambda: ParamNet(cin=10), lambda: _x(2, 8))
 LIN = Base(LinNet, lambda: LinNet(cin=10), lambda: _x(2, 8))
+EXPERTS = Base(ExpertsNet, lambda: ExpertsNet(cin=10), lambda: _x(2, 8))
 EMB_CONV1D = Base(EmbConv1DNet, lambda: EmbConv1DNet(12, 10), lambda: torch.tensor([[1, 5, 9, 3], [4, 19, 2, 0]]))
 MHA_MLP = Base(MhaMlp, lambda: MhaMlp(12, 14), lambda: _x(2, 5, 8))
 CONV1_GROUPED = Base(lambda: ConvNet(1, groups=2), lambda: ConvNet(1, cin=8, cout=8, groups=2), lambda: _x(2, 4, 7))
@@ -231,6 +253,8 @@ ROWS = [
                                                          target_parameters=["lin1.weight"]), "lora", "lin1"),
     Row("lora-target-parameters", PARAM, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=[],
                                              target_parameters=["mix.w"]), "lora", "mix"),
+    Row("lora-target-parameters-3d", EXPERTS, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=[],
+                                                  target_parameters=["experts.w"]), "lora", "experts.w"),
     # newer LoRA options
     Row("lora-bias", LIN, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["proj"], lora_bias=True),
         "lora", "proj"),
