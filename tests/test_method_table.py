@@ -478,9 +478,19 @@ GENERIC_ROWS = [
     # modules' existence is checked (and said); the requirements pin the base's shapes for resolve
     GenericRow(Row("frod-gpt2", GPT2, cfg("FrodConfig", target_modules=["c_attn"]), "generic", "c_attn"),
                "weight values", False, "c_attn", "c_attn"),
-    # a custom model's state dict has no config to build it from: existence only, and said
+    # a custom model's state dict has no config to build it from: the touched modules are rebuilt
+    # from their weight shapes (a 2-D weight tried as Linear, transformers' Conv1D, Embedding)
     GenericRow(Row("hra-custom", LIN, cfg("HRAConfig", r=2, target_modules=["proj"]), "generic", "proj"),
-               "no model config", False, "proj", "proj"),
+               "rebuilt on the meta device", True, "proj.hra_u", "proj"),
+    GenericRow(Row("deft-conv1d-custom", EMB_CONV1D, cfg("DeftConfig", target_modules=["conv1d"]), "generic",
+                   "conv1d"), "rebuilt on the meta device", True, "conv1d.deft", "conv1d"),
+    # a convolution that disagrees is not refused at publish (its groups are not in the checkpoint;
+    # they could explain it), but its pinned shapes still refuse another base at resolve
+    GenericRow(Row("hra-conv2d-custom", CONV2, cfg("HRAConfig", r=2, target_modules=K), "generic", "kernel"),
+               "rebuilt on the meta device", False, "kernel", "kernel"),
+    # where the rebuilt layers do not tell (FRoD's init reads the weights): existence, and said
+    GenericRow(Row("frod-custom", LIN, cfg("FrodConfig", target_modules=["proj"]), "generic", "proj"),
+               "do not tell", False, "proj", "proj"),
 ]
 
 

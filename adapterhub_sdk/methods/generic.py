@@ -72,10 +72,15 @@ def _meta_inject(config: Mapping[str, Any], base_config: Mapping[str, Any], *,
     for this adapter config on this base architecture. ``tuner``: the adapter holds state of
     the tuner model itself (a shared bank saved as ``base_model.<name>``), which only
     ``get_peft_model`` creates."""
+    return inject(_meta_model(base_config), config, tuner=tuner)
+
+
+def inject(model: Any, config: Mapping[str, Any], *, tuner: bool = False) -> tuple[dict[str, list[int]], Requirements]:
+    """PEFT's injection of this adapter config into ``model`` (on the meta device): the adapter
+    tensors it expects and their shapes, and the touched base tensors with theirs."""
     from peft import get_peft_model, get_peft_model_state_dict, inject_adapter_in_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    model = _meta_model(base_config)
     peft_config = _peft_config(config)
     try:
         if tuner:
@@ -189,13 +194,23 @@ class GenericPeftMethod(AdapterMethod):
                 pass
         return self._pinned_existence(config, tensors, base)
 
+    def _rebuilt(self, config: Mapping[str, Any], tensors: Mapping[str, Shape], base: Any) -> list[str] | None:
+        """:func:`.rebuilt.check_rebuilt` for a base without a config (None: it cannot tell)."""
+        from .rebuilt import check_rebuilt
+
+        touched = [k.removesuffix(".weight") for k, v in self._existence(config, tensors).items() if not v]
+        return check_rebuilt(config, tensors, base, touched, inject, _tuner_state(tensors))
+
     def validation(self, config: Mapping[str, Any], tensors: Mapping[str, Shape], base: Any) -> str | None:
         base_config = getattr(base, "config", None)
         if _is_prompt_learning(config):
             return "generic: the touched modules exist in the base (prompt learning; no shapes checked)"
+        if not base_config and self._rebuilt(config, tensors, base) is not None:
+            return ("generic: PEFT's injection on the touched modules rebuilt on the meta device from the base's "
+                    "weight shapes (the base has no model config) gives exactly the adapter's keys and shapes")
         if not base_config:
             return ("generic: the touched modules exist in the base; no shapes checked (the base has no "
-                    "model config to build it on the meta device)")
+                    "model config, and the layers rebuilt from its weight shapes do not tell)")
         try:
             meta_inject(config, base_config, tuner=_tuner_state(tensors))
         except Exception as exc:  # noqa: BLE001 - only values-needing inits get here (validate refused the rest)
@@ -205,6 +220,9 @@ class GenericPeftMethod(AdapterMethod):
 
     def validate(self, config: Mapping[str, Any], tensors: Mapping[str, Shape], base: Any) -> list[str]:
         base_config = getattr(base, "config", None)
+        if not base_config and not _is_prompt_learning(config):
+            reasons = check_requirements(self._existence(config, tensors), base)
+            return reasons or self._rebuilt(config, tensors, base) or []
         if not base_config or _is_prompt_learning(config):
             return check_requirements(self._existence(config, tensors), base)
         try:
