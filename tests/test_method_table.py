@@ -516,3 +516,18 @@ def test_generic_row(g, reg, built, tmp_path):
         with pytest.raises(ah.IncompatibleAdapterError) as err:
             reg.publish(b.adapter, name=name, version="1.0.1", base=b.other)
         assert any(g.needle in r for r in err.value.reasons), err.value.reasons
+
+
+def test_existence_only_is_said(reg, built):
+    """OFT with block_share keeps one rotation for every block: the input size is not in the
+    adapter, so only the module's existence is checked, and the summary says so; a method that
+    checked every shape records nothing there."""
+    row = Row("oft-conv2d-block-share", CONV2, cfg("OFTConfig", r=4, oft_block_size=0, target_modules=K,
+                                                   block_share=True), "oft", "kernel")
+    b = built(row)
+    reg.publish(b.adapter, name="acme/shared", version="1.0.0", base=b.base)
+    summary = reg.show("acme/shared@1.0.0").manifest.method["summary"]
+    assert summary["validated"] == "oft: shapes checked except for kernel.weight, whose existence only is checked"
+    exact = next(r for r in ROWS if r.id == "oft-conv2d")
+    reg.publish(built(exact).adapter, name="acme/exact", version="1.0.0", base=built(exact).base)
+    assert "validated" not in reg.show("acme/exact@1.0.0").manifest.method["summary"]

@@ -64,7 +64,11 @@ class AdapterMethod:
     def validation(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
                    base: BaseFingerprint) -> str | None:
         """How an adapter that fits ``base`` was checked, when that is less than the shapes of
-        every tensor it touches (recorded as the summary's ``validated``); None: shapes."""
+        every tensor it touches (recorded as the summary's ``validated``); None: shapes. By
+        default: the base tensors whose requirement is existence only, if any."""
+        loose = sorted(n for n, want in self.requirements(config, tensors, base).items() if not want)
+        if loose:
+            return f"{self.name}: shapes checked except for {few(loose)}, whose existence only is checked"
         return None
 
     def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
