@@ -12,16 +12,21 @@ tensor) and the deployment states the fingerprint of what is in memory instead.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import WeightsNotFoundError
+from .errors import AdapterHubError, WeightsNotFoundError
 from .fingerprint import BaseFingerprint, fingerprint
 from .layouts import Checkpoint, resolve_checkpoint
 
 _FLOAT = ("F64", "F32", "BF16", "F16")
+
+
+class BaseModelKindError(AdapterHubError, ValueError):
+    """A deployment was given a base that is not a causal language model."""
 
 
 class LoadedBaseWarning(UserWarning):
@@ -72,6 +77,38 @@ class LoadedBase:
                 "fingerprint_of": of}
 
 
+def require_causal_lm(path: Path) -> None:
+    """Refuse a base whose config.json names no causal language model, before anything loads.
+
+    ``AutoModelForCausalLM`` would load such a base with another head and other module names
+    (a BERT encoder as ``BertLMHeadModel`` under ``bert.``), so adapters that resolve as exact
+    would then be refused as "missing module". A config that cannot be read is left to
+    ``from_pretrained`` to report."""
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(cfg, dict):
+        return
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = [a for a in cfg.get("architectures") or [] if isinstance(a, str)]
+    model_type = cfg.get("model_type")
+    if archs:
+        causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+        if any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+            return
+        what = f"a {', '.join(archs)} (config.json 'architectures')"
+    elif not isinstance(model_type, str) or model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return
+    else:
+        what = f"model_type {model_type!r} (config.json), which has no causal LM class in transformers"
+    raise BaseModelKindError(
+        f"Deployment serves causal language models; {path} is {what}",
+        hint="serve a base saved from a *ForCausalLM model; adapters of other models still publish, "
+             "resolve, pull and export, and load with PEFT on the model class they were trained on")
+
+
 def load_base(path: Path, dtype: Any = None) -> LoadedBase:
     """Load ``path`` with transformers at its stored dtype (or ``dtype``), fingerprint checked."""
     import torch
@@ -81,6 +118,7 @@ def load_base(path: Path, dtype: Any = None) -> LoadedBase:
     if not path.is_dir():
         raise WeightsNotFoundError(f"{path}: a deployment needs a model directory (config.json and weights), "
                                    "not a single weights file", hint="pass the directory save_pretrained wrote")
+    require_causal_lm(path)
     ck_fp = fingerprint(path)  # refuses ambiguous directories
     stored = stored_dtype(ck_fp)
     if isinstance(dtype, str) and dtype != "auto":
@@ -100,4 +138,4 @@ def load_base(path: Path, dtype: Any = None) -> LoadedBase:
     return LoadedBase(model, base_fp, checkpoint, ck_fp, loaded.digest, loaded_dtype, requested)
 
 
-__all__ = ["LoadedBase", "LoadedBaseWarning", "load_base", "stored_dtype"]
+__all__ = ["BaseModelKindError", "LoadedBase", "LoadedBaseWarning", "load_base", "require_causal_lm", "stored_dtype"]

@@ -612,3 +612,33 @@ def test_served_base_id_is_the_directory_name_even_for_dot(registry, base_dir, a
     dep.attach("acme/a@1.0.0", name="my-llama")
     with pytest.raises(ah.AdapterHubError, match="base model's id"):
         create_app(dep)
+
+
+def test_a_base_that_is_not_a_causal_lm_is_refused_before_loading(registry, tmp_path):
+    """A BERT encoder (saved from a config) with a real PEFT LoRA resolves as exact, but
+    ``AutoModelForCausalLM`` would load it as ``BertLMHeadModel`` under ``bert.``, and attach
+    then said "missing module", contradicting resolve. Refused from config.json instead,
+    before any weights load (no LoadedBaseWarning, which comes after loading), in Python and
+    in ``serve``."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertConfig, BertModel
+
+    from conftest import run_cli
+
+    torch.manual_seed(0)
+    bert = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=32)).save_pretrained(bert)
+    lora = tmp_path / "bert-lora"
+    get_peft_model(BertModel.from_pretrained(bert), LoraConfig(r=4, target_modules=["query", "value"])).save_pretrained(lora)
+    registry.publish(lora, name="acme/bert-lora", version="1.0.0", base=bert, tasks=["ner"])
+    assert [h.verdict for h in registry.resolve(bert)] == ["exact"]
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(ah.AdapterHubError) as err:
+        warnings.simplefilter("always")
+        ah.Deployment(bert, registry=registry)
+    assert "Deployment serves causal language models" in str(err.value) and "BertModel" in str(err.value)
+    assert isinstance(err.value, ValueError) and "missing module" not in str(err.value)
+    assert not [w for w in caught if "differs from its checkpoint" in str(w.message)]
+    proc = run_cli("serve", "--base", str(bert), "--port", "0")
+    assert proc.returncode == 1 and "Deployment serves causal language models" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
