@@ -484,6 +484,12 @@ GENERIC_ROWS = [
                "rebuilt on the meta device", True, "proj.hra_u", "proj"),
     GenericRow(Row("deft-conv1d-custom", EMB_CONV1D, cfg("DeftConfig", target_modules=["conv1d"]), "generic",
                    "conv1d"), "rebuilt on the meta device", True, "conv1d.deft", "conv1d"),
+    # an nn.Embedding and a Conv1D in one adapter: each 2-D weight read the way PEFT's tensors fit
+    GenericRow(Row("hira-emb-conv1d-custom", EMB_CONV1D, cfg("HiraConfig", target_modules=["emb", "conv1d"]),
+                   "generic", "conv1d"), "rebuilt on the meta device", True, "hira_", "conv1d"),
+    GenericRow(Row("trainable-tokens-custom", EMB_CONV1D, cfg("TrainableTokensConfig", target_modules=["emb"],
+                                                              token_indices=[0, 1, 3]), "generic", "emb"),
+               "rebuilt on the meta device", True, "emb.trainable_tokens_delta", "emb"),
     # a convolution that disagrees is not refused at publish (its groups are not in the checkpoint;
     # they could explain it), but its pinned shapes still refuse another base at resolve
     GenericRow(Row("hra-conv2d-custom", CONV2, cfg("HRAConfig", r=2, target_modules=K), "generic", "kernel"),

@@ -113,11 +113,20 @@ def check_rebuilt(config: Mapping[str, Any], tensors: Mapping[str, Shape], base:
     for m in touched:  # try the other readings of a 2-D weight where this one disagrees
         if len(base.shape_of(f"{m}.weight")) != 2 or (expected is not None and disagree(expected, m) == (False, False)):
             continue
+        named = None  # the first reading under which PEFT builds the adapter's tensor names
+        if expected is not None and not disagree(expected, m)[0]:
+            named = (kinds, expected)
         for kind in _KINDS_2D[1:]:
             trial = attempt({**kinds, m: kind})
-            if trial is not None and disagree(trial, m) == (False, False):
-                kinds, expected = {**kinds, m: kind}, trial
+            if trial is None:
+                continue
+            if disagree(trial, m) == (False, False):
+                named = ({**kinds, m: kind}, trial)
                 break
+            if named is None and not disagree(trial, m)[0]:
+                named = ({**kinds, m: kind}, trial)
+        if named is not None:
+            kinds, expected = named
     result: list[str] | None
     if expected is None:
         result = None
