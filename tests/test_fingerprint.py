@@ -3,8 +3,10 @@ must not, the cache, and hostile or broken inputs (nothing is ever unpickled).""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import math
 import os
 import pickle
 import shutil
@@ -569,3 +571,75 @@ def test_cache_sees_a_file_rewritten_in_place_with_its_mtime_put_back(base_dir, 
     after = f.stat()
     assert (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
     assert fingerprint(d).digest == fingerprint(d, use_cache=False).digest != before.digest
+
+
+# --------------------------------------------------------------------------- pinned definition
+
+# Tensors of fixed bytes (shake_256 streams, not torch RNG) laid out out of name order,
+# one of them larger than a chunk, one empty, one a scalar. The digests below are the
+# fingerprint definition (version 1) written down: a faster hashing engine must give them.
+_PINNED = [  # name, dtype, shape, item size
+    ("z.big", "U8", (8 * 1024 * 1024 + 4099,), 1),
+    ("a.embed.weight", "BF16", (33, 17), 2),
+    ("m.empty", "F32", (0, 4), 4),
+    ("m.scalar", "I64", (), 8),
+    ("b.norm.weight", "F32", (17,), 4),
+]
+PINNED_DIGEST = "3a7af64fb326edf436e124278731e0b951cc572855898e5ac751270f6368d352"
+PINNED_ARCH = "7a190fd1b904633ecd6d4b8fd1ea7245a5b5e3ee4fb83199f4103f2528ffceb7"
+CHUNK_V1 = 8 * 1024 * 1024
+
+
+def _pinned_bytes(name: str, n: int) -> bytes:
+    return hashlib.shake_256(b"adapterhub-pinned\0" + name.encode()).digest(n) if n else b""
+
+
+def _write_pinned(path: Path, names: list[str]) -> Path:
+    header: dict = {"__metadata__": {"format": "pt"}}
+    data = b""
+    for name, dtype, shape, size in _PINNED:
+        if name not in names:
+            continue
+        n = size * math.prod(shape)
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [len(data), len(data) + n]}
+        data += _pinned_bytes(name, n)
+    return write_raw_safetensors(path, header, data)
+
+
+def _definition_v1() -> tuple[str, str]:
+    """The fingerprint and arch signature computed straight from the module docstring."""
+    fp = hashlib.sha256(b"adapterhub-fingerprint-v1\n")
+    arch = hashlib.sha256(b"adapterhub-arch-v1\n")
+    for name, dtype, shape, size in sorted(_PINNED):
+        raw = _pinned_bytes(name, size * math.prod(shape))
+        chunks = b"".join(hashlib.sha256(raw[o:o + CHUNK_V1]).digest() for o in range(0, len(raw), CHUNK_V1))
+        entry = hashlib.sha256(b"adapterhub-tensor-v1\0" + name.encode() + b"\0" + dtype.encode() + b"\0"
+                               + json.dumps(list(shape), separators=(",", ":")).encode() + b"\0"
+                               + hashlib.sha256(chunks).digest())
+        fp.update(entry.digest())
+        arch.update(f"{name}\t{list(shape)}\n".encode())
+    return fp.hexdigest(), arch.hexdigest()
+
+
+def test_pinned_digests_of_the_v1_definition(tmp_path):
+    assert _definition_v1() == (PINNED_DIGEST, PINNED_ARCH)
+    names = [n for n, *_ in _PINNED]
+    one = _write_pinned(tmp_path / "one.safetensors", names)
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    _write_pinned(sharded / "model-00001-of-00002.safetensors", names[:2])
+    _write_pinned(sharded / "model-00002-of-00002.safetensors", names[2:])
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        n: f"model-0000{1 if i < 2 else 2}-of-00002.safetensors" for i, n in enumerate(names)}}))
+    st = {n: torch.frombuffer(bytearray(_pinned_bytes(n, size * math.prod(shape))), dtype=_TORCH_DTYPES[dtype])
+          .reshape(shape) if math.prod(shape) else torch.empty(shape, dtype=_TORCH_DTYPES[dtype])
+          for n, dtype, shape, size in _PINNED}
+    for workers in (1, 2, 4):
+        for what in (one, sharded, st):
+            got = fingerprint(what, workers=workers, use_cache=False)
+            assert (got.digest, got.arch_signature) == (PINNED_DIGEST, PINNED_ARCH), (what, workers)
+    cached_home = fingerprint(one)  # through the cache too: first call writes, second reads
+    assert fingerprint(one).digest == cached_home.digest == PINNED_DIGEST
+
+
+_TORCH_DTYPES = {"U8": torch.uint8, "BF16": torch.bfloat16, "F32": torch.float32, "I64": torch.int64}
