@@ -1,0 +1,51 @@
+"""What a process pays to start: the package imports on first use, and the read path of the
+CLI never loads what only writes, migrations or serving need. Checked in fresh interpreters
+by which modules got imported (timings belong to benchmarks/bench_cli.py, not here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import adapterhub_sdk
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.splitlines()[-1]))
+
+
+def test_import_package_loads_nothing_heavy():
+    mods = _modules_after("import adapterhub_sdk")
+    heavy = {"sqlalchemy", "torch", "alembic", "transformers", "peft", "safetensors", "fastapi", "pluggy"}
+    assert not heavy & mods, f"import adapterhub_sdk loaded {sorted(heavy & mods)}"
+
+
+def test_every_public_name_resolves_to_its_definition():
+    import importlib
+
+    for name in adapterhub_sdk.__all__:
+        where = adapterhub_sdk._WHERE[name]
+        assert getattr(adapterhub_sdk, name) is getattr(importlib.import_module(f"adapterhub_sdk.{where}"), name)
+    assert sorted(adapterhub_sdk.__all__) == sorted(adapterhub_sdk._WHERE)
+    assert set(adapterhub_sdk.__all__) <= set(dir(adapterhub_sdk))
+
+
+def test_submodule_import_does_not_hide_a_public_function():
+    # adapterhub_sdk.fingerprint is both a module and the public function; the function wins,
+    # whichever is imported first (as with the eager imports before)
+    code = ("import adapterhub_sdk.registry, adapterhub_sdk.fingerprint\nimport adapterhub_sdk as ah\n"
+            "from adapterhub_sdk.fingerprint import fingerprint\nassert ah.fingerprint is fingerprint, ah.fingerprint\n"
+            "from adapterhub_sdk import *\nassert callable(Registry.open) and fingerprint is ah.fingerprint\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    try:
+        adapterhub_sdk.no_such_name  # noqa: B018
+    except AttributeError as exc:
+        assert "no_such_name" in str(exc)
+    else:
+        raise AssertionError("expected AttributeError")
