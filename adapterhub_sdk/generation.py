@@ -4,30 +4,43 @@ and its own failure, over one KV cache."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import AdapterHubError
-
-
-class GenerationError(AdapterHubError, ValueError):
-    """Bad generation input: prompt too long, bad parameters, no tokenizer."""
+from .generation_inputs import (
+    GenerationError,
+    check_context,
+    check_max_tokens,
+    check_prompt_ids,
+    check_seed,
+    check_stop,
+    check_temperature,
+    check_top_p,
+    no_tokenizer,
+)
 
 
 def _encode(dep: Any, prompts: Sequence[Any]) -> list[list[int]]:
+    vocab = int(dep.model.get_input_embeddings().num_embeddings)
     out = []
     for p in prompts:
         if isinstance(p, str):
             if dep.tokenizer is None:
-                raise GenerationError("this base has no tokenizer; pass token ids instead of text")
-            out.append(list(dep.tokenizer(p, add_special_tokens=True)["input_ids"]))
+                raise no_tokenizer()
+            ids = list(dep.tokenizer(p, add_special_tokens=True)["input_ids"])
         else:
-            out.append([int(t) for t in p])
-    for ids in out:
-        if not ids:
-            raise GenerationError("empty prompt")
+            ids = [int(t) for t in p]
+        out.append(check_prompt_ids(ids, vocab))
     return out
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to its first stop sequence (the server cuts streamed text the same way)."""
+    for s in stop:
+        if s and s in text:
+            text = text[: text.index(s)]
+    return text
 
 
 def _decode(dep: Any, ids: list[int]) -> str:
@@ -67,7 +80,7 @@ def _per_row(value: Any, n: int, what: str) -> list[Any]:
         return [value] * n
     values = list(value)
     if len(values) != n:
-        raise GenerationError(f"{n} prompts but {len(values)} values of {what}",
+        raise GenerationError(f"{n} prompts but {len(values)} values of {what}", param=what,
                               hint=f"give one {what} for every row, or a single one for all rows")
     return values
 
@@ -80,17 +93,11 @@ def _generators(seeds: list[Any], temps: list[float], device: Any) -> list[Any]:
 
     out: list[Any] = []
     for seed, temp in zip(seeds, temps):
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise GenerationError(f"seed must be an integer or None, not {seed!r}")
         if temp <= 0:
             out.append(None)
             continue
         g = torch.Generator(device=device)
-        try:
-            g.manual_seed(seed) if seed is not None else g.seed()
-        except (RuntimeError, OverflowError) as exc:
-            raise GenerationError(f"seed {seed!r} is out of range ({exc})",
-                                  hint="use an integer between 0 and 2**63 - 1") from None
+        g.manual_seed(seed) if seed is not None else g.seed()
         out.append(g)
     return out
 
@@ -161,33 +168,23 @@ def generate_rows(dep: Any, prompts: Sequence[Any], adapters: Sequence[str | Non
     with ``.results``)."""
     import torch
 
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 4096:
-        raise GenerationError(f"max_tokens must be an integer between 1 and 4096, not {max_new_tokens!r}")
+    max_new_tokens = check_max_tokens(max_new_tokens)
+    stop = check_stop(stop)
     if isinstance(prompts, str):
         prompts = [prompts]
     rows = _encode(dep, prompts)
     n = len(rows)
     if n == 0:
         raise GenerationError("no prompts to generate for", hint="pass a list of strings or of token id lists")
-    temps = [float(t) for t in _per_row(temperature, n, "temperature")]
-    top_ps = [float(p) for p in _per_row(top_p, n, "top_p")]
-    for t, p in zip(temps, top_ps):
-        if not (math.isfinite(t) and t >= 0 and 0 < p <= 1):
-            raise GenerationError(f"temperature must be a finite number >= 0 and top_p in (0, 1], not "
-                                  f"{t!r} and {p!r}")
-    vocab = dep.model.get_input_embeddings().num_embeddings
-    for ids in rows:
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise GenerationError(f"token id {bad[0]} is outside the model's vocabulary (0..{vocab - 1})")
+    temps = [check_temperature(t) for t in _per_row(temperature, n, "temperature")]
+    top_ps = [check_top_p(p) for p in _per_row(top_p, n, "top_p")]
+    seeds = [check_seed(s) for s in _per_row(seed, n, "seed")]
     names = [adapters] * n if adapters is None or isinstance(adapters, str) else list(adapters)
     if len(names) != n:
         raise GenerationError(f"{n} prompts but {len(names)} adapters")
     limit = getattr(dep.model.config, "max_position_embeddings", None)
     for ids in rows:
-        if limit and len(ids) + max_new_tokens > limit:
-            raise GenerationError(f"prompt of {len(ids)} tokens plus max_tokens {max_new_tokens} exceeds the "
-                                  f"model's context of {limit} tokens")
+        check_context(len(ids), max_new_tokens, limit)
     tok = dep.tokenizer
     pad = (tok.pad_token_id if tok is not None and tok.pad_token_id is not None else
            (tok.eos_token_id if tok is not None and tok.eos_token_id is not None else 0))
@@ -195,7 +192,7 @@ def generate_rows(dep: Any, prompts: Sequence[Any], adapters: Sequence[str | Non
     eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
     width = max(len(r) for r in rows)
     device = dep.device
-    generators = _generators(_per_row(seed, n, "seed"), temps, device)
+    generators = _generators(seeds, temps, device)
     input_ids = torch.full((n, width), pad, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     for i, ids in enumerate(rows):  # left padding keeps every row's last token at the end
@@ -264,10 +261,7 @@ def generate_rows(dep: Any, prompts: Sequence[Any], adapters: Sequence[str | Non
             logits = out.logits[:, -1, :]
     results = []
     for i in range(n):
-        text = _decode(dep, produced[i])
-        for s in stop:
-            if s and s in text:
-                text = text[: text.index(s)]
+        text = cut_at_stop(_decode(dep, produced[i]), stop)
         res: dict[str, Any] = {"text": text, "token_ids": produced[i], "finish_reason": finish[i] or "length",
                                "prompt_tokens": len(rows[i]), "completion_tokens": len(produced[i])}
         err = errors[i]

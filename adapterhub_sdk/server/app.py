@@ -1,0 +1,115 @@
+"""``create_app``: the FastAPI app serving a deployment (routes, error handlers, the worker's
+lifespan, metrics, and an OpenAPI document that describes every body)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..deploy import Deployment
+from ..errors import AdapterHubError
+from ..generation_inputs import GenerationError
+from . import protocol
+from .errors import APIError, api_error, validation_error
+from .metrics import Metrics, MetricsMiddleware
+from .routes import router
+from .serving import Server
+from .worker import BatchWorker
+
+log = logging.getLogger("adapterhub_sdk.server")
+
+# bodies the routes parse themselves (declared with openapi_extra), and the stream's chunks
+_DOCUMENTED: tuple[type[BaseModel], ...] = (*protocol.REQUEST_MODELS, protocol.CompletionChunk,
+                                            protocol.ChatCompletionChunk)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the schemas it cannot see (request bodies parsed by the routes,
+    stream chunks), without FastAPI's 422 validation answer (this app answers 400 instead)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    _, extra = models_json_schema([(m, "validation") for m in _DOCUMENTED], ref_template="#/components/schemas/{model}")
+    for name, schema in extra.get("$defs", {}).items():
+        schemas.setdefault(name, schema)
+    for path in doc.get("paths", {}).values():
+        for op in path.values():
+            answer = op.get("responses", {}).get("422", {})
+            if "HTTPValidationError" in str(answer):
+                del op["responses"]["422"]
+    if "HTTPValidationError" not in str(doc["paths"]):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    app.openapi_schema = doc
+    return doc
+
+
+def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch: int = 16,
+               batch_wait_ms: float = 5.0) -> FastAPI:
+    """The HTTP app serving ``deployment``. ``base_id``: the base's model id (default: the
+    base directory's name, else ``"base"``). ``max_batch``/``batch_wait_ms``: the most
+    requests run in one batch, and how long the worker waits for more before running one."""
+    metrics = Metrics()
+    worker = BatchWorker(deployment, max_batch=max_batch, batch_wait_ms=batch_wait_ms, metrics=metrics)
+    if base_id is None:
+        path = deployment.base_path
+        base_id = (Path(path).resolve().name if path is not None else "") or "base"
+    if base_id in deployment.adapters:
+        raise AdapterHubError(f"an adapter is attached under the base model's id {base_id!r}",
+                              hint="attach it under another name (NAME=SPEC)")
+    server = Server(deployment, base_id, worker, metrics)
+    metrics.adapters.set_function(lambda: len(deployment.adapters))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, worker.stop)
+
+    app = FastAPI(title="adapterhub", version="1", lifespan=lifespan)
+    app.state.server = server
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(GenerationError)
+    async def _bad_input(request: Request, exc: GenerationError) -> JSONResponse:
+        return api_error(exc).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(exc.errors()).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return APIError(exc.status_code, str(exc.detail), code=code).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
+        return APIError(500, f"internal error ({type(exc).__name__})", code="internal_error").response()
+
+    return app
+
+
+__all__ = ["create_app"]

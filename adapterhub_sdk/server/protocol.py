@@ -1,0 +1,264 @@
+"""The HTTP API's request and response bodies (pydantic), as ``/openapi.json`` describes them.
+
+Request models validate what clients send (unknown OpenAI fields are accepted and ignored,
+unsupported ones refused by the routes with a 400). Response models describe what the
+server answers; they forbid fields they do not declare, so a test can hold every answer
+to its documented shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+# --------------------------------------------------------------------------- requests
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Body):
+    include_usage: bool | None = None
+
+
+class _Sampling(_Body):
+    model: str = Field(description="an adapter's served name, or the base model's id")
+    max_tokens: StrictInt | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: StrictInt | None = None
+    stop: str | list[str] | None = None
+    seed: StrictInt | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = None
+    logprobs: StrictInt | None = None
+    best_of: StrictInt | None = None
+    suffix: str | None = None
+
+
+class ContentPart(_Body):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: StrictInt | None = None
+    logprobs: bool | None = None
+    top_logprobs: StrictInt | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+
+class AdapterLoad(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: str = Field(min_length=1, description="a registry spec: NAME[@VERSION|RANGE|ALIAS]")
+    name: str | None = Field(default=None, description="the name to serve it under (default: its registry name)")
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (CompletionRequest, ChatRequest, AdapterLoad)
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Answer):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(_Answer):
+    """Every failure: OpenAI's error object."""
+
+    error: ErrorDetail
+
+
+class Usage(_Answer):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class CompletionChoice(_Answer):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: FinishReason
+
+
+class CompletionResponse(_Answer):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class AssistantMessage(_Answer):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(_Answer):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: FinishReason
+
+
+class ChatCompletionResponse(_Answer):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChunkChoice(_Answer):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: FinishReason | None
+
+
+class CompletionChunk(_Answer):
+    """One Server-Sent Event of a streamed completion (``data: {...}``, then ``data: [DONE]``)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None
+
+
+class ChatDelta(_Answer):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(_Answer):
+    index: int
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: FinishReason | None
+
+
+class ChatCompletionChunk(_Answer):
+    """One Server-Sent Event of a streamed chat completion (the first delta carries the role)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class AdapterInfo(_Answer):
+    """An attached adapter, as ``AttachedAdapter.to_dict`` gives it."""
+
+    name: str
+    ref: str = Field(description="name@version it came from")
+    digest: str
+    verdict: Literal["exact", "structural"]
+    rank: int
+    modules: int
+    bytes: int = Field(description="memory its tensors take")
+    file_bytes: int = Field(description="size of its files in the registry")
+
+
+class ModelObject(_Answer):
+    """The base (``parent`` null, with its ``fingerprint``) or an adapter (with ``adapter``)."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    root: str
+    parent: str | None
+    fingerprint: str | None = None
+    adapter: AdapterInfo | None = None
+
+
+class ModelList(_Answer):
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+class AdapterObject(AdapterInfo):
+    id: str
+    object: Literal["adapter"]
+    parent: str
+
+
+class AdapterList(_Answer):
+    object: Literal["list"]
+    data: list[AdapterObject]
+    merged: str | None = Field(description="the adapter folded into the base weights, if any")
+
+
+class AdapterLoaded(AdapterObject):
+    replaced: bool = Field(description="true: an adapter of that name was replaced (200); false: added (201)")
+    warnings: list[str] = Field(description="e.g. a structural fit (other weights of the same architecture)")
+
+
+class AdapterDeleted(_Answer):
+    id: str
+    object: Literal["adapter"]
+    deleted: bool
+
+
+class Health(_Answer):
+    status: Literal["ok", "unavailable"]
+    base: str
+    adapters: int
+    queue: int
+    device: str
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each status answered with an :class:`ErrorResponse`."""
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+def streamed(chunk: type[BaseModel]) -> dict[str, Any]:
+    """The ``text/event-stream`` alternative of a route's 200 answer (``stream: true``)."""
+    return {"text/event-stream": {"schema": {"$ref": f"#/components/schemas/{chunk.__name__}"}}}
+
+
+__all__ = [
+    "AdapterDeleted", "AdapterInfo", "AdapterList", "AdapterLoad", "AdapterLoaded", "AdapterObject",
+    "AssistantMessage", "ChatChoice", "ChatChunkChoice", "ChatCompletionChunk", "ChatCompletionResponse",
+    "ChatDelta", "ChatMessage", "ChatRequest", "CompletionChoice", "CompletionChunk", "CompletionChunkChoice",
+    "CompletionRequest", "CompletionResponse", "ContentPart", "ErrorDetail", "ErrorResponse", "Health",
+    "ModelList", "ModelObject", "StreamOptions", "Usage",
+]
