@@ -1,0 +1,81 @@
+"""Keeping a registry healthy: ``verify``, ``gc`` and the ``db`` schema commands."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import click
+
+from ._app import EXIT_ERROR, cli, registry, registry_url
+from ._output import Result, emits, human_size
+
+
+@cli.command()
+@emits
+@click.pass_context
+def verify(ctx: click.Context) -> Result:
+    """Re-hash every blob and manifest; exit 1 if anything is corrupt or missing."""
+    report = registry(ctx).verify()
+
+    def text() -> Iterator[str]:
+        yield f"checked {report.versions} versions, {report.blobs} blobs ({human_size(report.bytes)})"
+        for p in report.problems:
+            what = p.get("sha256", p.get("version"))
+            users = f" (used by {', '.join(p['versions'])})" if p.get("versions") else ""
+            yield f"  {p['kind']} {what}: {p['problem']}{users}"
+        yield "ok" if report.ok else f"{len(report.problems)} problem(s) found"
+
+    return Result(report.to_dict, text, exit_code=0 if report.ok else EXIT_ERROR)
+
+
+@cli.command()
+@emits
+@click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="Keep unreferenced blobs younger than this many seconds (a publish may be in flight).")
+@click.option("--dry-run", is_flag=True)
+@click.pass_context
+def gc(ctx: click.Context, grace: float, dry_run: bool) -> Result:
+    """Remove blobs no version references and abandoned temp files."""
+    report = registry(ctx).gc(grace_seconds=grace, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    return Result(report.to_dict,
+                  f"{verb} {report.blobs_removed} blobs ({human_size(report.bytes_freed)}) and "
+                  f"{report.temp_removed} temp files; kept {report.kept_recent} recent unreferenced blobs")
+
+
+@cli.group()
+def db() -> None:
+    """Registry database schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply schema migrations to the registry database."""
+    from .. import db as dbmod
+
+    engine = dbmod.make_engine(registry_url(ctx))
+    try:
+        with dbmod.operational_errors():
+            before, after = dbmod.upgrade(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"registry schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+@db.command("current")
+@emits
+@click.pass_context
+def db_current(ctx: click.Context) -> Result:
+    """Print the registry's schema revision and the one this SDK needs."""
+    from .. import db as dbmod
+
+    engine = dbmod.make_engine(registry_url(ctx))
+    try:
+        with dbmod.operational_errors(), engine.connect() as conn:
+            current = dbmod.current_revision(conn)
+    finally:
+        engine.dispose()
+    head = dbmod.head_revision()
+    return Result({"current": current, "head": head, "up_to_date": current == head},
+                  f"current {current or 'empty'}, head {head}")

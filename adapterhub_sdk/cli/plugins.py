@@ -1,0 +1,38 @@
+"""``adapterhub plugins``: what is loaded, from where, and what it provides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ._app import cli
+from ._output import Result, emits
+
+
+@cli.command()
+@emits
+def plugins() -> Result:
+    """List loaded plugins, where they come from, and the methods they provide."""
+    from ..plugins import methods, plugin_infos
+    from ..runtime import runtimes
+    from ..storage import storage_factories
+
+    meths = methods()
+    backends = runtimes()
+    schemes = storage_factories()
+    infos = plugin_infos()  # after the hooks ran: a plugin that failed in one shows its error
+
+    def text() -> Iterator[str]:
+        for i in infos:
+            state = ", ".join(i.hooks)
+            if i.error:
+                state = (f"{state}; " if state else "") + f"FAILED: {i.error}"
+            yield f"{i.name:<36} {i.source:<28} {state}"
+        yield "methods:  " + ", ".join(m.name for m in meths)
+        yield "runtimes: " + ", ".join(backends)
+        yield "storage:  " + ", ".join(f"{s}://" for s in sorted(schemes))
+
+    return Result(lambda: {
+        "plugins": [i.to_dict() for i in infos],
+        "methods": [{"name": m.name, "class": f"{type(m).__module__}.{type(m).__qualname__}"} for m in meths],
+        "runtimes": [{"name": n, "limits": b.limits.to_dict()} for n, b in backends.items()],
+        "storage": sorted(schemes)}, text)

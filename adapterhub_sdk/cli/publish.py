@@ -1,0 +1,59 @@
+"""``adapterhub publish``: a PEFT adapter directory into the registry, pinned to its base."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ._app import cli, registry
+from ._output import Result, emits, human_size
+
+
+def _parse_metrics(items: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--metric")
+        try:
+            out[key] = float(value) if value.strip() else value
+        except ValueError:
+            out[key] = value
+    return out
+
+
+@cli.command()
+@emits
+@click.argument("directory", type=click.Path(exists=True, path_type=str))
+@click.option("--name", required=True, metavar="NS/NAME", help="Adapter name, e.g. acme/sentiment.")
+@click.option("--version", "version", required=True, metavar="VER", help="Semantic version, e.g. 1.0.0.")
+@click.option("--base", metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model to check against and pin to.")
+@click.option("--task", "tasks", multiple=True, metavar="TASK", help="Task tag (repeatable).")
+@click.option("--license", "license_", metavar="L", help="License identifier, e.g. apache-2.0.")
+@click.option("--description", metavar="D")
+@click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="Evaluation metric (repeatable).")
+@click.option("--subfolder", metavar="NAME", help="Adapter subfolder (PEFT's layout for non-default adapters).")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Publish weights holding NaN or Inf (research use; refused otherwise, and on attach).")
+@click.pass_context
+def publish(ctx: click.Context, directory: str, name: str, version: str, base: str | None,
+            tasks: tuple[str, ...], license_: str | None, description: str | None,
+            metrics: tuple[str, ...], subfolder: str | None, allow_nonfinite: bool) -> Result:
+    """Publish the PEFT adapter in DIRECTORY as NS/NAME@VERSION."""
+    res = registry(ctx).publish(directory, name=name, version=version, base=base, tasks=list(tasks),
+                                license=license_, description=description, metrics=_parse_metrics(metrics),
+                                subfolder=subfolder, allow_nonfinite=allow_nonfinite)
+    if res.created:
+        what = "published"
+    elif res.bytes_written:
+        what = "already published (identical content); damaged or missing blobs written again"
+    else:
+        what = "already published (identical content, nothing written)"
+    fp = res.manifest.base.fingerprint
+    return Result(res.to_dict, [
+        f"{res.name}@{res.version} {what}",
+        f"  digest  {res.digest}",
+        f"  base    {fp[:12] if fp else 'not pinned (pass --base to pin a fingerprint)'}",
+        f"  files   {res.files}, {human_size(res.bytes_written)} of new blob data",
+    ])

@@ -1,0 +1,73 @@
+"""Getting a version out of the registry: ``pull`` (a directory PEFT loads) and ``export``
+(the files a serving tool loads)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import click
+
+from ._app import cli, registry
+from ._output import Result, emits
+from .remote import is_remote, pull_remote
+
+
+@cli.command()
+@emits
+@click.argument("ref", metavar="NS/NAME@SPEC | hf://ORG/REPO[@SPEC]")
+@click.option("--out", "out", type=click.Path(path_type=str),
+              help="Directory to write (required for local refs; optional for hf://).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--base", metavar="PATH|hf://ORG/MODEL",
+              help="For a Hub repo pushed by PEFT without a manifest: the base to pin it to.")
+@click.option("--name", "accept_name", metavar="NS/NAME",
+              help="For a Hub repo whose manifest names another adapter: accept that name even though "
+                   "it already has versions from elsewhere here.")
+@click.pass_context
+def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str | None,
+         accept_name: str | None) -> Result:
+    """Write an adapter version to OUT as a directory PEFT loads (digests verified).
+
+    With hf://ORG/REPO[@SPEC] the version is downloaded from the Hub, verified against its
+    manifest and recorded in the local registry, so it resolves offline afterwards."""
+    reg = registry(ctx)
+    if is_remote(ref):
+        return pull_remote(reg, ref, out, force=force, base=base, accept_name=accept_name)
+    if accept_name is not None:
+        raise click.UsageError("--name applies to hf://ORG/REPO pulls only")
+    if out is None:
+        raise click.UsageError("give --out DIR: where to write the adapter")
+    info = reg.show(ref)
+    path = reg.pull(f"{info.name}@{info.version}", out, overwrite=force)
+    return Result({"name": info.name, "version": info.version, "digest": info.digest, "path": str(path)},
+                  f"pulled {info.name}@{info.version} to {path} (verified)")
+
+
+@cli.command("export")
+@emits
+@click.argument("spec", metavar="NS/NAME[@SPEC]")
+@click.option("--format", "fmt", required=True, type=click.Choice(("peft", "vllm", "lorax", "tgi", "ollama"),
+              case_sensitive=False), help="What the directory is for: PEFT, vLLM, LoRAX, TGI or Ollama.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Directory to write.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--base-path", metavar="PATH|NAME",
+              help="The base to name in the generated files; a local directory is fingerprinted and must "
+                   "match the adapter's pin (default: the base name in the manifest).")
+@click.pass_context
+def export_cmd(ctx: click.Context, spec: str, fmt: str, out: str, force: bool, base_path: str | None) -> Result:
+    """Write a version to OUT as the files a serving tool loads (digests verified), with the
+    base fingerprint in its README and manifest."""
+    from ..export import TARGETS, export
+
+    res = export(registry(ctx), spec, fmt, out, overwrite=force, base_path=base_path)
+
+    def text() -> Iterator[str]:
+        yield f"exported {res.ref} for {TARGETS[res.format]} to {res.path} (verified)"
+        yield f"  adapter  {res.adapter_path}  (served as {res.served_name})"
+        yield (f"  base     {res.base_name or '-'}  fingerprint {res.base_fingerprint or 'not pinned'}"
+               + ("  (checked)" if res.base_checked else ""))
+        yield f"  see      {res.path / res.readme}"
+        for w in res.warnings:
+            yield f"  note     {w}"
+
+    return Result(res.to_dict, text)

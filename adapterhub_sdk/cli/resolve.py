@@ -1,0 +1,47 @@
+"""``adapterhub resolve``: which published versions fit a base, best first."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import click
+
+from ._app import base_arg, cli, registry
+from ._output import Result, emits
+from .remote import resolve_remote
+
+
+@cli.command()
+@emits
+@click.option("--base", metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model directory, or a Hub model.")
+@click.option("--fingerprint", metavar="FP", help="Base fingerprint (or a unique prefix).")
+@click.option("--task", metavar="T")
+@click.option("--method", metavar="M")
+@click.option("--name", metavar="NS/NAME[@SPEC]", help="Only this adapter, optionally a version range.")
+@click.option("--runtime", metavar="NAME", help="Only adapters this runtime backend can run (see 'adapterhub plugins').")
+@click.option("--hub", "on_hub", is_flag=True, help="Search the Hugging Face Hub instead of the local registry.")
+@click.option("--author", metavar="ORG", help="With --hub: only repos of this user or organisation.")
+@click.option("--all", "show_all", is_flag=True, help="Also list incompatible versions, with the reason.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many results.")
+@click.pass_context
+def resolve(ctx: click.Context, base: str | None, fingerprint: str | None, task: str | None,
+            method: str | None, name: str | None, runtime: str | None, on_hub: bool, author: str | None,
+            show_all: bool, limit: int | None) -> Result:
+    """Which adapters fit a base: exact (same weights), structural (shapes fit), best first."""
+    if not base and not fingerprint:
+        raise click.UsageError("give --base PATH or --fingerprint FP")
+    if on_hub:
+        return resolve_remote(registry(ctx), base, fingerprint, task=task, author=author, limit=limit)
+    hits = registry(ctx).resolve(base_arg(base, fingerprint), task=task, method=method, name=name,
+                                 runtime=runtime, include_incompatible=show_all, limit=limit)
+
+    def text() -> Iterator[str]:
+        if not hits:
+            yield "no compatible adapters" + ("" if show_all else " (use --all to see incompatible ones)")
+        for h in hits:
+            yield f"{h.verdict:<13} {h.ref:<40} {h.variant or h.method:<8} {','.join(h.tasks) or '-'}"
+            if h.verdict != "exact":
+                for reason in h.reasons:
+                    yield f"{'':14}- {reason}"
+
+    return Result(lambda: [h.to_dict() for h in hits], text)

@@ -1,0 +1,90 @@
+"""Running adapters: ``serve`` (an OpenAI-compatible HTTP API over one base) and the
+``quickstart`` demo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ._app import cli, registry
+from .remote import hub_model_id
+
+
+def _listen(host: str, port: int) -> Any:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # listening already: a second server on the port fails here, not later
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+@cli.command()
+@click.option("--base", required=True, metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model, loaded once.")
+@click.option("--adapter", "adapters", multiple=True, metavar="[NAME=]SPEC",
+              help="Adapter to attach at start, e.g. acme/sentiment@^1 (repeatable); NAME= serves it as NAME.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--strict", is_flag=True, help="Refuse adapters trained on other base weights (structural fits).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most requests run together in one batch.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long to wait for more requests before running a batch.")
+@click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, mps.")
+@click.pass_context
+def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, port: int, strict: bool,
+          max_batch: int, batch_wait_ms: float, device: str) -> None:
+    """Serve a base and its adapters over an OpenAI-compatible HTTP API (/v1/models,
+    /v1/completions, /v1/chat/completions, /v1/adapters, /health, /metrics)."""
+    import warnings
+
+    try:
+        import uvicorn
+
+        from ..server import create_app
+    except ImportError as exc:
+        raise click.ClickException(f"'adapterhub serve' needs {exc.name or 'the serve extra'}: "
+                                   "pip install 'adapterhub_sdk[serve]'") from None
+    from ..deploy import Deployment, StructuralMatchWarning
+    from ..plugins import PluginWarning
+
+    sock = _listen(host, port)  # before the slow model load: a taken port fails at once
+    try:
+        dep = Deployment(base, registry=registry(ctx), device=device, strict=strict)
+        for item in adapters:
+            # NAME=SPEC, where NAME has no '@': a spec's own '=' (acme/a@>=1,<2) is not a separator
+            name, sep, spec = item.partition("=")
+            if not sep or "@" in name:
+                name, spec = "", item
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", StructuralMatchWarning)
+                attached = dep.attach(spec, name=name if sep and name != "" else None)
+            for w in caught:
+                if issubclass(w.category, (StructuralMatchWarning, PluginWarning)):  # e.g. a failing after_pull
+                    click.echo(f"warning: {w.message}", err=True)
+            click.echo(f"attached {attached.name} ({attached.ref}, {attached.verdict})")
+        app = create_app(dep, base_id=hub_model_id(base), max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+        bound = sock.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"serving {app.state.server.base_id} with {len(dep.adapters)} adapter(s) on "
+                   f"http://{shown}:{bound}/v1")
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(path_type=str), help="Where to build the demo (default: a temp dir).")
+@click.option("--steps", type=click.IntRange(min=10), default=100, show_default=True, help="Training steps per adapter.")
+def quickstart(workdir: str | None, steps: int) -> None:
+    """Train two LoRA adapters on a tiny model, publish, resolve, pull and serve them."""
+    from ..quickstart import run
+
+    run(workdir=workdir, steps=steps)

@@ -1,0 +1,119 @@
+"""Published versions: ``list``, ``show``, ``alias`` and ``yank``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from ._app import base_arg, cli, registry
+from ._output import Result, emits, human_size, table
+
+
+@cli.command("list")
+@emits
+@click.option("--task", metavar="T")
+@click.option("--method", metavar="M", help="lora, dora, rslora, ia3, ...")
+@click.option("--base", metavar="PATH|hf://ORG/MODEL[@REV]", help="Only adapters pinned to this base.")
+@click.option("--fingerprint", metavar="FP", help="Only adapters pinned to this fingerprint.")
+@click.pass_context
+def list_cmd(ctx: click.Context, task: str | None, method: str | None, base: str | None,
+             fingerprint: str | None) -> Result:
+    """List published versions."""
+    infos = registry(ctx).list(task=task, method=method, base=base_arg(base, fingerprint))
+
+    def text() -> Iterator[str]:
+        if not infos:
+            yield ("no adapters match" if (task or method or base or fingerprint) else
+                   "the registry is empty; publish one with 'adapterhub publish DIR --name NS/NAME --version 1.0.0'")
+            return
+        yield from table(("ADAPTER", "METHOD", "TASKS", "BASE", "SIZE", ""), [
+            (f"{i.name}@{i.version}", i.variant or i.method, ",".join(i.tasks) or "-",
+             (i.base_fingerprint or "-")[:12], human_size(i.size),
+             ("yanked " if i.yanked else "") + ",".join(i.aliases)) for i in infos])
+
+    return Result(lambda: [i.to_dict() for i in infos], text)
+
+
+@cli.command()
+@emits
+@click.argument("ref", metavar="NS/NAME[@SPEC]")
+@click.pass_context
+def show(ctx: click.Context, ref: str) -> Result:
+    """Show a version's manifest (NS/NAME alone: the latest, and every version)."""
+    from ..names import parse_ref
+
+    reg = registry(ctx)
+    r = parse_ref(ref)
+    info = reg.show(ref)
+    versions = reg.versions(r.name) if r.spec is None else None
+
+    def data() -> dict[str, Any]:
+        d = info.to_dict(with_manifest=True)
+        if versions is not None:
+            d["versions"] = [v.to_dict() for v in versions]
+        return d
+
+    def text() -> Iterator[str]:
+        m = info.manifest
+        assert m is not None
+        yield f"{info.name}@{info.version}" + ("  (yanked)" if info.yanked else "")
+        yield f"  digest       {info.digest}"
+        yield f"  method       {m.method['type']} ({m.method.get('variant')})"
+        summary = m.method.get("summary", {})
+        if summary.get("rank") is not None:
+            yield f"  rank/alpha   {summary.get('rank')}/{summary.get('alpha')}, targets {summary.get('targets')}"
+        share = f" ({info.base_fraction * 100:.3g}% of the base)" if info.base_fraction is not None else ""
+        yield f"  trainable    {summary.get('trainable_params', 0):,} parameters{share}"
+        # The fingerprint is what the adapter is pinned to; PEFT's base_model_name_or_path is only
+        # a label the trainer wrote, and may name another model entirely: never show them as one.
+        if m.base.fingerprint:
+            seen = info.base_seen_as or ()
+            where = f"  (weights seen at {'; '.join(seen[:3])}{' ...' if len(seen) > 3 else ''})" if seen else \
+                "  (weights not seen by this registry)"
+            yield f"  base         fingerprint sha256:{m.base.fingerprint}{where}"
+        else:
+            yield "  base         not pinned to base weights (published without --base)"
+        if m.base.name:
+            yield f"  peft base    {m.base.name}  (the name PEFT recorded in adapter_config.json; not checked)"
+        yield f"  tasks        {', '.join(m.tasks) or '-'}"
+        if m.license or m.description:
+            yield f"  license      {m.license or '-'}"
+            yield f"  description  {m.description or '-'}"
+        if m.metrics:
+            yield "  metrics      " + ", ".join(f"{k}={v}" for k, v in sorted(m.metrics.items()))
+        for f in m.files:
+            yield f"  file         {f.path}  {human_size(f.size)}  sha256:{f.sha256[:12]}"
+        if info.aliases:
+            yield f"  aliases      {', '.join(info.aliases)}"
+        if versions:
+            yield "  versions     " + ", ".join(
+                v.version + (" (yanked)" if v.yanked else "") + (f" [{','.join(v.aliases)}]" if v.aliases else "")
+                for v in versions)
+
+    return Result(data, text)
+
+
+@cli.command()
+@emits
+@click.argument("ref", metavar="NS/NAME@VERSION")
+@click.argument("alias_name", metavar="ALIAS")
+@click.pass_context
+def alias(ctx: click.Context, ref: str, alias_name: str) -> Result:
+    """Point ALIAS (e.g. prod) at a version; an existing alias moves."""
+    info = registry(ctx).alias(ref, alias_name)
+    return Result({"name": info.name, "alias": alias_name, "version": info.version, "digest": info.digest},
+                  f"{info.name}@{alias_name} -> {info.version}")
+
+
+@cli.command()
+@emits
+@click.argument("ref", metavar="NS/NAME@VERSION")
+@click.option("--undo", is_flag=True, help="Un-yank.")
+@click.pass_context
+def yank(ctx: click.Context, ref: str, undo: bool) -> Result:
+    """Hide a version from ranges, latest and resolve (exact pins still work)."""
+    info = registry(ctx).yank(ref, undo=undo)
+    return Result({"name": info.name, "version": info.version, "digest": info.digest, "yanked": info.yanked},
+                  f"{info.name}@{info.version} {'restored' if undo else 'yanked'}")
