@@ -10,7 +10,8 @@ A broken plugin must not break unrelated commands:
 - a plugin that raises in a *collection* hook (``register_methods``, ``register_runtimes``,
   ``register_storage``, ``register_commands``) contributes nothing from that hook; the
   error is recorded and warned about once (:class:`PluginWarning`), and other plugins'
-  contributions are kept;
+  contributions are kept (:func:`collect` calls them plugin by plugin in pluggy's order,
+  through pluggy's public API only);
 - a registered method whose ``detect`` raises is skipped for that detection, with a warning;
 - a plugin that raises in an *event* hook (``after_publish``, ``after_pull``) is warned
   about; the operation already happened and succeeds;
@@ -27,7 +28,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -116,19 +117,30 @@ def _readable_name(plugin: object) -> str:
 
 
 class _PluginManager(pluggy.PluginManager):
-    """pluggy's manager, with readable default names and failure isolation for the
-    collection hooks however they are called (``pm.hook.register_storage(...)`` included)."""
+    """pluggy's manager, with readable default names for plugins registered without one."""
 
     def get_canonical_name(self, plugin: object) -> str:
         return _readable_name(plugin)
 
-    def _hookexec(self, hook_name: str, methods: Sequence[HookImpl], kwargs: Mapping[str, object],
-                  firstresult: bool) -> object | list[object]:
-        if hook_name in COLLECTION_HOOKS and not any(m.wrapper or m.hookwrapper for m in methods):
-            for impl in reversed(methods):  # pluggy's order: later-registered plugins first
-                _collect(impl, hook_name, kwargs)
-            return []
-        return super()._hookexec(hook_name, methods, kwargs, firstresult)
+
+def collect(hook_name: str, **kwargs: Any) -> None:
+    """Call the collection hook ``hook_name`` plugin by plugin, in pluggy's order (later-
+    registered first, ``tryfirst``/``trylast`` honoured), so that a plugin that raises
+    contributes nothing from it and the others' contributions are kept.
+
+    Every collection hook is called through here (``methods()``, ``storage_factories()``,
+    ``runtimes()``, the CLI's commands); ``pm.hook.<name>(...)`` called directly is pluggy's
+    own call, where one failing plugin stops the rest. A hook with a wrapper implementation
+    is pluggy's call too: the wrapper sees the whole call, so it cannot be split per plugin."""
+    if hook_name not in COLLECTION_HOOKS:
+        raise ValueError(f"{hook_name!r} is not a collection hook ({', '.join(sorted(COLLECTION_HOOKS))})")
+    caller = getattr(get_plugin_manager().hook, hook_name)
+    impls = caller.get_hookimpls()  # call order reversed: trylast .. tryfirst, wrappers last
+    if any(i.wrapper or i.hookwrapper for i in impls):
+        caller(**kwargs)
+        return
+    for impl in reversed(impls):
+        _collect(impl, hook_name, kwargs)
 
 
 def _collect(impl: HookImpl, hook_name: str, kwargs: Mapping[str, Any]) -> None:
@@ -314,8 +326,8 @@ def methods() -> list[Any]:
     with _lock:
         if _methods is None:
             found: list[Any] = []
-            # pluggy calls later-registered plugins first: third-party before built-ins
-            get_plugin_manager().hook.register_methods(register=found.append)
+            # later-registered plugins first: third-party before built-ins
+            collect("register_methods", register=found.append)
             _methods = found
         return list(_methods)
 
@@ -327,13 +339,12 @@ def call_hook(name: str, **kwargs: Any) -> list[Any]:
     (``after_publish``, ``after_pull``) is a :class:`PluginWarning` naming the plugin;
     either way the other plugins are still called. In any other hook (a policy such as
     ``validate_publish``) it raises a PluginError naming the plugin."""
-    pm = get_plugin_manager()
-    caller = getattr(pm.hook, name)
+    if name in COLLECTION_HOOKS:
+        collect(name, **kwargs)
+        return []
+    caller = getattr(get_plugin_manager().hook, name)
     results = []
     for impl in reversed(caller.get_hookimpls()):
-        if name in COLLECTION_HOOKS:
-            _collect(impl, name, kwargs)
-            continue
         try:
             args = {k: kwargs[k] for k in impl.argnames}
             results.append((impl.plugin_name, impl.function(**args)))

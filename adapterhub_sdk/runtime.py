@@ -100,14 +100,14 @@ class TransformersRuntime(RuntimeBackend):
 
 
 def runtimes() -> dict[str, RuntimeBackend]:
-    from .plugins import get_plugin_manager
+    from .plugins import collect
 
     found: dict[str, RuntimeBackend] = {}
 
     def register(backend: RuntimeBackend) -> None:
         found.setdefault(backend.name, backend)
 
-    get_plugin_manager().hook.register_runtimes(register=register)
+    collect("register_runtimes", register=register)
     return found
 
 

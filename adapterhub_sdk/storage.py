@@ -15,14 +15,14 @@ from .hookspecs import hookimpl
 
 
 def storage_factories() -> dict[str, Callable[[str], Any]]:
-    from .plugins import get_plugin_manager
+    from .plugins import collect
 
     found: dict[str, Callable[[str], Any]] = {}
 
     def register(scheme: str, factory: Callable[[str], Any]) -> None:
         found.setdefault(scheme.lower(), factory)
 
-    get_plugin_manager().hook.register_storage(register=register)
+    collect("register_storage", register=register)
     return found
 
 
