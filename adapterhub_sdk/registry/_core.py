@@ -1,0 +1,70 @@
+"""State and tables every part of the registry shares: the engine, the blob store, the
+memos, and the transaction helpers."""
+
+from __future__ import annotations
+
+import builtins
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Table
+
+from .. import db as dbmod
+from ..fingerprint import BaseFingerprint
+from ..models import (
+    Adapter,
+    AdapterVersion,
+    AliasRecord,
+    BaseModelRecord,
+    BaseSource,
+    Fit,
+    RequirementSet,
+    VersionFile,
+    VersionTask,
+)
+
+if TYPE_CHECKING:
+    from .results import VersionInfo
+
+
+T_ADAPTERS: Table = Adapter.__table__  # type: ignore[assignment]
+T_VERSIONS: Table = AdapterVersion.__table__  # type: ignore[assignment]
+T_TASKS: Table = VersionTask.__table__  # type: ignore[assignment]
+T_FILES: Table = VersionFile.__table__  # type: ignore[assignment]
+T_ALIASES: Table = AliasRecord.__table__  # type: ignore[assignment]
+T_BASES: Table = BaseModelRecord.__table__  # type: ignore[assignment]
+T_SOURCES: Table = BaseSource.__table__  # type: ignore[assignment]
+T_REQS: Table = RequirementSet.__table__  # type: ignore[assignment]
+T_FITS: Table = Fit.__table__  # type: ignore[assignment]
+
+
+class RegistryCore:
+    """What every part of :class:`~adapterhub_sdk.registry.Registry` works on."""
+
+    def __init__(self, engine: Any, blobs: Any, url: str):
+        self.engine = engine
+        self.blobs = blobs
+        self.url = url
+        # arch signature -> (requirement sets checked, those that fit). Fits never change and
+        # requirement sets are only ever added, so the memo holds while the set list matches.
+        self._fits_memo: dict[str, tuple[frozenset[str], builtins.list[str]]] = {}
+        # fingerprint -> BaseFingerprint; base rows are written once and never change
+        self._base_memo: dict[str, BaseFingerprint] = {}
+        self._name_memo: dict[int, str] = {}
+        self._task_memo: dict[str, str] = {}  # manifest digest -> tasks joined by newlines
+        self._task_tuples: dict[str, tuple[str, ...]] = {}
+
+    def _read(self):
+        return dbmod.transaction(self.engine)
+
+    def _write(self):
+        return dbmod.transaction(self.engine, write=True)
+
+    if TYPE_CHECKING:  # provided by the parts, used across them
+        def _as_base(self, base: Any) -> BaseFingerprint | str: ...
+
+        @staticmethod
+        def _seen_as(conn: Any, fp: str) -> tuple[str, ...]: ...
+
+        def _select_version(self, conn: Connection, name: str, spec: str | None) -> Any: ...
+
+        def show(self, ref: str) -> VersionInfo: ...

@@ -1,0 +1,285 @@
+"""The publish transaction: a version is committed only after every blob it references is
+stored, and a gc racing with it can never leave the version without its blobs."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+
+from ..errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
+from ..manifest import BaseRef, Manifest
+from ..methods.base import requirements_digest
+from ..models import utcnow
+from ..names import name_key, validate_name
+from ..package import AdapterPackage, pack
+from ..versions import Version
+from ._core import T_ADAPTERS, T_FILES, T_REQS, T_TASKS, T_VERSIONS, RegistryCore
+from .results import PublishResult, _iso
+
+_TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", re.ASCII)
+
+
+def _check_metrics(metrics: Mapping[str, Any] | None) -> None:
+    """Metrics go into the canonical-JSON manifest: JSON values without NaN or infinities."""
+    for key, value in (metrics or {}).items():
+        if not isinstance(key, str) or not key:
+            raise AdapterHubError(f"metric name {key!r} is not a non-empty string")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise AdapterHubError(f"metric {key!r} is {value}: metrics must be finite numbers or text",
+                                  hint=f"pass a number such as {key}=0.91, or leave the metric out")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise AdapterHubError(f"metric {key!r} cannot go into the manifest ({exc})",
+                                  hint="metrics are finite numbers, text, or JSON lists/objects of them") from None
+
+
+def _refuse_precedence_twin(conn: Connection, adapter_id: int, name: str, ver: Version) -> None:
+    """Semver ignores build metadata: 1.0.0+a and 1.0.0+b are the same version, so a pin or a
+    range could not tell them apart. Refuse the second spelling."""
+    twin = conn.execute(select(T_VERSIONS.c.version).where(
+        T_VERSIONS.c.adapter_id == adapter_id, T_VERSIONS.c.major == ver.major, T_VERSIONS.c.minor == ver.minor,
+        T_VERSIONS.c.patch == ver.patch, T_VERSIONS.c.prerelease == ".".join(ver.prerelease),
+        T_VERSIONS.c.version != str(ver))).first()
+    if twin is not None:
+        raise VersionConflictError(
+            f"{name}@{ver} is the same version as the existing {name}@{twin.version}: versions that differ "
+            "only in build metadata (+...) have the same precedence",
+            hint="publish under a new version number")
+
+
+
+def _check_tasks(tasks: Iterable[str]) -> list[str]:
+    out = []
+    for t in tasks:
+        if not isinstance(t, str) or not _TASK.fullmatch(t):
+            raise AdapterHubError(f"task {t!r} is not valid",
+                                  hint="tasks are ASCII words: letters, digits, '.', '_', ':' or '-'")
+        out.append(t)
+    return sorted(set(out))
+
+
+
+def _pkg_versions() -> dict[str, str]:
+    return dict(_pkg_versions_once())
+
+
+@functools.lru_cache(maxsize=1)
+def _pkg_versions_once() -> tuple[tuple[str, Any], ...]:
+    """Installed versions, looked up once per process (importlib.metadata scans sys.path: ~5 ms)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, Any] = {}
+    for dist in ("adapterhub_sdk", "peft"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return tuple(out.items())
+
+
+class PublishPart(RegistryCore):
+    """publish, import_version and the commit they share."""
+
+    def publish(self, source: Any, *, name: str, version: str, base: Any = None,
+                tasks: Sequence[str] = (), license: str | None = None, description: str | None = None,
+                metrics: dict[str, Any] | None = None, subfolder: str | None = None,
+                adapter_name: str | None = None, allow_nonfinite: bool = False) -> PublishResult:
+        """Publish an adapter (directory, PeftModel or AdapterPackage) as ``name@version``.
+
+        With ``base`` (path, nn.Module, state dict or BaseFingerprint), the adapter is
+        checked against it tensor by tensor and pinned to its fingerprint. Weights holding
+        NaN or Inf are refused (NonFiniteError, naming the tensor) unless
+        ``allow_nonfinite`` (research use); the manifest's provenance then records them
+        under ``nonfinite`` (provenance is outside the digest)."""
+        from ..plugins import call_hook
+
+        validate_name(name)
+        name = self._canonical_name(name)  # names are case-insensitive: keep the first spelling
+        ver = Version.parse(version)
+        task_list = _check_tasks(tasks)
+        _check_metrics(metrics)
+        own = not isinstance(source, AdapterPackage)
+        if own:
+            # a store that can stage (the built-in one) copies and hashes each file once
+            stage, discard = getattr(self.blobs, "stage", None), getattr(self.blobs, "discard", None)
+            if not (callable(stage) and callable(discard) and callable(getattr(self.blobs, "put_staged", None))):
+                stage = discard = None
+            pkg = pack(source, subfolder=subfolder, adapter_name=adapter_name, stage=stage, discard=discard)
+        else:
+            pkg = source
+        try:
+            nonfinite = pkg.nonfinite()
+            if nonfinite and not allow_nonfinite:
+                pkg.require_finite()
+            base_ref = BaseRef(name=pkg.base_name, revision=pkg.config.get("revision"))
+            if base is not None:
+                bfp = self._as_base(base)
+                if isinstance(bfp, str):
+                    raise NotFoundError(f"base {bfp[:12]} is not known to this registry",
+                                        hint="pass the base model's path with --base")
+                pkg.require_base(bfp)
+                base_ref = BaseRef(pkg.base_name, pkg.config.get("revision"), bfp.digest, bfp.arch_signature)
+            manifest = pkg.manifest(
+                name=name, version=str(ver), base=base_ref, tasks=task_list, description=description,
+                license=license, metrics=metrics,
+                provenance={"created_at": _iso(utcnow()), "versions": _pkg_versions(),
+                            **({"nonfinite": {"allowed": True, "tensors": len(nonfinite),
+                                              "values": sum(n.count for n in nonfinite),
+                                              "first": nonfinite[0].tensor}} if nonfinite else {})})
+            for plugin, reason in call_hook("validate_publish", manifest=manifest, package=pkg):
+                if reason:
+                    raise AdapterHubError(f"publish rejected by policy {plugin!r}: {reason}")
+            existing = self._existing_digest(name, str(ver))
+            if existing is not None and existing != manifest.digest:
+                raise VersionConflictError(f"{name}@{ver} already exists with other content")
+            written = 0
+            created = False
+            # also for an identical re-publish: a stored blob found corrupt or missing is
+            # written again (put_* check what is stored before deduplicating against it)
+            reused = []  # staged copies of blobs already stored: kept until the version is committed
+            try:
+                for f in pkg.files:
+                    if f.staged is not None:
+                        staged, f.staged = f.staged, None
+                        if callable(getattr(self.blobs, "holds", None)) and self.blobs.holds(staged):
+                            reused.append(staged)
+                        else:
+                            written += self.blobs.put_staged(staged)
+                    else:
+                        written += self.blobs.put_file(f.source, f.sha256)
+                if existing is None:
+                    created = self._commit_version(manifest, pkg.size)
+                # a gc that started before the commit may have taken a reused blob away: now
+                # that the version references it, gc keeps it, and a missing one is put back
+                for staged in reused:
+                    if self.blobs.has(staged.sha256):
+                        self.blobs.discard(staged)
+                    else:
+                        written += self.blobs.put_staged(staged)
+                reused = []
+            finally:
+                for staged in reused:
+                    self.blobs.discard(staged)
+        finally:
+            if own:
+                pkg.close()
+        result = PublishResult(name, str(ver), manifest.digest, created, written, len(pkg.files), manifest)
+        call_hook("after_publish", manifest=manifest, created=created)
+        return result
+
+    def import_version(self, manifest: Manifest, sources: Mapping[str, str | os.PathLike[str]], *,
+                       origin: str | None = None) -> PublishResult:
+        """Record a version whose manifest was made elsewhere (a Hub pull), keeping the manifest
+        and its digest as they are. Every file is verified against the manifest first; a file
+        that differs is named in the error and nothing is recorded."""
+        from ..package import sha256_file
+        from ..plugins import call_hook
+
+        validate_name(manifest.name)
+        Version.parse(manifest.version)
+        bad = []
+        for f in manifest.files:
+            src = sources.get(f.path)
+            if src is None or not Path(src).is_file():
+                bad.append(f"{f.path} (missing)")
+                continue
+            digest, size = sha256_file(Path(src))
+            if digest != f.sha256 or size != f.size:
+                bad.append(f.path)
+        if bad:
+            raise IntegrityError(f"{manifest.name}@{manifest.version}: files do not match the manifest: "
+                                 f"{', '.join(bad)}", hint="the source was modified or corrupted; do not use it")
+        existing = self._existing_digest(manifest.name, manifest.version)
+        if existing is not None and existing != manifest.digest:
+            raise VersionConflictError(f"{manifest.name}@{manifest.version} already exists here with other content")
+        written = 0
+        created = False
+        for f in manifest.files:  # repairs a corrupt or missing blob of an existing version too
+            written += self.blobs.put_file(sources[f.path], f.sha256)
+        if existing is None:
+            created = self._commit_version(manifest, sum(f.size for f in manifest.files), source=origin)
+            for f in manifest.files:  # a gc that ran before the commit may have taken one away
+                if self.blobs.size(f.sha256) != f.size:
+                    written += self.blobs.put_file(sources[f.path], f.sha256)
+        call_hook("after_publish", manifest=manifest, created=created)
+        return PublishResult(manifest.name, manifest.version, manifest.digest, created, written,
+                             len(manifest.files), manifest)
+
+    def origins(self, name: str) -> set[str | None]:
+        """Where the versions of ``name`` came from: None for versions published here, a
+        Hub repo (``hf://ORG/REPO``, commit dropped) for pulled ones. Empty if no such adapter."""
+        with self._read() as conn:
+            rows = conn.execute(select(T_VERSIONS.c.source).join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
+                                .where(T_ADAPTERS.c.name_key == name_key(name))).all()
+        return {r.source.rsplit("@", 1)[0] if r.source else None for r in rows}
+
+    def _canonical_name(self, name: str) -> str:
+        with self._read() as conn:
+            row = conn.execute(select(T_ADAPTERS.c.name).where(T_ADAPTERS.c.name_key == name_key(name))).first()
+        return row.name if row else name
+
+    def _existing_digest(self, name: str, version: str) -> str | None:
+        """The digest of ``name@version`` if it exists. VersionConflictError if another
+        spelling of the same version exists (they differ only in build metadata)."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(T_VERSIONS.c.digest).join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
+                .where(T_ADAPTERS.c.name_key == name_key(name), T_VERSIONS.c.version == version)).first()
+            if row is None:
+                adapter = conn.execute(select(T_ADAPTERS.c.id).where(T_ADAPTERS.c.name_key == name_key(name))).first()
+                if adapter is not None:
+                    _refuse_precedence_twin(conn, adapter.id, name, Version.parse(version))
+        return row.digest if row else None
+
+    def _commit_version(self, manifest: Manifest, size: int, *, source: str | None = None) -> bool:
+        ver = Version.parse(manifest.version)
+        req_digest = requirements_digest(manifest.requirements)
+        for attempt in range(5):
+            try:
+                with self._write() as conn:
+                    key = name_key(manifest.name)
+                    row = conn.execute(select(T_ADAPTERS.c.id).where(T_ADAPTERS.c.name_key == key)).first()
+                    if row:
+                        adapter_id = row.id
+                        existing = conn.execute(select(T_VERSIONS.c.digest).where(
+                            T_VERSIONS.c.adapter_id == adapter_id, T_VERSIONS.c.version == manifest.version)).first()
+                        if existing:
+                            if existing.digest == manifest.digest:
+                                return False
+                            raise VersionConflictError(
+                                f"{manifest.name}@{manifest.version} already exists with other content")
+                        _refuse_precedence_twin(conn, adapter_id, manifest.name, ver)
+                    else:
+                        adapter_id = conn.execute(insert(T_ADAPTERS).values(
+                            name=manifest.name, name_key=key, created_at=utcnow())
+                            .returning(T_ADAPTERS.c.id)).scalar_one()
+                    if not conn.execute(select(T_REQS.c.digest).where(T_REQS.c.digest == req_digest)).first():
+                        conn.execute(insert(T_REQS).values(
+                            digest=req_digest, body=json.dumps(manifest.requirements, sort_keys=True)))
+                    vid = conn.execute(insert(T_VERSIONS).values(
+                        adapter_id=adapter_id, version=manifest.version, major=ver.major, minor=ver.minor,
+                        patch=ver.patch, prerelease=".".join(ver.prerelease), digest=manifest.digest,
+                        manifest=manifest.to_json().decode("utf-8"), method=manifest.method["type"],
+                        variant=manifest.method.get("variant") or "", base_fingerprint=manifest.base.fingerprint,
+                        base_arch=manifest.base.arch_signature, base_name=manifest.base.name,
+                        req_digest=req_digest, size=size, yanked=False, created_at=utcnow(), source=source,
+                    ).returning(T_VERSIONS.c.id)).scalar_one()
+                    if manifest.tasks:
+                        conn.execute(insert(T_TASKS), [{"version_id": vid, "task": t} for t in manifest.tasks])
+                    conn.execute(insert(T_FILES), [{"version_id": vid, "path": f.path, "sha256": f.sha256,
+                                                    "size": f.size} for f in manifest.files])
+                return True
+            except SAIntegrityError:
+                if attempt == 4:
+                    raise
+        return True

@@ -1,0 +1,175 @@
+"""Reading the catalog: one version (show), an adapter's versions, listings, and the
+names that point at versions (aliases, yank)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
+
+from ..errors import InvalidVersionError, NotFoundError
+from ..manifest import Manifest
+from ..models import utcnow
+from ..names import name_key, parse_ref, validate_alias, validate_name
+from ..package import base_fraction
+from ..versions import Version, VersionSpec
+from ._core import T_ADAPTERS, T_ALIASES, T_BASES, T_TASKS, T_VERSIONS, RegistryCore
+from .results import VersionInfo, _iso
+
+_TASKS_OF = select(T_TASKS.c.version_id, T_TASKS.c.task).where(
+    T_TASKS.c.version_id.in_(bindparam("ids", expanding=True)))
+_ALIASES_OF = select(T_ALIASES.c.version_id, T_ALIASES.c.alias).where(
+    T_ALIASES.c.version_id.in_(bindparam("ids", expanding=True)))
+_NAMES_OF = select(T_ADAPTERS.c.id, T_ADAPTERS.c.name).where(T_ADAPTERS.c.id.in_(bindparam("ids", expanding=True)))
+
+
+class QueryPart(RegistryCore):
+    """show, versions, list, alias and yank, and the version lookup they share."""
+
+    def _adapter_id(self, conn: Connection, name: str) -> tuple[int, str]:
+        row = conn.execute(select(T_ADAPTERS.c.id, T_ADAPTERS.c.name)
+                           .where(T_ADAPTERS.c.name_key == name_key(name))).first()
+        if not row:
+            raise NotFoundError(f"no adapter named {name!r} in this registry",
+                                hint="'adapterhub list' shows what is published")
+        return row.id, row.name
+
+    def _select_version(self, conn: Connection, name: str, spec: str | None) -> Any:
+        """The version row that ``name@spec`` designates (yanked only by exact pin)."""
+        adapter_id, canonical = self._adapter_id(conn, name)
+        sp = VersionSpec.parse(spec or "latest")
+        if sp.kind == "alias":
+            row = conn.execute(select(T_VERSIONS).join(T_ALIASES, T_ALIASES.c.version_id == T_VERSIONS.c.id)
+                               .where(T_ALIASES.c.adapter_id == adapter_id, T_ALIASES.c.alias == sp.alias)).first()
+            if not row:
+                raise NotFoundError(f"{canonical} has no alias {sp.alias!r}",
+                                    hint=f"'adapterhub show {canonical}' lists its versions and aliases")
+            if row.yanked:
+                raise NotFoundError(f"{canonical}@{sp.alias} points to {row.version}, which is yanked; yanked "
+                                    "versions are reachable by exact pin only",
+                                    hint=f"pin it ({canonical}@{row.version}) or move the alias: "
+                                         f"adapterhub alias {canonical}@VERSION {sp.alias}")
+            return row
+        rows = conn.execute(select(T_VERSIONS).where(T_VERSIONS.c.adapter_id == adapter_id)).all()
+        parsed = [(Version.parse(r.version), r) for r in rows]
+        if sp.kind == "exact":
+            for v, r in parsed:
+                if v == sp.exact:
+                    return r
+        else:
+            live = [(v, r) for v, r in parsed if not r.yanked and sp.matches(v)]
+            if not live and not spec:  # nothing but pre-releases: with no spec given, the newest
+                live = [(v, r) for v, r in parsed if not r.yanked]
+            if live:
+                return max(live, key=lambda vr: vr[0])[1]
+        ordered = sorted(parsed, key=lambda vr: vr[0])
+        avail = ", ".join(str(v) for v, r in ordered if not r.yanked) or "none"
+        yanked = ", ".join(str(v) for v, r in ordered if r.yanked)
+        raise NotFoundError(f"no version of {canonical} matches {sp.text!r} (available: {avail}"
+                            + (f"; yanked, reachable by exact pin only: {yanked})" if yanked else ")"))
+
+    def _labels(self, conn: Connection, rows: Sequence[Any]) -> tuple[dict, dict, dict]:
+        """Tasks and aliases by version id, names by adapter id, for ``rows``."""
+        ids = [r.id for r in rows]
+        tasks: dict[int, list[str]] = {}
+        aliases: dict[int, list[str]] = {}
+        names: dict[int, str] = {}
+        # prebuilt statements with an expanding parameter, rows fetched at once and unpacked by
+        # position: per-row SQLAlchemy attribute access and per-value IN coercion cost more than
+        # the queries themselves on a resolve that returns hundreds of versions
+        for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
+            for vid, task in conn.execute(_TASKS_OF, {"ids": chunk}).all():
+                tasks.setdefault(vid, []).append(task)
+            for vid, alias in conn.execute(_ALIASES_OF, {"ids": chunk}).all():
+                aliases.setdefault(vid, []).append(alias)
+        adapter_ids = sorted({r.adapter_id for r in rows})
+        for chunk in (adapter_ids[i:i + 500] for i in range(0, len(adapter_ids), 500)):
+            names.update(tuple(a) for a in conn.execute(_NAMES_OF, {"ids": chunk}).all())
+        return tasks, aliases, names
+
+    def _info(self, conn: Connection, rows: Sequence[Any], *, with_manifest: bool = False) -> list[VersionInfo]:
+        if not rows:
+            return []
+        tasks, aliases, names = self._labels(conn, rows)
+        return [VersionInfo(
+            names[r.adapter_id], r.version, r.digest, r.method, r.variant, tuple(sorted(tasks.get(r.id, []))),
+            r.base_fingerprint, r.base_name, r.size, bool(r.yanked), _iso(r.created_at),
+            tuple(sorted(aliases.get(r.id, []))), Manifest.from_json(r.manifest) if with_manifest else None,
+            source=r.source,
+        ) for r in rows]
+
+    def show(self, ref: str) -> VersionInfo:
+        """One version with its manifest (``ns/name`` alone means the latest)."""
+        r = parse_ref(ref)
+        with self._read() as conn:
+            row = self._select_version(conn, r.name, r.spec)
+            info = self._info(conn, [row], with_manifest=True)[0]
+            if info.base_fingerprint and info.manifest is not None:
+                n_params = conn.execute(select(T_BASES.c.n_params).where(
+                    T_BASES.c.fingerprint == info.base_fingerprint)).scalar()
+                info = dataclasses.replace(info, base_fraction=base_fraction(
+                    info.manifest.method.get("summary") or {}, n_params),
+                    base_seen_as=self._seen_as(conn, info.base_fingerprint))
+            return info
+
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """Every version of an adapter, newest first, yanked ones included."""
+        validate_name(name)
+        with self._read() as conn:
+            adapter_id, _ = self._adapter_id(conn, name)
+            rows = conn.execute(select(T_VERSIONS).where(T_VERSIONS.c.adapter_id == adapter_id)).all()
+            infos = self._info(conn, rows)
+        return sorted(infos, key=lambda i: Version.parse(i.version), reverse=True)
+
+    def list(self, *, task: str | None = None, method: str | None = None, base: Any = None,
+             name: str | None = None, include_yanked: bool = True) -> list[VersionInfo]:
+        """Published versions, filtered; sorted by name, newest version first."""
+        q = select(T_VERSIONS)
+        if task:
+            q = q.where(T_VERSIONS.c.id.in_(select(T_TASKS.c.version_id).where(T_TASKS.c.task == task)))
+        if method:
+            q = q.where(or_(T_VERSIONS.c.method == method.lower(), T_VERSIONS.c.variant == method.lower()))
+        if base is not None:
+            b = self._as_base(base)
+            q = q.where(T_VERSIONS.c.base_fingerprint == (b if isinstance(b, str) else b.digest))
+        if name:
+            q = q.join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id).where(
+                T_ADAPTERS.c.name_key == name_key(name))
+        if not include_yanked:
+            q = q.where(T_VERSIONS.c.yanked.is_(False))
+        with self._read() as conn:
+            infos = self._info(conn, conn.execute(q).all())
+        infos.sort(key=lambda i: Version.parse(i.version), reverse=True)
+        infos.sort(key=lambda i: i.name.lower())
+        return infos
+
+    # ------------------------------------------------------------------ aliases, yank
+
+    def alias(self, ref: str, alias: str) -> VersionInfo:
+        """Point ``alias`` (e.g. ``prod``) at an exact version; moves it if it exists."""
+        r = parse_ref(ref)
+        validate_alias(alias)
+        if r.spec is None or VersionSpec.parse(r.spec).kind != "exact":
+            raise InvalidVersionError(f"{ref!r}: an alias points at an exact version (NS/NAME@1.2.3)")
+        with self._write() as conn:
+            row = self._select_version(conn, r.name, r.spec)
+            cond = and_(T_ALIASES.c.adapter_id == row.adapter_id, T_ALIASES.c.alias == alias)
+            if conn.execute(select(T_ALIASES.c.alias).where(cond)).first():
+                conn.execute(update(T_ALIASES).where(cond).values(version_id=row.id, updated_at=utcnow()))
+            else:
+                conn.execute(insert(T_ALIASES).values(adapter_id=row.adapter_id, alias=alias, version_id=row.id,
+                                                      updated_at=utcnow()))
+        return self.show(f"{r.name}@{row.version}")
+
+    def yank(self, ref: str, *, undo: bool = False) -> VersionInfo:
+        """Hide a version from ranges, ``latest`` and resolve; exact pins still find it."""
+        r = parse_ref(ref)
+        if r.spec is None or VersionSpec.parse(r.spec).kind != "exact":
+            raise InvalidVersionError(f"{ref!r}: yank needs an exact version (NS/NAME@1.2.3)")
+        with self._write() as conn:
+            row = self._select_version(conn, r.name, r.spec)
+            conn.execute(update(T_VERSIONS).where(T_VERSIONS.c.id == row.id).values(yanked=not undo))
+        return self.show(f"{r.name}@{row.version}")

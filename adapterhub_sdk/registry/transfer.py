@@ -1,0 +1,83 @@
+"""Versions leaving the registry: pull into a directory PEFT loads, push to a remote."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from ..errors import IntegrityError
+from ..manifest import Manifest
+from ..names import parse_ref
+from ..package import write_package_dir
+from ._core import T_FILES, RegistryCore
+from .results import MANIFEST_FILE
+
+
+def _warn_nonfinite(ref: str, path: Path) -> None:
+    """A pulled version whose weights hold NaN or Inf is written as it is (to debug it), with
+    a warning naming the tensor; a deployment refuses to attach it."""
+    from ..adapter_files import NonFiniteWarning, nonfinite_message, nonfinite_tensors
+
+    weights = path / "adapter_model.safetensors"
+    found = nonfinite_tensors(weights) if weights.is_file() else []
+    if found:
+        warnings.warn(f"{ref}: " + nonfinite_message(weights.name, found)
+                      + "; written as published, but a deployment refuses to attach it", NonFiniteWarning,
+                      stacklevel=3)
+
+
+
+class TransferPart(RegistryCore):
+    """pull and push."""
+
+    def push(self, ref: str, *, to: str, private: bool | None = None) -> Any:
+        """Push ``name@version`` to ``hf://ORG/REPO`` (one commit stating its parent, tagged
+        with the version). Returns a PushResult."""
+        from ..hub import HubClient
+
+        return HubClient().push(self, ref, to, private=private)
+
+    def pull(self, ref: str, dest: str | os.PathLike[str] | None = None, *, overwrite: bool = False,
+             base: Any = None, name: str | None = None) -> Path | None:
+        """Write ``name@spec`` to ``dest`` as a directory PEFT loads. Every file is verified
+        against its digest first; ``dest`` is written atomically (complete or untouched).
+        ``hf://ORG/REPO@SPEC`` pulls from the Hub: verified, recorded here (so it resolves
+        offline afterwards) and, when ``dest`` is given, written there; ``base`` pins a
+        repo PEFT pushed without a manifest. Returns the written directory (None for a Hub
+        pull without ``dest``: the version is then only recorded). ``name``: accept the
+        adapter name a Hub repo's manifest gives, when it differs from the repo's own and that
+        name already holds versions from elsewhere here."""
+        from ..plugins import call_hook
+
+        if ref.startswith("hf://"):
+            from ..hub import HubClient
+
+            HubClient().pull(self, ref, base=base, dest=dest, overwrite=overwrite, name=name)
+            return Path(dest) if dest is not None else None
+        if dest is None:
+            raise TypeError("pull needs a destination directory")
+
+        r = parse_ref(ref)
+        with self._read() as conn:
+            row = self._select_version(conn, r.name, r.spec)
+            files = conn.execute(select(T_FILES).where(T_FILES.c.version_id == row.id)).all()
+        manifest = Manifest.from_json(row.manifest)
+        if manifest.digest != row.digest:
+            raise IntegrityError(f"manifest of {r.name}@{row.version} does not match its digest")
+        listed = {(f.path, f.sha256, f.size) for f in manifest.files}
+        if listed != {(f.path, f.sha256, f.size) for f in files}:
+            raise IntegrityError(f"file records of {r.name}@{row.version} disagree with its manifest")
+
+        def writer(sha: str):
+            return lambda out: self.blobs.copy_verified(sha, out)
+
+        payload = [(f.path, writer(f.sha256)) for f in manifest.files]
+        payload.append((MANIFEST_FILE, lambda out: out.write(manifest.to_json())))
+        path = write_package_dir(Path(dest), payload, overwrite=overwrite)
+        _warn_nonfinite(f"{r.name}@{row.version}", path)
+        call_hook("after_pull", manifest=manifest, path=path)
+        return path
