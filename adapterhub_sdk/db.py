@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -23,6 +24,12 @@ from .errors import RegistryError
 
 BUSY_TIMEOUT_MS = 120_000
 _ADVISORY_KEY = 0x61647068  # "adph"
+
+# The migrations in registry/migrations, oldest first; the last is the schema this code writes.
+# Kept here so that opening a registry is one query against alembic_version, without loading
+# Alembic and its script directory (tests/test_startup.py keeps them in sync with the scripts).
+REVISIONS = ("0001", "0002", "0003", "0004")
+HEAD_REVISION = REVISIONS[-1]
 
 
 def migrations_dir() -> Path:
@@ -146,6 +153,42 @@ def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
+def _no_such_table(exc: BaseException) -> bool:
+    msg = str(exc)
+    return "no such table" in msg or ("does not exist" in msg and "alembic_version" in msg)
+
+
+def schema_revision(conn: Connection) -> str | None:
+    """The revision in alembic_version (None when the table is missing or empty): one query.
+    On PostgreSQL a failed statement aborts the transaction, which is then rolled back."""
+    from sqlalchemy.exc import ProgrammingError
+
+    try:
+        rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    except (OperationalError, ProgrammingError) as exc:
+        if not _no_such_table(exc):
+            raise
+        conn.rollback()
+        return None
+    if len(rows) > 1:  # a branched history: only Alembic can say which head is current
+        conn.rollback()
+        return current_revision(conn)
+    return rows[0][0] if rows else None
+
+
+def sqlite_revision(cur: Any) -> str | None:
+    """schema_revision for a plain sqlite3 cursor (the read path that skips SQLAlchemy)."""
+    import sqlite3
+
+    try:
+        rows = cur.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.OperationalError as exc:
+        if not _no_such_table(exc):
+            raise
+        return None
+    return rows[0][0] if len(rows) == 1 else None
+
+
 @contextlib.contextmanager
 def _schema_lock(engine: Engine) -> Iterator[None]:
     """Serialise schema creation between processes."""
@@ -226,13 +269,13 @@ def ensure_schema(engine: Engine) -> None:
     """Create the schema on a new database; refuse an outdated one with the command to run."""
     try:
         with engine.connect() as conn:
-            current = current_revision(conn)
+            current = schema_revision(conn)
+            if current == HEAD_REVISION:
+                return
             tables = set(inspect(conn).get_table_names()) if current is None else set()
     except OperationalError as exc:
         raise _operational(exc) from exc
-    head = head_revision()
-    if current == head:
-        return
+    head = HEAD_REVISION
     if current is None:
         if tables - {"alembic_version"}:
             raise RegistryError("the database has tables but no adapterhub schema version",
@@ -246,8 +289,7 @@ def ensure_schema(engine: Engine) -> None:
                     raise _operational(exc) from exc
                 time.sleep(0.2)
         return
-    known = {s.revision for s in _scripts().walk_revisions()}
-    if current not in known:
+    if current not in REVISIONS:
         raise RegistryError(f"the registry schema ({current}) is newer than this adapterhub_sdk knows",
                             hint="upgrade adapterhub_sdk")
     raise RegistryError(f"the registry schema is at {current}, this adapterhub_sdk needs {head}",

@@ -49,3 +49,41 @@ def test_unknown_attribute_is_an_attribute_error():
         assert "no_such_name" in str(exc)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_head_revision_constant_matches_the_migration_scripts():
+    from alembic.script import ScriptDirectory
+
+    from adapterhub_sdk import db
+
+    scripts = ScriptDirectory.from_config(db._alembic_config())
+    assert db.HEAD_REVISION == scripts.get_current_head(), "add the new migration to db.REVISIONS"
+    assert list(db.REVISIONS) == [s.revision for s in reversed(list(scripts.walk_revisions()))]
+
+
+def test_opening_an_existing_registry_does_not_load_alembic(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    from adapterhub_sdk import Registry
+
+    Registry.open(url).close()  # created (and stamped) by this process
+    mods = _modules_after(f"from adapterhub_sdk import Registry\nRegistry.open({url!r}).list()")
+    assert "alembic" not in mods
+
+
+def test_outdated_schema_is_still_refused_with_the_command_to_run(tmp_path):
+    import pytest
+    from sqlalchemy import create_engine
+
+    from adapterhub_sdk import Registry, RegistryError, db
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    Registry.open(url).close()
+    with create_engine(url).begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0003'")
+    with pytest.raises(RegistryError, match=f"is at 0003, this adapterhub_sdk needs {db.HEAD_REVISION}") as err:
+        Registry.open(url)
+    assert "adapterhub db upgrade" in (err.value.hint or "")
+    with create_engine(url).begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0999'")
+    with pytest.raises(RegistryError, match="newer than this adapterhub_sdk"):
+        Registry.open(url)
