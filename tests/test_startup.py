@@ -57,7 +57,7 @@ def test_head_revision_constant_matches_the_migration_scripts():
     from adapterhub_sdk import db
 
     scripts = ScriptDirectory.from_config(db._alembic_config())
-    assert db.HEAD_REVISION == scripts.get_current_head(), "add the new migration to db.REVISIONS"
+    assert scripts.get_current_head() == db.HEAD_REVISION, "add the new migration to db.REVISIONS"
     assert list(db.REVISIONS) == [s.revision for s in reversed(list(scripts.walk_revisions()))]
 
 
