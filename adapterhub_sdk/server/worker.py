@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from ..deploy import Deployment
 from ..generation import NonFiniteLogitsError, RowError
@@ -111,6 +111,7 @@ class Job:
     finish: str | None = None
 
 
+@runtime_checkable
 class Scheduler(Protocol):
     """What the routes need from whatever runs their jobs."""
 
