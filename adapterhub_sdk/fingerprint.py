@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ._sqlite import enable_wal
@@ -120,9 +121,9 @@ def _pseudo_shape(fp: BaseFingerprint, name: str) -> tuple[int, ...] | None:
 
 
 def _entry_digest(name: str, dtype: str, shape: tuple[int, ...], content: bytes) -> bytes:
+    # the shape as json.dumps(list(shape), separators=(",", ":")) writes it, without json
     h = hashlib.sha256(b"adapterhub-tensor-v1\0")
-    h.update(name.encode("utf-8") + b"\0" + dtype.encode() + b"\0")
-    h.update(json.dumps(list(shape), separators=(",", ":")).encode() + b"\0")
+    h.update(f"{name}\0{dtype}\0[{','.join(map(str, shape))}]\0".encode())
     h.update(content)
     return h.digest()
 
@@ -177,37 +178,66 @@ class _Progress:
             self._bar.close()
 
 
+def _work_units(jobs: list[tuple[str, str, tuple[int, ...], memoryview]]) -> list[list[tuple[int, memoryview]]]:
+    """Every tensor's CHUNK pieces, in order, grouped into units of about CHUNK bytes: a big
+    tensor's pieces are units of their own, runs of small tensors share one, so the thread
+    pool's cost (a future, a queue hand-off, a GIL switch) is paid per 8 MiB, not per tensor."""
+    units: list[list[tuple[int, memoryview]]] = []
+    unit: list[tuple[int, memoryview]] = []
+    size = 0
+    for i, (_, _, _, buf) in enumerate(jobs):
+        for off in range(0, len(buf), CHUNK):  # an empty tensor has no piece
+            piece = buf[off:off + CHUNK]
+            if size and size + len(piece) > CHUNK:
+                units.append(unit)
+                unit, size = [], 0
+            unit.append((i, piece))
+            size += len(piece)
+    if unit:
+        units.append(unit)
+    return units
+
+
+def _workers(workers: int | None) -> int:
+    if workers:
+        return workers
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on (taskset, cpusets)
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return min(32, cores)
+
+
+@contextlib.contextmanager
+def _serial() -> Iterator[Any]:
+    """Stands in for the thread pool where one thread does the work."""
+    yield SimpleNamespace(map=map)
+
+
 def _hash_buffers(jobs: list[tuple[str, str, tuple[int, ...], memoryview]], workers: int | None,
                   progress: bool | None, desc: str) -> list[tuple[str, str, tuple[int, ...], bytes]]:
     """Hash each tensor's bytes in CHUNK pieces on a thread pool (hashlib releases the GIL)."""
-    pieces: list[tuple[int, memoryview]] = []
-    for i, (_, _, _, buf) in enumerate(jobs):
-        for off in range(0, len(buf), CHUNK):
-            pieces.append((i, buf[off:off + CHUNK]))
-    total = sum(len(b) for *_, b in jobs)
-    bar = _Progress(total, progress, desc)
+    units = _work_units(jobs)
+    bar = _Progress(sum(len(b) for *_, b in jobs), progress, desc)
+    sha256 = hashlib.sha256
 
-    def work(piece: tuple[int, memoryview]) -> bytes:
-        d = hashlib.sha256(piece[1]).digest()
-        bar.add(len(piece[1]))
-        return d
+    def work(unit: list[tuple[int, memoryview]]) -> list[bytes]:
+        digests = [sha256(piece).digest() for _, piece in unit]
+        bar.add(sum(len(piece) for _, piece in unit))
+        return digests
 
-    n = workers or min(32, os.cpu_count() or 1)
+    n = min(_workers(workers), len(units))
     chunk_digests: list[list[bytes]] = [[] for _ in jobs]
     try:
-        if n <= 1 or len(pieces) <= 1:
-            results: Iterator[bytes] = map(work, pieces)
-            for (i, _), d in zip(pieces, results):
-                chunk_digests[i].append(d)
-        else:
-            with ThreadPoolExecutor(n, thread_name_prefix="adapterhub-hash") as ex:
-                for (i, _), d in zip(pieces, ex.map(work, pieces)):
+        with ThreadPoolExecutor(n, thread_name_prefix="adapterhub-hash") if n > 1 else _serial() as ex:
+            for unit, digests in zip(units, ex.map(work, units)):
+                for (i, _), d in zip(unit, digests):
                     chunk_digests[i].append(d)
     finally:
         bar.close()
     out = []
     for (name, dtype, shape, _), digests in zip(jobs, chunk_digests):
-        content = hashlib.sha256(b"".join(digests)).digest()
+        content = sha256(b"".join(digests)).digest()
         out.append((name, dtype, shape, _entry_digest(name, dtype, shape, content)))
     return out
 

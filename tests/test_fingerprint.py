@@ -643,3 +643,19 @@ def test_pinned_digests_of_the_v1_definition(tmp_path):
 
 
 _TORCH_DTYPES = {"U8": torch.uint8, "BF16": torch.bfloat16, "F32": torch.float32, "I64": torch.int64}
+
+
+def test_small_tensors_share_work_units_and_keep_their_order(monkeypatch):
+    # the thread pool is handed ~CHUNK bytes per task, not one task per tensor: 2,000 norms
+    # of 4 KB are one unit, a tensor of 2.5 chunks is three pieces, each piece in tensor order
+    monkeypatch.setattr(fpmod, "CHUNK", 64 * 1024)
+    raw = [bytes([i % 251]) * (4096 if i < 2000 else 160 * 1024 if i == 2000 else 0) for i in range(2002)]
+    jobs = [(f"t{i}", "U8", (len(b),), memoryview(b)) for i, b in enumerate(raw)]
+    units = fpmod._work_units(jobs)
+    assert len(units) == 2000 * 4096 // (64 * 1024) + 3
+    assert all(sum(len(p) for _, p in u) <= 64 * 1024 for u in units)
+    pieces = [(i, bytes(p)) for u in units for i, p in u]
+    assert [i for i, _ in pieces] == sorted(i for i, _ in pieces)
+    assert {i: b"".join(p for j, p in pieces if j == i) for i in range(2002) if raw[i]} == \
+        {i: b for i, b in enumerate(raw) if b}
+    assert sum(1 for i, _ in pieces if i == 2000) == 3  # 2.5 chunks: three pieces
