@@ -17,6 +17,7 @@ from .generation_inputs import (
     check_stop,
     check_temperature,
     check_top_p,
+    no_prompts,
     no_tokenizer,
 )
 
@@ -175,7 +176,7 @@ def generate_rows(dep: Any, prompts: Sequence[Any], adapters: Sequence[str | Non
     rows = _encode(dep, prompts)
     n = len(rows)
     if n == 0:
-        raise GenerationError("no prompts to generate for", hint="pass a list of strings or of token id lists")
+        raise no_prompts()
     temps = [check_temperature(t) for t in _per_row(temperature, n, "temperature")]
     top_ps = [check_top_p(p) for p in _per_row(top_p, n, "top_p")]
     seeds = [check_seed(s) for s in _per_row(seed, n, "seed")]

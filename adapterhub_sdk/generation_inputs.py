@@ -88,6 +88,12 @@ def no_tokenizer(param: str = "prompt") -> GenerationError:
                            param=param, code="no_tokenizer")
 
 
+def no_prompts() -> GenerationError:
+    """The error for a request with no prompt at all (an empty list of prompts)."""
+    return GenerationError("no prompts to generate for", hint="pass a list of strings or of token id lists",
+                           param="prompt")
+
+
 def check_prompt_ids(ids: Sequence[Any], vocab: int) -> list[int]:
     """A tokenized prompt: not empty, every id in the model's vocabulary."""
     if not ids:
@@ -114,4 +120,5 @@ def check_context(prompt_tokens: int, max_tokens: int, context: int | None, *, d
 
 
 __all__ = ["MAX_NEW_TOKENS", "MAX_STOP", "GenerationError", "check_context", "check_max_tokens",
-           "check_prompt_ids", "check_seed", "check_stop", "check_temperature", "check_top_p", "no_tokenizer"]
+           "check_prompt_ids", "check_seed", "check_stop", "check_temperature", "check_top_p", "no_prompts",
+           "no_tokenizer"]

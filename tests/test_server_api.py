@@ -257,6 +257,7 @@ BAD_INPUTS = [
     ({"seed": 2**63}, {"seed": 2**63}, "seed"),
     ({"stop": [""]}, {"stop": [""]}, "stop"),  # Python stopped every row after one token
     ({"stop": [f"s{i}" for i in range(17)]}, {"stop": [f"s{i}" for i in range(17)]}, "stop"),
+    ({"prompt": []}, {"prompts": []}, "prompt"),
     ({"prompt": [[]]}, {"prompts": [[]]}, "prompt"),
     ({"prompt": [3, 999]}, {"prompts": [[3, 999]]}, "prompt"),
     ({"prompt": [3] * CONTEXT, "max_tokens": 4}, {"prompts": [[3] * CONTEXT], "max_new_tokens": 4}, "prompt"),

@@ -21,6 +21,7 @@ from ..generation_inputs import (
     check_stop,
     check_temperature,
     check_top_p,
+    no_prompts,
 )
 from . import protocol as p
 from .errors import APIError, api_error, validation_error
@@ -89,7 +90,7 @@ def _completion_prompts(prompt: Any) -> list[Prompt]:
     if isinstance(prompt, str):
         return [Prompt("text", prompt)]
     if not prompt:
-        raise APIError(400, "prompt is empty", param="prompt", code="invalid_value")
+        raise no_prompts()
     if all(isinstance(t, int) for t in prompt):
         return [Prompt("ids", list(prompt))]
     return [Prompt("ids", list(x)) if isinstance(x, list) else Prompt("text", x) for x in prompt]
