@@ -1,8 +1,10 @@
 """Content-addressed blob store: ``<root>/sha256/ab/cdef...``.
 
-This is the built-in ``file`` storage. Storage plugins (hook ``register_storage``)
-provide other stores with the same methods: ``put_file``, ``copy_verified``, ``verify``,
-``size``, ``iter_digests``, ``age``, ``delete`` and ``clean_temp``.
+This is the built-in ``file`` storage, registered here through ``register_storage``
+like a plugin's. Storage plugins provide other stores with the same interface,
+:class:`~adapterhub_sdk.interfaces.BlobStorage`; this one also stages
+(:class:`~adapterhub_sdk.interfaces.StagingBlobStorage`) and quarantines
+(:class:`~adapterhub_sdk.interfaces.QuarantiningBlobStorage`).
 
 A blob is copied to a temp file under ``<root>/tmp``, that copy is hashed and fsynced,
 then renamed into place and made read-only; if the copy does not hash to the expected
@@ -25,9 +27,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import unquote, urlparse
 
 from .adapter_files import open_regular
 from .errors import IntegrityError, NotFoundError
+from .hookspecs import hookimpl
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 BUF = 1 << 20
@@ -408,3 +412,15 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _file_store(url: str) -> BlobStore:
+    parsed = urlparse(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise NotFoundError(f"{url}: file:// URLs name a local path (file:///path)")
+    return BlobStore(Path(unquote(parsed.path)))
+
+
+@hookimpl
+def register_storage(register):
+    register("file", _file_store)

@@ -209,14 +209,11 @@ class Deployment:
 
     @staticmethod
     def _local_base(text: str) -> Path:
-        if text.startswith("hf://"):
-            from huggingface_hub import snapshot_download
+        from .remotes import remote_for
 
-            from .hub import _hub_errors, parse_hub_ref
-
-            ref = parse_hub_ref(text)  # for a base, the part after @ is a git revision (branch, tag, commit)
-            with _hub_errors(text):
-                return Path(snapshot_download(ref.repo, revision=ref.spec or "main"))
+        remote = remote_for(text)  # hf://ORG/MODEL[@REV]: the remote downloads it (@REV is a git revision)
+        if remote is not None:
+            return remote.fetch_base(text)
         p = Path(text)
         if not p.exists():
             raise NotFoundError(f"base {text!r} does not exist", hint="pass a model directory or hf://ORG/MODEL")

@@ -19,6 +19,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
+    from .interfaces import BlobStorage, Remote
     from .manifest import Manifest
     from .methods.base import AdapterMethod
     from .package import AdapterPackage
@@ -45,11 +46,20 @@ def register_runtimes(register: Callable[[RuntimeBackend], None]) -> None:
 
 
 @hookspec
-def register_storage(register: Callable[[str, Callable[[str], Any]], None]) -> None:
+def register_storage(register: Callable[[str, Callable[[str], BlobStorage]], None]) -> None:
     """Called when a blob store is opened by URL. Call ``register(scheme, factory)``;
-    ``factory(url)`` returns a store with the methods of :class:`~adapterhub_sdk.blobs.BlobStore`
-    (``put_file``, ``copy_verified``, ``verify``, ``size``, ``iter_digests``, ``age``,
-    ``delete``, ``clean_temp``). The built-in ``file`` scheme is the local store."""
+    ``factory(url)`` returns a :class:`~adapterhub_sdk.interfaces.BlobStorage` (``put_file``,
+    ``copy_verified``, ``verify``, ``size``, ``iter_digests``, ``age``, ``delete``,
+    ``clean_temp``), optionally also a ``StagingBlobStorage`` or ``QuarantiningBlobStorage``.
+    The built-in ``file`` scheme is the local store."""
+
+
+@hookspec
+def register_remotes(register: Callable[[str, Callable[[str], Remote]], None]) -> None:
+    """Called when a remote registry URL is used (pull, push, a base given as a URL). Call
+    ``register(scheme, factory)``; ``factory(url)`` returns a
+    :class:`~adapterhub_sdk.interfaces.Remote`. The first factory registered for a scheme
+    wins, third-party plugins first. Built-in: ``hf`` (the Hugging Face Hub)."""
 
 
 @hookspec

@@ -41,7 +41,8 @@ from .errors import PluginError
 
 GROUP = "adapterhub"
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "adapterhub_sdk.storage",
+    "adapterhub_sdk.blobs",
+    "adapterhub_sdk.hub_remote",
     "adapterhub_sdk.runtime",
     "adapterhub_sdk.methods.generic",
     "adapterhub_sdk.methods.prompt",
@@ -51,7 +52,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "adapterhub_sdk.methods.lora",
 )
 #: hooks that gather contributions: a failing plugin's contribution is skipped, with a warning
-COLLECTION_HOOKS = frozenset({"register_methods", "register_runtimes", "register_storage", "register_commands"})
+COLLECTION_HOOKS = frozenset({"register_methods", "register_runtimes", "register_storage", "register_remotes",
+                              "register_commands"})
 #: notifications after the fact: a failure is a warning, the operation succeeds
 EVENT_HOOKS = frozenset({"after_publish", "after_pull"})
 # every other hook (validate_publish) is a policy: a failure raises PluginError
@@ -141,6 +143,19 @@ def collect(hook_name: str, **kwargs: Any) -> None:
         return
     for impl in reversed(impls):
         _collect(impl, hook_name, kwargs)
+
+
+def by_scheme(hook_name: str) -> dict[str, Any]:
+    """What a ``register(scheme, factory)`` collection hook gathers (``register_storage``,
+    ``register_remotes``): factories by lowercase URL scheme, the first registered for a
+    scheme (third-party plugins before built-ins) winning."""
+    found: dict[str, Any] = {}
+
+    def register(scheme: str, factory: Any) -> None:
+        found.setdefault(scheme.lower(), factory)
+
+    collect(hook_name, register=register)
+    return found
 
 
 def _collect(impl: HookImpl, hook_name: str, kwargs: Mapping[str, Any]) -> None:

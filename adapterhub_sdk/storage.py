@@ -1,32 +1,26 @@
 """Blob stores by URL scheme. The built-in ``file`` scheme (and plain paths) is the local
-content-addressed store; plugins add others through ``register_storage``."""
+content-addressed store (:mod:`adapterhub_sdk.blobs`, which registers it); plugins add
+others through ``register_storage``. Every store is a
+:class:`~adapterhub_sdk.interfaces.BlobStorage`."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlparse
 
 from .blobs import BlobStore
 from .errors import NotFoundError
-from .hookspecs import hookimpl
+from .interfaces import BlobStorage
 
 
-def storage_factories() -> dict[str, Callable[[str], Any]]:
-    from .plugins import collect
+def storage_factories() -> dict[str, Callable[[str], BlobStorage]]:
+    from .plugins import by_scheme
 
-    found: dict[str, Callable[[str], Any]] = {}
-
-    def register(scheme: str, factory: Callable[[str], Any]) -> None:
-        found.setdefault(scheme.lower(), factory)
-
-    collect("register_storage", register=register)
-    return found
+    return by_scheme("register_storage")
 
 
-def open_blob_store(location: str | os.PathLike[str]) -> Any:
+def open_blob_store(location: str | os.PathLike[str]) -> BlobStorage:
     """A blob store for a path or ``scheme://...`` URL."""
     text = os.fspath(location)
     if "://" not in text:
@@ -38,14 +32,3 @@ def open_blob_store(location: str | os.PathLike[str]) -> Any:
                             hint="install a storage plugin for this scheme, or give a directory path")
     return factories[scheme](text)
 
-
-def _file_store(url: str) -> BlobStore:
-    parsed = urlparse(url)
-    if parsed.netloc not in ("", "localhost"):
-        raise NotFoundError(f"{url}: file:// URLs name a local path (file:///path)")
-    return BlobStore(Path(unquote(parsed.path)))
-
-
-@hookimpl
-def register_storage(register):
-    register("file", _file_store)

@@ -20,7 +20,7 @@ from conftest import run_cli
 
 HOOKS = sorted(n for n in dir(hookspecs) if not n.startswith("_") and hasattr(getattr(hookspecs, n), "adapterhub_spec"))
 TESTED_HOOKS = {"register_methods", "register_commands", "validate_publish", "after_publish", "after_pull",
-                "register_runtimes", "register_storage"}
+                "register_runtimes", "register_storage", "register_remotes"}  # remotes: test_extension_interfaces.py
 
 
 def test_every_hook_has_a_test():

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from ..errors import NotFoundError
 from ..fingerprint import BaseFingerprint, fingerprint
 from ..models import utcnow
+from ..remotes import remote_for
 from ._core import T_BASES, T_SOURCES, RegistryCore
 
 _HEXPREFIX = re.compile(r"[0-9a-f]{8,64}")
@@ -143,11 +144,9 @@ class BasesPart(RegistryCore):
         """A BaseFingerprint, or a bare fingerprint string the registry does not know."""
         if isinstance(base, BaseFingerprint):
             return base
-        if isinstance(base, str) and base.startswith("hf://"):
-            from ..hub import HubClient, parse_hub_ref
-
-            ref = parse_hub_ref(base)
-            return HubClient().identify_base(self, ref.repo, ref.spec)
+        remote = remote_for(base)  # a base named by a remote registry's URL (hf://ORG/MODEL@REV)
+        if remote is not None:
+            return remote.identify_base(self, base)
         if isinstance(base, str) and not os.path.exists(base) and _HEXPREFIX.fullmatch(base.lower()):
             try:
                 return self.get_base(base)

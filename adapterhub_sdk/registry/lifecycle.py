@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 
 from ..errors import AdapterHubError
+from ..interfaces import QuarantiningBlobStorage
 from ..manifest import Manifest
 from ..names import parse_ref
 from ._core import T_ADAPTERS, T_BASES, T_FILES, T_VERSIONS, RegistryCore
@@ -54,7 +55,8 @@ class LifecyclePart(RegistryCore):
         report = GcReport(dry_run=dry_run)
         with self._read() as conn:
             referenced = {s for (s,) in conn.execute(select(T_FILES.c.sha256).distinct())}
-        quarantine = getattr(self.blobs, "quarantine", None)
+        # a store that can quarantine (the built-in one) moves a blob aside before deleting it
+        quarantining = isinstance(self.blobs, QuarantiningBlobStorage)
         for sha in list(self.blobs.iter_digests()):
             if sha in referenced:
                 continue
@@ -65,13 +67,13 @@ class LifecyclePart(RegistryCore):
                 report.blobs_removed += 1
                 report.bytes_freed += self.blobs.size(sha)
                 continue
-            if not callable(quarantine):
+            if not quarantining:
                 report.blobs_removed += 1
                 report.bytes_freed += self.blobs.delete(sha)
                 continue
             # move it aside, then ask again: a version committed since the first read keeps it
             # (and a publish that reused it puts it back after its commit in any case)
-            token = quarantine(sha)
+            token = self.blobs.quarantine(sha)
             if token is None:
                 continue
             with self._read() as conn:

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from ..errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
+from ..interfaces import StagingBlobStorage
 from ..manifest import BaseRef, Manifest
 from ..methods.base import requirements_digest
 from ..models import utcnow
@@ -109,11 +110,10 @@ class PublishPart(RegistryCore):
         task_list = _check_tasks(tasks)
         _check_metrics(metrics)
         own = not isinstance(source, AdapterPackage)
+        # a store that can stage (the built-in one) copies and hashes each file once
+        staging = isinstance(self.blobs, StagingBlobStorage)
         if own:
-            # a store that can stage (the built-in one) copies and hashes each file once
-            stage, discard = getattr(self.blobs, "stage", None), getattr(self.blobs, "discard", None)
-            if not (callable(stage) and callable(discard) and callable(getattr(self.blobs, "put_staged", None))):
-                stage = discard = None
+            stage, discard = (self.blobs.stage, self.blobs.discard) if staging else (None, None)
             pkg = pack(source, subfolder=subfolder, adapter_name=adapter_name, stage=stage, discard=discard)
         else:
             pkg = source
@@ -151,7 +151,7 @@ class PublishPart(RegistryCore):
                 for f in pkg.files:
                     if f.staged is not None:
                         staged, f.staged = f.staged, None
-                        if callable(getattr(self.blobs, "holds", None)) and self.blobs.holds(staged):
+                        if staging and self.blobs.holds(staged):
                             reused.append(staged)
                         else:
                             written += self.blobs.put_staged(staged)

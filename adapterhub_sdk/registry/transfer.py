@@ -13,6 +13,7 @@ from ..errors import IntegrityError
 from ..manifest import Manifest
 from ..names import parse_ref
 from ..package import write_package_dir
+from ..remotes import get_remote, remote_for
 from ._core import T_FILES, RegistryCore
 from .results import MANIFEST_FILE
 
@@ -35,28 +36,27 @@ class TransferPart(RegistryCore):
     """pull and push."""
 
     def push(self, ref: str, *, to: str, private: bool | None = None) -> Any:
-        """Push ``name@version`` to ``hf://ORG/REPO`` (one commit stating its parent, tagged
-        with the version). Returns a PushResult."""
-        from ..hub import HubClient
-
-        return HubClient().push(self, ref, to, private=private)
+        """Push ``name@version`` to a remote registry's URL ``to``, e.g. ``hf://ORG/REPO`` (one
+        commit stating its parent, tagged with the version). Returns the remote's result (a
+        PushResult for the Hub)."""
+        return get_remote(to).push(self, ref, to, private=private)
 
     def pull(self, ref: str, dest: str | os.PathLike[str] | None = None, *, overwrite: bool = False,
              base: Any = None, name: str | None = None) -> Path | None:
         """Write ``name@spec`` to ``dest`` as a directory PEFT loads. Every file is verified
         against its digest first; ``dest`` is written atomically (complete or untouched).
-        ``hf://ORG/REPO@SPEC`` pulls from the Hub: verified, recorded here (so it resolves
-        offline afterwards) and, when ``dest`` is given, written there; ``base`` pins a
-        repo PEFT pushed without a manifest. Returns the written directory (None for a Hub
-        pull without ``dest``: the version is then only recorded). ``name``: accept the
-        adapter name a Hub repo's manifest gives, when it differs from the repo's own and that
-        name already holds versions from elsewhere here."""
+        A remote registry's URL (``hf://ORG/REPO@SPEC`` pulls from the Hub) is pulled by its
+        remote: verified, recorded here (so it resolves offline afterwards) and, when
+        ``dest`` is given, written there; ``base`` pins a repo PEFT pushed without a
+        manifest. Returns the written directory (None for a remote pull without ``dest``: the
+        version is then only recorded). ``name``: accept the adapter name a Hub repo's
+        manifest gives, when it differs from the repo's own and that name already holds
+        versions from elsewhere here."""
         from ..plugins import call_hook
 
-        if ref.startswith("hf://"):
-            from ..hub import HubClient
-
-            HubClient().pull(self, ref, base=base, dest=dest, overwrite=overwrite, name=name)
+        remote = remote_for(ref)
+        if remote is not None:
+            remote.pull(self, ref, dest, base=base, overwrite=overwrite, name=name)
             return Path(dest) if dest is not None else None
         if dest is None:
             raise TypeError("pull needs a destination directory")
