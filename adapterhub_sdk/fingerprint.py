@@ -25,6 +25,7 @@ import mmap
 import os
 import re
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -161,12 +162,11 @@ class _Progress:
     def __init__(self, total: int, enabled: bool | None, desc: str):
         self._bar = None
         self._lock = threading.Lock()
-        if enabled is False or (enabled is None and total < PROGRESS_MIN_BYTES):
-            return
+        if enabled is False or (enabled is None and (total < PROGRESS_MIN_BYTES or not _is_tty(sys.stderr))):
+            return  # tqdm would draw nothing off a terminal (disable=None): not worth its import
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc,
-                         disable=None if enabled is None else not enabled, leave=False)
+        self._bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
 
     def add(self, n: int) -> None:
         if self._bar is not None:
@@ -176,6 +176,13 @@ class _Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
 
 
 def _work_units(jobs: list[tuple[str, str, tuple[int, ...], memoryview]]) -> list[list[tuple[int, memoryview]]]:

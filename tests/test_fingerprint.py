@@ -11,6 +11,8 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -27,7 +29,7 @@ from adapterhub_sdk.errors import (
     WeightsNotFoundError,
 )
 
-from conftest import _llama, run_cli, save_base
+from conftest import ADAPTERHUB, _llama, run_cli, save_base
 
 # the package re-exports the function under the module's name, so fetch the module itself
 fpmod = importlib.import_module("adapterhub_sdk.fingerprint")
@@ -659,3 +661,34 @@ def test_small_tensors_share_work_units_and_keep_their_order(monkeypatch):
     assert {i: b"".join(p for j, p in pieces if j == i) for i in range(2002) if raw[i]} == \
         {i: b for i, b in enumerate(raw) if b}
     assert sum(1 for i, _ in pieces if i == 2000) == 3  # 2.5 chunks: three pieces
+
+
+def _imported(stderr: str) -> set[str]:
+    """Top-level package names from a ``-X importtime`` / PYTHONPROFILEIMPORTTIME profile."""
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+@pytest.mark.parametrize("plugins", ["none", "installed"])
+def test_cli_fingerprint_of_a_directory_imports_no_torch_transformers_or_tqdm(sharded_dir, base_fp, plugins):
+    env = {k: v for k, v in os.environ.items() if not (k == "ADAPTERHUB_LOAD_PLUGINS" and plugins == "installed")}
+    for extra in ([], ["--no-cache"]):
+        proc = subprocess.run([ADAPTERHUB, "fingerprint", str(sharded_dir), "--json", *extra], capture_output=True,
+                              text=True, env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout)["fingerprint"] == base_fp.digest
+        imported = _imported(proc.stderr)
+        assert "click" in imported  # the profile is there
+        assert not imported & {"torch", "transformers", "peft", "numpy", "safetensors", "tqdm"}, extra
+
+
+def test_no_progress_bar_import_off_a_terminal(base_dir, base_fp):
+    # above the progress threshold, a run whose stderr is not a terminal draws nothing: tqdm
+    # (~60 ms to import) stays out; asked for explicitly, the bar is still drawn
+    code = ("import importlib, sys; fp = importlib.import_module('adapterhub_sdk.fingerprint'); "
+            "fp.PROGRESS_MIN_BYTES = 0; d = fp.fingerprint(sys.argv[1], use_cache=False, progress=%s).digest; "
+            "print(d, 'tqdm' in sys.modules)")
+    for progress, drawn in (("None", False), ("True", True)):
+        proc = subprocess.run([sys.executable, "-c", code % progress, str(base_dir)], capture_output=True,
+                              text=True, timeout=300, check=True)
+        assert proc.stdout.split() == [base_fp.digest, str(drawn)], (progress, proc.stderr)
