@@ -3,15 +3,21 @@
 Builds a small base model, trains two LoRA adapters for real on two toy tasks,
 publishes them pinned to the base's fingerprint, resolves them against three bases,
 pulls one back, loads both with PEFT and runs one batch where each row uses its own
-adapter. Everything goes to the default registry (``ADAPTERHUB_HOME``).
+adapter. Everything goes to the default registry (``ADAPTERHUB_HOME``). Its output is its
+own: third-party progress bars, log lines and warnings are silenced while it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import shutil
 import tempfile
 import textwrap
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -28,12 +34,51 @@ TASKS = {
 
 
 def _say(text: str) -> None:
-    click.echo(textwrap.fill(" ".join(text.split()), width=88))
+    click.echo(textwrap.fill(" ".join(text.split()), width=88, break_on_hyphens=False, break_long_words=False))
 
 
 def _step(n: int, title: str) -> None:
     click.echo("")
     click.secho(f"[{n}/7] {title}", bold=True)
+
+
+@contextlib.contextmanager
+def _quiet_third_parties() -> Iterator[None]:
+    """Silence transformers', huggingface_hub's and tqdm's progress bars, logs and warnings
+    (put back afterwards), so that what the quick start prints is ours alone."""
+    import huggingface_hub.utils as hf_utils
+    import transformers.utils.logging as tf_logging
+
+    verbosity = tf_logging.get_verbosity()
+    bars = tf_logging.is_progress_bar_enabled()
+    hub_bars = not hf_utils.are_progress_bars_disabled()
+    tqdm_env = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    tf_logging.set_verbosity_error()
+    tf_logging.disable_progress_bar()
+    hf_utils.disable_progress_bars()
+    loggers = {name: logging.getLogger(name).level for name in ("huggingface_hub", "peft", "torch")}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            for module in ("transformers", "peft", "torch", "huggingface_hub", "accelerate", "tqdm"):
+                warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for name, level in loggers.items():
+            logging.getLogger(name).setLevel(level)
+        tf_logging.set_verbosity(verbosity)
+        if bars:
+            tf_logging.enable_progress_bar()
+        if hub_bars:
+            hf_utils.enable_progress_bars()
+        if tqdm_env is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_env
 
 
 def _size(n: float) -> str:
@@ -120,12 +165,19 @@ def run(*, workdir: str | None = None, steps: int = 100) -> None:
         work = Path(workdir)
         work.mkdir(parents=True, exist_ok=True)
     try:
-        _run(work, steps, fingerprint, Registry, home_dir())
+        with _quiet_third_parties():
+            _run(work, steps, fingerprint, Registry, home_dir())
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     click.echo(f"\nDone in {time.perf_counter() - t0:.0f} s. Next: 'adapterhub list', "
                "'adapterhub show quickstart/successor', 'adapterhub --help'.")
+    if tmp:
+        _say(f"""The models, trained adapters and pulled copies were built in {tmp}, now deleted; the
+        published adapters stay in the registry. To keep the files, give the quick start a directory:""")
+        click.echo("    adapterhub quickstart --workdir ./quickstart")
+    else:
+        _say(f"The models, trained adapters and pulled copies are in {work} (kept).")
 
 
 def _run(work: Path, steps: int, fingerprint, Registry, home: Path) -> None:  # noqa: ANN001
@@ -205,17 +257,21 @@ def _run(work: Path, steps: int, fingerprint, Registry, home: Path) -> None:  # 
         _step(6, "One batch, each row with its own adapter")
         digits = [3, 3, 3, 7, 7, 0]
         names = ["successor", "predecessor", "__base__", "successor", "predecessor", "predecessor"]
+        labels = {"__base__": "none (base only)"}
         with torch.no_grad():
             logits = model(input_ids=_prompts(digits), adapter_names=names).logits[:, -1, :]
         answers = logits.argmax(-1).tolist()
         correct = 0
         for d, name, a in zip(digits, names, answers):
             want = TASKS[name](d) if name in TASKS else None
-            ok = "" if want is None else ("  ok" if a == want else f"  (expected {want})")
+            ok = ("  untrained: no right answer" if want is None
+                  else ("  ok" if a == want else f"  (expected {want})"))
             correct += want is not None and a == want
-            click.echo(f"    {d}>{VOCAB[a]:<2} adapter {name:<12}{ok}")
+            click.echo(f"    {d}>{VOCAB[a]:<2} adapter {labels.get(name, name):<17}{ok}")
         _say("""One forward pass over one copy of the base: rows 1 and 2 ask the same question of two
-        adapters; row 3 uses the bare base, which never learned either task.""")
+        adapters. Row 3 has no adapter: the base alone, which never learned either task, answers
+        whatever its random weights favour, so its digit is neither right nor wrong; it shows that
+        rows without an adapter run in the same batch on the unchanged base.""")
 
         _step(7, "Disk: adapters against copies of the base")
         adapter_bytes = sum(reg.show(f"{p.name}@{p.version}").size for p in published.values())
