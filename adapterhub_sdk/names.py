@@ -8,6 +8,7 @@ are addressed by digest and pulled files go where the user says.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import InvalidNameError, InvalidVersionError
@@ -83,3 +84,19 @@ def parse_ref(text: str, *, default_spec: str | None = None) -> AdapterRef:
     if spec_value is not None:
         VersionSpec.parse(spec_value)
     return AdapterRef(name, spec_value)
+
+
+#: how many characters a typo may add or drop; the registry only reads names this close in length
+TYPO_SLACK = 3
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """``did you mean acme/sentiment?`` for a name that is not there, from the names that
+    are (compared case-insensitively, as names are), or None when none is close."""
+    import difflib
+
+    by_key = {name_key(c): c for c in candidates}
+    close = difflib.get_close_matches(name_key(name), list(by_key), n=3, cutoff=0.75)
+    if not close:
+        return None
+    return "did you mean " + " or ".join(by_key[k] for k in close) + "?"

@@ -10,12 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import AdapterHubError
+from ..errors import AdapterHubError, InvalidNameError, InvalidVersionError
 
 if TYPE_CHECKING:
     from ..registry import Registry
 
+#: the command ran and failed: not found, refused, corrupt, unreachable, I/O
 EXIT_ERROR = 1
+#: the command line is wrong whatever the registry holds: unknown command or option, a
+#: missing or malformed value (name, version, spec, number, choice), conflicting options,
+#: a path argument that does not exist (click numbers its own usage errors 2 as well)
+EXIT_USAGE = 2
+#: a malformed value that only the SDK can judge (a name, a version or a spec) is a usage error
+USAGE_ERRORS = (InvalidNameError, InvalidVersionError)
 
 
 def truthy(value: str | None) -> bool:
@@ -36,7 +43,25 @@ def _click_error_line(exc: click.ClickException) -> str:
     return line + (f"; see '{sub.command_path} --help'" if isinstance(exc, click.UsageError) and sub else "")
 
 
-class _Group(click.Group):
+def examples(*commands: str) -> str:
+    """A command's epilog: the examples that end its ``--help``."""
+    return "\b\nExamples:\n" + "\n".join(f"  {c}" for c in commands)
+
+
+class HelpfulGroup(click.Group):
+    """A group run without a command prints its formatted help, on stderr with exit 2 (a
+    usage mistake: what ``hf`` does, and click itself since 8.2; ``git`` exits 1)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            click.echo(ctx.get_help(), err=True)
+            ctx.exit(EXIT_USAGE)
+        return super().parse_args(ctx, args)
+
+
+class _Group(HelpfulGroup):
+    group_class = HelpfulGroup  # subgroups (``db``, a plugin's) behave the same
+
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
             return super().make_context(*args, **kwargs)
@@ -57,6 +82,11 @@ class _Group(click.Group):
             ctx.exit(exc.exit_code)
         except BrokenPipeError:
             ctx.exit(EXIT_ERROR)
+        except USAGE_ERRORS as exc:
+            if debug:
+                raise
+            click.echo(error_line(exc), err=True)
+            ctx.exit(EXIT_USAGE)
         except (AdapterHubError, OSError, ValueError, TypeError, LookupError) as exc:
             if debug:
                 raise
@@ -73,7 +103,10 @@ class _Group(click.Group):
             ctx.exit(EXIT_ERROR)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=examples(
+    "adapterhub publish ./my-lora --name acme/sentiment --version 1.0.0 --base ./base",
+    "adapterhub resolve --base ./base --task sentiment",
+    "adapterhub COMMAND --help"))
 @click.option("--registry", "registry_url", envvar="ADAPTERHUB_REGISTRY_URL", metavar="URL",
               help="Registry database URL (sqlite:///PATH or postgresql://...). "
                    "Default: SQLite under ADAPTERHUB_HOME.")
@@ -109,12 +142,34 @@ def registry_url(ctx: click.Context) -> str:
     return ctx.find_root().obj.get("registry_url") or default_registry_url()
 
 
+def _is_fingerprint(text: str) -> bool:
+    """A hex digest, or a prefix of 8 or more of one."""
+    text = text.strip()
+    return text.isascii() and 8 <= len(text) <= 64 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+class BaseParam(click.ParamType):
+    """``--base``: a local model directory or file, a remote URL (``hf://ORG/MODEL[@REV]``),
+    or a fingerprint the registry has seen. A local path that does not exist is a usage
+    error (exit 2), as click's own path arguments are."""
+
+    name = "base"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str) or "://" in value or os.path.exists(value) or _is_fingerprint(value):
+            return value
+        self.fail(f"{value}: no such file or directory (give a model directory, hf://ORG/MODEL or a fingerprint)",
+                  param, ctx)
+
+
+BASE = BaseParam()
+
+
 def base_arg(base: str | None, fingerprint: str | None) -> Any:
     """``--base`` or ``--fingerprint`` (a hex digest or a prefix of 8+), never both."""
     if base and fingerprint:
         raise click.UsageError("give --base or --fingerprint, not both")
-    if fingerprint is not None and not (fingerprint.isascii() and len(fingerprint.strip()) >= 8
-                                        and all(c in "0123456789abcdefABCDEF" for c in fingerprint.strip())):
+    if fingerprint is not None and not _is_fingerprint(fingerprint):
         raise click.BadParameter(f"{fingerprint!r} is not a fingerprint (64 hex digits, or a prefix of 8 or more)",
                                  param_hint="--fingerprint")
     return base or fingerprint

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from ._app import cli, registry
+from ._app import cli, examples, registry
 from ._output import Result, emits, human_size
 
 
-@cli.command("fingerprint")
+@cli.command("fingerprint", epilog=examples(
+    "adapterhub fingerprint ./base", "adapterhub fingerprint ./base --register --json"))
 @emits
 @click.argument("path", type=click.Path(exists=True, path_type=str))
 @click.option("--no-cache", is_flag=True, help="Re-hash even if the files are unchanged.")

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import click
 
-from ._app import EXIT_ERROR, cli, registry, registry_url
+from ._app import EXIT_ERROR, cli, examples, registry, registry_url
 from ._output import Result, emits, human_size
 
 
-@cli.command()
+@cli.command(epilog=examples("adapterhub verify", "adapterhub verify --json"))
 @emits
 @click.pass_context
 def verify(ctx: click.Context) -> Result:
@@ -28,11 +28,11 @@ def verify(ctx: click.Context) -> Result:
     return Result(report.to_dict, text, exit_code=0 if report.ok else EXIT_ERROR)
 
 
-@cli.command()
+@cli.command(epilog=examples("adapterhub gc --dry-run", "adapterhub gc --grace 0"))
 @emits
 @click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               help="Keep unreferenced blobs younger than this many seconds (a publish may be in flight).")
-@click.option("--dry-run", is_flag=True)
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 @click.pass_context
 def gc(ctx: click.Context, grace: float, dry_run: bool) -> Result:
     """Remove blobs no version references and abandoned temp files."""
@@ -43,12 +43,12 @@ def gc(ctx: click.Context, grace: float, dry_run: bool) -> Result:
                   f"{report.temp_removed} temp files; kept {report.kept_recent} recent unreferenced blobs")
 
 
-@cli.group()
+@cli.group(epilog=examples("adapterhub db current", "adapterhub db upgrade"))
 def db() -> None:
     """Registry database schema."""
 
 
-@db.command("upgrade")
+@db.command("upgrade", epilog=examples("adapterhub db upgrade"))
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Apply schema migrations to the registry database."""
@@ -63,7 +63,7 @@ def db_upgrade(ctx: click.Context) -> None:
     click.echo(f"registry schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
 
 
-@db.command("current")
+@db.command("current", epilog=examples("adapterhub db current --json"))
 @emits
 @click.pass_context
 def db_current(ctx: click.Context) -> Result:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ._app import cli
+from ._app import cli, examples
 from ._output import Result, emits
 
 
-@cli.command()
+@cli.command(epilog=examples("adapterhub plugins", "adapterhub plugins --json"))
 @emits
 def plugins() -> Result:
     """List loaded plugins, where they come from, and the methods they provide."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ._app import cli, registry
+from ._app import BASE, cli, examples, registry
 from ._output import Result, emits, human_size
 
 
@@ -23,15 +23,16 @@ def _parse_metrics(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-@cli.command()
+@cli.command(epilog=examples(
+    "adapterhub publish ./my-lora --name acme/sentiment --version 1.0.0 --base ./base --task sentiment"))
 @emits
 @click.argument("directory", type=click.Path(exists=True, path_type=str))
 @click.option("--name", required=True, metavar="NS/NAME", help="Adapter name, e.g. acme/sentiment.")
 @click.option("--version", "version", required=True, metavar="VER", help="Semantic version, e.g. 1.0.0.")
-@click.option("--base", metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model to check against and pin to.")
+@click.option("--base", type=BASE, metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model to check against and pin to.")
 @click.option("--task", "tasks", multiple=True, metavar="TASK", help="Task tag (repeatable).")
 @click.option("--license", "license_", metavar="L", help="License identifier, e.g. apache-2.0.")
-@click.option("--description", metavar="D")
+@click.option("--description", metavar="D", help="One line on what the adapter does.")
 @click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="Evaluation metric (repeatable).")
 @click.option("--subfolder", metavar="NAME", help="Adapter subfolder (PEFT's layout for non-default adapters).")
 @click.option("--allow-nonfinite", is_flag=True,

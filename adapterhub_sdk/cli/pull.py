@@ -7,18 +7,19 @@ from collections.abc import Iterator
 
 import click
 
-from ._app import cli, registry
+from ._app import BASE, cli, examples, registry
 from ._output import Result, emits
 from .remote import is_remote, pull_remote
 
 
-@cli.command()
+@cli.command(epilog=examples("adapterhub pull acme/sentiment@^1 --out ./sentiment",
+                             "adapterhub pull hf://acme/sentiment@1.0.0"))
 @emits
 @click.argument("ref", metavar="NS/NAME@SPEC | hf://ORG/REPO[@SPEC]")
 @click.option("--out", "out", type=click.Path(path_type=str),
               help="Directory to write (required for local refs; optional for hf://).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-@click.option("--base", metavar="PATH|hf://ORG/MODEL",
+@click.option("--base", type=BASE, metavar="PATH|hf://ORG/MODEL",
               help="For a Hub repo pushed by PEFT without a manifest: the base to pin it to.")
 @click.option("--name", "accept_name", metavar="NS/NAME",
               help="For a Hub repo whose manifest names another adapter: accept that name even though "
@@ -43,7 +44,7 @@ def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str |
                   f"pulled {info.name}@{info.version} to {path} (verified)")
 
 
-@cli.command("export")
+@cli.command("export", epilog=examples("adapterhub export acme/sentiment@1.0.0 --format vllm --out ./for-vllm"))
 @emits
 @click.argument("spec", metavar="NS/NAME[@SPEC]")
 @click.option("--format", "fmt", required=True, type=click.Choice(("peft", "vllm", "lorax", "tgi", "ollama"),

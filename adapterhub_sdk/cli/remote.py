@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._app import base_arg, cli, registry
+from ._app import base_arg, cli, examples, registry
 from ._output import Result, emits
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def resolve_remote(reg: Registry, base: str | None, fingerprint: str | None, tas
     return Result(found, lines)
 
 
-@cli.command()
+@cli.command(epilog=examples("adapterhub push acme/sentiment@1.0.0 --to hf://acme/sentiment"))
 @emits
 @click.argument("ref", metavar="NS/NAME@VERSION")
 @click.option("--to", "to", required=True, metavar="hf://ORG/REPO", help="Hub repo to push to.")

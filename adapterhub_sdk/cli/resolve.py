@@ -6,17 +6,18 @@ from collections.abc import Iterator
 
 import click
 
-from ._app import base_arg, cli, registry
+from ._app import BASE, base_arg, cli, examples, registry
 from ._output import Result, emits
 from .remote import resolve_remote
 
 
-@cli.command()
+@cli.command(epilog=examples("adapterhub resolve --base ./base --task sentiment",
+                             "adapterhub resolve --base hf://Qwen/Qwen2.5-0.5B --hub --json"))
 @emits
-@click.option("--base", metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model directory, or a Hub model.")
+@click.option("--base", type=BASE, metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model directory, or a Hub model.")
 @click.option("--fingerprint", metavar="FP", help="Base fingerprint (or a unique prefix).")
-@click.option("--task", metavar="T")
-@click.option("--method", metavar="M")
+@click.option("--task", metavar="T", help="Only versions tagged with this task.")
+@click.option("--method", metavar="M", help="Only this method or variant: lora, dora, rslora, ia3, ...")
 @click.option("--name", metavar="NS/NAME[@SPEC]", help="Only this adapter, optionally a version range.")
 @click.option("--runtime", metavar="NAME", help="Only adapters this runtime backend can run (see 'adapterhub plugins').")
 @click.option("--hub", "on_hub", is_flag=True, help="Search the Hugging Face Hub instead of the local registry.")

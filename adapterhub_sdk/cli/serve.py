@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ._app import cli, registry
+from ._app import BASE, cli, examples, registry
 from .remote import hub_model_id
 
 
@@ -26,8 +26,8 @@ def _listen(host: str, port: int) -> Any:
     return sock
 
 
-@cli.command()
-@click.option("--base", required=True, metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model, loaded once.")
+@cli.command(epilog=examples("adapterhub serve --base ./base --adapter acme/sentiment@^1 --port 8000"))
+@click.option("--base", type=BASE, required=True, metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model, loaded once.")
 @click.option("--adapter", "adapters", multiple=True, metavar="[NAME=]SPEC",
               help="Adapter to attach at start, e.g. acme/sentiment@^1 (repeatable); NAME= serves it as NAME.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -80,7 +80,7 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
         sock.close()
 
 
-@cli.command()
+@cli.command(epilog=examples("adapterhub quickstart", "adapterhub quickstart --workdir ./demo --steps 50"))
 @click.option("--workdir", type=click.Path(path_type=str), help="Where to build the demo (default: a temp dir).")
 @click.option("--steps", type=click.IntRange(min=10), default=100, show_default=True, help="Training steps per adapter.")
 def quickstart(workdir: str | None, steps: int) -> None:

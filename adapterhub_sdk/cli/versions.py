@@ -7,15 +7,16 @@ from typing import Any
 
 import click
 
-from ._app import base_arg, cli, registry
+from ._app import BASE, base_arg, cli, examples, registry
 from ._output import Result, emits, human_size, table
 
 
-@cli.command("list")
+@cli.command("list", epilog=examples("adapterhub list --task sentiment",
+                                         "adapterhub list --base ./base --json"))
 @emits
-@click.option("--task", metavar="T")
+@click.option("--task", metavar="T", help="Only versions tagged with this task.")
 @click.option("--method", metavar="M", help="lora, dora, rslora, ia3, ...")
-@click.option("--base", metavar="PATH|hf://ORG/MODEL[@REV]", help="Only adapters pinned to this base.")
+@click.option("--base", type=BASE, metavar="PATH|hf://ORG/MODEL[@REV]", help="Only adapters pinned to this base.")
 @click.option("--fingerprint", metavar="FP", help="Only adapters pinned to this fingerprint.")
 @click.pass_context
 def list_cmd(ctx: click.Context, task: str | None, method: str | None, base: str | None,
@@ -36,7 +37,7 @@ def list_cmd(ctx: click.Context, task: str | None, method: str | None, base: str
     return Result(lambda: [i.to_dict() for i in infos], text)
 
 
-@cli.command()
+@cli.command(epilog=examples("adapterhub show acme/sentiment", "adapterhub show acme/sentiment@^1 --json"))
 @emits
 @click.argument("ref", metavar="NS/NAME[@SPEC]")
 @click.pass_context
@@ -95,7 +96,7 @@ def show(ctx: click.Context, ref: str) -> Result:
     return Result(data, text)
 
 
-@cli.command()
+@cli.command(epilog=examples("adapterhub alias acme/sentiment@1.1.0 prod"))
 @emits
 @click.argument("ref", metavar="NS/NAME@VERSION")
 @click.argument("alias_name", metavar="ALIAS")
@@ -107,7 +108,7 @@ def alias(ctx: click.Context, ref: str, alias_name: str) -> Result:
                   f"{info.name}@{alias_name} -> {info.version}")
 
 
-@cli.command()
+@cli.command(epilog=examples("adapterhub yank acme/sentiment@1.1.0", "adapterhub yank acme/sentiment@1.1.0 --undo"))
 @emits
 @click.argument("ref", metavar="NS/NAME@VERSION")
 @click.option("--undo", is_flag=True, help="Un-yank.")
