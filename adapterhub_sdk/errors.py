@@ -64,9 +64,11 @@ class NotFoundError(AdapterHubError, LookupError):
 
 
 class VersionConflictError(AdapterHubError, FileExistsError):
-    """``name@version`` already exists with other content; versions are immutable."""
+    """``name@version`` already exists with other content; versions are immutable.
+    ``differences``: what differs from the stored version, one "field: old → new" each."""
 
     hint = "publish under a new version; published versions never change"
+    differences: tuple[str, ...] = ()
 
 
 class IntegrityError(AdapterHubError, OSError):

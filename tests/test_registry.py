@@ -120,6 +120,36 @@ def test_same_version_other_content_conflicts(registry, base_dir, lora_dir, lora
     assert [i.version for i in registry.list()] == ["1.0.0"]
 
 
+def test_refused_republish_names_each_field_that_differs(registry, base_dir, lora_dir, lora_dir_b, tmp_path):
+    """The conflict says what differs, published value first ("license: apache-2.0 → none"),
+    for tasks, description, license, metrics, base and files, in Python and through the CLI;
+    an identical re-publish is still a no-op."""
+    from conftest import run_cli
+
+    registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir, tasks=["sentiment"],
+                     license="apache-2.0", description="first", metrics={"acc": 0.9})
+    with pytest.raises(ah.VersionConflictError) as err:
+        registry.publish(lora_dir_b, name=NAME, version="1.0.0", tasks=["review", "sentiment"],
+                         description="second", metrics={"acc": 0.91, "f1": 0.8})
+    msg = str(err.value)
+    for want in ("license: apache-2.0 → none", "tasks: sentiment → review, sentiment",
+                 "description: first → second", "metrics.acc: 0.9 → 0.91", "metrics.f1: none → 0.8",
+                 "base fingerprint: ", "→ none (unpinned: published without a base)",
+                 "files: adapter_model.safetensors sha256 "):
+        assert want in msg, (want, msg)
+    assert "license: apache-2.0 → none" in err.value.differences
+    with pytest.raises(ah.VersionConflictError, match=r"other content: license: apache-2.0 → none$"):
+        registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir, tasks=["sentiment"],
+                         description="first", metrics={"acc": 0.9})
+    assert not registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir, tasks=["sentiment"],
+                                license="apache-2.0", description="first", metrics={"acc": 0.9}).created
+    if registry.url.startswith("sqlite"):  # the CLI says the same (one run is enough)
+        proc = run_cli("--registry", registry.url, "--blobs", str(tmp_path / "blobs"), "publish", str(lora_dir),
+                       "--name", NAME, "--version", "1.0.0", "--base", str(base_dir), "--task", "sentiment",
+                       "--description", "first", "--metric", "acc=0.9")
+        assert proc.returncode == 1 and "license: apache-2.0 → none" in proc.stderr, proc.stderr
+
+
 def test_publish_leaves_no_staged_copies_whatever_the_outcome(registry, base_dir, base_other_shape,
                                                               lora_dir, lora_dir_b, tmp_path):
     """Publish copies each file aside once and hashes the copy; created, no-op, conflict,

@@ -24,6 +24,7 @@ from ..names import name_key, validate_name
 from ..package import AdapterPackage, pack
 from ..versions import Version
 from ._core import T_ADAPTERS, T_FILES, T_REQS, T_TASKS, T_VERSIONS, RegistryCore
+from .differences import conflict
 from .results import PublishResult, _iso
 
 _TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", re.ASCII)
@@ -141,7 +142,7 @@ class PublishPart(RegistryCore):
                     raise AdapterHubError(f"publish rejected by policy {plugin!r}: {reason}")
             existing = self._existing_digest(name, str(ver))
             if existing is not None and existing != manifest.digest:
-                raise VersionConflictError(f"{name}@{ver} already exists with other content")
+                raise conflict(self._stored_manifest(name, str(ver)), manifest)
             written = 0
             created = False
             # also for an identical re-publish: a stored blob found corrupt or missing is
@@ -201,7 +202,7 @@ class PublishPart(RegistryCore):
                                  f"{', '.join(bad)}", hint="the source was modified or corrupted; do not use it")
         existing = self._existing_digest(manifest.name, manifest.version)
         if existing is not None and existing != manifest.digest:
-            raise VersionConflictError(f"{manifest.name}@{manifest.version} already exists here with other content")
+            raise conflict(self._stored_manifest(manifest.name, manifest.version), manifest, here=" here")
         written = 0
         created = False
         for f in manifest.files:  # repairs a corrupt or missing blob of an existing version too
@@ -227,6 +228,13 @@ class PublishPart(RegistryCore):
         with self._read() as conn:
             row = conn.execute(select(T_ADAPTERS.c.name).where(T_ADAPTERS.c.name_key == name_key(name))).first()
         return row.name if row else name
+
+    def _stored_manifest(self, name: str, version: str) -> Manifest | None:
+        with self._read() as conn:
+            body = conn.execute(
+                select(T_VERSIONS.c.manifest).join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
+                .where(T_ADAPTERS.c.name_key == name_key(name), T_VERSIONS.c.version == version)).scalar()
+        return Manifest.from_json(body) if body else None
 
     def _existing_digest(self, name: str, version: str) -> str | None:
         """The digest of ``name@version`` if it exists. VersionConflictError if another
@@ -256,8 +264,9 @@ class PublishPart(RegistryCore):
                         if existing:
                             if existing.digest == manifest.digest:
                                 return False
-                            raise VersionConflictError(
-                                f"{manifest.name}@{manifest.version} already exists with other content")
+                            raise conflict(Manifest.from_json(conn.execute(select(T_VERSIONS.c.manifest).where(
+                                T_VERSIONS.c.adapter_id == adapter_id,
+                                T_VERSIONS.c.version == manifest.version)).scalar_one()), manifest)
                         _refuse_precedence_twin(conn, adapter_id, manifest.name, ver)
                     else:
                         adapter_id = conn.execute(insert(T_ADAPTERS).values(
