@@ -1,5 +1,6 @@
 """Everything the CLI does with a remote registry (today the Hugging Face Hub, ``hf://``):
-``push``, and the remote halves of ``pull hf://...`` and ``resolve --hub``. The other
+``push``, and the remote halves of ``pull hf://...`` and ``resolve --hub``, each through
+the remote that the URL's scheme selects (:mod:`adapterhub_sdk.remotes`). The other
 command modules call these and hold no ``hf://`` case of their own."""
 
 from __future__ import annotations
@@ -14,25 +15,31 @@ from ._output import Result, emits
 if TYPE_CHECKING:
     from ..registry import Registry
 
-HUB_SCHEME = "hf://"
+HUB = "hf://"  # the remote that ``resolve --hub`` searches
 
 
 def is_remote(ref: str) -> bool:
     """Whether a ref names a version on a remote registry rather than in this one."""
-    return ref.startswith(HUB_SCHEME)
+    from ..remotes import is_remote_ref
+
+    return is_remote_ref(ref)
 
 
 def hub_model_id(base: str) -> str | None:
-    """The Hub repo id of a base given as ``hf://ORG/MODEL[@REV]``; None for a local one."""
-    return base[len(HUB_SCHEME):].partition("@")[0] if base.startswith(HUB_SCHEME) else None
+    """The remote's id of a base given as a URL (``hf://ORG/MODEL[@REV]`` -> ``ORG/MODEL``);
+    None for a local one."""
+    from ..remotes import remote_for
+
+    remote = remote_for(base)
+    return remote.model_id(base) if remote is not None else None
 
 
 def pull_remote(reg: Registry, ref: str, out: str | None, force: bool, base: str | None,
                 accept_name: str | None) -> Result:
     """Download a version, verify it against its manifest and record it in ``reg``."""
-    from ..hub import HubClient
+    from ..remotes import get_remote
 
-    info = HubClient().pull(reg, ref, base=base, dest=out, overwrite=force, name=accept_name)
+    info = get_remote(ref).pull(reg, ref, out, base=base, overwrite=force, name=accept_name)
     return Result({"name": info.name, "version": info.version, "digest": info.digest,
                    "path": out, "source": ref, "origin": info.source},
                   f"pulled {ref} as {info.name}@{info.version} (verified, recorded in the local registry)"
@@ -42,10 +49,10 @@ def pull_remote(reg: Registry, ref: str, out: str | None, force: bool, base: str
 def resolve_remote(reg: Registry, base: str | None, fingerprint: str | None, task: str | None,
                    author: str | None, limit: int | None) -> Result:
     """Adapters on the Hub tagged for this base (the tags ``push`` writes)."""
-    from ..hub import HubClient
+    from ..remotes import get_remote
 
     b = reg._as_base(base_arg(base, fingerprint))
-    found: list[dict[str, Any]] = HubClient().resolve(b, task=task, author=author, limit=limit or 50)
+    found: list[dict[str, Any]] = get_remote(HUB).resolve(b, task=task, author=author, limit=limit or 50)
     lines = [f"{h['verdict']:<13} {h['name']}" for h in found] or ["no adapters on the Hub are tagged for this base"]
     return Result(found, lines)
 
