@@ -102,7 +102,8 @@ def test_openapi_describes_every_request_and_response_body(url):
             content = answer.get("content")
             assert content, (path, method, status, answer)
             for media, body in content.items():
-                schema = _resolve(doc, body["schema"])
+                alternatives = body["schema"].get("oneOf", [body["schema"]])
+                schema = _resolve(doc, alternatives[0])
                 assert schema and schema != {}, (path, method, status, media)
                 if media == "application/json":
                     assert schema.get("properties"), (path, method, status, schema)
@@ -113,8 +114,11 @@ def test_openapi_describes_every_request_and_response_body(url):
         bodies["/v1/completions"]["properties"])
     assert {"model", "messages", "max_completion_tokens"} <= set(bodies["/v1/chat/completions"]["properties"])
     assert set(bodies["/v1/adapters"]["properties"]) == {"spec", "name"}
-    completions = ops[("/v1/completions", "post")]["responses"]["200"]["content"]
-    assert _resolve(doc, completions["text/event-stream"]["schema"])["properties"]["object"]
+    for path, chunk in (("/v1/completions", "CompletionChunk"), ("/v1/chat/completions", "ChatCompletionChunk")):
+        stream = ops[(path, "post")]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+        assert stream == {"oneOf": [{"$ref": f"#/components/schemas/{chunk}"},
+                                    {"$ref": "#/components/schemas/ErrorResponse"}]}, stream
+        assert _resolve(doc, stream["oneOf"][0])["properties"]["choices"]
     error = doc["components"]["schemas"]["ErrorDetail"]
     assert set(error["properties"]) == {"message", "type", "param", "code"}
 

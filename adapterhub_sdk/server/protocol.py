@@ -251,8 +251,10 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def streamed(chunk: type[BaseModel]) -> dict[str, Any]:
-    """The ``text/event-stream`` alternative of a route's 200 answer (``stream: true``)."""
-    return {"text/event-stream": {"schema": {"$ref": f"#/components/schemas/{chunk.__name__}"}}}
+    """The ``text/event-stream`` alternative of a route's 200 answer (``stream: true``): each
+    event's data is a chunk, or an error object when a started stream fails, then ``[DONE]``."""
+    refs = [{"$ref": f"#/components/schemas/{m.__name__}"} for m in (chunk, ErrorResponse)]
+    return {"text/event-stream": {"schema": {"oneOf": refs}}}
 
 
 __all__ = [
