@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -40,6 +40,13 @@ class Result:
         if fmt == "jsonl":
             for item in data:
                 click.echo(json.dumps(item, default=str))
+        elif isinstance(data, Iterator):  # a stream: the same text as one array, item by item
+            first = True
+            for item in data:
+                body = json.dumps(item, indent=2, sort_keys=False, default=str).replace("\n", "\n  ")
+                click.echo(("[\n  " if first else ",\n  ") + body, nl=False)
+                first = False
+            click.echo("[]" if first else "\n]")
         else:
             click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
@@ -49,8 +56,11 @@ def emits(f: F) -> F:
 
     @functools.wraps(f)
     def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> None:
+        as_jsonl = kwargs.pop("as_jsonl", False)  # a command that streams declares --jsonl itself
+        if as_json and as_jsonl:
+            raise click.UsageError("give --json or --jsonl, not both")
         result = f(*args, **kwargs)
-        result.emit("json" if as_json else "text")
+        result.emit("jsonl" if as_jsonl else "json" if as_json else "text")
         if result.exit_code:
             click.get_current_context().exit(result.exit_code)
 

@@ -12,29 +12,37 @@ from ._output import Result, emits, human_size, table
 
 
 @cli.command("list", epilog=examples("adapterhub list --task sentiment",
-                                         "adapterhub list --base ./base --json"))
+                                         "adapterhub list --base ./base --json",
+                                         "adapterhub list --limit 50 --offset 100",
+                                         "adapterhub list --jsonl > versions.jsonl"))
 @emits
 @click.option("--task", metavar="T", help="Only versions tagged with this task.")
 @click.option("--method", metavar="M", help="lora, dora, rslora, ia3, ...")
 @click.option("--base", type=BASE, metavar="PATH|hf://ORG/MODEL[@REV]", help="Only adapters pinned to this base.")
 @click.option("--fingerprint", metavar="FP", help="Only adapters pinned to this fingerprint.")
+@click.option("--limit", type=click.IntRange(min=0), metavar="N", help="At most N versions.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, metavar="N", help="Skip the first N versions.")
+@click.option("--jsonl", "as_jsonl", is_flag=True,
+              help="Print one JSON object per line, as each page is read (a large registry in flat memory).")
 @click.pass_context
 def list_cmd(ctx: click.Context, task: str | None, method: str | None, base: str | None,
-             fingerprint: str | None) -> Result:
-    """List published versions."""
-    infos = registry(ctx).list(task=task, method=method, base=base_arg(base, fingerprint))
+             fingerprint: str | None, limit: int | None, offset: int) -> Result:
+    """List published versions: by name, newest version first."""
+    infos = registry(ctx).iter_list(task=task, method=method, base=base_arg(base, fingerprint),
+                                    offset=offset, limit=limit)
 
     def text() -> Iterator[str]:
-        if not infos:
-            yield ("no adapters match" if (task or method or base or fingerprint) else
+        rows = list(infos)
+        if not rows:
+            yield ("no adapters match" if (task or method or base or fingerprint or offset) else
                    "the registry is empty; publish one with 'adapterhub publish DIR --name NS/NAME --version 1.0.0'")
             return
         yield from table(("ADAPTER", "METHOD", "TASKS", "BASE", "SIZE", ""), [
             (f"{i.name}@{i.version}", i.variant or i.method, ",".join(i.tasks) or "-",
              (i.base_fingerprint or "-")[:12], human_size(i.size),
-             ("yanked " if i.yanked else "") + ",".join(i.aliases)) for i in infos])
+             ("yanked " if i.yanked else "") + ",".join(i.aliases)) for i in rows])
 
-    return Result(lambda: [i.to_dict() for i in infos], text)
+    return Result(lambda: (i.to_dict() for i in infos), text)
 
 
 @cli.command(epilog=examples("adapterhub show acme/sentiment", "adapterhub show acme/sentiment@^1 --json"))

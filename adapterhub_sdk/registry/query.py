@@ -3,12 +3,14 @@ names that point at versions (aliases, yank)."""
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
+from .. import db as dbmod
 from ..errors import InvalidVersionError, NotFoundError
 from ..manifest import Manifest
 from ..models import utcnow
@@ -16,6 +18,8 @@ from ..names import name_key, parse_ref, validate_alias, validate_name
 from ..package import base_fraction
 from ..versions import Version, VersionSpec
 from ._core import T_ADAPTERS, T_ALIASES, T_BASES, T_TASKS, T_VERSIONS, RegistryCore
+from .listing import iter_versions
+from .resolve import _fetch_tuples
 from .results import VersionInfo, _iso
 
 _TASKS_OF = select(T_TASKS.c.version_id, T_TASKS.c.task).where(
@@ -125,26 +129,28 @@ class QueryPart(RegistryCore):
         return sorted(infos, key=lambda i: Version.parse(i.version), reverse=True)
 
     def list(self, *, task: str | None = None, method: str | None = None, base: Any = None,
-             name: str | None = None, include_yanked: bool = True) -> list[VersionInfo]:
-        """Published versions, filtered; sorted by name, newest version first."""
-        q = select(T_VERSIONS)
-        if task:
-            q = q.where(T_VERSIONS.c.id.in_(select(T_TASKS.c.version_id).where(T_TASKS.c.task == task)))
-        if method:
-            q = q.where(or_(T_VERSIONS.c.method == method.lower(), T_VERSIONS.c.variant == method.lower()))
+             name: str | None = None, include_yanked: bool = True, offset: int = 0,
+             limit: int | None = None) -> builtins.list[VersionInfo]:
+        """Published versions, filtered; sorted by name, newest version first; from ``offset``,
+        at most ``limit``. :meth:`iter_list` streams the same without holding them all."""
+        return builtins.list(self.iter_list(task=task, method=method, base=base, name=name,
+                                            include_yanked=include_yanked, offset=offset, limit=limit))
+
+    def iter_list(self, *, task: str | None = None, method: str | None = None, base: Any = None,
+                  name: str | None = None, include_yanked: bool = True, offset: int = 0,
+                  limit: int | None = None) -> Iterator[VersionInfo]:
+        """:meth:`list` as an iterator, read a page at a time in one read transaction (memory
+        stays flat whatever the registry holds; manifest bodies are never read)."""
+        base_fp = None
         if base is not None:
             b = self._as_base(base)
-            q = q.where(T_VERSIONS.c.base_fingerprint == (b if isinstance(b, str) else b.digest))
-        if name:
-            q = q.join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id).where(
-                T_ADAPTERS.c.name_key == name_key(name))
-        if not include_yanked:
-            q = q.where(T_VERSIONS.c.yanked.is_(False))
+            base_fp = b if isinstance(b, str) else b.digest
+        key = name_key(name) if name else None
         with self._read() as conn:
-            infos = self._info(conn, conn.execute(q).all())
-        infos.sort(key=lambda i: Version.parse(i.version), reverse=True)
-        infos.sort(key=lambda i: i.name.lower())
-        return infos
+            yield from iter_versions(lambda sql, params: _fetch_tuples(conn, (sql, None), params),
+                                     postgres=not dbmod.is_sqlite(self.engine), task=task, method=method,
+                                     base_fp=base_fp, name_key=key, include_yanked=include_yanked,
+                                     offset=offset, limit=limit)
 
     # ------------------------------------------------------------------ aliases, yank
 
