@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from ._sqlite import enable_wal
@@ -47,7 +47,8 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def parse_url(url: str) -> URL:
+    """A registry URL of a supported database, parsed; RegistryError for any other text."""
     url = normalize_url(url)
     try:
         parsed = make_url(url)
@@ -57,6 +58,11 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise RegistryError(f"registry URL scheme {parsed.drivername!r} is not supported",
                             hint="use sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+    return parsed
+
+
+def make_engine(url: str) -> Engine:
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
         if db and db != ":memory:":

@@ -111,7 +111,7 @@ def sentiment(lora_dir):
 
 @pytest.mark.parametrize(("args", "code", "needle"), [
     (("lsit",), USAGE, "did you mean 'list'"),
-    (("list", "--jsn"), USAGE, "did you mean '--json'"),
+    (("gc", "--dry-rn"), USAGE, "did you mean '--dry-run'"),
     (("export", "acme/sentiment@1.0.0", "--format", "gguf", "--out", "o"), USAGE, "'gguf' is not one of"),
     (("serve", "--base", ".", "--port", "http"), USAGE, "'http' is not a valid integer"),
     (("publish", "{lora}", "--version", "1.0.0"), USAGE, "missing option '--name'"),
@@ -125,6 +125,9 @@ def sentiment(lora_dir):
     (("alias", "acme/sentiment@^1", "prod"), USAGE, "exact version"),
     (("resolve", "--fingerprint", "xyz"), USAGE, "not a fingerprint"),
     (("pull", "acme/sentiment@1.0.0"), USAGE, "--out"),
+    (("--registry", "not a url", "list"), USAGE, "is not valid"),
+    (("--registry", "mysql://u@localhost/db", "db", "current"), USAGE, "'mysql' is not supported"),
+    (("--registry", "postgresql://postgres@127.0.0.1:1/nope", "list"), FAILURE, "database"),
     (("show", "acme/nope"), FAILURE, "no adapter named"),
     (("show", "acme/sentiment@9.9.9"), FAILURE, "no version of acme/sentiment matches"),
     (("publish", "{lora_b}", "--name", "acme/sentiment", "--version", "1.0.0"), FAILURE, "already exists"),

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import AdapterHubError, InvalidNameError, InvalidVersionError
+from ..errors import AdapterHubError, InvalidNameError, InvalidVersionError, cli_wording
 
 if TYPE_CHECKING:
     from ..registry import Registry
@@ -32,9 +32,9 @@ def truthy(value: str | None) -> bool:
 
 def error_line(exc: BaseException) -> str:
     msg = str(exc.args[0]) if isinstance(exc, AdapterHubError) and exc.args else str(exc)
-    msg = " ".join(msg.split())
+    msg = cli_wording(" ".join(msg.split()))  # errors name Python keywords; say the CLI's options
     hint = getattr(exc, "hint", None)
-    return f"error: {msg}" + (f"; {hint}" if hint else "")
+    return f"error: {msg}" + (f"; {cli_wording(hint)}" if hint else "")
 
 
 def _click_error_line(exc: click.ClickException) -> str:
@@ -122,6 +122,22 @@ def cli(ctx: click.Context, registry_url: str | None, blobs: str | None, debug: 
     ctx.obj["blobs"] = blobs
 
 
+def _given_url(ctx: click.Context) -> str | None:
+    """``--registry`` (or ADAPTERHUB_REGISTRY_URL), checked when a command first needs it:
+    text that is no registry URL is a usage error, a database that cannot be reached is not."""
+    url = ctx.find_root().obj.get("registry_url")
+    if url is not None:
+        from ..db import parse_url
+        from ..errors import RegistryError
+
+        try:
+            parse_url(url)
+        except RegistryError as exc:
+            raise click.BadParameter(f"{exc.message}; {exc.hint}", ctx=ctx.find_root(),
+                                     param_hint="'--registry' / ADAPTERHUB_REGISTRY_URL") from None
+    return url
+
+
 def registry(ctx: click.Context) -> Registry:
     """The registry the global options name, opened once per command and closed after it."""
     from ..registry import Registry
@@ -129,7 +145,7 @@ def registry(ctx: click.Context) -> Registry:
     obj = ctx.find_root().obj
     reg = obj.get("registry")
     if reg is None:
-        reg = Registry.open(obj.get("registry_url"), blobs=obj.get("blobs"))
+        reg = Registry.open(_given_url(ctx), blobs=obj.get("blobs"))
         obj["registry"] = reg
         ctx.call_on_close(reg.close)
     return reg
@@ -139,7 +155,7 @@ def registry_url(ctx: click.Context) -> str:
     """The registry database URL, for commands that work on the schema rather than a registry."""
     from ..home import default_registry_url
 
-    return ctx.find_root().obj.get("registry_url") or default_registry_url()
+    return _given_url(ctx) or default_registry_url()
 
 
 def _is_fingerprint(text: str) -> bool:

@@ -28,7 +28,7 @@ def verify(ctx: click.Context) -> Result:
     return Result(report.to_dict, text, exit_code=0 if report.ok else EXIT_ERROR)
 
 
-@cli.command(epilog=examples("adapterhub gc --dry-run", "adapterhub gc --grace 0"))
+@cli.command(epilog=examples("adapterhub gc --dry-run", "adapterhub gc --json"))
 @emits
 @click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               help="Keep unreferenced blobs younger than this many seconds (a publish may be in flight).")
