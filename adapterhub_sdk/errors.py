@@ -7,6 +7,8 @@ line: ``error: <message>; <hint>``.
 
 from __future__ import annotations
 
+import re
+
 
 class AdapterHubError(Exception):
     """Base class of all errors raised by adapterhub_sdk."""
@@ -92,7 +94,26 @@ class PluginError(AdapterHubError, RuntimeError):
     """A plugin failed to load or raised inside a hook."""
 
 
+#: keyword arguments a message or hint may name, and the CLI option that sets each one
+CLI_OPTIONS = {"overwrite": "--force", "base": "--base", "blobs": "--blobs", "name": "--name",
+               "subfolder": "--subfolder", "allow_nonfinite": "--allow-nonfinite", "base_path": "--base-path",
+               "format": "--format"}
+_KEYWORD = re.compile(r"(?<![\w.-])(" + "|".join(CLI_OPTIONS) + r")=(True|'[^']*'|[A-Z][A-Z0-9_/.:-]*)")
+
+
+def cli_wording(text: str) -> str:
+    """A message or hint written for Python callers (``overwrite=True``, ``blobs=DIR``,
+    ``name='acme/x'``) in the CLI's terms (``--force``, ``--blobs DIR``, ``--name acme/x``).
+    Errors name the Python keyword; the CLI prints them through this."""
+    def option(m: re.Match[str]) -> str:
+        flag, value = CLI_OPTIONS[m.group(1)], m.group(2)
+        return flag if value == "True" else f"{flag} {value.strip(chr(39))}"
+
+    return _KEYWORD.sub(option, text)
+
+
 __all__ = [
+    "CLI_OPTIONS",
     "AdapterHubError",
     "AdapterFormatError",
     "CorruptFileError",
@@ -106,4 +127,5 @@ __all__ = [
     "UnsafeFormatError",
     "VersionConflictError",
     "WeightsNotFoundError",
+    "cli_wording",
 ]

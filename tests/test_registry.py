@@ -329,6 +329,61 @@ def test_republishing_repairs_a_damaged_blob(registry, lora_dir, tmp_path):
     assert registry.pull(f"{NAME}@1.0.0", tmp_path / "out").is_dir()
 
 
+def test_pull_with_every_blob_missing_points_at_the_blob_store_first(registry, registry_url, lora_dir, tmp_path):
+    """The registry opened over another (empty) blob store: every blob of the version is
+    absent, so the likely cause is the store, not damage. The error names blobs=DIR and
+    ADAPTERHUB_BLOBS before 'verify' (the CLI: --blobs DIR); one missing blob is still damage."""
+    from conftest import run_cli
+
+    registry.publish(lora_dir, name=NAME, version="1.0.0")
+    elsewhere = ah.Registry.open(registry_url, blobs=tmp_path / "other-blobs")
+    try:
+        with pytest.raises(ah.NotFoundError) as err:
+            elsewhere.pull(f"{NAME}@1.0.0", tmp_path / "out")
+    finally:
+        elsewhere.close()
+    text = f"{err.value}; {err.value.hint}"
+    assert "none of the" in text and "blob store" in text
+    assert text.index("blobs=DIR") < text.index("ADAPTERHUB_BLOBS") < text.index("verify"), text
+    assert "--blobs" not in text and not (tmp_path / "out").exists()
+    proc = run_cli("--registry", registry_url, "--blobs", str(tmp_path / "other-blobs"), "pull", f"{NAME}@1.0.0",
+                   "--out", str(tmp_path / "out"))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.index("--blobs DIR") < proc.stderr.index("ADAPTERHUB_BLOBS") < proc.stderr.index("verify")
+    assert "blobs=DIR" not in proc.stderr
+    weights = next(f for f in registry.show(f"{NAME}@1.0.0").manifest.files if f.path == "adapter_model.safetensors")
+    blob = registry.blobs.path(weights.sha256)
+    blob.chmod(0o644)
+    blob.unlink()  # one blob of several: damage, as before
+    with pytest.raises(ah.NotFoundError, match="is missing from") as one:
+        registry.pull(f"{NAME}@1.0.0", tmp_path / "out")
+    assert "none of the" not in str(one.value)
+
+
+def test_errors_name_python_keywords_and_the_cli_its_options(registry, registry_url, lora_dir, tmp_path):
+    """From Python a hint names the keyword argument (base=PATH); the CLI prints the same
+    error with its option (--base PATH), through errors.cli_wording."""
+    from conftest import run_cli
+
+    from adapterhub_sdk.errors import cli_wording
+
+    with pytest.raises(ah.NotFoundError) as err:
+        registry.resolve(fingerprint="ab" * 6)  # an unknown prefix (a full one may be a base not seen yet)
+    assert "base=PATH" in err.value.hint and "--base" not in err.value.hint
+    proc = run_cli("--registry", registry_url, "--blobs", str(tmp_path / "blobs"), "resolve", "--fingerprint", "ab" * 6)
+    assert proc.returncode == 1 and "resolve with --base PATH once" in proc.stderr, proc.stderr
+    assert "base=PATH" not in proc.stderr
+    if registry_url.startswith("postgresql"):  # a team registry opened without its blob store
+        with pytest.raises(ah.RegistryError) as no_blobs:
+            ah.Registry.open(registry_url)
+        assert "pass blobs=DIR or set ADAPTERHUB_BLOBS" in no_blobs.value.hint
+        proc = run_cli("--registry", registry_url, "list")
+        assert "pass --blobs DIR or set ADAPTERHUB_BLOBS" in proc.stderr, proc.stderr
+    assert cli_wording("pass overwrite=True; or name='acme/x', blobs=DIR, allow_nonfinite=True") == (
+        "pass --force; or --name acme/x, --blobs DIR, --allow-nonfinite")
+    assert cli_wording("x.base=PATH rebase=PATH base=path") == "x.base=PATH rebase=PATH base=path"
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_metrics_are_refused(registry, lora_dir, bad):
     with pytest.raises(ah.AdapterHubError, match="metric 'acc' is .*finite"):

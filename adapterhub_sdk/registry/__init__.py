@@ -91,7 +91,7 @@ class Registry(BasesPart, PublishPart, QueryPart, ResolvePart, TransferPart, Lif
                 engine.dispose()
                 raise RegistryError(
                     "a PostgreSQL registry needs the blob store its users share, and none was given",
-                    hint="pass --blobs DIR (or Registry.open(url, blobs=DIR)) or set ADAPTERHUB_BLOBS; "
+                    hint="pass blobs=DIR or set ADAPTERHUB_BLOBS; "
                          "every user of this registry must use the same one")
             else:
                 blobs = default_blob_root()

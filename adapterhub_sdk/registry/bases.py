@@ -130,7 +130,7 @@ class BasesPart(RegistryCore):
             rows = conn.execute(select(T_BASES).where(cond).limit(2)).all()
         if not rows:
             raise NotFoundError(f"base {fp[:12]} is not known to this registry",
-                                hint="resolve with --base PATH once, or publish an adapter with --base")
+                                hint="resolve with base=PATH once, or publish an adapter with base=PATH")
         if len(rows) > 1:
             raise NotFoundError(f"fingerprint prefix {fp!r} is ambiguous; give more digits")
         base = _base_from_row(rows[0])

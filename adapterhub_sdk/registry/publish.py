@@ -127,7 +127,7 @@ class PublishPart(RegistryCore):
                 bfp = self._as_base(base)
                 if isinstance(bfp, str):
                     raise NotFoundError(f"base {bfp[:12]} is not known to this registry",
-                                        hint="pass the base model's path with --base")
+                                        hint="pass the base model's path as base=PATH")
                 pkg.require_base(bfp)
                 base_ref = BaseRef(pkg.base_name, pkg.config.get("revision"), bfp.digest, bfp.arch_signature)
             manifest = pkg.manifest(

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, NotFoundError
 from ..manifest import Manifest
 from ..names import parse_ref
 from ..package import write_package_dir
@@ -71,6 +71,14 @@ class TransferPart(RegistryCore):
         listed = {(f.path, f.sha256, f.size) for f in manifest.files}
         if listed != {(f.path, f.sha256, f.size) for f in files}:
             raise IntegrityError(f"file records of {r.name}@{row.version} disagree with its manifest")
+
+        if manifest.files and all(f.size and not self.blobs.size(f.sha256) for f in manifest.files):
+            raise NotFoundError(
+                f"none of the {len(manifest.files)} files of {r.name}@{row.version} is in the blob store {self.blobs}: "
+                "the registry's blobs are probably elsewhere",
+                hint="open the registry with the blob store its versions were published to, blobs=DIR, or set "
+                     "ADAPTERHUB_BLOBS; if this is that store, 'adapterhub verify' lists what is missing and "
+                     "publishing the same files again under the same name@version restores them")
 
         def writer(sha: str):
             return lambda out: self.blobs.copy_verified(sha, out)
