@@ -363,9 +363,9 @@ def test_pull_with_every_blob_missing_points_at_the_blob_store_first(registry, r
 def test_errors_name_python_keywords_and_the_cli_its_options(registry, registry_url, lora_dir, tmp_path):
     """From Python a hint names the keyword argument (base=PATH); the CLI prints the same
     error with its option (--base PATH), through errors.cli_wording."""
-    from conftest import run_cli
-
     from adapterhub_sdk.errors import cli_wording
+
+    from conftest import run_cli
 
     with pytest.raises(ah.NotFoundError) as err:
         registry.resolve(fingerprint="ab" * 6)  # an unknown prefix (a full one may be a base not seen yet)
