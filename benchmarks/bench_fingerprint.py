@@ -25,9 +25,13 @@ twice (``use_cache=True``); the second call is timed (target < 50 ms). Reference
 reading the index and stat-ing each shard, which any cache keyed on file identity needs.
 
     .venv/bin/python benchmarks/bench_fingerprint.py [--quick] [--rounds N] [--keep] [--base DIR]
+        [--small-tensors N] [--before TREE]
 
 ``--quick`` builds a 1-layer model (~350 MB) for CI smoke runs. The base is deleted at the
-end unless ``--keep``; ``--base DIR`` measures an existing base instead of building one.
+end unless ``--keep``; ``--base DIR`` measures an existing base instead of building one;
+``--small-tensors N`` builds one file of N small tensors instead (the per-tensor cost);
+``--before TREE`` adds ``adapterhub fingerprint`` run from another source tree (e.g. an
+earlier commit unpacked with ``git archive``) to every round, for a same-run before/after.
 """
 
 from __future__ import annotations
@@ -111,6 +115,18 @@ def build_base(root: Path, layers: int, n_shards: int, seed: int = 0) -> tuple[l
         "num_key_value_heads": 4, "vocab_size": VOCAB, "tie_word_embeddings": False,
         "torch_dtype": "bfloat16"}, indent=2))
     return files, total
+
+
+def build_small_tensors(root: Path, n: int, seed: int = 0) -> None:
+    """One file of ``n`` small bf16 tensors (4 KB, 32 KB, 256 KB in turn), as a mixture-of-experts
+    checkpoint has tens of thousands: the per-tensor cost of hashing, not the per-byte one."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i in range(n):
+        numel = (2048, 16384, 131072)[i % 3]
+        raw = rng.bit_generator.random_raw(numel // 4).view(np.uint8)
+        tensors[f"model.layers.{i // 256}.mlp.experts.{i % 256}.weight"] = torch.from_numpy(raw).view(torch.bfloat16)
+    save_file(tensors, str(root / "model.safetensors"), metadata={"format": "pt"})
 
 
 def hashlib_stream(files: list[Path]) -> list[str]:
@@ -206,6 +222,8 @@ LABELS = {
     "in_process": "ours in process: fingerprint(use_cache=False)",
     "start_ours": "start: adapterhub fingerprint <1-tensor file>",
     "start_pool": "start: peer_sha256.py pool <1-tensor file>",
+    "before": "ours from --before TREE",
+    "start_before": "start: ours from --before TREE",
 }
 
 
@@ -216,6 +234,11 @@ def main() -> None:
     ap.add_argument("--cache-rounds", type=int, default=7)
     ap.add_argument("--keep", action="store_true", help="keep the generated base under benchmarks/_work")
     ap.add_argument("--base", type=Path, help="measure this existing sharded base instead of building one")
+    ap.add_argument("--small-tensors", type=int, metavar="N",
+                    help="build one file of N small tensors (e.g. 30000, ~3 GB) instead of the Llama base")
+    ap.add_argument("--before", type=Path, metavar="TREE",
+                    help="also run adapterhub fingerprint from this source tree (PYTHONPATH=TREE), e.g. an "
+                         "earlier commit's `git archive`: a same-run before/after comparison")
     args = ap.parse_args()
     layers, shards = (1, 4) if args.quick else (22, 5)
 
@@ -225,7 +248,10 @@ def main() -> None:
         t0 = time.perf_counter()
         if args.base is None:
             base.mkdir()
-            build_base(base, layers, shards)
+            if args.small_tensors:
+                build_small_tensors(base, args.small_tensors)
+            else:
+                build_base(base, layers, shards)
         files = sorted(base.glob("*.safetensors"))
         file_bytes = sum(f.stat().st_size for f in files)
         n_tensors = sum(len(ah_read_header(f).tensors) for f in files)
@@ -236,12 +262,17 @@ def main() -> None:
 
         env = {**os.environ, "ADAPTERHUB_HOME": str(work / "home"), "PYTHONDONTWRITEBYTECODE": "1"}
         runs = contenders(base, files, tiny)
+        envs = {n: env for n in runs}
+        if args.before:
+            for n in ("before", "start_before"):
+                runs[n] = runs["ours" if n == "before" else "start_ours"]
+                envs[n] = {**env, "PYTHONPATH": str(args.before.resolve())}
         # warm the page cache, the bytecode caches and every code path once; peers must agree
         hl = hashlib_stream(files)
         fp0 = ours(base)
         for name, argv in runs.items():
-            out = run_child(argv, env)[2]
-            if name == "ours":
+            out = run_child(argv, envs[name])[2]
+            if name in ("ours", "before"):
                 assert json.loads(out)["fingerprint"] == fp0, "CLI and in-process fingerprints differ"
             elif name in ("pool", "one", "openssl"):
                 got = [line.rsplit("= ", 1)[-1].strip() for line in out.splitlines()]
@@ -263,7 +294,7 @@ def main() -> None:
                     assert out == fp0, "fingerprint changed between rounds"
                     dc = cpu_now() - c0
                 else:
-                    dt, dc, _ = run_child(runs[n], env)
+                    dt, dc, _ = run_child(runs[n], envs[n])
                 times[n].append(dt)
                 cpu[n].append(dc)
             load.append(os.getloadavg()[0])
@@ -325,7 +356,8 @@ def main() -> None:
         out = C.write_results("bench_fingerprint", {
             "quick": args.quick,
             "data": {"files": len(files), "file_bytes": file_bytes, "tensors": n_tensors, "dtype": "bf16",
-                     "layers": None if args.base else layers},
+                     "layers": None if args.base or args.small_tensors else layers,
+                     "small_tensors": args.small_tensors},
             "rounds": args.rounds,
             "commands": {n: [str(a) for a in argv[:4]] for n, argv in runs.items()},
             "seconds": times,

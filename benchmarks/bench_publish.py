@@ -22,6 +22,15 @@ Per round (order rotated, >= 5 rounds, medians reported):
   fingerprint already cached (``ADAPTERHUB_HOME`` under the work dir): adds the cached
   fingerprint lookup, recording the base and the tensor-by-tensor shape check.
 
+Then the one-shot CLI, as a user runs it: per round (order rotated), fresh processes into
+one registry under ``ADAPTERHUB_HOME`` (created on a warm-up run; the repository's
+plugins enabled as installed), wall time and CPU seconds of each child measured from
+outside:
+
+* ours: ``adapterhub publish DIR --name NS/NAME --version <new each round>`` (no base)
+* peer: ``sh -c 'cp -r DIR OUT && sha256sum OUT/*'`` of the same files
+* context: ``adapterhub --version`` (what starting the CLI costs before any work)
+
 Then deduplication: re-publishing identical content (same name@version; a new version;
 another name) must write 0 new blob bytes: bytes under ``blobs/`` are counted before and
 after, and the script fails if they grow.
@@ -36,7 +45,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -110,6 +122,43 @@ def blob_bytes(reg: ah.Registry) -> int:
     return C.du(reg.blobs.root / "sha256")
 
 
+def one_shot_cli(work: Path, adapter_dir: Path, rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds of fresh ``adapterhub publish`` processes and of ``cp -r`` + ``sha256sum``."""
+    exe = Path(sys.executable).with_name("adapterhub")
+    ah_cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "adapterhub_sdk"]
+    env = {k: v for k, v in os.environ.items() if k != "ADAPTERHUB_LOAD_PLUGINS"}
+    env["ADAPTERHUB_HOME"] = str(work / "home-cli")
+
+    def argv(v: str, r: int) -> list[str]:
+        if v == "ours_cli":
+            return [*ah_cmd, "publish", str(adapter_dir), "--name", "bench/cli", "--version", f"2.0.{r}"]
+        if v == "peer_cli":
+            return ["sh", "-c", 'cp -r "$1" "$2" && sha256sum "$2"/*', "sh", str(adapter_dir), str(work / f"cp-{r}")]
+        return [*ah_cmd, "--version"]
+
+    def child(cmd: list[str]) -> tuple[float, float]:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        c0 = kids.ru_utime + kids.ru_stime
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        dt = time.perf_counter() - t0
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return dt, kids.ru_utime + kids.ru_stime - c0
+
+    variants = ["ours_cli", "peer_cli", "start_cli"]
+    for v in variants:  # warm-up: the registry, byte-compiled files, page cache
+        child(argv(v, 999))
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(rounds):
+        k = r % len(variants)
+        for v in variants[k:] + variants[:k]:
+            dt, dc = child(argv(v, r))
+            times[v].append(dt)
+            cpu[v].append(dc)
+    return times, cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1-layer adapter, 5 rounds")
@@ -118,7 +167,7 @@ def main() -> None:
     rounds = args.rounds or (5 if args.quick else 9)
     layers = 1 if args.quick else 3
 
-    work = C.work_dir("publish")
+    work = C.work_dir(f"publish-{os.getpid()}")  # a concurrent run must not remove this one's files
     os.environ["ADAPTERHUB_HOME"] = str(work / "home")
     os.environ.pop("ADAPTERHUB_POLICY", None)
     try:
@@ -172,6 +221,10 @@ def main() -> None:
         ratio = med["ours"] / med["peer"]
         per_round = [o / p for o, p in zip(times["ours"], times["peer"])]
 
+        cli_t, cli_cpu = one_shot_cli(work, adapter_dir, rounds)
+        cli_med = {v: C.median(cli_t[v]) for v in cli_t}
+        cli_ratio = [o / p for o, p in zip(cli_t["ours_cli"], cli_t["peer_cli"])]
+
         # dedup: identical content again writes no blob bytes
         with fresh_registry("dedup") as reg:
             first = reg.publish(adapter_dir, name="bench/lora", version="1.0.0")
@@ -212,6 +265,18 @@ def main() -> None:
         print(f"per-round ours/peer ratios: {', '.join(f'{x:.2f}' for x in per_round)} "
               f"(median {C.median(per_round):.2f})")
         print()
+        print(f"one-shot CLI, fresh processes, median of {rounds} rounds (ratio = our time / peer time)")
+        print(C.table(["what", "median ms", "CPU ms", "ratio"], [
+            ["ours: adapterhub publish DIR (fresh process)", cli_med["ours_cli"] * 1e3,
+             C.median(cli_cpu["ours_cli"]) * 1e3, f"{C.median(cli_ratio):.0f}x"],
+            ["peer: cp -r DIR OUT && sha256sum OUT/*", cli_med["peer_cli"] * 1e3,
+             C.median(cli_cpu["peer_cli"]) * 1e3, "1x"],
+            ["context: adapterhub --version", cli_med["start_cli"] * 1e3, C.median(cli_cpu["start_cli"]) * 1e3,
+             f"{cli_med['start_cli'] / cli_med['peer_cli']:.0f}x"],
+        ]))
+        print(f"per-round ours/peer ratios: {', '.join(f'{x:.0f}' for x in cli_ratio)}; "
+              f"load {os.getloadavg()[0]:.2f}")
+        print()
         print(C.table(["re-publish identical content", "created", "bytes_written", "blob bytes delta"], [
             ["same name@version", again.created, again.bytes_written, b1 - b0],
             ["new version, same files", newver.created, newver.bytes_written, b2 - b1],
@@ -229,6 +294,12 @@ def main() -> None:
             "ratio_ours_vs_peer_fsync": med["ours"] / med["peer_fsync"],
             "target_ratio": 2.0, "target_met": ratio <= 2.0,
             "dedup": dedup,
+            "cli": {"seconds": cli_t, "cpu_s": cli_cpu, "median_s": cli_med,
+                    "ratio_ours_vs_peer_per_round": cli_ratio,
+                    "ratio_ours_vs_peer_per_round_median": C.median(cli_ratio),
+                    "commands": {"ours_cli": "adapterhub publish DIR --name bench/cli --version 2.0.<round>",
+                                 "peer_cli": "sh -c 'cp -r DIR OUT && sha256sum OUT/*'",
+                                 "start_cli": "adapterhub --version"}},
         })
         print(f"\nwrote {out.relative_to(C.ROOT)}")
     finally:
