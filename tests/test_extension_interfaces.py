@@ -25,6 +25,8 @@ from adapterhub_sdk.plugins import plugin_infos, register_plugin, unregister_plu
 from adapterhub_sdk.registry import MANIFEST_FILE
 from adapterhub_sdk.remotes import get_remote, remote_for
 
+from conftest import run_cli
+
 PKG = Path(__file__).resolve().parent.parent / "adapterhub_sdk"
 
 
@@ -147,6 +149,12 @@ def test_the_hub_is_the_built_in_remote_registered_like_a_plugin():
     assert hub.model_id("hf://acme/base-model@main") == "acme/base-model"
     (info,) = [i for i in plugin_infos() if i.name == "adapterhub_sdk.hub_remote"]
     assert info.source == "builtin" and info.hooks == ["register_remotes"]
+
+
+def test_plugins_command_lists_the_remote_schemes():
+    proc = run_cli("plugins", "--json", check=True)
+    assert json.loads(proc.stdout)["remotes"] == ["hf"]
+    assert "remotes:  hf://" in run_cli("plugins", check=True).stdout
 
 
 def _string_prefix_checks(tree: ast.AST) -> list[tuple[int, str]]:

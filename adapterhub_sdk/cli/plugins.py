@@ -13,12 +13,14 @@ from ._output import Result, emits
 def plugins() -> Result:
     """List loaded plugins, where they come from, and the methods they provide."""
     from ..plugins import methods, plugin_infos
+    from ..remotes import remote_factories
     from ..runtime import runtimes
     from ..storage import storage_factories
 
     meths = methods()
     backends = runtimes()
     schemes = storage_factories()
+    remotes = remote_factories()
     infos = plugin_infos()  # after the hooks ran: a plugin that failed in one shows its error
 
     def text() -> Iterator[str]:
@@ -30,9 +32,10 @@ def plugins() -> Result:
         yield "methods:  " + ", ".join(m.name for m in meths)
         yield "runtimes: " + ", ".join(backends)
         yield "storage:  " + ", ".join(f"{s}://" for s in sorted(schemes))
+        yield "remotes:  " + ", ".join(f"{s}://" for s in sorted(remotes))
 
     return Result(lambda: {
         "plugins": [i.to_dict() for i in infos],
         "methods": [{"name": m.name, "class": f"{type(m).__module__}.{type(m).__qualname__}"} for m in meths],
         "runtimes": [{"name": n, "limits": b.limits.to_dict()} for n, b in backends.items()],
-        "storage": sorted(schemes)}, text)
+        "storage": sorted(schemes), "remotes": sorted(remotes)}, text)
