@@ -87,6 +87,8 @@ class RequirementSet(Base):
     __tablename__ = "requirement_sets"
     digest: Mapped[Digest] = mapped_column(primary_key=True)
     body: Mapped[str] = mapped_column(Text)
+    # a key every base the set fits has (registry/probes.py): finds the candidates for a new arch
+    probe: Mapped[str | None] = mapped_column(String(1024), index=True)
 
 
 # the columns resolve fetches, after its lookup column(s); see the covering indexes below

@@ -44,9 +44,9 @@ class RegistryCore:
         self.engine = engine
         self.blobs = blobs
         self.url = url
-        # arch signature -> (requirement sets checked, those that fit). Fits never change and
-        # requirement sets are only ever added, so the memo holds while the set list matches.
-        self._fits_memo: dict[str, tuple[frozenset[str], builtins.list[str]]] = {}
+        # arch signature -> (number of requirement sets, those that fit). Fits never change and
+        # requirement sets are only ever added, so the memo holds while the count matches.
+        self._fits_memo: dict[str, tuple[int, builtins.list[str]]] = {}
         # fingerprint -> BaseFingerprint; base rows are written once and never change
         self._base_memo: dict[str, BaseFingerprint] = {}
         self._name_memo: dict[int, str] = {}

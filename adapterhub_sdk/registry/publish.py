@@ -25,6 +25,7 @@ from ..package import AdapterPackage, pack
 from ..versions import Version
 from ._core import T_ADAPTERS, T_FILES, T_REQS, T_TASKS, T_VERSIONS, RegistryCore
 from .differences import conflict
+from .probes import requirement_probe
 from .results import PublishResult, _iso
 
 _TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", re.ASCII)
@@ -274,7 +275,8 @@ class PublishPart(RegistryCore):
                             .returning(T_ADAPTERS.c.id)).scalar_one()
                     if not conn.execute(select(T_REQS.c.digest).where(T_REQS.c.digest == req_digest)).first():
                         conn.execute(insert(T_REQS).values(
-                            digest=req_digest, body=json.dumps(manifest.requirements, sort_keys=True)))
+                            digest=req_digest, body=json.dumps(manifest.requirements, sort_keys=True),
+                            probe=requirement_probe(manifest.requirements)))
                     vid = conn.execute(insert(T_VERSIONS).values(
                         adapter_id=adapter_id, version=manifest.version, major=ver.major, minor=ver.minor,
                         patch=ver.patch, prerelease=".".join(ver.prerelease), digest=manifest.digest,

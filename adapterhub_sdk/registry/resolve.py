@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from .. import db as dbmod
@@ -20,9 +20,14 @@ from ..names import name_key, parse_ref
 from ..versions import Version, VersionSpec
 from ._core import T_ADAPTERS, T_FITS, T_REQS, T_TASKS, T_VERSIONS, RegistryCore
 from .bases import _HEXPREFIX
+from .probes import base_keys
 from .results import VERDICTS, Match
 
-_REQ_DIGESTS = select(T_REQS.c.digest)
+_N_REQS = select(func.count()).select_from(T_REQS)
+_CANDIDATES_Q = select(T_REQS.c.digest, T_FITS.c.ok).select_from(T_REQS.outerjoin(
+    T_FITS, and_(T_FITS.c.req_digest == T_REQS.c.digest, T_FITS.c.arch_signature == bindparam("arch"))))
+_CANDIDATES = _CANDIDATES_Q.where(T_REQS.c.probe.in_(bindparam("keys", expanding=True)))
+_CANDIDATES_UNPROBED = _CANDIDATES_Q.where(T_REQS.c.probe.is_(None))
 _NAMES_OF = select(T_ADAPTERS.c.id, T_ADAPTERS.c.name).where(T_ADAPTERS.c.id.in_(bindparam("ids", expanding=True)))
 _TASKS_OR_NONE_OF = select(T_VERSIONS.c.id, T_TASKS.c.task).select_from(
     T_VERSIONS.outerjoin(T_TASKS, T_TASKS.c.version_id == T_VERSIONS.c.id)).where(
@@ -104,26 +109,29 @@ class ResolvePart(RegistryCore):
     """resolve and the fits and memos behind it."""
 
     def _ensure_fits(self, base: BaseFingerprint) -> builtins.list[str]:
-        """Check every requirement set not yet checked against ``base``'s architecture and
-        record the verdicts; return the digests of the sets that fit."""
+        """The digests of the requirement sets that fit ``base``'s architecture. Only sets
+        whose probe is one of the base's keys can fit (see registry/probes.py): those not yet
+        checked against the architecture are checked now and their verdicts recorded, so the
+        first resolve of a new architecture costs its few candidates, not every set published."""
         arch = base.arch_signature
         with self._read() as conn:
-            digests = frozenset(conn.execute(_REQ_DIGESTS).scalars().all())
+            n_sets = conn.execute(_N_REQS).scalar_one()
             memo = self._fits_memo.get(arch)
-            if memo is not None and memo[0] == digests:
+            if memo is not None and memo[0] == n_sets:  # sets are only ever added
                 return builtins.list(memo[1])
-            # Driven from requirement_sets (the outer join keeps that order): one primary-key probe
-            # into fits per set. fits has no index on arch_signature alone, so a query that starts
-            # from fits scans every (set, arch) pair ever checked, reasons included.
-            known_q = select(T_REQS.c.digest, T_FITS.c.ok).select_from(T_REQS.outerjoin(
-                T_FITS, and_(T_FITS.c.req_digest == T_REQS.c.digest, T_FITS.c.arch_signature == arch)))
-            missing_q = select(T_REQS).where(T_REQS.c.digest.not_in(
-                select(T_FITS.c.req_digest).where(T_FITS.c.arch_signature == arch)))
-            known = conn.execute(known_q).all()
-            missing = conn.execute(missing_q).all() if any(ok is None for _, ok in known) else []
-        fitting = [d for d, ok in known if ok]
+            # one primary-key probe into fits per candidate set (fits has no index on
+            # arch_signature alone); a set without a probe (written before it existed) is a candidate
+            known = dict(conn.execute(_CANDIDATES_UNPROBED, {"arch": arch}).all())
+            keys = base_keys(base.shapes, base.tied)
+            for chunk in (keys[i:i + 500] for i in range(0, len(keys), 500)):
+                known.update(conn.execute(_CANDIDATES, {"arch": arch, "keys": chunk}).all())
+            todo = sorted(d for d, ok in known.items() if ok is None)
+            missing = []
+            for chunk in (todo[i:i + 500] for i in range(0, len(todo), 500)):
+                missing += conn.execute(select(T_REQS.c.digest, T_REQS.c.body).where(T_REQS.c.digest.in_(chunk))).all()
+        fitting = [d for d, ok in known.items() if ok]
         if not missing:
-            self._fits_memo[arch] = (digests, builtins.list(fitting))
+            self._fits_memo[arch] = (n_sets, builtins.list(fitting))
             return fitting
         rows = []
         for r in missing:
@@ -136,12 +144,12 @@ class ResolvePart(RegistryCore):
             with self._write() as conn:
                 done = {d for (d,) in conn.execute(select(T_FITS.c.req_digest).where(
                     T_FITS.c.arch_signature == arch, T_FITS.c.req_digest.in_([r["req_digest"] for r in rows])))}
-                todo = [r for r in rows if r["req_digest"] not in done]
-                if todo:
-                    conn.execute(insert(T_FITS), todo)
+                new = [r for r in rows if r["req_digest"] not in done]
+                if new:
+                    conn.execute(insert(T_FITS), new)
         except SAIntegrityError:
             pass  # another process recorded the same fits
-        self._fits_memo[arch] = (digests, builtins.list(fitting))
+        self._fits_memo[arch] = (n_sets, builtins.list(fitting))
         return fitting
 
     def resolve(self, base: Any = None, *, fingerprint: str | None = None, task: str | None = None,
@@ -197,8 +205,9 @@ class ResolvePart(RegistryCore):
             if include_incompatible:
                 seen = {r[0] for r in rows}
                 filters = _resolve_filters(*shape, values)
+                unchecked: dict[str, builtins.list[str]] = {}  # sets no probe made a candidate
                 if arch is not None:
-                    q = select(*cols, T_FITS.c.reasons).join(
+                    q = select(*cols, T_FITS.c.reasons, T_VERSIONS.c.req_digest).join(
                         T_FITS, and_(T_FITS.c.req_digest == T_VERSIONS.c.req_digest, T_FITS.c.arch_signature == arch),
                         isouter=True).where(*filters)
                 else:
@@ -209,6 +218,11 @@ class ResolvePart(RegistryCore):
                     rows.append(tuple(r[:9]))
                     verdicts[r.id] = "incompatible"
                     reasons = json.loads(r.reasons) if arch is not None and r.reasons else []
+                    if arch is not None and r.reasons is None:  # never checked: the reasons, computed now
+                        if r.req_digest not in unchecked:
+                            body = conn.execute(select(T_REQS.c.body).where(T_REQS.c.digest == r.req_digest)).scalar()
+                            unchecked[r.req_digest] = check_requirements(json.loads(body), b) if body and not isinstance(b, str) else []
+                        reasons = unchecked[r.req_digest]
                     if arch is None:
                         reasons = [f"base {fp[:12]} is not known to this registry, so only exact matches can be "
                                    "checked; resolve with --base PATH"]
