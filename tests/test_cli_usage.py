@@ -99,11 +99,11 @@ def test_an_example_with_an_unknown_option_would_fail_the_walk():
 
 
 @pytest.fixture
-def sentiment(lora_dir):
+def sentiment(lora_dir, base_dir):
     with ah.Registry.open(f"sqlite:///{Path(os.environ['ADAPTERHUB_HOME']) / 'registry.db'}",
                           blobs=Path(os.environ["ADAPTERHUB_HOME"]) / "blobs") as reg:
         for name in ("acme/sentiment", "acme/ner", "other/summarize"):
-            reg.publish(lora_dir, name=name, version="1.0.0")
+            reg.publish(lora_dir, name=name, version="1.0.0", base=base_dir)
 
 
 # --------------------------------------------------------------------------- exit codes
@@ -125,6 +125,9 @@ def sentiment(lora_dir):
     (("alias", "acme/sentiment@^1", "prod"), USAGE, "exact version"),
     (("resolve", "--fingerprint", "xyz"), USAGE, "not a fingerprint"),
     (("pull", "acme/sentiment@1.0.0"), USAGE, "--out"),
+    (("push", "acme/sentiment@1.0.0", "--to", "acme/sentiment"), USAGE, "not the URL of a remote registry"),
+    (("push", "acme/sentiment@1.0.0", "--to", "hf://acme"), USAGE, "not a hub repo id"),
+    (("pull", "hf://acme"), USAGE, "not a hub repo id"),
     (("--registry", "not a url", "list"), USAGE, "is not valid"),
     (("--registry", "mysql://u@localhost/db", "db", "current"), USAGE, "'mysql' is not supported"),
     (("--registry", "postgresql://postgres@127.0.0.1:1/nope", "list"), FAILURE, "database"),

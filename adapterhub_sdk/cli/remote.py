@@ -13,6 +13,7 @@ from ._app import base_arg, cli, examples, registry
 from ._output import Result, emits
 
 if TYPE_CHECKING:
+    from ..interfaces import Remote
     from ..registry import Registry
 
 HUB = "hf://"  # the remote that ``resolve --hub`` searches
@@ -34,12 +35,25 @@ def hub_model_id(base: str) -> str | None:
     return remote.model_id(base) if remote is not None else None
 
 
+def checked_remote(url: str, param_hint: str) -> Remote:
+    """The remote for ``url``; a URL of no installed scheme, or not of the form its remote
+    takes (``hf://bad``), is a usage error (exit 2) found before anything is sent."""
+    from ..errors import NotFoundError
+    from ..remotes import get_remote
+
+    try:
+        remote = get_remote(url)
+        remote.model_id(url)  # parses the URL, offline
+    except NotFoundError as exc:
+        raise click.BadParameter(exc.message + (f"; {exc.hint}" if exc.hint else ""),
+                                 param_hint=param_hint) from None
+    return remote
+
+
 def pull_remote(reg: Registry, ref: str, out: str | None, force: bool, base: str | None,
                 accept_name: str | None) -> Result:
     """Download a version, verify it against its manifest and record it in ``reg``."""
-    from ..remotes import get_remote
-
-    info = get_remote(ref).pull(reg, ref, out, base=base, overwrite=force, name=accept_name)
+    info = checked_remote(ref, "'REF'").pull(reg, ref, out, base=base, overwrite=force, name=accept_name)
     return Result({"name": info.name, "version": info.version, "digest": info.digest,
                    "path": out, "source": ref, "origin": info.source},
                   f"pulled {ref} as {info.name}@{info.version} (verified, recorded in the local registry)"
@@ -66,5 +80,6 @@ def resolve_remote(reg: Registry, base: str | None, fingerprint: str | None, tas
 def push(ctx: click.Context, ref: str, to: str, private: bool | None) -> Result:
     """Push a version to the Hugging Face Hub: PEFT files, manifest and model card in one
     commit (which fails cleanly if someone else pushed meanwhile), tagged with the version."""
+    checked_remote(to, "'--to'")
     res = registry(ctx).push(ref, to=to, private=private)
     return Result(res.to_dict, f"pushed {ref} to hf://{res.repo}@{res.version} (commit {res.commit[:12]})")
