@@ -14,6 +14,7 @@ import pytest
 
 import adapterhub_sdk as ah
 from adapterhub_sdk.cli import cli
+from adapterhub_sdk.errors import NotFoundError
 
 from conftest import run_cli
 
@@ -104,6 +105,26 @@ def sentiment(lora_dir, base_dir):
                           blobs=Path(os.environ["ADAPTERHUB_HOME"]) / "blobs") as reg:
         for name in ("acme/sentiment", "acme/ner", "other/summarize"):
             reg.publish(lora_dir, name=name, version="1.0.0", base=base_dir)
+
+
+def test_an_adapter_name_typo_gets_did_you_mean(sentiment, tmp_path):
+    one_error_line(run_cli("show", "acme/sentimnet"), FAILURE, "no adapter named 'acme/sentimnet'",
+                   "did you mean acme/sentiment?")
+    one_error_line(run_cli("pull", "ACME/Sentimnet@^1", "--out", str(tmp_path / "o")), FAILURE,
+                   "did you mean acme/sentiment?")
+    far = one_error_line(run_cli("show", "zzz/qqqqqq"), FAILURE, "'adapterhub list' shows what is published")
+    assert "did you mean" not in far
+
+
+def test_did_you_mean_reaches_python_callers_on_either_database(registry, lora_dir, base_dir):
+    registry.publish(lora_dir, name="acme/sentiment", version="1.0.0", base=base_dir)
+    registry.publish(lora_dir, name="acme/summarize-long-documents", version="1.0.0", base=base_dir)
+    with pytest.raises(NotFoundError) as err:
+        registry.show("acme/sentimnet@1.0.0")
+    assert err.value.hint == "did you mean acme/sentiment?"
+    with pytest.raises(NotFoundError) as err:
+        registry.versions("acme/summarise-long-documents")
+    assert err.value.hint == "did you mean acme/summarize-long-documents?"
 
 
 # --------------------------------------------------------------------------- exit codes

@@ -8,13 +8,13 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from .. import db as dbmod
 from ..errors import InvalidVersionError, NotFoundError
 from ..manifest import Manifest
 from ..models import utcnow
-from ..names import name_key, parse_ref, validate_alias, validate_name
+from ..names import TYPO_SLACK, did_you_mean, name_key, parse_ref, validate_alias, validate_name
 from ..package import base_fraction
 from ..versions import Version, VersionSpec
 from ._core import T_ADAPTERS, T_ALIASES, T_BASES, T_TASKS, T_VERSIONS, RegistryCore
@@ -36,8 +36,10 @@ class QueryPart(RegistryCore):
         row = conn.execute(select(T_ADAPTERS.c.id, T_ADAPTERS.c.name)
                            .where(T_ADAPTERS.c.name_key == name_key(name))).first()
         if not row:
+            near = conn.execute(select(T_ADAPTERS.c.name).where(  # a typo's length: few names read
+                func.length(T_ADAPTERS.c.name).between(len(name) - TYPO_SLACK, len(name) + TYPO_SLACK))).scalars()
             raise NotFoundError(f"no adapter named {name!r} in this registry",
-                                hint="'adapterhub list' shows what is published")
+                                hint=did_you_mean(name, near) or "'adapterhub list' shows what is published")
         return row.id, row.name
 
     def _select_version(self, conn: Connection, name: str, spec: str | None) -> Any:
