@@ -94,6 +94,10 @@ class PluginError(AdapterHubError, RuntimeError):
     """A plugin failed to load or raised inside a hook."""
 
 
+class UnpinnedPublishWarning(UserWarning):
+    """A version was published without a base: it is pinned to no weights."""
+
+
 #: keyword arguments a message or hint may name, and the CLI option that sets each one
 CLI_OPTIONS = {"overwrite": "--force", "base": "--base", "blobs": "--blobs", "name": "--name",
                "subfolder": "--subfolder", "allow_nonfinite": "--allow-nonfinite", "base_path": "--base-path",
@@ -124,6 +128,7 @@ __all__ = [
     "NotFoundError",
     "PluginError",
     "RegistryError",
+    "UnpinnedPublishWarning",
     "UnsafeFormatError",
     "VersionConflictError",
     "WeightsNotFoundError",

@@ -384,6 +384,27 @@ def test_errors_name_python_keywords_and_the_cli_its_options(registry, registry_
     assert cli_wording("x.base=PATH rebase=PATH base=path") == "x.base=PATH rebase=PATH base=path"
 
 
+def test_an_unpinned_publish_warns(registry, registry_url, base_dir, lora_dir, lora_dir_b, tmp_path):
+    """No base: a UserWarning naming base=PATH from Python; one 'warning:' line naming
+    --base PATH on the CLI's stderr (the publish itself succeeds). A pinned publish is quiet."""
+    import warnings
+
+    from conftest import run_cli
+
+    with pytest.warns(ah.errors.UnpinnedPublishWarning, match=r"acme/sentiment@1\.0\.0 is published unpinned.*base=PATH"):
+        assert registry.publish(lora_dir, name=NAME, version="1.0.0").created
+    assert issubclass(ah.registry.UnpinnedPublishWarning, UserWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ah.errors.UnpinnedPublishWarning)
+        registry.publish(lora_dir, name=NAME, version="1.1.0", base=base_dir)
+    proc = run_cli("--registry", registry_url, "--blobs", str(tmp_path / "blobs"), "publish", str(lora_dir_b),
+                   "--name", NAME, "--version", "2.0.0")
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: {NAME}@2.0.0 is published unpinned"), proc.stderr
+    assert "--base PATH" in warned[0] and "base=PATH" not in warned[0]
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_metrics_are_refused(registry, lora_dir, bad):
     with pytest.raises(ah.AdapterHubError, match="metric 'acc' is .*finite"):

@@ -10,34 +10,30 @@ from typing import Any
 
 import click
 
-from ..errors import AdapterHubError
 from . import fingerprint, maintenance, plugins, publish, pull, remote, resolve, serve, versions  # noqa: F401
-from ._app import EXIT_ERROR, cli, error_line
+from ._app import EXIT_ERROR, cli
 
 __all__ = ["EXIT_ERROR", "cli", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The ``adapterhub`` entry point: plugin commands added, plugin warnings as one line."""
+    """The ``adapterhub`` entry point: plugin and content warnings as one line."""
     import warnings
 
     from ..adapter_files import AdapterContentWarning
-    from ..plugins import PluginWarning, call_hook
+    from ..errors import UnpinnedPublishWarning, cli_wording
+    from ..plugins import PluginWarning
 
     shown = warnings.showwarning
 
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, (PluginWarning, AdapterContentWarning)):  # one line, the command goes on
-            click.echo(f"warning: {message}", err=True)
+        if issubclass(category, (PluginWarning, AdapterContentWarning, UnpinnedPublishWarning)):
+            click.echo(f"warning: {cli_wording(str(message))}", err=True)  # one line, the command goes on
         else:
             shown(message, category, *args, **kwargs)
 
     warnings.showwarning = show
     try:
-        try:
-            call_hook("register_commands", cli=cli)
-        except AdapterHubError as exc:
-            click.echo(f"warning: {error_line(exc)[7:]}", err=True)
-        cli.main(args=argv, prog_name="adapterhub")
+        cli.main(args=argv, prog_name="adapterhub")  # plugin commands load when a name is not built in
     finally:
         warnings.showwarning = shown

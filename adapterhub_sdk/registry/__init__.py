@@ -30,7 +30,7 @@ from ._core import (
 )
 from .bases import BasesPart
 from .lifecycle import LifecyclePart
-from .publish import PublishPart
+from .publish import PublishPart, UnpinnedPublishWarning  # noqa: F401 - re-exported
 from .query import QueryPart
 from .resolve import ResolvePart
 from .results import (
@@ -55,6 +55,7 @@ __all__ = [
     "T_SOURCES",
     "T_TASKS",
     "T_VERSIONS",
+    "UnpinnedPublishWarning",
     "VERDICTS",
     "GcReport",
     "Match",

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,13 @@ from typing import Any
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
-from ..errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
+from ..errors import (
+    AdapterHubError,
+    IntegrityError,
+    NotFoundError,
+    UnpinnedPublishWarning,
+    VersionConflictError,
+)
 from ..interfaces import StagingBlobStorage
 from ..manifest import BaseRef, Manifest
 from ..methods.base import requirements_digest
@@ -27,6 +34,15 @@ from ._core import T_ADAPTERS, T_FILES, T_REQS, T_TASKS, T_VERSIONS, RegistryCor
 from .differences import conflict
 from .probes import requirement_probe
 from .results import PublishResult, _iso
+
+
+def _warn_unpinned(name: str, version: str, base_name: str | None) -> None:
+    named = f" (PEFT recorded the name {base_name!r}, which says nothing of the weights)" if base_name else ""
+    warnings.warn(f"{name}@{version} is published unpinned: no base=PATH was given, so it is tied to no "
+                  f"base weights{named}; nothing checked its tensors against a base and resolve can never call "
+                  "it exact. Versions never change: to pin it, publish it under a new version with base=PATH",
+                  UnpinnedPublishWarning, stacklevel=3)
+
 
 _TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", re.ASCII)
 
@@ -176,6 +192,8 @@ class PublishPart(RegistryCore):
             if own:
                 pkg.close()
         result = PublishResult(name, str(ver), manifest.digest, created, written, len(pkg.files), manifest)
+        if manifest.base.fingerprint is None:
+            _warn_unpinned(name, str(ver), manifest.base.name)
         call_hook("after_publish", manifest=manifest, created=created)
         return result
 
