@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from .adapter_files import (
     refuse,
     skipped,
 )
-from .errors import AdapterFormatError, DestinationError, IncompatibleAdapterError
+from .atomic_dir import atomic_dir
+from .errors import AdapterFormatError, IncompatibleAdapterError
 from .manifest import BaseRef, FileEntry, Manifest, check_file_path
 from .methods.base import AdapterMethod, Requirements, detect_method
 from .safetensors_io import (
@@ -401,72 +401,12 @@ def _discard_staged(files: list[PackedFile], discard: Callable[[Any], None] | No
                 pass  # a leftover temp file; gc removes it
 
 
-ABANDONED_AFTER_S = 3600.0
-
-
-def _clean_abandoned(parent: Path, name: str) -> None:
-    """Remove temp folders that a killed writer of ``parent/name`` left behind (older than an
-    hour, so a writer still at work keeps its folder)."""
-    import time
-
-    now = time.time()
-    for p in parent.glob(f".{name}.*.incomplete"):
-        try:
-            if now - p.stat().st_mtime > ABANDONED_AFTER_S:
-                shutil.rmtree(p, ignore_errors=True)
-        except FileNotFoundError:
-            continue
-
-
-def _chmod_like_mkdir(path: Path) -> None:
-    """mkdtemp makes 0700; give the directory the mode a plain mkdir would (0777 less the
-    umask), so that a service account can read what was pulled into a shared place."""
-    probe = path.parent / f".{path.name}.mode"
-    try:
-        probe.mkdir()
-        mode = probe.stat().st_mode & 0o777
-        probe.rmdir()
-        os.chmod(path, mode)
-    except OSError:
-        pass
-
-
 def write_package_dir(dest: Path, files: list[tuple[str, Any]], *, overwrite: bool = False) -> Path:
-    """Write files (name, writer(fileobj)) to ``dest`` atomically: a sibling temp dir renamed
-    into place, so ``dest`` is either absent/old or complete."""
-    dest = Path(dest)
-    parent = dest.absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DestinationError(f"cannot create {parent}: {exc.strerror or exc}") from None
-    if dest.is_file() or dest.is_symlink():
-        raise FileExistsError(f"{dest} is a file; pass a directory path to write the adapter to")
-    if dest.is_dir() and not overwrite and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} exists and is not empty; pass --force to replace it")
-    _clean_abandoned(parent, dest.name)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".incomplete", dir=parent))
-    except OSError as exc:
-        raise DestinationError(f"cannot write into {parent}: {exc.strerror or exc}") from None
-    _chmod_like_mkdir(tmp)
-    try:
+    """Write files (name, writer(fileobj)) to ``dest`` atomically (:mod:`.atomic_dir`):
+    ``dest`` is the old tree or the new one, complete, whatever fails or dies when."""
+    with atomic_dir(dest, overwrite=overwrite, purpose="to write the adapter to") as tmp:
         for name, writer in files:
             check_file_path(name)
             with open(tmp / name, "wb") as f:
                 writer(f)
-                f.flush()
-                os.fsync(f.fileno())
-        if dest.is_dir() and any(dest.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=parent))
-            os.rename(dest, old / "x")
-            os.rename(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            if dest.is_dir():
-                dest.rmdir()
-            os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    return Path(dest)

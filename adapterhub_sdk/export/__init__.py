@@ -9,8 +9,9 @@ TGI or Ollama.
         print(res.to_dict())
 
 Every export pulls the version through :meth:`Registry.pull` (each file verified against
-its sha256), writes what the target tool needs beside it, and renames the whole directory
-into place at the end: ``out`` is complete or untouched, whatever fails when. Each export
+its sha256), writes what the target tool needs beside it, and puts the whole directory in
+place at the end (:mod:`adapterhub_sdk.atomic_dir`, as pull does): ``out`` holds the old
+tree or the new one, complete, whatever fails or dies when. Each export
 carries ``adapterhub_manifest.json`` and a generated README that states the base
 fingerprint, so the pin travels with the files.
 
@@ -35,12 +36,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterHubError, DestinationError, IncompatibleAdapterError, IntegrityError
+from ..atomic_dir import atomic_dir, check_destination
+from ..errors import AdapterHubError, IncompatibleAdapterError, IntegrityError
 from ..manifest import Manifest
 from . import folding
 from .common import (
@@ -72,6 +73,8 @@ from .vllm import (
     vllm_limitations,
     vllm_max_lora_rank,
 )
+
+_PURPOSE = "to export to"
 
 
 @dataclass(frozen=True)
@@ -127,35 +130,6 @@ def limitations(fmt: str, manifest: Manifest) -> list[str]:
 
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.is_file() or out.is_symlink():
-        raise FileExistsError(f"{out} is a file; pass a directory path to export to")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
-
-
-def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished ``tmp`` to ``out``; an old ``out`` (with ``overwrite``) is moved
-    aside first and removed after, or put back if the rename fails."""
-    parent = tmp.parent
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:  # appeared while we were writing
-            raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
-        os.rename(out, old / "x")
-        try:
-            os.rename(tmp, out)
-        except BaseException:
-            os.rename(old / "x", out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    if out.is_dir():
-        out.rmdir()
-    os.rename(tmp, out)
-
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -183,7 +157,7 @@ def export(registry: Any, spec: str, fmt: str, out: str | os.PathLike[str], *, o
             + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""),
             reasons=reasons, hint="export it with --format peft, or serve it with the transformers runtime")
     out = Path(out).expanduser().absolute()
-    _check_out(out, overwrite)
+    check_destination(out, overwrite, _PURPOSE)
     base = _resolve_base(registry, manifest, base_path)
     if fmt == "ollama":
         mt = _model_type(base.config)
@@ -201,13 +175,8 @@ def export(registry: Any, spec: str, fmt: str, out: str | os.PathLike[str], *, o
         raise AdapterHubError(f"{out}: TGI cannot read a LORA_ADAPTERS path containing ',', '=' or '@'",
                               hint="export to a directory whose path has none of those characters")
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent))
-    except OSError as exc:
-        raise DestinationError(f"cannot write into {out.parent}: {exc.strerror or exc}") from None
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; servers in containers run as other users
+    # 0755: servers in containers run as other users
+    with atomic_dir(out, overwrite=overwrite, mode=0o755, purpose=_PURPOSE) as tmp:
         staged = tmp / adir
         registry.pull(ref, staged)  # every file verified against its sha256
         os.chmod(staged, 0o755)
@@ -235,10 +204,6 @@ def export(registry: Any, spec: str, fmt: str, out: str | os.PathLike[str], *, o
             if exact.details:
                 details = {**details, "exact": exact.details}
         files = _files_under(tmp)
-        _commit(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if fmt == "ollama":
         served = served.lower()
     return ExportResult(info.name, info.version, info.digest, fmt, out, adapter_path, files, served,
