@@ -87,3 +87,25 @@ def test_outdated_schema_is_still_refused_with_the_command_to_run(tmp_path):
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0999'")
     with pytest.raises(RegistryError, match="newer than this adapterhub_sdk"):
         Registry.open(url)
+
+
+def test_builtin_command_loads_no_plugin(tmp_path):
+    """``adapterhub list`` starts without importing any installed plugin (plugin commands are
+    looked up only for a name that is not built in, or when commands are listed)."""
+    import os
+    from importlib.metadata import entry_points
+
+    import pytest
+
+    plugin_modules = {ep.module.split(".")[0] for ep in entry_points(group="adapterhub")}
+    if not plugin_modules:
+        pytest.skip("no adapterhub plugin installed (.ci/test installs the repository's plugins)")
+    code = ("import atexit, json, sys\n"
+            "atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))\n"
+            "from adapterhub_sdk.cli import main\nmain(['list'])\n")
+    env = {k: v for k, v in os.environ.items() if k != "ADAPTERHUB_LOAD_PLUGINS"}
+    env["ADAPTERHUB_HOME"] = str(tmp_path / "home")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    mods = set(json.loads(out.stderr.strip().splitlines()[-1]))
+    assert not plugin_modules & mods, f"'adapterhub list' imported plugins {sorted(plugin_modules & mods)}"

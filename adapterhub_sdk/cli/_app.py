@@ -61,6 +61,32 @@ class HelpfulGroup(click.Group):
 
 class _Group(HelpfulGroup):
     group_class = HelpfulGroup  # subgroups (``db``, a plugin's) behave the same
+    _plugins_loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        """Let plugins add their commands, once: only when a command name is not built in, or
+        the commands are listed (help, completion, a typo's suggestions), so that a built-in
+        command starts without loading any plugin."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        from ..plugins import call_hook
+
+        try:
+            call_hook("register_commands", cli=self)
+        except AdapterHubError as exc:
+            click.echo(f"warning: {error_line(exc)[7:]}", err=True)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and not self._plugins_loaded:
+            self._load_plugin_commands()
+            cmd = super().get_command(ctx, cmd_name)
+        return cmd
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
