@@ -311,13 +311,13 @@ class HubClient:
             got = bfp.digest if isinstance(bfp, BaseFingerprint) else str(bfp)
             if pinned != got:
                 raise AdapterHubError(
-                    f"{ref}: --base does not apply: the repo's manifest "
+                    f"{ref}: base=PATH does not apply: the repo's manifest "
                     + (f"pins base {pinned[:12]}" if pinned else "is not pinned to a base")
                     + (f", not {got[:12]}" if pinned else " and a published manifest never changes"),
-                    hint="omit --base (it pins repos that PEFT pushed without a manifest)")
+                    hint="omit base=PATH (it pins repos that PEFT pushed without a manifest)")
         if name is not None and name_key(name) != name_key(manifest.name):
             raise NotFoundError(f"{ref} holds {manifest.name}@{manifest.version}, not {name}",
-                                hint=f"pull without --name, or with --name {manifest.name}")
+                                hint=f"pull with name='{manifest.name}', or without a name")
         here = f"hf://{ref.repo}"
         if name_key(manifest.name) != name_key(ref.repo) and name is None:
             origins = registry.origins(manifest.name) - {here}
@@ -326,7 +326,7 @@ class HubClient:
                 raise AdapterHubError(
                     f"{ref} holds {manifest.name}@{manifest.version}, but {manifest.name} here already has versions "
                     f"from {whence}; a repo adds to a name other than its own only when you say so",
-                    hint=f"if {ref.repo} is trusted to publish {manifest.name}, pull with --name {manifest.name}")
+                    hint=f"if {ref.repo} is trusted to publish {manifest.name}, pull with name='{manifest.name}'")
         sources = {f.path: _cached_file(snap, CARD_KEEP if f.path == "README.md" and (snap / MANIFEST).is_file()
                                         else f.path) or snap / f.path
                    for f in manifest.files}
@@ -341,8 +341,8 @@ class HubClient:
                 raise VersionConflictError(
                     f"{manifest.name}@{manifest.version} was imported from {ref.repo} before without a base, and "
                     "versions never change, so it stays unpinned",
-                    hint="'adapterhub resolve --base ...' still gives it a structural verdict; to pin a base, "
-                         "publish its files under a new version with --base") from None
+                    hint="resolving against a base (base=PATH) still gives it a structural verdict; to pin a base, "
+                         "publish its files under a new version with base=PATH") from None
             raise
         if dest is not None:
             registry.pull(f"{manifest.name}@{manifest.version}", dest, overwrite=overwrite)

@@ -549,7 +549,7 @@ def test_damaged_hub_cache_is_refused_with_what_to_do_and_base_must_fit(hub_env,
 
     r = invoke("pull", ref, "--base", str(base_other_shape))
     assert r.exit_code == 1
-    one_error_line(r.stderr, "--base does not apply", "omit --base")
+    one_error_line(r.stderr, "--base PATH does not apply", "omit --base PATH")
     assert invoke("pull", ref, "--base", str(base_dir)).exit_code == 0  # the base it is pinned to
 
 
@@ -595,7 +595,10 @@ def test_a_repo_cannot_slip_versions_into_a_name_held_by_others(hub_env, hub_ser
     r = invoke("pull", f"hf://{evil.repo_id}@1.3.0")
     assert r.exit_code == 1
     line = one_error_line(r.stderr, "acme/sentiment@1.3.0", "publishes in this registry", "--name acme/sentiment")
-    assert evil.repo_id in line
+    assert evil.repo_id in line and "name=" not in line
+    with pytest.raises(ah.AdapterHubError) as err:  # from Python the hint names the keyword
+        reg.pull(f"hf://{evil.repo_id}@1.3.0")
+    assert "pull with name='acme/sentiment'" in err.value.hint and "--name" not in err.value.hint
     assert [v.version for v in reg.versions("acme/sentiment")] == ["0.0.1"]
     r = invoke("pull", f"hf://{evil.repo_id}@1.3.0", "--name", "acme/other")
     assert r.exit_code == 1
