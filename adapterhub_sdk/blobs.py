@@ -26,12 +26,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from .adapter_files import open_regular
 from .errors import IntegrityError, NotFoundError
 from .hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from .interfaces import QuarantiningBlobStorage, StagingBlobStorage
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 BUF = 1 << 20
@@ -424,3 +427,8 @@ def _file_store(url: str) -> BlobStore:
 @hookimpl
 def register_storage(register):
     register("file", _file_store)
+
+
+if TYPE_CHECKING:  # mypy checks that the built-in store has both optional capabilities
+    _staging: type[StagingBlobStorage] = BlobStore
+    _quarantining: type[QuarantiningBlobStorage] = BlobStore

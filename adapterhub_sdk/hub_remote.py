@@ -8,9 +8,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from .interfaces import Remote
 
 
 class HubRemote:
@@ -68,3 +71,7 @@ class HubRemote:
 @hookimpl
 def register_remotes(register: Callable[[str, Callable[[str], Any]], None]) -> None:
     register("hf", lambda url: HubRemote())
+
+
+if TYPE_CHECKING:  # mypy checks HubRemote against the protocol
+    _remote: type[Remote] = HubRemote
