@@ -57,7 +57,7 @@ def check_destination(dest: Path, overwrite: bool, purpose: str = "to write to")
     if dest.is_file() or dest.is_symlink():
         raise FileExistsError(f"{dest} is a file; pass a directory path {purpose}")
     if not overwrite and dest.is_dir() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} exists and is not empty; pass --force to replace it")
+        raise FileExistsError(f"{dest} exists and is not empty; pass overwrite=True to replace it")
 
 
 @contextlib.contextmanager
@@ -228,7 +228,7 @@ def _commit(staging: Path, dest: Path, overwrite: bool, purpose: str) -> None:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise
         if not overwrite:  # appeared while we were writing
-            raise FileExistsError(f"{dest} exists and is not empty; pass --force to replace it") from None
+            raise FileExistsError(f"{dest} exists and is not empty; pass overwrite=True to replace it") from None
         check_destination(dest, overwrite, purpose)
         if _exchange(staging, dest):
             _fsync_dir(dest.parent)

@@ -101,7 +101,7 @@ class UnpinnedPublishWarning(UserWarning):
 #: keyword arguments a message or hint may name, and the CLI option that sets each one
 CLI_OPTIONS = {"overwrite": "--force", "base": "--base", "blobs": "--blobs", "name": "--name",
                "subfolder": "--subfolder", "allow_nonfinite": "--allow-nonfinite", "base_path": "--base-path",
-               "format": "--format"}
+               "fmt": "--format"}
 _KEYWORD = re.compile(r"(?<![\w.-])(" + "|".join(CLI_OPTIONS) + r")=(True|'[^']*'|[A-Z][A-Z0-9_/.:-]*)")
 
 

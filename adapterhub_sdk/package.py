@@ -113,7 +113,7 @@ class AdapterPackage:
                 f"adapter does not fit base {base.short}: {reasons[0]}"
                 + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""),
                 reasons=reasons,
-                hint="check that --base is the model this adapter was trained on",
+                hint="check that base=PATH is the model this adapter was trained on",
             )
         self.requirements = self.method.requirements(self.config, self.tensors, base)
         how = getattr(self.method, "validation", None)  # how it was checked, when less than shapes
@@ -147,7 +147,7 @@ class AdapterPackage:
             raise NonFiniteError(
                 nonfinite_message(WEIGHTS, found) + "; an adapter with such weights makes the model's outputs NaN",
                 hint="check the training run (a diverged loss, fp16 overflow) and save the adapter again; to "
-                     "publish it anyway for research, pass --allow-nonfinite (Python: allow_nonfinite=True)")
+                     "publish it anyway for research, pass allow_nonfinite=True")
 
     def close(self) -> None:
         _discard_staged(self.files, self._discard)
@@ -204,7 +204,7 @@ def _open_adapter_dir(root: Path, subfolder: str | None) -> DirReader:
             return sub
         if subs:
             raise AdapterFormatError(f"{root} holds several adapters ({', '.join(subs)}); choose one",
-                                     hint="pass --subfolder NAME (PEFT saves non-default adapters in subfolders)")
+                                     hint="pass subfolder=NAME (PEFT saves non-default adapters in subfolders)")
         if linked:
             refuse(root / linked[0].name, linked[0].kind, "adapter subfolder")
         raise AdapterFormatError(f"{root}: no {CONFIG}; not a PEFT adapter directory",

@@ -304,7 +304,7 @@ def test_non_empty_out_is_refused_without_overwrite(published, outs):
     out = outs / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="pass --force"):
+    with pytest.raises(FileExistsError, match=r"pass overwrite=True"):
         export(published, NAME, "vllm", out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     res = export(published, NAME, "vllm", out, overwrite=True)

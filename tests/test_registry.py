@@ -360,9 +360,10 @@ def test_pull_with_every_blob_missing_points_at_the_blob_store_first(registry, r
     assert "none of the" not in str(one.value)
 
 
-def test_errors_name_python_keywords_and_the_cli_its_options(registry, registry_url, lora_dir, tmp_path):
-    """From Python a hint names the keyword argument (base=PATH); the CLI prints the same
-    error with its option (--base PATH), through errors.cli_wording."""
+def test_errors_name_python_keywords_and_the_cli_its_options(registry, registry_url, base_dir, lora_dir, tmp_path):
+    """From Python a message or hint names the keyword argument (base=PATH, overwrite=True);
+    the CLI prints the same error with its option (--base PATH, --force), through
+    errors.cli_wording."""
     from adapterhub_sdk.errors import cli_wording
 
     from conftest import run_cli
@@ -379,6 +380,16 @@ def test_errors_name_python_keywords_and_the_cli_its_options(registry, registry_
         assert "pass blobs=DIR or set ADAPTERHUB_BLOBS" in no_blobs.value.hint
         proc = run_cli("--registry", registry_url, "list")
         assert "pass --blobs DIR or set ADAPTERHUB_BLOBS" in proc.stderr, proc.stderr
+    registry.publish(lora_dir, name=NAME, version="1.0.0", base=base_dir)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match=r"pass overwrite=True to replace it"):
+        registry.pull(f"{NAME}@1.0.0", taken)
+    proc = run_cli("--registry", registry_url, "--blobs", str(tmp_path / "blobs"), "pull", f"{NAME}@1.0.0",
+                   "--out", str(taken))
+    assert proc.returncode == 1 and "pass --force to replace it" in proc.stderr, proc.stderr
+    assert [p.name for p in taken.iterdir()] == ["mine.txt"]
     assert cli_wording("pass overwrite=True; or name='acme/x', blobs=DIR, allow_nonfinite=True") == (
         "pass --force; or --name acme/x, --blobs DIR, --allow-nonfinite")
     assert cli_wording("x.base=PATH rebase=PATH base=path") == "x.base=PATH rebase=PATH base=path"

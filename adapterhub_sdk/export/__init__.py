@@ -155,7 +155,7 @@ def export(registry: Any, spec: str, fmt: str, out: str | os.PathLike[str], *, o
         raise IncompatibleAdapterError(
             f"cannot export {ref} for {TARGETS[fmt]}: {reasons[0]}"
             + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""),
-            reasons=reasons, hint="export it with --format peft, or serve it with the transformers runtime")
+            reasons=reasons, hint="export it with fmt='peft', or serve it with the transformers runtime")
     out = Path(out).expanduser().absolute()
     check_destination(out, overwrite, _PURPOSE)
     base = _resolve_base(registry, manifest, base_path)
@@ -194,7 +194,7 @@ def export(registry: Any, spec: str, fmt: str, out: str | os.PathLike[str], *, o
                 raise IncompatibleAdapterError(
                     f"cannot export {ref} for {TARGETS[fmt]}: {exact.reasons[0]}"
                     + (f" (and {len(exact.reasons) - 1} more)" if len(exact.reasons) > 1 else ""),
-                    reasons=exact.reasons, hint="export it with --format peft, or serve it with the transformers "
+                    reasons=exact.reasons, hint="export it with fmt='peft', or serve it with the transformers "
                                                 "runtime")
             warnings.extend(exact.notes)
             shutil.copyfile(staged / MANIFEST_FILE, tmp / MANIFEST_FILE)
