@@ -256,7 +256,7 @@ def create_fresh(engine: Engine) -> None:
     a process killed half-way leaves an empty database, never a half-migrated one."""
     from alembic.runtime.migration import MigrationContext
 
-    from .models import Base
+    from .tables import metadata
 
     with _schema_lock(engine):
         conn = engine.connect().execution_options(adapterhub_write=True)
@@ -265,7 +265,7 @@ def create_fresh(engine: Engine) -> None:
                 ctx = MigrationContext.configure(conn)
                 if ctx.get_current_revision() is not None:
                     return  # another process created it meanwhile
-                Base.metadata.create_all(conn)
+                metadata.create_all(conn)
                 ctx.stamp(_scripts(), "head")
         finally:
             conn.close()

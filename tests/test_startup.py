@@ -105,7 +105,12 @@ def test_builtin_command_loads_no_plugin(tmp_path):
             "from adapterhub_sdk.cli import main\nmain(['list'])\n")
     env = {k: v for k, v in os.environ.items() if k != "ADAPTERHUB_LOAD_PLUGINS"}
     env["ADAPTERHUB_HOME"] = str(tmp_path / "home")
+    from adapterhub_sdk import Registry
+
+    Registry.open(f"sqlite:///{tmp_path / 'home' / 'registry.db'}").close()  # created here: not the read path
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     mods = set(json.loads(out.stderr.strip().splitlines()[-1]))
     assert not plugin_modules & mods, f"'adapterhub list' imported plugins {sorted(plugin_modules & mods)}"
+    # the read path runs on SQLAlchemy Core tables: neither the ORM nor Alembic is loaded
+    assert "sqlalchemy.orm" not in mods and "alembic" not in mods

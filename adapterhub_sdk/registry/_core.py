@@ -9,32 +9,22 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Table
 
 from .. import db as dbmod
+from .. import tables
 from ..fingerprint import BaseFingerprint
-from ..models import (
-    Adapter,
-    AdapterVersion,
-    AliasRecord,
-    BaseModelRecord,
-    BaseSource,
-    Fit,
-    RequirementSet,
-    VersionFile,
-    VersionTask,
-)
 
 if TYPE_CHECKING:
     from .results import VersionInfo
 
 
-T_ADAPTERS: Table = Adapter.__table__  # type: ignore[assignment]
-T_VERSIONS: Table = AdapterVersion.__table__  # type: ignore[assignment]
-T_TASKS: Table = VersionTask.__table__  # type: ignore[assignment]
-T_FILES: Table = VersionFile.__table__  # type: ignore[assignment]
-T_ALIASES: Table = AliasRecord.__table__  # type: ignore[assignment]
-T_BASES: Table = BaseModelRecord.__table__  # type: ignore[assignment]
-T_SOURCES: Table = BaseSource.__table__  # type: ignore[assignment]
-T_REQS: Table = RequirementSet.__table__  # type: ignore[assignment]
-T_FITS: Table = Fit.__table__  # type: ignore[assignment]
+T_ADAPTERS: Table = tables.adapters
+T_VERSIONS: Table = tables.versions
+T_TASKS: Table = tables.version_tasks
+T_FILES: Table = tables.files
+T_ALIASES: Table = tables.aliases
+T_BASES: Table = tables.bases
+T_SOURCES: Table = tables.base_sources
+T_REQS: Table = tables.requirement_sets
+T_FITS: Table = tables.fits
 
 
 class RegistryCore:

@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from ..errors import NotFoundError
 from ..fingerprint import BaseFingerprint, fingerprint
-from ..models import utcnow
 from ..remotes import remote_for
+from ..tables import utcnow
 from ._core import T_BASES, T_SOURCES, RegistryCore
 
 _HEXPREFIX = re.compile(r"[0-9a-f]{8,64}")

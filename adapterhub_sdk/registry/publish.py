@@ -26,9 +26,9 @@ from ..errors import (
 from ..interfaces import StagingBlobStorage
 from ..manifest import BaseRef, Manifest
 from ..methods.base import requirements_digest
-from ..models import utcnow
 from ..names import name_key, validate_name
 from ..package import AdapterPackage, pack
+from ..tables import utcnow
 from ..versions import Version
 from ._core import T_ADAPTERS, T_FILES, T_REQS, T_TASKS, T_VERSIONS, RegistryCore
 from .differences import conflict
