@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapter_files import refuse_nonfinite
+from .devices import usable_device
 from .errors import AdapterFormatError, IncompatibleAdapterError, InvalidNameError, NotFoundError
 from .fingerprint import fingerprint
 from .generation import GenerationError
@@ -63,13 +64,11 @@ class Deployment:
 
     def __init__(self, base: Any, *, registry: Any = None, device: str = "cpu", dtype: Any = None,
                  strict: bool = False, tokenizer: Any = None):
-        import torch
-
         from .runtime import get_runtime
 
         self.registry = registry
         self.strict = strict
-        self.device = torch.device(device)
+        self.device = usable_device(device)  # a typo or a missing GPU: one error, before any load
         self.runtime = get_runtime("transformers")
         self._lock = threading.RLock()
         self._rows = RowSlots()

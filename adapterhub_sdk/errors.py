@@ -94,6 +94,12 @@ class PluginError(AdapterHubError, RuntimeError):
     """A plugin failed to load or raised inside a hook."""
 
 
+class DeviceError(AdapterHubError, ValueError):
+    """A torch device that is not one (``nodev``) or that this machine does not have."""
+
+    hint = "use cpu, cuda, cuda:1 or mps, one this machine has"
+
+
 class UnpinnedPublishWarning(UserWarning):
     """A version was published without a base: it is pinned to no weights."""
 

@@ -14,7 +14,7 @@ import pytest
 
 import adapterhub_sdk as ah
 from adapterhub_sdk.cli import cli
-from adapterhub_sdk.errors import NotFoundError
+from adapterhub_sdk.errors import DeviceError, NotFoundError
 
 from conftest import run_cli
 
@@ -149,6 +149,8 @@ def test_did_you_mean_reaches_python_callers_on_either_database(registry, lora_d
     (("push", "acme/sentiment@1.0.0", "--to", "acme/sentiment"), USAGE, "not the URL of a remote registry"),
     (("push", "acme/sentiment@1.0.0", "--to", "hf://acme"), USAGE, "not a hub repo id"),
     (("pull", "hf://acme"), USAGE, "not a hub repo id"),
+    (("serve", "--base", "{base}", "--device", "nodev", "--port", "0"), USAGE, "'nodev' is not a torch device"),
+    (("serve", "--base", "{base}", "--device", "cuda:7", "--port", "0"), FAILURE, "'cuda:7' is not available"),
     (("--registry", "not a url", "list"), USAGE, "is not valid"),
     (("--registry", "mysql://u@localhost/db", "db", "current"), USAGE, "'mysql' is not supported"),
     (("--registry", "postgresql://postgres@127.0.0.1:1/nope", "list"), FAILURE, "database"),
@@ -157,11 +159,21 @@ def test_did_you_mean_reaches_python_callers_on_either_database(registry, lora_d
     (("publish", "{lora_b}", "--name", "acme/sentiment", "--version", "1.0.0"), FAILURE, "already exists"),
     (("fingerprint", "{empty}"), FAILURE, "no *.safetensors weights"),
 ])
-def test_one_exit_code_per_kind_of_mistake(sentiment, lora_dir, lora_dir_b, tmp_path, args, code, needle):
+def test_one_exit_code_per_kind_of_mistake(sentiment, base_dir, lora_dir, lora_dir_b, tmp_path, args, code,
+                                           needle):
     (tmp_path / "empty").mkdir()
-    where = {"lora": str(lora_dir), "lora_b": str(lora_dir_b), "missing": str(tmp_path / "missing"),
-             "empty": str(tmp_path / "empty")}
+    where = {"base": str(base_dir), "lora": str(lora_dir), "lora_b": str(lora_dir_b),
+             "missing": str(tmp_path / "missing"), "empty": str(tmp_path / "empty")}
     one_error_line(run_cli(*(a.format(**where) for a in args)), code, needle)
+
+
+@pytest.mark.parametrize(("device", "words"), [("nodev", "is not a torch device"), ("cuda:7", "is not available"),
+                                               ("cuda:x", "is not a torch device")])
+def test_deployment_refuses_a_device_it_cannot_use_before_loading(base_dir, device, words):
+    """Was torch's own RuntimeError or AssertionError ('internal error' in the CLI)."""
+    with pytest.raises(DeviceError, match=words) as err:
+        ah.Deployment(base_dir, device=device)
+    assert isinstance(err.value, ValueError) and "cpu, cuda" in err.value.hint
 
 
 # --------------------------------------------------------------------------- completion

@@ -26,6 +26,19 @@ def _listen(host: str, port: int) -> Any:
     return sock
 
 
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Text that names no torch device is a usage error (exit 2); one this machine lacks is a
+    failure (1), found by Deployment before the base loads."""
+    from ..devices import parse_device
+    from ..errors import DeviceError
+
+    try:
+        parse_device(value)
+    except DeviceError as exc:
+        raise click.BadParameter(f"{exc.message}; {exc.hint}", ctx, param) from None
+    return value
+
+
 @cli.command(epilog=examples("adapterhub serve --base ./base --adapter acme/sentiment@^1 --port 8000"))
 @click.option("--base", type=BASE, required=True, metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model, loaded once.")
 @click.option("--adapter", "adapters", multiple=True, metavar="[NAME=]SPEC",
@@ -37,7 +50,8 @@ def _listen(host: str, port: int) -> Any:
               help="Most requests run together in one batch.")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="How long to wait for more requests before running a batch.")
-@click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, mps.")
+@click.option("--device", default="cpu", show_default=True, callback=_device,
+              help="torch device: cpu, cuda, cuda:1, mps.")
 @click.pass_context
 def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, port: int, strict: bool,
           max_batch: int, batch_wait_ms: float, device: str) -> None:
