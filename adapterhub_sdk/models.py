@@ -64,3 +64,21 @@ class Fit(Base):
     """Cached structural check of a requirement set against an architecture."""
 
     __table__ = tables.fits
+
+
+class SigningKey(Base):
+    """The public key of a signer this registry's users trust (or revoked)."""
+
+    __table__ = tables.signing_keys
+
+
+class Signature(Base):
+    """A version's signature: an OpenSSF model signing bundle over its files and manifest."""
+
+    __table__ = tables.signatures
+
+
+class Setting(Base):
+    """A registry-wide setting, such as the signing policy."""
+
+    __table__ = tables.settings

@@ -154,3 +154,34 @@ fits = Table(
     Column("ok", Boolean, nullable=False),
     Column("reasons", Text, nullable=False, default="[]"),
 )
+
+# Public keys of signers this registry's users trust (signing/); private keys never live here.
+signing_keys = Table(
+    "signing_keys", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    _digest("key_id", unique=True),  # sha256 of the PEM public key: the bundle's key hint
+    Column("public_key", Text, nullable=False),  # PEM SubjectPublicKeyInfo
+    _timestamp("created_at"),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# A version's signatures: OpenSSF model signing bundles over its files and manifest, beside the
+# version (never in its manifest, never changing its digest). The first one is the publisher's.
+signatures = Table(
+    "signatures", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version_id", Integer, ForeignKey("versions.id", ondelete="CASCADE"), nullable=False, index=True),
+    _digest("key_id"),
+    Column("signer", String(64), nullable=False),  # the key's name when it signed
+    Column("bundle", Text, nullable=False),  # the Sigstore bundle JSON, as written to model.sig
+    _timestamp("created_at"),
+    UniqueConstraint("version_id", "key_id"),
+)
+
+# Registry-wide settings, e.g. the signing policy ("require_signed": key names, comma-separated).
+settings = Table(
+    "settings", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
