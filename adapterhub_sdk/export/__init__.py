@@ -144,9 +144,11 @@ def export(registry: Any, spec: str, fmt: str, out: str | os.PathLike[str], *, o
     absent or empty unless ``overwrite``; it is written atomically. Raises
     :class:`IncompatibleAdapterError` when the target cannot serve the adapter."""
     fmt = _check_format(fmt)
-    if str(spec).startswith("hf://"):
-        raise AdapterHubError(f"export reads the local registry; {spec} is a Hub reference",
-                              hint=f"pull it first: adapterhub pull {spec}")
+    from ..remotes import is_remote_ref
+
+    if is_remote_ref(str(spec)):
+        raise AdapterHubError(f"export reads the local registry; {spec} is a remote registry's reference "
+                              "(a Hub reference for hf://)", hint=f"pull it first: adapterhub pull {spec}")
     info = registry.show(spec)
     manifest: Manifest = info.manifest
     ref = f"{info.name}@{info.version}"
