@@ -74,6 +74,7 @@ def atomic_dir(dest: str | os.PathLike[str], *, overwrite: bool = False, mode: i
     except OSError as exc:
         raise DestinationError(f"cannot create {parent}: {exc.strerror or exc}") from None
     clean_leftovers(dest)
+    check_destination(dest, overwrite, purpose)  # an old tree a crash left aside may be back
     staging, lock = _make_staging(parent, dest.name)
     try:
         if mode is not None:
@@ -131,40 +132,46 @@ def _is_legacy_aside(p: Path) -> bool:
 # --------------------------------------------------------------------------- locks
 
 
-def _try_lock(path: Path) -> int | None | bool:
-    """An fd holding an exclusive flock on ``path``; False if another process holds it (or,
-    without flock, if ``path`` is younger than ABANDONED_AFTER_S); None where there is
-    nothing to hold."""
+_HELD, _NO_LOCKS = "held", "no locks"
+_BUSY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES)
+
+
+def _flock(path: Path, *, wait: bool = False) -> int | str:
+    """An fd holding an exclusive flock on the directory ``path``; ``_HELD`` if another
+    process holds it (or ``path`` is gone); ``_NO_LOCKS`` where this system or filesystem
+    has no flock for directories (some network filesystems)."""
     if fcntl is None:
-        try:
-            return None if time.time() - path.stat().st_mtime > ABANDONED_AFTER_S else False
-        except OSError:
-            return False
+        return _NO_LOCKS
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
-        return False
+        return _HELD
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError as exc:
         os.close(fd)
-        return False
-    return fd
-
-
-def _lock_blocking(path: Path) -> int | None:
-    if fcntl is None:
-        return None
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _HELD if exc.errno in _BUSY_ERRNOS else _NO_LOCKS
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def _unlock(lock: int | None | bool) -> None:
+def _try_lock(path: Path) -> int | None | bool:
+    """For a cleaner: an fd holding ``path``'s lock; False if a live writer may still own
+    it; None where there are no locks and ``path`` is older than ABANDONED_AFTER_S."""
+    lock = _flock(path)
+    if isinstance(lock, int):
+        return lock
+    if lock == _HELD:
+        return False
+    try:
+        return None if time.time() - path.stat().st_mtime > ABANDONED_AFTER_S else False
+    except OSError:
+        return False
+
+
+def _unlock(lock: object) -> None:
     if isinstance(lock, int) and not isinstance(lock, bool):
         os.close(lock)  # closing the last fd releases the flock
 
@@ -180,16 +187,18 @@ def _make_staging(parent: Path, name: str) -> tuple[Path, int | None]:
             continue
         except OSError as exc:
             raise DestinationError(f"cannot write into {parent}: {exc.strerror or exc}") from None
-        lock = _try_lock(staging) if fcntl is not None else None
-        if lock is False:
-            continue
-        try:
-            if lock is not None and os.fstat(lock).st_ino != os.lstat(staging).st_ino:
-                raise FileNotFoundError(staging)
-        except FileNotFoundError:
+        lock = _flock(staging)
+        if lock == _NO_LOCKS:
+            return staging, None  # leftovers are then judged by age
+        if isinstance(lock, int):
+            try:
+                if os.fstat(lock).st_ino == os.lstat(staging).st_ino:
+                    return staging, lock
+            except FileNotFoundError:
+                pass
             _unlock(lock)
-            continue
-        return staging, lock  # type: ignore[return-value]
+        with contextlib.suppress(OSError):
+            os.rmdir(staging)  # a cleaner's, or already gone
     raise DestinationError(f"cannot make a staging directory in {parent}")
 
 
@@ -243,7 +252,7 @@ def _replace_aside(staging: Path, dest: Path) -> None:
     """Without an atomic swap: the old tree aside (locked, so no cleaner takes it), the new
     one in, the old one back if that fails."""
     aside = dest.parent / f".{dest.name}.{secrets.token_hex(6)}{ASIDE}"
-    lock = _lock_blocking(dest)
+    lock = _flock(dest, wait=True)
     try:
         os.rename(dest, aside)
         try:
