@@ -13,23 +13,25 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from ._sqlite import enable_wal
+from .dbinfo import (  # noqa: F401 - re-exported: db.HEAD_REVISION, db.database_error, ...
+    BUSY_TIMEOUT_MS,
+    HEAD_REVISION,
+    REVISIONS,
+    _no_such_table,
+    database_error,
+    sqlite_revision,
+)
 from .errors import RegistryError
 
-BUSY_TIMEOUT_MS = 120_000
 _ADVISORY_KEY = 0x61647068  # "adph"
 
-# The migrations in registry/migrations, oldest first; the last is the schema this code writes.
-# Kept here so that opening a registry is one query against alembic_version, without loading
-# Alembic and its script directory (tests/test_startup.py keeps them in sync with the scripts).
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
-HEAD_REVISION = REVISIONS[-1]
+
 
 
 def migrations_dir() -> Path:
@@ -115,20 +117,6 @@ def _operational(exc: OperationalError) -> RegistryError:
     return database_error(exc.orig if exc.orig is not None else exc)
 
 
-def database_error(exc: BaseException) -> RegistryError:
-    """A one-line RegistryError for a database driver's error."""
-    msg = (str(exc) or type(exc).__name__).strip()
-    if "no such column" in msg or "does not exist" in msg and "column" in msg:
-        return RegistryError(f"the registry schema does not match this adapterhub_sdk ({msg.splitlines()[0]})",
-                             hint="run 'adapterhub db upgrade'; if it says the schema is current, the database "
-                                  "was written by another adapterhub_sdk build")
-    if "locked" in msg or "busy" in msg:
-        return RegistryError(f"the registry stayed locked by another process for {BUSY_TIMEOUT_MS // 1000}s",
-                             hint="another adapterhub command holds a long write; retry when it ends")
-    return RegistryError(f"database error: {msg.splitlines()[0]}",
-                         hint="check the registry URL and that the database server is running")
-
-
 def _alembic_config(conn: Connection | None = None):
     from alembic.config import Config
 
@@ -159,11 +147,6 @@ def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-def _no_such_table(exc: BaseException) -> bool:
-    msg = str(exc)
-    return "no such table" in msg or ("does not exist" in msg and "alembic_version" in msg)
-
-
 def schema_revision(conn: Connection) -> str | None:
     """The revision in alembic_version (None when the table is missing or empty): one query.
     On PostgreSQL a failed statement aborts the transaction, which is then rolled back."""
@@ -180,19 +163,6 @@ def schema_revision(conn: Connection) -> str | None:
         conn.rollback()
         return current_revision(conn)
     return rows[0][0] if rows else None
-
-
-def sqlite_revision(cur: Any) -> str | None:
-    """schema_revision for a plain sqlite3 cursor (the read path that skips SQLAlchemy)."""
-    import sqlite3
-
-    try:
-        rows = cur.execute("SELECT version_num FROM alembic_version").fetchall()
-    except sqlite3.OperationalError as exc:
-        if not _no_such_table(exc):
-            raise
-        return None
-    return rows[0][0] if len(rows) == 1 else None
 
 
 @contextlib.contextmanager

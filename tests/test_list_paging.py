@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from adapterhub_sdk.registry import listing
+from adapterhub_sdk import listing
 from adapterhub_sdk.versions import Version
 
 from conftest import run_cli

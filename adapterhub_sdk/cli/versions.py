@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._app import BASE, base_arg, cli, examples, registry
+from ._app import BASE, base_arg, cli, examples, registry, registry_url
 from ._output import Result, emits, human_size, table
+
+if TYPE_CHECKING:
+    from ..version_info import VersionInfo
 
 
 @cli.command("list", epilog=examples("adapterhub list --task sentiment",
@@ -28,8 +31,11 @@ from ._output import Result, emits, human_size, table
 def list_cmd(ctx: click.Context, task: str | None, method: str | None, base: str | None,
              fingerprint: str | None, limit: int | None, offset: int) -> Result:
     """List published versions: by name, newest version first."""
-    infos = registry(ctx).iter_list(task=task, method=method, base=base_arg(base, fingerprint),
-                                    offset=offset, limit=limit)
+    infos = _fast_list(ctx, task=task, method=method, offset=offset, limit=limit) if not (base or fingerprint) \
+        else None
+    if infos is None:
+        infos = registry(ctx).iter_list(task=task, method=method, base=base_arg(base, fingerprint),
+                                        offset=offset, limit=limit)
 
     def text() -> Iterator[str]:
         rows = list(infos)
@@ -43,6 +49,21 @@ def list_cmd(ctx: click.Context, task: str | None, method: str | None, base: str
              ("yanked " if i.yanked else "") + ",".join(i.aliases)) for i in rows])
 
     return Result(lambda: (i.to_dict() for i in infos), text)
+
+
+def _fast_list(ctx: click.Context, **filters: Any) -> Iterator[VersionInfo] | None:
+    """The listing read straight from a SQLite registry file that is at the current schema,
+    with the standard library's sqlite3: the same query and rows as Registry.iter_list, without
+    loading SQLAlchemy or the registry (None: anything else, which the full path handles)."""
+    from ..dbinfo import sqlite_fetch, sqlite_reader
+    from ..listing import iter_versions
+
+    conn = sqlite_reader(registry_url(ctx))
+    if conn is None:
+        return None
+    ctx.call_on_close(conn.close)
+    conn.execute("BEGIN")  # one snapshot for every page, as the full path reads it
+    return iter_versions(sqlite_fetch(conn), postgres=False, **filters)
 
 
 @cli.command(epilog=examples("adapterhub show acme/sentiment", "adapterhub show acme/sentiment@^1 --json"))

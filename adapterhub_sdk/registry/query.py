@@ -12,13 +12,13 @@ from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from .. import db as dbmod
 from ..errors import InvalidVersionError, NotFoundError
+from ..listing import iter_versions
 from ..manifest import Manifest
 from ..names import TYPO_SLACK, did_you_mean, name_key, parse_ref, validate_alias, validate_name
 from ..package import base_fraction
 from ..tables import utcnow
 from ..versions import Version, VersionSpec
 from ._core import T_ADAPTERS, T_ALIASES, T_BASES, T_TASKS, T_VERSIONS, RegistryCore
-from .listing import iter_versions
 from .resolve import _fetch_tuples
 from .results import VersionInfo, _iso
 

@@ -3,53 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from ..manifest import Manifest
+from ..version_info import VersionInfo, _iso  # noqa: F401 - re-exported (defined apart for the read path)
 
 MANIFEST_FILE = "adapterhub_manifest.json"
 VERDICTS = ("exact", "structural", "incompatible")
-
-@dataclass(frozen=True)
-class VersionInfo:
-    name: str
-    version: str
-    digest: str
-    method: str
-    variant: str
-    tasks: tuple[str, ...]
-    base_fingerprint: str | None
-    base_name: str | None
-    size: int
-    yanked: bool
-    created_at: str
-    aliases: tuple[str, ...] = ()
-    manifest: Manifest | None = field(default=None, repr=False, compare=False)
-    # trainable parameters / the base's, when the base is known here (show only)
-    base_fraction: float | None = None
-    # where the version came from when it was not published here (hf://ORG/REPO@COMMIT)
-    source: str | None = None
-    # what the pinned fingerprint is of: where this registry saw those weights (show only):
-    # local paths, hf://REPO@COMMIT of Hub cache snapshots, newest first
-    base_seen_as: tuple[str, ...] | None = None
-
-    def to_dict(self, *, with_manifest: bool = False) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "name": self.name, "version": self.version, "digest": self.digest,
-            "method": self.method, "variant": self.variant, "tasks": list(self.tasks),
-            "base_fingerprint": self.base_fingerprint, "base_name": self.base_name,
-            "size": self.size, "yanked": self.yanked, "created_at": self.created_at,
-            "aliases": list(self.aliases),
-        }
-        if self.base_fraction is not None:
-            d["base_fraction"] = self.base_fraction
-        d["source"] = self.source
-        if self.base_seen_as is not None:
-            d["base_seen_as"] = list(self.base_seen_as)
-        if with_manifest and self.manifest is not None:
-            d["manifest"] = self.manifest.to_dict()
-        return d
 
 
 class Match(NamedTuple):
@@ -121,12 +81,3 @@ class GcReport:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def _iso(ts: Any) -> str:
-    if isinstance(ts, datetime):
-        if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=timezone.utc)
-        return ts.astimezone(timezone.utc).isoformat(timespec="seconds")
-    return str(ts)
-

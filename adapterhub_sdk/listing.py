@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..versions import Version
-from .results import VersionInfo, _iso
+from .version_info import VersionInfo, _iso
+from .versions import Version
 
 #: runs one statement (``:name`` parameters) and returns its rows as tuples
 Fetch = Callable[[str, dict[str, Any]], Sequence[tuple[Any, ...]]]
