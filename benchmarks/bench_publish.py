@@ -126,7 +126,8 @@ def one_shot_cli(work: Path, adapter_dir: Path, rounds: int) -> tuple[dict[str, 
     """Wall and CPU seconds of fresh ``adapterhub publish`` processes and of ``cp -r`` + ``sha256sum``."""
     exe = Path(sys.executable).with_name("adapterhub")
     ah_cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "adapterhub_sdk"]
-    env = {k: v for k, v in os.environ.items() if k != "ADAPTERHUB_LOAD_PLUGINS"}
+    # plugins enabled as installed; byte-compiled files written on the warm-up run, as an install has them
+    env = {k: v for k, v in os.environ.items() if k not in ("ADAPTERHUB_LOAD_PLUGINS", "PYTHONDONTWRITEBYTECODE")}
     env["ADAPTERHUB_HOME"] = str(work / "home-cli")
 
     def argv(v: str, r: int) -> list[str]:
@@ -140,8 +141,10 @@ def one_shot_cli(work: Path, adapter_dir: Path, rounds: int) -> tuple[dict[str, 
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         c0 = kids.ru_utime + kids.ru_stime
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         dt = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr}")
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         return dt, kids.ru_utime + kids.ru_stime - c0
 
