@@ -100,6 +100,19 @@ class DeviceError(AdapterHubError, ValueError):
     hint = "use cpu, cuda, cuda:1 or mps, one this machine has"
 
 
+class SigningError(AdapterHubError, ValueError):
+    """A signing key is missing, malformed, not owner-only, or not known to the registry."""
+
+    hint = "'adapterhub keys list' shows the keys here; 'adapterhub keys generate NAME' makes one"
+
+
+class SignaturePolicyError(AdapterHubError, PermissionError):
+    """A signed-only policy refused a version or directory: not signed by a key it names."""
+
+    hint = ("sign it with one of those keys ('adapterhub sign NS/NAME@VERSION --key NAME'), or trust the "
+            "signer's public key ('adapterhub keys trust PUB.pem --name NAME')")
+
+
 class UnpinnedPublishWarning(UserWarning):
     """A version was published without a base: it is pinned to no weights."""
 
@@ -134,6 +147,8 @@ __all__ = [
     "NotFoundError",
     "PluginError",
     "RegistryError",
+    "SignaturePolicyError",
+    "SigningError",
     "UnpinnedPublishWarning",
     "UnsafeFormatError",
     "VersionConflictError",

@@ -2,7 +2,9 @@
 
 Canonical form is UTF-8 JSON with sorted keys and no whitespace. The version's digest is
 ``sha256:`` of the canonical form *without* ``provenance`` (when and with what it was
-made) and ``signature``, so re-publishing identical content yields the identical digest.
+made), so re-publishing identical content yields the identical digest. Signatures are kept
+beside a version (``registry/signatures.py``), never in its manifest: manifests written
+before carry ``"signature": null``, outside the digest, which reading ignores.
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ class Manifest:
     license: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
-    signature: str | None = None
 
     def body(self) -> dict[str, Any]:
         """The part of the manifest that the digest covers."""
@@ -91,7 +92,6 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = self.body()
         d["provenance"] = self.provenance
-        d["signature"] = self.signature
         d["digest"] = self.digest
         return d
 
@@ -116,7 +116,7 @@ class Manifest:
                 requirements=d.get("requirements") or {},
                 tasks=tuple(d.get("tasks") or ()), description=d.get("description"),
                 license=d.get("license"), metrics=d.get("metrics") or {},
-                provenance=d.get("provenance") or {}, signature=d.get("signature"),
+                provenance=d.get("provenance") or {},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise AdapterFormatError(f"malformed manifest: {exc}") from exc

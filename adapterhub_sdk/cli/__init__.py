@@ -10,7 +10,19 @@ from typing import Any
 
 import click
 
-from . import fingerprint, maintenance, plugins, publish, pull, remote, resolve, serve, versions  # noqa: F401
+from . import (  # noqa: F401
+    fingerprint,
+    keys,
+    maintenance,
+    plugins,
+    publish,
+    pull,
+    remote,
+    resolve,
+    serve,
+    sign,
+    versions,
+)
 from ._app import EXIT_ERROR, cli
 
 __all__ = ["EXIT_ERROR", "cli", "main"]

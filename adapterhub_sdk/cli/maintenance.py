@@ -14,8 +14,12 @@ from ._output import Result, emits, human_size
 @emits
 @click.pass_context
 def verify(ctx: click.Context) -> Result:
-    """Re-hash every blob and manifest; exit 1 if anything is corrupt or missing."""
-    report = registry(ctx).verify()
+    """Re-hash every blob and manifest and check every signature; exit 1 if anything is
+    corrupt or missing, a signature is bad or a signed version was tampered with."""
+    reg = registry(ctx)
+    report = reg.verify()
+    signed = reg.verify_signatures()
+    bad = [s for s in signed if not s.ok]
 
     def text() -> Iterator[str]:
         yield f"checked {report.versions} versions, {report.blobs} blobs ({human_size(report.bytes)})"
@@ -23,9 +27,15 @@ def verify(ctx: click.Context) -> Result:
             what = p.get("sha256", p.get("version"))
             users = f" (used by {', '.join(p['versions'])})" if p.get("versions") else ""
             yield f"  {p['kind']} {what}: {p['problem']}{users}"
-        yield "ok" if report.ok else f"{len(report.problems)} problem(s) found"
+        for s in signed:
+            yield f"  {s.ref}: {s.describe()}"
+        n = len(report.problems) + len(bad)
+        yield "ok" if not n else f"{n} problem(s) found"
 
-    return Result(report.to_dict, text, exit_code=0 if report.ok else EXIT_ERROR)
+    def data() -> dict:
+        return {**report.to_dict(), "ok": report.ok and not bad, "signatures": [s.to_dict() for s in signed]}
+
+    return Result(data, text, exit_code=0 if report.ok and not bad else EXIT_ERROR)
 
 
 @cli.command(epilog=examples("adapterhub gc --dry-run", "adapterhub gc --json"))

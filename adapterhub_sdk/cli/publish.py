@@ -37,11 +37,16 @@ def _parse_metrics(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--subfolder", metavar="NAME", help="Adapter subfolder (PEFT's layout for non-default adapters).")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Publish weights holding NaN or Inf (research use; refused otherwise, and on attach).")
+@click.option("--sign", "sign_key", metavar="KEY", help="Sign the version with your key (a name or a PEM path).")
 @click.pass_context
 def publish(ctx: click.Context, directory: str, name: str, version: str, base: str | None,
             tasks: tuple[str, ...], license_: str | None, description: str | None,
-            metrics: tuple[str, ...], subfolder: str | None, allow_nonfinite: bool) -> Result:
+            metrics: tuple[str, ...], subfolder: str | None, allow_nonfinite: bool, sign_key: str | None) -> Result:
     """Publish the PEFT adapter in DIRECTORY as NS/NAME@VERSION."""
+    if sign_key is not None:  # a key that cannot sign is found before anything is written
+        from ..signing.keys import load_private_key
+
+        key = load_private_key(sign_key)
     res = registry(ctx).publish(directory, name=name, version=version, base=base, tasks=list(tasks),
                                 license=license_, description=description, metrics=_parse_metrics(metrics),
                                 subfolder=subfolder, allow_nonfinite=allow_nonfinite)
@@ -52,9 +57,14 @@ def publish(ctx: click.Context, directory: str, name: str, version: str, base: s
     else:
         what = "already published (identical content, nothing written)"
     fp = res.manifest.base.fingerprint
-    return Result(res.to_dict, [
+    lines = [
         f"{res.name}@{res.version} {what}",
         f"  digest  {res.digest}",
         f"  base    {fp[:12] if fp else 'not pinned (pass --base to pin a fingerprint)'}",
         f"  files   {res.files}, {human_size(res.bytes_written)} of new blob data",
-    ])
+    ]
+    if sign_key is None:
+        return Result(res.to_dict, lines)
+    vs = registry(ctx).sign(f"{res.name}@{res.version}", key=key)
+    return Result(lambda: {**res.to_dict(), "signatures": vs.to_dict()},
+                  [*lines, f"  signed  {vs.describe()}"])

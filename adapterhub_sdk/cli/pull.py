@@ -24,9 +24,12 @@ from .remote import is_remote, pull_remote
 @click.option("--name", "accept_name", metavar="NS/NAME",
               help="For a Hub repo whose manifest names another adapter: accept that name even though "
                    "it already has versions from elsewhere here.")
+@click.option("--require-signed", "require_signed", metavar="KEY[,KEY]",
+              help="Refuse a version not signed by one of these trusted keys (adds to "
+                   "ADAPTERHUB_REQUIRE_SIGNED and the registry's policy).")
 @click.pass_context
 def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str | None,
-         accept_name: str | None) -> Result:
+         accept_name: str | None, require_signed: str | None) -> Result:
     """Write an adapter version to OUT as a directory PEFT loads (digests verified).
 
     With hf://ORG/REPO[@SPEC] the version is downloaded from the Hub, verified against its
@@ -39,7 +42,7 @@ def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str |
     if out is None:
         raise click.UsageError("give --out DIR: where to write the adapter")
     info = reg.show(ref)
-    path = reg.pull(f"{info.name}@{info.version}", out, overwrite=force)
+    path = reg.pull(f"{info.name}@{info.version}", out, overwrite=force, require_signed=require_signed)
     return Result({"name": info.name, "version": info.version, "digest": info.digest, "path": str(path)},
                   f"pulled {info.name}@{info.version} to {path} (verified)")
 

@@ -42,6 +42,7 @@ from .results import (
     VerifyReport,
     VersionInfo,
 )
+from .signatures import SignaturesPart
 from .transfer import TransferPart
 
 __all__ = [
@@ -66,7 +67,7 @@ __all__ = [
 ]
 
 
-class Registry(BasesPart, PublishPart, QueryPart, ResolvePart, TransferPart, LifecyclePart):
+class Registry(BasesPart, PublishPart, QueryPart, ResolvePart, TransferPart, LifecyclePart, SignaturesPart):
     """Catalog + blob store. Open with :meth:`open`; close (or use ``with``) when done."""
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from ..package import write_package_dir
 from ..remotes import get_remote, remote_for
 from ._core import T_FILES, RegistryCore
 from .results import MANIFEST_FILE
+from .signatures import refuse_unless_signed, required_signers, version_signatures
 
 
 def _warn_nonfinite(ref: str, path: Path) -> None:
@@ -42,7 +44,8 @@ class TransferPart(RegistryCore):
         return get_remote(to).push(self, ref, to, private=private)
 
     def pull(self, ref: str, dest: str | os.PathLike[str] | None = None, *, overwrite: bool = False,
-             base: Any = None, name: str | None = None) -> Path | None:
+             base: Any = None, name: str | None = None, require_signed: str | Iterable[str] | None = None,
+             ) -> Path | None:
         """Write ``name@spec`` to ``dest`` as a directory PEFT loads. Every file is verified
         against its digest first; ``dest`` is written atomically (complete or untouched).
         A remote registry's URL (``hf://ORG/REPO@SPEC`` pulls from the Hub) is pulled by its
@@ -51,7 +54,10 @@ class TransferPart(RegistryCore):
         manifest. Returns the written directory (None for a remote pull without ``dest``: the
         version is then only recorded). ``name``: accept the adapter name a Hub repo's
         manifest gives, when it differs from the repo's own and that name already holds
-        versions from elsewhere here."""
+        versions from elsewhere here. The directory carries the version's signatures
+        (``model.sig``, ``model.<signer>.sig``: OpenSSF model signing bundles); a signing
+        policy in force (the registry's, ADAPTERHUB_REQUIRE_SIGNED, ``require_signed``: key
+        names) refuses a version not signed by one of the keys it names."""
         from ..plugins import call_hook
 
         remote = remote_for(ref)
@@ -65,6 +71,10 @@ class TransferPart(RegistryCore):
         with self._read() as conn:
             row = self._select_version(conn, r.name, r.spec)
             files = conn.execute(select(T_FILES).where(T_FILES.c.version_id == row.id)).all()
+            sigs = version_signatures(conn, row, f"{r.name}@{row.version}")
+            policy = required_signers(conn, require_signed)
+        for names in policy:
+            refuse_unless_signed(sigs.ref, sigs, names)
         manifest = Manifest.from_json(row.manifest)
         if manifest.digest != row.digest:
             raise IntegrityError(f"manifest of {r.name}@{row.version} does not match its digest")
@@ -85,6 +95,7 @@ class TransferPart(RegistryCore):
 
         payload = [(f.path, writer(f.sha256)) for f in manifest.files]
         payload.append((MANIFEST_FILE, lambda out: out.write(manifest.to_json())))
+        payload += [(f, lambda out, t=text: out.write(t.encode("utf-8"))) for f, text in sigs.bundles]
         path = write_package_dir(Path(dest), payload, overwrite=overwrite)
         _warn_nonfinite(f"{r.name}@{row.version}", path)
         call_hook("after_pull", manifest=manifest, path=path)
