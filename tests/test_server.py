@@ -31,6 +31,7 @@ pytest.importorskip("prometheus_client")
 pytestmark = pytest.mark.slow
 
 BASE_ID = "tinyllama"
+ADMIN_KEY = "test-admin-key"  # adapter updates are on (--allow-adapter-updates) and need it
 PROMPTS = ["the cat sat on the", "a red bird flew over", "user: where is the dog?"]
 WORDS = ["the", "a", "cat", "dog", "bird", "fish", "sat", "ran", "flew", "swam", "on", "under", "over", "near",
          "mat", "log", "tree", "pond", "quickly", "slowly", "red", "blue", "green", "small", "big", "and",
@@ -133,7 +134,7 @@ def served(tmp_path_factory):
     env = {k: v for k, v in os.environ.items()
            if k not in ("ADAPTERHUB_REGISTRY_URL", "ADAPTERHUB_BLOBS", "ADAPTERHUB_DEBUG")}
     env.update(ADAPTERHUB_HOME=str(tmp / "home"), ADAPTERHUB_LOAD_PLUGINS="", HF_HUB_OFFLINE="1",
-               OMP_NUM_THREADS="1")  # a tiny model: more threads only contend
+               OMP_NUM_THREADS="1", ADAPTERHUB_ADMIN_KEY=ADMIN_KEY)  # a tiny model: more threads only contend
     with pytest.MonkeyPatch.context() as mp:
         for k in ("ADAPTERHUB_REGISTRY_URL", "ADAPTERHUB_BLOBS"):
             mp.delenv(k, raising=False)
@@ -150,7 +151,7 @@ def served(tmp_path_factory):
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [ADAPTERHUB, "--registry", registry_url, "serve", "--base", str(base), "--adapter", "acme/a@1.0.0",
-                 "--adapter", "acme/b@>=1.0,<2", "--port", str(port)],  # a range with '=' is a spec
+                 "--adapter", "acme/b@>=1.0,<2", "--port", str(port), "--allow-adapter-updates"],  # a range with '=' is a spec
                 stdout=out, stderr=subprocess.STDOUT, env=env)
         s = Served(f"http://127.0.0.1:{port}", base, registry_url, proc, log)
         try:
@@ -181,7 +182,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture
 def client(served):
-    with httpx.Client(base_url=served.url, timeout=60) as c:
+    with httpx.Client(base_url=served.url, timeout=60, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
         yield c
 
 

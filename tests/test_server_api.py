@@ -27,6 +27,7 @@ pytest.importorskip("prometheus_client")
 from test_row_isolation import _save_base, _Serving  # noqa: E402 - the same tiny base and loopback server
 
 BASE_ID = "tiny"
+ADMIN = {"Authorization": "Bearer admin-key"}  # adapter updates need the admin key (tests/test_server_auth.py)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def dep(tmp_path_factory) -> Any:
 def app(dep) -> Any:
     from adapterhub_sdk.server import create_app
 
-    return create_app(dep, base_id=BASE_ID, batch_wait_ms=0)
+    return create_app(dep, base_id=BASE_ID, batch_wait_ms=0, allow_adapter_updates=True, admin_key="admin-key")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,8 @@ def test_openapi_describes_every_request_and_response_body(url):
         _resolve(doc, {"$ref": ref})  # every reference resolves
     ops = {(path, method): op for path, item in doc["paths"].items() for method, op in item.items()}
     assert {p for p, _ in ops} == {"/v1/models", "/v1/models/{model}", "/v1/completions", "/v1/chat/completions",
-                                   "/v1/adapters", "/v1/adapters/{name}", "/health", "/metrics"}
+                                   "/v1/adapters", "/v1/adapters/{name}", "/v1/load_lora_adapter",
+                                   "/v1/unload_lora_adapter", "/health", "/metrics"}
     bodies = {}
     for (path, method), op in ops.items():
         if method == "post":  # every body a route takes is described, with its fields
@@ -159,7 +161,7 @@ def test_every_answer_has_its_documented_shape(url):
         ("GET", "/health", "/health", None),
     ]
     seen = set()
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with httpx.Client(base_url=url, timeout=60, headers=ADMIN) as client:
         for method, route, path, body in calls:
             r = client.request(method, path, json=body)
             model = _declared(route, method, r.status_code)

@@ -52,9 +52,19 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="How long to wait for more requests before running a batch.")
 @click.option("--device", default="cpu", show_default=True, callback=_device,
               help="torch device: cpu, cuda, cuda:1, mps.")
+@click.option("--api-key", envvar="ADAPTERHUB_API_KEY", metavar="KEY",
+              help="Require 'Authorization: Bearer KEY' on the API (all but /health, /metrics, the docs).")
+@click.option("--allow-adapter-updates", is_flag=True, envvar="ADAPTERHUB_ALLOW_RUNTIME_LORA_UPDATING",
+              help="Serve the adapter load/unload endpoints (off: 403); needs --admin-key.")
+@click.option("--admin-key", envvar="ADAPTERHUB_ADMIN_KEY", metavar="KEY",
+              help="The bearer key adapter load/unload needs (not the API key).")
+@click.option("--metrics-auth", is_flag=True, help="Put /metrics behind the API key too.")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=2 * 1024 * 1024, show_default=True,
+              help="Largest request body accepted (larger: 413).")
 @click.pass_context
 def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, port: int, strict: bool,
-          max_batch: int, batch_wait_ms: float, device: str) -> None:
+          max_batch: int, batch_wait_ms: float, device: str, api_key: str | None, allow_adapter_updates: bool,
+          admin_key: str | None, metrics_auth: bool, max_body_bytes: int) -> None:
     """Serve a base and its adapters over an OpenAI-compatible HTTP API (/v1/models,
     /v1/completions, /v1/chat/completions, /v1/adapters, /health, /metrics)."""
     import warnings
@@ -68,7 +78,13 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
                                    "pip install 'adapterhub_sdk[serve]'") from None
     from ..deploy import Deployment, StructuralMatchWarning
     from ..plugins import PluginWarning
+    from ..server.security import Access, ServerConfigError
 
+    try:  # before the slow model load
+        access = Access(api_key=api_key, admin_key=admin_key, allow_adapter_updates=allow_adapter_updates,
+                        metrics_auth=metrics_auth)
+    except ServerConfigError as exc:
+        raise click.UsageError(f"{exc}; {exc.hint}" if exc.hint else str(exc), ctx) from None
     sock = _listen(host, port)  # before the slow model load: a taken port fails at once
     try:
         dep = Deployment(base, registry=registry(ctx), device=device, strict=strict)
@@ -84,7 +100,9 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
                 if issubclass(w.category, (StructuralMatchWarning, PluginWarning)):  # e.g. a failing after_pull
                     click.echo(f"warning: {w.message}", err=True)
             click.echo(f"attached {attached.name} ({attached.ref}, {attached.verdict})")
-        app = create_app(dep, base_id=hub_model_id(base), max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+        app = create_app(dep, base_id=hub_model_id(base), max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                         max_body_bytes=max_body_bytes, api_key=access.api_key, admin_key=access.admin_key,
+                         allow_adapter_updates=access.allow_adapter_updates, metrics_auth=access.metrics_auth)
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"serving {app.state.server.base_id} with {len(dep.adapters)} adapter(s) on "

@@ -5,9 +5,13 @@
 * ``GET /v1/models`` (the base and its adapters), ``POST /v1/completions`` and
   ``POST /v1/chat/completions`` with ``model`` naming an adapter (or the base), streaming
   as Server-Sent Events in OpenAI's chunk format;
-* ``GET|POST /v1/adapters`` and ``DELETE /v1/adapters/{name}`` to load and unload adapters
-  by registry spec while serving;
+* ``GET|POST /v1/adapters`` and ``DELETE /v1/adapters/{name}`` (and vLLM's
+  ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``) to load and unload adapters by
+  registry spec while serving, off unless ``allow_adapter_updates`` and an ``admin_key``;
 * ``GET /health`` and ``GET /metrics`` (Prometheus).
+
+``api_key`` puts the API behind ``Authorization: Bearer KEY`` (:mod:`.security`); bodies,
+JSON nesting, adapter names and prompts are bounded before the work they cause (:mod:`.limits`).
 
 One worker thread owns the deployment. Requests are queued; the worker takes up to
 ``max_batch`` of them (waiting up to ``batch_wait_ms`` for more), runs one
@@ -30,6 +34,7 @@ from __future__ import annotations
 from ..generation_inputs import MAX_NEW_TOKENS, MAX_STOP
 from .app import create_app
 from .errors import APIError, api_error
+from .limits import MAX_BODY_BYTES, MAX_JSON_DEPTH
 from .metrics import Metrics
 from .protocol import (
     AdapterLoad,
@@ -39,6 +44,7 @@ from .protocol import (
     ContentPart,
     StreamOptions,
 )
+from .security import Access, ServerConfigError
 from .serving import Server
 from .text import chat_prompt
 from .worker import (
@@ -56,8 +62,8 @@ from .worker import (
 )
 
 __all__ = [
-    "DEFAULT_CHAT_TOKENS", "DEFAULT_COMPLETION_TOKENS", "MAX_NEW_TOKENS", "MAX_STOP", "APIError", "AdapterLoad",
-    "BatchWorker", "ChatMessage", "ChatRequest", "CompletionRequest", "ContentPart", "DoneEvent", "ErrorEvent",
-    "Event", "Job", "Metrics", "Prompt", "Scheduler", "Server", "StartEvent", "StreamOptions", "TokenEvent",
+    "DEFAULT_CHAT_TOKENS", "DEFAULT_COMPLETION_TOKENS", "MAX_BODY_BYTES", "MAX_JSON_DEPTH", "MAX_NEW_TOKENS",
+    "MAX_STOP", "APIError", "Access", "AdapterLoad", "BatchWorker", "ChatMessage", "ChatRequest", "CompletionRequest", "ContentPart", "DoneEvent", "ErrorEvent",
+    "Event", "Job", "Metrics", "Prompt", "Scheduler", "Server", "ServerConfigError", "StartEvent", "StreamOptions", "TokenEvent",
     "api_error", "chat_prompt", "create_app",
 ]

@@ -21,10 +21,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..deploy import Deployment
 from ..errors import AdapterHubError
 from ..generation_inputs import GenerationError
-from . import protocol
+from . import protocol, security
 from .errors import APIError, api_error, validation_error
+from .limits import MAX_BODY_BYTES
 from .metrics import Metrics, MetricsMiddleware
 from .routes import router
+from .security import Access, AuthMiddleware, ServerConfigError
 from .serving import Server
 from .worker import BatchWorker
 
@@ -35,9 +37,10 @@ _DOCUMENTED: tuple[type[BaseModel], ...] = (*protocol.REQUEST_MODELS, protocol.C
                                             protocol.ChatCompletionChunk)
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def _openapi(app: FastAPI, access: Access) -> dict[str, Any]:
     """FastAPI's document plus the schemas it cannot see (request bodies parsed by the routes,
-    stream chunks), without FastAPI's 422 validation answer (this app answers 400 instead)."""
+    stream chunks), without FastAPI's 422 validation answer (this app answers 400 instead),
+    with the bearer scheme and the 401/403 answers of what needs a key."""
     if app.openapi_schema is not None:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -53,15 +56,34 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if "HTTPValidationError" not in str(doc["paths"]):
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
+    for path, ops in doc.get("paths", {}).items():
+        for op in ops.values():
+            if path.startswith("/v1/") and "requestBody" in op:  # every body is read under the size limit
+                op["responses"].setdefault("413", {"description": "the body is over the size limit",
+                                                   "content": {"application/json": {"schema": {
+                                                       "$ref": "#/components/schemas/ErrorResponse"}}}})
+    security.document(doc, access)
     app.openapi_schema = doc
     return doc
 
 
 def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch: int = 16,
-               batch_wait_ms: float = 5.0) -> FastAPI:
+               batch_wait_ms: float = 5.0, api_key: str | None = None, admin_key: str | None = None,
+               allow_adapter_updates: bool = False, metrics_auth: bool = False,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The HTTP app serving ``deployment``. ``base_id``: the base's model id (default: the
     base directory's name, else ``"base"``). ``max_batch``/``batch_wait_ms``: the most
-    requests run in one batch, and how long the worker waits for more before running one."""
+    requests run in one batch, and how long the worker waits for more before running one.
+
+    ``api_key``: the bearer key every route but ``/health``, ``/metrics`` and the docs needs
+    (None: open). ``allow_adapter_updates``: serve the adapter load/unload endpoints (off:
+    403), which then need ``admin_key`` (required with it). ``metrics_auth``: ``/metrics``
+    needs a key too. ``max_body_bytes``: bodies over it are a 413. A configuration that
+    cannot be safe raises :class:`~.security.ServerConfigError` (see :mod:`.security`)."""
+    access = Access(api_key=api_key, admin_key=admin_key, allow_adapter_updates=allow_adapter_updates,
+                    metrics_auth=metrics_auth)
+    if max_body_bytes < 1:
+        raise ServerConfigError("max_body_bytes must be at least 1")
     metrics = Metrics()
     worker = BatchWorker(deployment, max_batch=max_batch, batch_wait_ms=batch_wait_ms, metrics=metrics)
     if base_id is None:
@@ -70,7 +92,7 @@ def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch:
     if base_id in deployment.adapters:
         raise AdapterHubError(f"an adapter is attached under the base model's id {base_id!r}",
                               hint="attach it under another name (NAME=SPEC)")
-    server = Server(deployment, base_id, worker, metrics)
+    server = Server(deployment, base_id, worker, metrics, max_body_bytes=max_body_bytes)
     metrics.adapters.set_function(lambda: len(deployment.adapters))
 
     @contextlib.asynccontextmanager
@@ -83,9 +105,10 @@ def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch:
 
     app = FastAPI(title="adapterhub", version="1", lifespan=lifespan)
     app.state.server = server
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(AuthMiddleware, access=access)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 401s too
     app.include_router(router)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, access)  # type: ignore[method-assign]
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:

@@ -73,7 +73,20 @@ class AdapterLoad(BaseModel):
     name: str | None = Field(default=None, description="the name to serve it under (default: its registry name)")
 
 
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (CompletionRequest, ChatRequest, AdapterLoad)
+class LoraLoad(_Body):
+    """vLLM's ``/v1/load_lora_adapter`` body (its other fields are accepted and ignored)."""
+
+    lora_name: str = Field(min_length=1, description="the name to serve it under")
+    lora_path: str = Field(min_length=1, description="a registry spec: NAME[@VERSION|RANGE|ALIAS] (not a directory)")
+
+
+class LoraUnload(_Body):
+    """vLLM's ``/v1/unload_lora_adapter`` body."""
+
+    lora_name: str = Field(min_length=1)
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (CompletionRequest, ChatRequest, AdapterLoad, LoraLoad, LoraUnload)
 
 
 # --------------------------------------------------------------------------- responses
@@ -262,5 +275,5 @@ __all__ = [
     "AssistantMessage", "ChatChoice", "ChatChunkChoice", "ChatCompletionChunk", "ChatCompletionResponse",
     "ChatDelta", "ChatMessage", "ChatRequest", "CompletionChoice", "CompletionChunk", "CompletionChunkChoice",
     "CompletionRequest", "CompletionResponse", "ContentPart", "ErrorDetail", "ErrorResponse", "Health",
-    "ModelList", "ModelObject", "StreamOptions", "Usage",
+    "LoraLoad", "LoraUnload", "ModelList", "ModelObject", "StreamOptions", "Usage",
 ]

@@ -5,14 +5,14 @@ health and metrics. Each route reads the app's :class:`~.serving.Server` from
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import warnings
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from ..deploy import StructuralMatchWarning
 from ..generation_inputs import (
@@ -25,12 +25,14 @@ from ..generation_inputs import (
 )
 from . import protocol as p
 from .errors import APIError, api_error, validation_error
+from .limits import check_served_name, parse_json, read_body
 from .metrics import label_adapter
 from .serving import Server, event_queue
-from .worker import Job, Prompt
+from .worker import Job, Prompt, context_of, prompt_ids
 
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
+_INLINE_PARSE = 64 * 1024  # bodies smaller than this are parsed on the event loop
 
 
 def _server(request: Request) -> Server:
@@ -45,15 +47,11 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 async def _parse(request: Request, model: type[M]) -> M:
-    """The JSON body as ``model``; malformed JSON and bad fields are 400 error objects.
-    Any content type is read as JSON (``curl -d`` without a header works)."""
-    raw = await request.body()
-    if not raw.strip():
-        raise APIError(400, "the request body is empty; send a JSON object", code="invalid_json")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"malformed JSON in the request body: {exc}", code="invalid_json") from None
+    """The JSON body as ``model``; a body over the size limit is a 413, malformed or too deeply
+    nested JSON and bad fields are 400 error objects. Any content type is read as JSON (``curl
+    -d`` without a header works). A large body is parsed in the thread pool, not the event loop."""
+    raw = await read_body(request, _server(request).max_body_bytes)
+    data = parse_json(raw) if len(raw) < _INLINE_PARSE else await run_in_threadpool(parse_json, raw)
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_type")
     try:
@@ -121,6 +119,14 @@ async def _generate(request: Request, body: p._Sampling, kind: str, prompts: lis
                 temperature=params["temperature"], top_p=params["top_p"], seed=params["seed"],
                 stop=params["stop"], stream=params["stream"], index=i, emit=emit)
             for i, prompt in enumerate(prompts)]
+    if any(prompt.kind != "ids" for prompt in prompts):  # bounded, and tokenized here: never on the worker
+        tokenizer, context = server.dep.tokenizer, context_of(server.dep)
+
+        def encode() -> None:
+            for job in jobs:
+                job.tokens = prompt_ids(tokenizer, job.prompt, context)
+
+        await run_in_threadpool(encode)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await server.run(jobs, q, stream=params["stream"], kind=kind, model=body.model,
                             include_usage=include_usage)
@@ -193,51 +199,95 @@ async def list_adapters(request: Request) -> JSONResponse:
                         **p.errors(400, 404, 500, 503)})
 async def load_adapter(request: Request) -> JSONResponse:
     server = _server(request)
-    dep, base_id = server.dep, server.base_id
     body = await _parse(request, p.AdapterLoad)
-    name = body.name
-    if name is not None and (not name.strip() or name != name.strip() or name in (base_id, "base")):
-        raise APIError(400, f"'{name}' cannot name an adapter (empty, padded, or the base's id)", param="name",
-                       code="invalid_value")
-    label_adapter(request.scope, name or "")
-
-    def attach() -> tuple[Any, bool, list[str]]:
-        before = set(dep.adapters)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", StructuralMatchWarning)
-            attached = dep.attach(body.spec, name=name)
-        notes = [str(w.message) for w in caught if issubclass(w.category, StructuralMatchWarning)]
-        return attached, attached.name in before, notes
-
-    try:
-        attached, replaced, notes = await asyncio.wrap_future(server.worker.call(attach))
-    except Exception as exc:  # noqa: BLE001 - every failure is an error object
-        raise api_error(exc, param="spec") from None
-    if attached.name == base_id:  # named after the base by its registry name: refuse to shadow it
-        await asyncio.wrap_future(server.worker.call(lambda: dep.detach(attached.name)))
-        raise APIError(400, f"'{attached.name}' is the base's id; pass another name", param="name",
-                       code="invalid_value")
-    server.loaded_at[attached.name] = int(time.time())
-    label_adapter(request.scope, attached.name)
+    attached, replaced, notes = await _attach(request, body.spec, body.name, "spec", "name")
     return JSONResponse({**server.adapter_object(attached.name), "replaced": replaced, "warnings": notes},
                         status_code=200 if replaced else 201)
 
 
 @router.delete("/v1/adapters/{name:path}", response_model=p.AdapterDeleted, responses=p.errors(400, 404, 500, 503))
 async def unload_adapter(name: str, request: Request) -> JSONResponse:
+    await _detach(request, name, "name")
+    return JSONResponse({"id": name, "object": "adapter", "deleted": True})
+
+
+@router.post("/v1/load_lora_adapter", response_class=PlainTextResponse,
+             openapi_extra=request_body(p.LoraLoad),
+             responses={200: {"description": "vLLM's answer", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **p.errors(400, 404, 500, 503)})
+async def load_lora_adapter(request: Request) -> PlainTextResponse:
+    """vLLM's endpoint: ``lora_path`` is a registry spec here; a name already served is a 400."""
+    body = await _parse(request, p.LoraLoad)
+    name = check_served_name(body.lora_name, "lora_name")
+    if name in _server(request).dep.adapters:
+        raise APIError(400, f"the adapter '{name}' is already loaded (unload it first, or POST /v1/adapters to "
+                            "replace it)", param="lora_name", code="invalid_value")
+    if body.lora_path.startswith(("/", "./", "../", "~", "file:")) or "\\" in body.lora_path:
+        raise APIError(400, f"lora_path {body.lora_path[:200]!r} is a directory; this server loads adapters from its "
+                            "registry: publish the directory, then pass its spec (NS/NAME@VERSION)",
+                       param="lora_path", code="unsupported_lora_path")
+    await _attach(request, body.lora_path, name, "lora_path", "lora_name")
+    return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+
+@router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse,
+             openapi_extra=request_body(p.LoraUnload),
+             responses={200: {"description": "vLLM's answer", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **p.errors(400, 404, 500, 503)})
+async def unload_lora_adapter(request: Request) -> PlainTextResponse:
+    """vLLM's endpoint: detach the adapter served as ``lora_name``."""
+    body = await _parse(request, p.LoraUnload)
+    await _detach(request, body.lora_name, "lora_name")
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+
+
+async def _attach(request: Request, spec: str, name: str | None, spec_param: str,
+                  name_param: str) -> tuple[Any, bool, list[str]]:
+    """Attach ``spec`` as ``name`` on the worker: (the adapter, whether it replaced one, warnings)."""
+    server = _server(request)
+    dep, base_id = server.dep, server.base_id
+    if name is not None:
+        check_served_name(name, name_param)
+        if name in (base_id, "base"):
+            raise APIError(400, f"'{name}' is the base's id; pass another name", param=name_param,
+                           code="invalid_value")
+    label_adapter(request.scope, name or "")
+
+    def attach() -> tuple[Any, bool, list[str]]:
+        before = set(dep.adapters)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", StructuralMatchWarning)
+            attached = dep.attach(spec, name=name)
+        notes = [str(w.message) for w in caught if issubclass(w.category, StructuralMatchWarning)]
+        return attached, attached.name in before, notes
+
+    try:
+        attached, replaced, notes = await asyncio.wrap_future(server.worker.call(attach))
+    except Exception as exc:  # noqa: BLE001 - every failure is an error object
+        raise api_error(exc, param=spec_param) from None
+    if attached.name == base_id:  # named after the base by its registry name: refuse to shadow it
+        await asyncio.wrap_future(server.worker.call(lambda: dep.detach(attached.name)))
+        raise APIError(400, f"'{attached.name}' is the base's id; pass another name", param=name_param,
+                       code="invalid_value")
+    server.loaded_at[attached.name] = int(time.time())
+    label_adapter(request.scope, attached.name)
+    return attached, replaced, notes
+
+
+async def _detach(request: Request, name: str, param: str) -> None:
     server = _server(request)
     dep = server.dep
     if name == server.base_id:
-        raise APIError(400, "the base cannot be unloaded", param="name", code="invalid_value")
+        raise APIError(400, "the base cannot be unloaded", param=param, code="invalid_value")
+    check_served_name(name, param)
     if name not in dep.adapters:
-        raise APIError(404, f"no adapter '{name}' is loaded", param="name", code="model_not_found")
+        raise APIError(404, f"no adapter '{name}' is loaded", param=param, code="model_not_found")
     label_adapter(request.scope, name)
     try:
         await asyncio.wrap_future(server.worker.call(lambda: dep.detach(name)))
     except Exception as exc:  # noqa: BLE001
-        raise api_error(exc, param="name") from None
+        raise api_error(exc, param=param) from None
     server.loaded_at.pop(name, None)
-    return JSONResponse({"id": name, "object": "adapter", "deleted": True})
 
 
 # --------------------------------------------------------------------------- operations

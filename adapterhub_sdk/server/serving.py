@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..deploy import Deployment
 from .errors import APIError, api_error
+from .limits import MAX_BODY_BYTES
 from .metrics import Metrics, label_adapter
 from .worker import DoneEvent, ErrorEvent, Event, Job, Scheduler, StartEvent, TokenEvent
 
@@ -41,8 +42,10 @@ def usage(rows: Sequence[DoneEvent]) -> dict[str, int]:
 class Server:
     """The state of one app (``app.state.server``)."""
 
-    def __init__(self, deployment: Deployment, base_id: str, worker: Scheduler, metrics: Metrics):
+    def __init__(self, deployment: Deployment, base_id: str, worker: Scheduler, metrics: Metrics, *,
+                 max_body_bytes: int = MAX_BODY_BYTES):
         self.dep = deployment
+        self.max_body_bytes = max_body_bytes
         self.base_id = base_id
         self.worker = worker
         self.metrics = metrics

@@ -25,6 +25,7 @@ from ..deploy import Deployment
 from ..generation import NonFiniteLogitsError, RowError
 from ..generation_inputs import check_context, check_prompt_ids, no_tokenizer
 from .errors import APIError, api_error, unavailable
+from .limits import check_prompt_chars
 from .metrics import Metrics
 from .text import chat_prompt, cut, held_back
 
@@ -104,6 +105,7 @@ class Job:
     emit: Callable[[Event], None]
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set by the request side: its client went away or it is answered
+    tokens: list[int] | None = None  # the prompt's ids when the request side tokenized it (see prompt_ids)
     ids: list[int] = field(default_factory=list)
     limit: int = 0  # max_tokens after defaults
     produced: list[int] = field(default_factory=list)
@@ -278,24 +280,10 @@ class BatchWorker:
         if job.adapter is not None and job.adapter not in dep.adapters:
             raise APIError(404, f"the model '{job.adapter}' does not exist (it was unloaded)", param="model",
                            code="model_not_found")
-        kind, value = job.prompt.kind, job.prompt.value
-        tok = dep.tokenizer
-        if kind == "ids":
-            ids = list(value)
-        else:
-            if tok is None:
-                raise no_tokenizer("prompt" if kind == "text" else "messages")
-            if kind == "chat":
-                try:
-                    text, special = chat_prompt(tok, value)
-                except Exception as exc:  # noqa: BLE001 - a template refusing the conversation
-                    raise APIError(400, f"the chat template refused these messages: {exc}", param="messages",
-                                   code="invalid_messages") from None
-            else:
-                text, special = value, True
-            ids = list(tok(text, add_special_tokens=special)["input_ids"])
+        kind = job.prompt.kind
+        context = context_of(dep)
+        ids = job.tokens if job.tokens is not None else prompt_ids(dep.tokenizer, job.prompt, context)
         ids = check_prompt_ids(ids, int(dep.model.get_input_embeddings().num_embeddings))
-        context = getattr(dep.model.config, "max_position_embeddings", None)
         limit = job.max_tokens
         if limit is None:
             limit = DEFAULT_COMPLETION_TOKENS if kind != "chat" else DEFAULT_CHAT_TOKENS
@@ -382,6 +370,34 @@ class BatchWorker:
             job.emit(DoneEvent(job.index, text, finish, prompt_tokens=len(job.ids), completion_tokens=len(ids)))
 
 
+def context_of(dep: Deployment) -> int | None:
+    """The base's context in tokens (None: the config does not say)."""
+    context = getattr(dep.model.config, "max_position_embeddings", None)
+    return int(context) if context else None
+
+
+def prompt_ids(tokenizer: Any, prompt: Prompt, context: int | None) -> list[int]:
+    """A prompt's token ids. Text longer than ``context`` tokens could ever be is refused
+    before the tokenizer sees it. Thread-safe: routes call it in the request's thread pool,
+    away from the worker."""
+    kind, value = prompt.kind, prompt.value
+    if kind == "ids":
+        return list(value)
+    param = "prompt" if kind == "text" else "messages"
+    check_prompt_chars(len(value) if kind == "text" else sum(len(m["content"]) for m in value), context, param)
+    if tokenizer is None:
+        raise no_tokenizer(param)
+    if kind == "chat":
+        try:
+            text, special = chat_prompt(tokenizer, value)
+        except Exception as exc:  # noqa: BLE001 - a template refusing the conversation
+            raise APIError(400, f"the chat template refused these messages: {exc}", param="messages",
+                           code="invalid_messages") from None
+    else:
+        text, special = value, True
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
 def _row_error(res: dict[str, Any]) -> APIError:
     """The error answered to a request whose row failed (see Deployment.generate)."""
     message = str(res.get("error") or "generation failed")
@@ -392,4 +408,4 @@ def _row_error(res: dict[str, Any]) -> APIError:
 
 
 __all__ = ["BatchWorker", "DoneEvent", "ErrorEvent", "Event", "Job", "Prompt", "Scheduler", "StartEvent",
-           "TokenEvent"]
+           "TokenEvent", "context_of", "prompt_ids"]
