@@ -90,6 +90,15 @@ def parse_ref(text: str, *, default_spec: str | None = None) -> AdapterRef:
 TYPO_SLACK = 3
 
 
+def typo_window(name: str) -> tuple[str, str, int, int]:
+    """Where the names one typo away from ``name`` lie: their key starts with the first half
+    of its key or ends with the last half, and their length is within TYPO_SLACK of its own;
+    the registry reads only those (head, tail, shortest, longest)."""
+    key = name_key(name)
+    half = max(1, len(key) // 2)
+    return key[:half], key[-half:], len(key) - TYPO_SLACK, len(key) + TYPO_SLACK
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """``did you mean acme/sentiment?`` for a name that is not there, from the names that
     are (compared case-insensitively, as names are), or None when none is close."""

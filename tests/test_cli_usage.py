@@ -125,6 +125,9 @@ def test_did_you_mean_reaches_python_callers_on_either_database(registry, lora_d
     with pytest.raises(NotFoundError) as err:
         registry.versions("acme/summarise-long-documents")
     assert err.value.hint == "did you mean acme/summarize-long-documents?"
+    with pytest.raises(NotFoundError) as err:  # a typo in the first half: found by the last
+        registry.show("acne/sentiment")
+    assert err.value.hint == "did you mean acme/sentiment?"
 
 
 # --------------------------------------------------------------------------- exit codes

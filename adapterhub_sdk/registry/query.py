@@ -8,13 +8,13 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from .. import db as dbmod
 from ..errors import InvalidVersionError, NotFoundError
 from ..listing import iter_versions
 from ..manifest import Manifest
-from ..names import TYPO_SLACK, did_you_mean, name_key, parse_ref, validate_alias, validate_name
+from ..names import did_you_mean, name_key, parse_ref, typo_window, validate_alias, validate_name
 from ..package import base_fraction
 from ..tables import utcnow
 from ..versions import Version, VersionSpec
@@ -36,8 +36,11 @@ class QueryPart(RegistryCore):
         row = conn.execute(select(T_ADAPTERS.c.id, T_ADAPTERS.c.name)
                            .where(T_ADAPTERS.c.name_key == name_key(name))).first()
         if not row:
-            near = conn.execute(select(T_ADAPTERS.c.name).where(  # a typo's length: few names read
-                func.length(T_ADAPTERS.c.name).between(len(name) - TYPO_SLACK, len(name) + TYPO_SLACK))).scalars()
+            head, tail, shortest, longest = typo_window(name)  # few names reach difflib
+            near = conn.execute(select(T_ADAPTERS.c.name).where(
+                or_(T_ADAPTERS.c.name_key.startswith(head, autoescape=True),
+                    T_ADAPTERS.c.name_key.endswith(tail, autoescape=True)),
+                func.length(T_ADAPTERS.c.name_key).between(shortest, longest))).scalars()
             raise NotFoundError(f"no adapter named {name!r} in this registry",
                                 hint=did_you_mean(name, near) or "'adapterhub list' shows what is published")
         return row.id, row.name
