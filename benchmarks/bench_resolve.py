@@ -18,10 +18,17 @@ SQLAlchemy Core into the real tables (building it through ``publish`` would take
   entry per touched base tensor, file list: 2-20 KB); resolve never parses it, and must not
   have to read it.
 
-A sample of bases is queried. Before timing, ``Registry.resolve`` is called once per
-queried base so the ``fits`` cache (requirement set x arch signature) is filled: the
-timed numbers are the steady state, not the first resolve against a new architecture
-(which checks every requirement set once; reported separately as "pre-warm").
+``--versions N`` builds N versions instead (N/1000 families; ``--versions 1000000``: 1,000
+families, 10,000 bases, 4,000 requirement sets, a ~10 GB database, ~13 min to build; build
+it once with ``--build-only --keep`` and measure with ``--reuse``). ``--postgres URL`` builds
+and measures the same registry on PostgreSQL too, in a database of its own on that server
+(``adapterhub_bench_resolve_N``), with raw psycopg as the peer.
+
+Every run first empties ``fits`` (a cache), then times the first resolve of one base each of
+``--new-archs`` architectures no resolve has seen ("first resolve of a new architecture":
+it checks the requirement sets that can fit the base and records their verdicts; target
+<= 50 ms at 1M). A sample of bases is queried. Before timing, ``Registry.resolve`` is called
+once per queried base ("pre-warm"), so the timed numbers are the steady state.
 
 Timed, interleaved in one loop (order rotated per query, >= 1000 queries each):
 
@@ -43,7 +50,7 @@ each call, i.e. what a process's first resolve of a base pays.
 
 Both sides are checked to return the same (name, version, verdict) sets and task lists.
 
-    .venv/bin/python benchmarks/bench_resolve.py [--quick] [--queries N]
+    .venv/bin/python benchmarks/bench_resolve.py [--quick] [--queries N] [--versions N] [--postgres URL]
 
 ``--quick``: 10,000 versions (10 families x 10 bases x 10 adapters x 10 versions).
 """
