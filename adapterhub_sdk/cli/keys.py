@@ -77,7 +77,7 @@ def policy() -> None:
     """Registry-wide policy, for every user of this registry."""
 
 
-@policy.command("require-signed", epilog=examples("adapterhub policy require-signed alice --key bob",
+@policy.command("require-signed", epilog=examples("adapterhub policy require-signed alice bob",
                                                   "adapterhub policy require-signed --none"))
 @emits
 @click.argument("names", nargs=-1, metavar="NAME[,NAME]...")
