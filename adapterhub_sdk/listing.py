@@ -92,7 +92,8 @@ def iter_versions(fetch: Fetch, *, postgres: bool, task: str | None = None, meth
         raise ValueError("offset and limit must not be negative")
     shape = {"task": bool(task), "method": bool(method), "base": base_fp is not None, "name": bool(name_key),
              "include_yanked": include_yanked, "collate_c": postgres}
-    params: dict[str, Any] = {"page": PAGE}
+    # a first page of a few rows reads a few rows (one more: the next adapter's first row ends the last one)
+    params: dict[str, Any] = {"page": PAGE if limit is None else max(2, min(PAGE, offset + limit + 1))}
     if task:
         params["task"] = task
     if method:
@@ -113,7 +114,7 @@ def iter_versions(fetch: Fetch, *, postgres: bool, task: str | None = None, meth
         page = fetch(sql[first], params)
         first = False
         pending.extend(page)
-        last = len(page) < PAGE
+        last = len(page) < params["page"]
         if not last:
             params["after_key"], params["after_id"] = page[-1][3], page[-1][0]
             tail = len(pending)
