@@ -64,7 +64,7 @@ class Deployment:
 
     def __init__(self, base: Any, *, registry: Any = None, device: str = "cpu", dtype: Any = None,
                  strict: bool = False, tokenizer: Any = None):
-        from .runtime import get_runtime
+        from .plugins import get_runtime
 
         self.registry = registry
         self.strict = strict

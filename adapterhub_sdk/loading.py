@@ -17,7 +17,8 @@ from typing import Any
 
 from .deploy import StructuralMatchWarning
 from .errors import AdapterFormatError, IncompatibleAdapterError, IntegrityError
-from .methods.base import check_requirements, detect_method
+from .methods.base import check_requirements
+from .plugins import detect_method
 
 MANIFEST_FILE = "adapterhub_manifest.json"
 

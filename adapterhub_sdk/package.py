@@ -28,7 +28,8 @@ from .adapter_files import (
 from .atomic_dir import atomic_dir
 from .errors import AdapterFormatError, IncompatibleAdapterError
 from .manifest import BaseRef, FileEntry, Manifest, check_file_path
-from .methods.base import AdapterMethod, Requirements, detect_method
+from .methods.base import AdapterMethod, Requirements
+from .plugins import detect_method
 from .safetensors_io import (
     PICKLE_SUFFIXES,
     looks_like_pickle,

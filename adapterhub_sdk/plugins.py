@@ -347,6 +347,42 @@ def methods() -> list[Any]:
         return list(_methods)
 
 
+def detect_method(config: Mapping[str, Any]) -> tuple[Any, str]:
+    """The method plugin that recognises an adapter config, and the variant it names."""
+    from .errors import AdapterFormatError
+
+    for method in methods():
+        variant = method.detect(config)
+        if variant:
+            return method, variant
+    raise AdapterFormatError(
+        f"no installed method plugin recognises peft_type {config.get('peft_type')!r}",
+        hint="install a plugin for this method ('adapterhub plugins' lists what is loaded)",
+    )
+
+
+def runtimes() -> dict[str, Any]:
+    """Registered runtime backends by name (the first registered under a name wins)."""
+    found: dict[str, Any] = {}
+
+    def register(backend: Any) -> None:
+        found.setdefault(backend.name, backend)
+
+    collect("register_runtimes", register=register)
+    return found
+
+
+def get_runtime(name: str) -> Any:
+    """The runtime backend called ``name``; NotFoundError naming the installed ones."""
+    from .errors import NotFoundError
+
+    available = runtimes()
+    if name not in available:
+        raise NotFoundError(f"no runtime named {name!r} (installed: {', '.join(sorted(available))})",
+                            hint="install the runtime's plugin; 'adapterhub plugins' lists what is loaded")
+    return available[name]
+
+
 def call_hook(name: str, **kwargs: Any) -> list[Any]:
     """Call a hook, plugin by plugin, and return ``(plugin name, result)`` pairs.
 

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import NotFoundError
 from .hookspecs import hookimpl
 
 
@@ -99,24 +98,14 @@ class TransformersRuntime(RuntimeBackend):
         return reasons
 
 
-def runtimes() -> dict[str, RuntimeBackend]:
-    from .plugins import collect
+def __getattr__(name: str) -> Any:
+    """Old import paths: the runtime lookups live with the other plugin lookups in
+    :mod:`adapterhub_sdk.plugins` (this module is itself a built-in plugin)."""
+    if name in ("runtimes", "get_runtime"):
+        from . import plugins
 
-    found: dict[str, RuntimeBackend] = {}
-
-    def register(backend: RuntimeBackend) -> None:
-        found.setdefault(backend.name, backend)
-
-    collect("register_runtimes", register=register)
-    return found
-
-
-def get_runtime(name: str) -> RuntimeBackend:
-    available = runtimes()
-    if name not in available:
-        raise NotFoundError(f"no runtime named {name!r} (installed: {', '.join(sorted(available))})",
-                            hint="install the runtime's plugin; 'adapterhub plugins' lists what is loaded")
-    return available[name]
+        return getattr(plugins, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl

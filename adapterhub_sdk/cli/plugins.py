@@ -12,9 +12,8 @@ from ._output import Result, emits
 @emits
 def plugins() -> Result:
     """List loaded plugins, where they come from, and the methods they provide."""
-    from ..plugins import methods, plugin_infos
+    from ..plugins import methods, plugin_infos, runtimes
     from ..remotes import remote_factories
-    from ..runtime import runtimes
     from ..storage import storage_factories
 
     meths = methods()

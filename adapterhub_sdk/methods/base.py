@@ -343,17 +343,14 @@ def check_targets(config: Mapping[str, Any], wrapped: Iterable[str], base: BaseF
     return reasons
 
 
-def detect_method(config: Mapping[str, Any]) -> tuple[AdapterMethod, str]:
-    from ..plugins import methods
+def __getattr__(name: str) -> Any:
+    """Old import path: ``detect_method`` is a plugin lookup and lives in
+    :mod:`adapterhub_sdk.plugins` (the built-in method plugins import this module)."""
+    if name == "detect_method":
+        from .. import plugins
 
-    for method in methods():
-        variant = method.detect(config)
-        if variant:
-            return method, variant
-    raise AdapterFormatError(
-        f"no installed method plugin recognises peft_type {config.get('peft_type')!r}",
-        hint="install a plugin for this method ('adapterhub plugins' lists what is loaded)",
-    )
+        return plugins.detect_method
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def requirements_digest(req: Requirements) -> str:

@@ -180,7 +180,7 @@ class ResolvePart(RegistryCore):
         backend whose limits must admit the adapter (else it is incompatible, with the reason)."""
         backend = None
         if runtime is not None:
-            from ..runtime import get_runtime
+            from ..plugins import get_runtime
 
             backend = get_runtime(runtime)
         if base is None and fingerprint is None:
