@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -20,6 +21,8 @@ def _parse_metrics(items: tuple[str, ...]) -> dict[str, Any]:
             out[key] = float(value) if value.strip() else value
         except ValueError:
             out[key] = value
+        if isinstance(out[key], float) and not math.isfinite(out[key]):
+            raise click.BadParameter(f"{item!r}: metrics are finite numbers or text", param_hint="--metric")
     return out
 
 

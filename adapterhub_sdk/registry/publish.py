@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from ..errors import (
     AdapterHubError,
     IntegrityError,
+    InvalidNameError,
     NotFoundError,
     UnpinnedPublishWarning,
     VersionConflictError,
@@ -81,7 +82,7 @@ def _check_tasks(tasks: Iterable[str]) -> list[str]:
     out = []
     for t in tasks:
         if not isinstance(t, str) or not _TASK.fullmatch(t):
-            raise AdapterHubError(f"task {t!r} is not valid",
+            raise InvalidNameError(f"task {t!r} is not valid",  # malformed like a name: a usage error
                                   hint="tasks are ASCII words: letters, digits, '.', '_', ':' or '-'")
         out.append(t)
     return sorted(set(out))
