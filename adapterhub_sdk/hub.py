@@ -29,6 +29,7 @@ from .hub_cache import _cached_file, _check_cached_files, _snapshot_files
 from .manifest import BaseRef, Manifest
 from .names import validate_name
 from .package import AdapterPackage, pack_files
+from .signing.bundle import is_signature_file
 from .versions import Version, VersionSpec
 
 SCHEME = "hf://"
@@ -246,11 +247,14 @@ class HubClient:
                                   hint="versions are immutable; publish and push a new version")
         with tempfile.TemporaryDirectory(prefix="adapterhub-push-") as tmp:
             local = registry.pull(f"{info.name}@{info.version}", Path(tmp) / "pkg")
+            listed = {f.path for f in manifest.files}
             ops = []
             for f in manifest.files:
                 dest = CARD_KEEP if f.path == "README.md" else f.path
                 ops.append(CommitOperationAdd(path_in_repo=dest, path_or_fileobj=str(local / f.path)))
             ops.append(CommitOperationAdd(path_in_repo=MANIFEST, path_or_fileobj=manifest.to_json()))
+            ops += [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))  # model.sig, model.NAME.sig
+                    for p in sorted(local.iterdir()) if is_signature_file(p.name) and p.name not in listed]
             ops.append(CommitOperationAdd(path_in_repo="README.md",
                                           path_or_fileobj=model_card(manifest, target.repo).encode()))
             with _hub_errors(f"push to hf://{target.repo}"):
@@ -344,6 +348,11 @@ class HubClient:
                     hint="resolving against a base (base=PATH) still gives it a structural verdict; to pin a base, "
                          "publish its files under a new version with base=PATH") from None
             raise
+        listed = {f.path for f in manifest.files}
+        found = [(n, c.read_text("utf-8", errors="replace")) for n in sorted(p.name for p in snap.iterdir())
+                 if is_signature_file(n) and n not in listed and (c := _cached_file(snap, n)) is not None]
+        if found:  # checked against the files the manifest lists (the repo's README may be a card)
+            registry.import_signatures(f"{manifest.name}@{manifest.version}", found)
         if dest is not None:
             registry.pull(f"{manifest.name}@{manifest.version}", dest, overwrite=overwrite)
         return registry.show(f"{manifest.name}@{manifest.version}")

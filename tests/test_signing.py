@@ -238,3 +238,65 @@ def test_signed_directory_is_checked_against_the_files_present(registry, lora_di
 def test_key_names_are_validated():
     with pytest.raises(SigningError, match="not a key name"):
         generate_key("../evil")
+
+
+def test_hub_carries_signatures_both_ways(hub_env, lora_dir, base_dir, tmp_path, monkeypatch):
+    """push uploads model.sig; a Hub pull records it, checked against the files the manifest
+    lists (the repo's README.md is a generated card, the package's own sits elsewhere); a
+    signature by a trusted key that covers other files is refused; one by a key not trusted
+    here is kept as the repo's claim (untrusted)."""
+    from test_hub import FakeHub, fake_hub_installed, mirror_to_olah
+
+    src = ah_open(tmp_path / "src")
+    alice = generate_key("alice")
+    src.trust_key("alice", alice.public_pem)
+    src.publish(lora_dir, name="acme/signed", version="1.0.0", base=base_dir)
+    src.sign("acme/signed@1.0.0", key=alice)
+    fake = FakeHub()
+    with pytest.MonkeyPatch.context() as mp, fake_hub_installed(fake, mp):
+        src.push("acme/signed@1.0.0", to="hf://acme/signed")
+    pushed = fake.repos["acme/signed"]["commits"][-1]["files"]
+    assert "model.sig" in pushed and pushed["README.md"] != (lora_dir / "README.md").read_bytes()
+
+    def pull_into(where: Path, repo, *, trust: bool) -> subprocess.CompletedProcess:
+        reg = ah_open(where)
+        if trust:
+            reg.trust_key("alice", alice.public_pem)
+        reg.close()
+        return run_cli("pull", f"hf://{repo.repo_id}@1.0.0", "--out", str(where / "out"),
+                       env={"ADAPTERHUB_REGISTRY_URL": f"sqlite:///{where / 'r.db'}",
+                            "ADAPTERHUB_BLOBS": str(where / "blobs")})
+
+    repo = mirror_to_olah(hub_env, fake, "acme/signed")
+    ok = pull_into(tmp_path / "a", repo, trust=True)
+    assert ok.returncode == 0, ok.stderr
+    with ah_open(tmp_path / "a") as reg:
+        assert reg.signatures("acme/signed@1.0.0").signed_by == ["alice"]
+    assert model_signing_verify(key_dir() / "alice.pub", tmp_path / "a" / "out" / "model.sig",
+                                tmp_path / "a" / "out").returncode == 0
+
+    claim = pull_into(tmp_path / "b", repo, trust=False)
+    assert claim.returncode == 0, claim.stderr
+    with ah_open(tmp_path / "b") as reg:
+        assert reg.signatures("acme/signed@1.0.0").status == "untrusted"
+
+    from adapterhub_sdk.signing import bundle as sigfmt
+
+    other = sigfmt.sign(alice.key, alice.key_id, {"adapter_model.safetensors": "0" * 64}, name="acme/signed@1.0.0")
+    forged = mirror_to_olah(hub_env, fake, "acme/signed", repo_id=unique_id("forged"),
+                            tamper=lambda version, files: {**files, "model.sig": other.encode()})
+    refused = pull_into(tmp_path / "c", forged, trust=True)
+    assert refused.returncode == 1 and "model.sig by alice is refused: signed files differ" in refused.stderr
+
+
+def ah_open(where: Path):
+    from adapterhub_sdk import Registry
+
+    where.mkdir(parents=True, exist_ok=True)
+    return Registry.open(f"sqlite:///{where / 'r.db'}", blobs=where / "blobs")
+
+
+def unique_id(prefix: str) -> str:
+    from hubserver import unique_repo_id
+
+    return unique_repo_id(prefix)

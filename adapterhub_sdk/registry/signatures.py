@@ -249,6 +249,35 @@ class SignaturesPart(RegistryCore):
             out.checks.append(check_bundle(s.bundle, keys, expected, signer=s.signer, file=file))
         return out
 
+    def import_signatures(self, ref: str, found: Iterable[tuple[str, str]]) -> VersionSignatures:
+        """Record signature files that came with a version from elsewhere (a Hub repo's
+        ``model.sig``, ``model.<signer>.sig``; (file name, bundle JSON)). Each is checked
+        against the version's files and manifest: one by a key trusted here that is bad or
+        covers other files is refused (:class:`IntegrityError`); one by a key not trusted
+        here is kept as that repo's claim, shown as untrusted until its key is trusted."""
+        from ..errors import IntegrityError
+
+        r = parse_ref(ref)
+        with self._write() as conn:
+            row = self._select_version(conn, r.name, r.spec)
+            keys = self._keys_by_id(conn)
+            expected = signed_resources(Manifest.from_json(row.manifest))
+            have = {k for (k,) in conn.execute(select(T_SIGNATURES.c.key_id).where(T_SIGNATURES.c.version_id == row.id))}
+            for file, text in sorted(found, key=lambda ft: ft[0] != sigfmt.SIGNATURE_FILE):
+                signer = file[len("model."):-len(".sig")] if file != sigfmt.SIGNATURE_FILE else "publisher"
+                c = check_bundle(text, keys, expected, signer=signer, file=file)
+                if c.status in ("bad_signature", "tampered") and c.key_name:
+                    raise IntegrityError(f"{r.name}@{row.version}: {file} by {c.key_name} is refused: {c.reason}",
+                                         hint="the repo's files or signature were changed after signing; "
+                                              "ask its publisher to push it again")
+                if c.status == "bad_signature" or c.key_id in have:
+                    continue  # not a bundle at all, or a key that already signed it here
+                name = c.key_name or (signer if signer != "publisher" else "hub")
+                conn.execute(insert(T_SIGNATURES).values(version_id=row.id, key_id=c.key_id, signer=name[:64],
+                                                         bundle=text))
+                have.add(c.key_id)
+            return self._check_version(conn, row, f"{self._name_of(conn, row)}@{row.version}")
+
     def delete_signatures(self, ref: str, *, key_id: str | None = None) -> int:
         """Remove ``name@spec``'s signatures (one key's, or all): for tests and key rotation."""
         r = parse_ref(ref)
