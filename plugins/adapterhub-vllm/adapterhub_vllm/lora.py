@@ -169,8 +169,11 @@ def _intact(path: Path, manifest: Manifest) -> bool:
 def cached_pull(registry: Any, ref: str, manifest: Manifest, cache_dir: str | os.PathLike[str] | None = None
                 ) -> Path:
     """``ref`` pulled (verified) into ``<cache>/<manifest digest>``; a copy already there is
-    re-hashed first and replaced if anything differs. Safe across processes (a file lock)."""
+    re-hashed first and replaced if anything differs. Safe across processes (a file lock).
+    A signing policy in force refuses ``ref`` unless signed as it requires, cached or not."""
     from filelock import FileLock
+
+    registry.check_signed(ref)
 
     root = Path(cache_dir).expanduser().absolute() if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)

@@ -378,6 +378,19 @@ def test_resolver_returns_none_for_names_it_does_not_own(vregistry, vbase, tmp_p
     assert res.refusals == {}  # not ours is not a refusal
 
 
+def test_signed_only_policy_refuses_an_unsigned_adapter_even_when_cached(vregistry, vbase, tmp_path, monkeypatch):
+    from adapterhub_sdk.signing import generate_key
+
+    prepare_lora("acme/sentiment@1.0.0", registry=vregistry, served_model=vbase, cache_dir=tmp_path / "cache")
+    vregistry.trust_key("alice", generate_key("alice").public_pem)
+    monkeypatch.setenv("ADAPTERHUB_REQUIRE_SIGNED", "alice")
+    res = _resolver(vregistry, tmp_path)
+    assert asyncio.run(res.resolve_lora(str(vbase), "acme/sentiment@1.0.0")) is None
+    assert "requires a signature by alice, and it is unsigned" in res.refusals["acme/sentiment@1.0.0"]
+    vregistry.sign("acme/sentiment@1.0.0", key="alice")
+    assert asyncio.run(res.resolve_lora(str(vbase), "acme/sentiment@1.0.0")) is not None
+
+
 def test_resolver_refuses_a_mismatched_adapter_with_the_reason(vregistry, vbase, tmp_path, caplog):
     res = _resolver(vregistry, tmp_path)
     with caplog.at_level(logging.WARNING, logger="adapterhub_vllm"):
