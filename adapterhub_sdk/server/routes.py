@@ -211,10 +211,16 @@ async def unload_adapter(name: str, request: Request) -> JSONResponse:
     return JSONResponse({"id": name, "object": "adapter", "deleted": True})
 
 
+# vLLM answers in plain text, and errors in JSON (declared apart: a ``model`` would be text/plain here)
+_VLLM_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "vLLM's answer", "content": {"text/plain": {"schema": {"type": "string"}}}},
+    **{status: {"description": "an error", "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/ErrorResponse"}}}} for status in (400, 404, 500, 503)}}
+
+
 @router.post("/v1/load_lora_adapter", response_class=PlainTextResponse,
              openapi_extra=request_body(p.LoraLoad),
-             responses={200: {"description": "vLLM's answer", "content": {"text/plain": {"schema": {"type": "string"}}}},
-                        **p.errors(400, 404, 500, 503)})
+             responses=_VLLM_ANSWERS)
 async def load_lora_adapter(request: Request) -> PlainTextResponse:
     """vLLM's endpoint: ``lora_path`` is a registry spec here; a name already served is a 400."""
     body = await _parse(request, p.LoraLoad)
@@ -232,8 +238,7 @@ async def load_lora_adapter(request: Request) -> PlainTextResponse:
 
 @router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse,
              openapi_extra=request_body(p.LoraUnload),
-             responses={200: {"description": "vLLM's answer", "content": {"text/plain": {"schema": {"type": "string"}}}},
-                        **p.errors(400, 404, 500, 503)})
+             responses=_VLLM_ANSWERS)
 async def unload_lora_adapter(request: Request) -> PlainTextResponse:
     """vLLM's endpoint: detach the adapter served as ``lora_name``."""
     body = await _parse(request, p.LoraUnload)
