@@ -63,11 +63,12 @@ class Deployment:
     """
 
     def __init__(self, base: Any, *, registry: Any = None, device: str = "cpu", dtype: Any = None,
-                 strict: bool = False, tokenizer: Any = None):
+                 strict: bool = False, tokenizer: Any = None, require_signed: Any = None):
         from .plugins import get_runtime
 
         self.registry = registry
         self.strict = strict
+        self.require_signed = require_signed  # key names, beside the registry's policy and the env's
         self.device = usable_device(device)  # a typo or a missing GPU: one error, before any load
         self.runtime = get_runtime("transformers")
         self._lock = threading.RLock()
@@ -129,6 +130,7 @@ class Deployment:
                                    + (": 'base' means the base model" if name == "base" else ""),
                                    hint="pick a non-empty name without surrounding spaces, other than 'base'")
         info = self.registry.show(spec)
+        self.registry.check_signed(f"{info.name}@{info.version}", self.require_signed)  # a signing policy
         manifest = info.manifest
         key = name or info.name
         verdict, reasons = self._verdict(manifest)

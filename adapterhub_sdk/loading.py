@@ -92,13 +92,37 @@ def check_pulled(model: Any, path: str | Path, *, strict: bool = False) -> str |
     return "structural"
 
 
-def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default", strict: bool = False) -> Any:
+def _check_directory_signed(path: Path, registry: Any, require_signed: Any) -> None:
+    import os
+
+    from .registry.signatures import POLICY_ENV
+
+    if registry is not None:
+        registry.check_signed_directory(path, require_signed)
+        return
+    from .home import default_registry_url, home_dir
+
+    if not (require_signed or os.environ.get(POLICY_ENV) or os.environ.get("ADAPTERHUB_REGISTRY_URL")
+            or (home_dir() / "registry.db").is_file()):
+        return  # no policy can be in force: no registry to hold one, none asked for
+    from .registry import Registry
+
+    with Registry.open(default_registry_url(), blobs=os.environ.get("ADAPTERHUB_BLOBS") or home_dir() / "blobs") as reg:
+        reg.check_signed_directory(path, require_signed)
+
+
+def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default", strict: bool = False,
+                 registry: Any = None, require_signed: Any = None) -> Any:
     """Load the adapter at ``path`` (as pulled) onto ``model`` and return the model to use.
 
     A pulled directory is checked first (files against the manifest's digests, the model
     against the pinned base fingerprint): an adapter that does not fit is refused, one that
-    fits only structurally warns (``strict=True`` refuses it)."""
+    fits only structurally warns (``strict=True`` refuses it). Under a signing policy
+    (``require_signed``, ADAPTERHUB_REQUIRE_SIGNED, or ``registry``'s policy; ``registry``
+    defaults to the default registry when one exists) the directory needs a ``model.sig``
+    (or ``model.NAME.sig``) by a key the policy names, over exactly the files present."""
     p = Path(path)
+    _check_directory_signed(p, registry, require_signed)
     try:
         config = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -300,3 +300,38 @@ def unique_id(prefix: str) -> str:
     from hubserver import unique_repo_id
 
     return unique_repo_id(prefix)
+
+
+def test_policy_refuses_attach_serve_and_unsigned_directories(registry, lora_dir, base_dir, tmp_path, monkeypatch):
+    """Deployment.attach and ``serve --require-signed`` refuse an unsigned version with the
+    reason; ah.load_adapter on a directory needs a good model.sig under a policy."""
+    from transformers import AutoModelForCausalLM
+
+    from adapterhub_sdk import Deployment, load_adapter
+
+    _publish(registry, lora_dir, base_dir)
+    registry.trust_key("alice", generate_key("alice").public_pem)
+    dep = Deployment(base_dir, registry=registry, require_signed="alice")
+    with pytest.raises(SignaturePolicyError, match="acme/signed@1.0.0 is refused.*unsigned"):
+        dep.attach("acme/signed@1.0.0")
+    assert dep.adapters == {}
+
+    env = {"ADAPTERHUB_REGISTRY_URL": registry.url, "ADAPTERHUB_BLOBS": str(registry.blobs.root)}
+    served = run_cli("serve", "--base", str(base_dir), "--adapter", "acme/signed@1.0.0", "--port", "0",
+                     "--require-signed", "alice", env=env, timeout=180)
+    assert served.returncode == 1 and "error: acme/signed@1.0.0 is refused" in served.stderr, served.stderr
+
+    pulled = registry.pull("acme/signed@1.0.0", tmp_path / "unsigned")
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    with pytest.raises(SignaturePolicyError, match="unsigned"):
+        load_adapter(model, pulled, registry=registry, require_signed="alice")
+    registry.sign("acme/signed@1.0.0", key="alice")
+    dep.attach("acme/signed@1.0.0")  # signed now: attached
+    signed = registry.pull("acme/signed@1.0.0", tmp_path / "signed")
+    monkeypatch.setenv("ADAPTERHUB_REQUIRE_SIGNED", "alice")
+    assert load_adapter(model, signed, registry=registry) is not None
+    (signed / "adapter_config.json").chmod(0o644)
+    with open(signed / "adapter_config.json", "a") as f:
+        f.write("\n")
+    with pytest.raises(SignaturePolicyError, match="tampered"):
+        load_adapter(AutoModelForCausalLM.from_pretrained(base_dir), signed, registry=registry)

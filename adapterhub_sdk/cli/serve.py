@@ -61,10 +61,13 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--metrics-auth", is_flag=True, help="Put /metrics behind the API key too.")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=2 * 1024 * 1024, show_default=True,
               help="Largest request body accepted (larger: 413).")
+@click.option("--require-signed", "require_signed", metavar="KEY[,KEY]",
+              help="Refuse adapters not signed by one of these trusted keys (with ADAPTERHUB_REQUIRE_SIGNED and "
+                   "the registry's policy).")
 @click.pass_context
 def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, port: int, strict: bool,
           max_batch: int, batch_wait_ms: float, device: str, api_key: str | None, allow_adapter_updates: bool,
-          admin_key: str | None, metrics_auth: bool, max_body_bytes: int) -> None:
+          admin_key: str | None, metrics_auth: bool, max_body_bytes: int, require_signed: str | None) -> None:
     """Serve a base and its adapters over an OpenAI-compatible HTTP API (/v1/models,
     /v1/completions, /v1/chat/completions, /v1/adapters, /health, /metrics)."""
     import warnings
@@ -87,7 +90,7 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
         raise click.UsageError(f"{exc}; {exc.hint}" if exc.hint else str(exc), ctx) from None
     sock = _listen(host, port)  # before the slow model load: a taken port fails at once
     try:
-        dep = Deployment(base, registry=registry(ctx), device=device, strict=strict)
+        dep = Deployment(base, registry=registry(ctx), device=device, strict=strict, require_signed=require_signed)
         for item in adapters:
             # NAME=SPEC, where NAME has no '@': a spec's own '=' (acme/a@>=1,<2) is not a separator
             name, sep, spec = item.partition("=")
