@@ -223,22 +223,30 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
 
 def create_fresh(engine: Engine) -> None:
     """Create the whole schema of a new database in ONE transaction and stamp it at head:
-    a process killed half-way leaves an empty database, never a half-migrated one."""
+    a process killed half-way leaves an empty database, never a half-migrated one.
+
+    Every check runs inside that transaction, under a lock that the transaction itself holds
+    (SQLite: ``BEGIN IMMEDIATE``'s write lock; PostgreSQL: ``pg_advisory_xact_lock``, released
+    at commit or when the process dies), so a racing opener sees no schema or all of it."""
     from alembic.runtime.migration import MigrationContext
 
     from .tables import metadata
 
-    with _schema_lock(engine):
-        conn = engine.connect().execution_options(adapterhub_write=True)
-        try:
-            with conn.begin():
-                ctx = MigrationContext.configure(conn)
-                if ctx.get_current_revision() is not None:
-                    return  # another process created it meanwhile
-                metadata.create_all(conn)
-                ctx.stamp(_scripts(), "head")
-        finally:
-            conn.close()
+    conn = engine.connect().execution_options(adapterhub_write=True)
+    try:
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+            ctx = MigrationContext.configure(conn)
+            if ctx.get_current_revision() is not None:
+                return  # another process created it meanwhile
+            if set(inspect(conn).get_table_names()) - {"alembic_version"}:
+                raise RegistryError("the database has tables but no adapterhub schema version",
+                                    hint="point --registry at an empty database or an adapterhub registry")
+            metadata.create_all(conn)
+            ctx.stamp(_scripts(), "head")
+    finally:
+        conn.close()
 
 
 def ensure_schema(engine: Engine) -> None:
@@ -248,14 +256,10 @@ def ensure_schema(engine: Engine) -> None:
             current = schema_revision(conn)
             if current == HEAD_REVISION:
                 return
-            tables = set(inspect(conn).get_table_names()) if current is None else set()
     except OperationalError as exc:
         raise _operational(exc) from exc
     head = HEAD_REVISION
-    if current is None:
-        if tables - {"alembic_version"}:
-            raise RegistryError("the database has tables but no adapterhub schema version",
-                                hint="point --registry at an empty database or an adapterhub registry")
+    if current is None:  # new, or being created right now: create_fresh decides under its lock
         for attempt in range(3):
             try:
                 create_fresh(engine)
