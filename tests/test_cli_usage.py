@@ -195,3 +195,16 @@ def test_shell_completion_script_and_answers():
     assert zsh.returncode == 0 and "#compdef adapterhub" in zsh.stdout
     words = run_cli(env={"_ADAPTERHUB_COMPLETE": "bash_complete", "COMP_WORDS": "adapterhub pu", "COMP_CWORD": "1"})
     assert words.stdout.split() == ["plain,publish", "plain,pull", "plain,push"]
+
+
+@pytest.mark.parametrize("module", ["adapterhub_sdk", "adapterhub_sdk.cli"])
+def test_python_dash_m_runs_the_same_cli(module):
+    """``python -m adapterhub_sdk`` and ``python -m adapterhub_sdk.cli`` (cli/__main__.py since
+    the package split) are the entry point too: same help, same usage exit code."""
+    import subprocess
+    import sys
+
+    bare = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, timeout=120)
+    assert bare.returncode == USAGE and bare.stderr == run_cli().stderr
+    assert subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True,
+                          timeout=120).stdout.startswith("adapterhub, version ")
