@@ -316,6 +316,19 @@ def test_policy_refuses_attach_serve_and_unsigned_directories(registry, lora_dir
         dep.attach("acme/signed@1.0.0")
     assert dep.adapters == {}
 
+    pytest.importorskip("fastapi")
+    import httpx
+    from test_row_isolation import _Serving
+
+    from adapterhub_sdk.server import create_app
+
+    app = create_app(dep, base_id="tiny", batch_wait_ms=0, allow_adapter_updates=True, admin_key="k")
+    with _Serving(app) as serving:  # a runtime load over HTTP is refused the same way: 403
+        r = httpx.post(f"{serving.url}/v1/adapters", json={"spec": "acme/signed@1.0.0"},
+                       headers={"Authorization": "Bearer k"}, timeout=60)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "signature_required", r.text
+    assert "requires a signature by alice" in r.json()["error"]["message"]
+
     env = {"ADAPTERHUB_REGISTRY_URL": registry.url, "ADAPTERHUB_BLOBS": str(registry.blobs.root)}
     served = run_cli("serve", "--base", str(base_dir), "--adapter", "acme/signed@1.0.0", "--port", "0",
                      "--require-signed", "alice", env=env, timeout=180)

@@ -17,6 +17,7 @@ from ..errors import (
     InvalidVersionError,
     NotFoundError,
     RegistryError,
+    SignaturePolicyError,
 )
 from ..generation import GenerationError, NonFiniteLogitsError
 
@@ -66,6 +67,8 @@ def api_error(exc: BaseException, *, param: str | None = None) -> APIError:
         return APIError(422, error_message(exc), type="model_error", param=param, code=exc.code)
     if isinstance(exc, GenerationError):  # the checks shared with Deployment.generate
         return APIError(400, error_message(exc), param=exc.param or param, code=exc.code)
+    if isinstance(exc, SignaturePolicyError):  # refused by the signing policy: not the client's typo
+        return APIError(403, error_message(exc), type="permission_error", param=param, code="signature_required")
     if isinstance(exc, (IntegrityError, RegistryError)):
         log.error("registry failure: %s", error_message(exc))
         return APIError(500, error_message(exc), code=type(exc).__name__)
