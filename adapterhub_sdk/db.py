@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from ._sqlite import enable_wal
 from .dbinfo import (  # noqa: F401 - re-exported: db.HEAD_REVISION, db.database_error, ...
     BUSY_TIMEOUT_MS,
+    CONNECT_TIMEOUT_S,
     HEAD_REVISION,
     REVISIONS,
     _no_such_table,
@@ -89,13 +90,26 @@ def make_engine(url: str) -> Engine:
 
         return engine
     try:
-        return create_engine(parsed, pool_pre_ping=True)
+        return create_engine(parsed, pool_pre_ping=True, connect_args=_pg_connect_args(parsed))
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         if parsed.get_backend_name() == "postgresql":
             raise RegistryError(f"no database driver for {parsed.drivername!r}",
                                 hint="pip install 'adapterhub_sdk[postgres]'") from exc
         raise RegistryError(f"registry URL scheme {parsed.drivername!r} is not supported",
                             hint="use sqlite:///PATH or postgresql://USER@HOST:PORT/DB") from exc
+
+
+def _pg_connect_args(parsed: URL) -> dict[str, object]:
+    """Timeouts so that a server that accepts connections but never answers is an error
+    within seconds, not a hang: the connection handshake (``connect_timeout``), statements
+    (``statement_timeout``, as long as SQLite's busy timeout) and a dead peer (TCP
+    keepalives). Any of them given in the URL's query wins."""
+    args: dict[str, object] = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "options": f"-c statement_timeout={BUSY_TIMEOUT_MS}",
+        "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+    }
+    return {k: v for k, v in args.items() if k not in parsed.query}
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from urllib.parse import unquote
 from .errors import RegistryError
 
 BUSY_TIMEOUT_MS = 120_000
+CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that accepts connections but never answers
 
 # The migrations in registry/migrations, oldest first; the last is the schema this code writes.
 # Kept here so that opening a registry is one query against alembic_version, without loading
@@ -28,6 +29,11 @@ def database_error(exc: BaseException) -> RegistryError:
         return RegistryError(f"the registry schema does not match this adapterhub_sdk ({msg.splitlines()[0]})",
                              hint="run 'adapterhub db upgrade'; if it says the schema is current, the database "
                                   "was written by another adapterhub_sdk build")
+    if "timeout expired" in msg or "canceling statement due to statement timeout" in msg:
+        what = "a statement" if "statement" in msg else "the connection"
+        return RegistryError(f"the database server did not answer {what} in time ({msg.splitlines()[0]})",
+                             hint="check that the registry's database server is up and reachable "
+                                  "(a stalled server or a network filter looks like this)")
     if "locked" in msg or "busy" in msg:
         return RegistryError(f"the registry stayed locked by another process for {BUSY_TIMEOUT_MS // 1000}s",
                              hint="another adapterhub command holds a long write; retry when it ends")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import POSTGRES_URL, _pg_database, _pg_drop
+from conftest import POSTGRES_URL, _pg_database, _pg_drop, run_cli
 
 # Opens (and closes) one registry per round, all processes of a round at the same moment:
 # each waits for the round's barrier file, then opens; it prints one line per round.
@@ -98,3 +98,42 @@ def test_simultaneous_first_opens_of_fresh_registries(kind, tmp_path):
 def test_simultaneous_first_opens_of_fresh_registries_long(kind, tmp_path):
     """The issue's figure: 8 processes x 20 rounds, 0 failures."""
     _check_racing_opens(kind, 20, tmp_path)
+
+
+# --------------------------------------------------------------------------- a server that never answers
+
+# Accepts every connection and never sends a byte (a stalled server, a half-open proxy).
+SILENT_SERVER = r"""
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(64)
+print(s.getsockname()[1], flush=True)
+held = []
+while True:
+    held.append(s.accept()[0])
+"""
+
+
+@pytest.fixture
+def silent_server():
+    """The URL of a PostgreSQL registry on a real listening socket that never answers."""
+    proc = subprocess.Popen([sys.executable, "-c", SILENT_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        yield f"postgresql://postgres@127.0.0.1:{port}/registry"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_unresponsive_database_server_is_one_line_within_15s(silent_server, tmp_path):
+    """The CLI hung for more than 90 s before; now the connect timeout ends it in one line."""
+    t0 = time.monotonic()
+    proc = run_cli("--registry", silent_server, "--blobs", str(tmp_path / "blobs"), "list", timeout=60)
+    took = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the database server did not answer"), proc.stderr
+    assert took < 15, took
+    assert not (tmp_path / "blobs").exists()
