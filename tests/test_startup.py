@@ -114,3 +114,9 @@ def test_builtin_command_loads_no_plugin(tmp_path):
     assert not plugin_modules & mods, f"'adapterhub list' imported plugins {sorted(plugin_modules & mods)}"
     # a SQLite registry at the current schema is listed with the standard library's sqlite3
     assert "sqlalchemy" not in mods and "alembic" not in mods
+    # also when the registry is named by URL (--registry / ADAPTERHUB_REGISTRY_URL)
+    url = f"sqlite:///{tmp_path / 'home' / 'registry.db'}"
+    named = subprocess.run([sys.executable, "-c", code.replace("main(['list'])", f"main(['--registry', {url!r}, 'list'])")],
+                           capture_output=True, text=True, env=env)
+    assert named.returncode == 0, named.stderr
+    assert "sqlalchemy" not in set(json.loads(named.stderr.strip().splitlines()[-1]))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._app import BASE, base_arg, cli, examples, registry, registry_url
+from ._app import BASE, base_arg, cli, examples, registry
 from ._output import Result, emits, human_size, table
 
 if TYPE_CHECKING:
@@ -56,9 +56,12 @@ def _fast_list(ctx: click.Context, **filters: Any) -> Iterator[VersionInfo] | No
     with the standard library's sqlite3: the same query and rows as Registry.iter_list, without
     loading SQLAlchemy or the registry (None: anything else, which the full path handles)."""
     from ..dbinfo import sqlite_fetch, sqlite_reader
+    from ..home import default_registry_url
     from ..listing import iter_versions
 
-    conn = sqlite_reader(registry_url(ctx))
+    # the URL as given: a plain sqlite:///PATH is a valid one, anything else gets the full
+    # path (which checks it with SQLAlchemy, the import this path exists to avoid)
+    conn = sqlite_reader(ctx.find_root().obj.get("registry_url") or default_registry_url())
     if conn is None:
         return None
     ctx.call_on_close(conn.close)
