@@ -33,6 +33,11 @@ def model_signing_verify(pub: Path, sig: Path, directory: Path, *extra: str) -> 
                            *extra, str(directory)], capture_output=True, text=True, timeout=120)
 
 
+def cli_env(reg) -> dict[str, str]:
+    """The environment that points the installed CLI at ``reg``."""
+    return {"ADAPTERHUB_REGISTRY_URL": reg.url, "ADAPTERHUB_BLOBS": str(reg.blobs.root)}
+
+
 def _publish(reg, lora_dir, base_dir, version="1.0.0", name="acme/signed"):
     return reg.publish(lora_dir, name=name, version=version, base=base_dir)
 
@@ -137,7 +142,7 @@ def test_verify_reports_each_status_separately(registry, lora_dir, lora_dir_b, b
     assert got["1.0.0"].signed_by == ["alice"] and got["1.1.0"].checks[0].signer == "dave"
     assert "adapter_model.safetensors: changed" in got["1.4.0"].checks[0].reason
 
-    env = {"ADAPTERHUB_REGISTRY_URL": registry.url, "ADAPTERHUB_BLOBS": str(registry.blobs.root)}
+    env = cli_env(registry)
     text = run_cli("verify", env=env)
     assert text.returncode == 1, text.stderr
     for line in ("acme/signed@1.0.0: signed by alice", "acme/signed@2.0.0: unsigned",
@@ -166,8 +171,7 @@ def test_private_keys_are_owner_only_and_never_in_the_registry(registry, tmp_pat
     with registry.engine.connect() as conn:
         dumped = repr([tuple(r) for t in tables.metadata.sorted_tables for r in conn.execute(select(t))])
     assert "PRIVATE KEY" not in dumped and "PUBLIC KEY" in dumped
-    cli = run_cli("keys", "list", "--json", env={"ADAPTERHUB_REGISTRY_URL": registry.url,
-                                                 "ADAPTERHUB_BLOBS": str(registry.blobs.root)})
+    cli = run_cli("keys", "list", "--json", env=cli_env(registry))
     assert json.loads(cli.stdout) == [{**json.loads(cli.stdout)[0], "name": "alice", "status": "trusted",
                                        "private_key_here": True}]
 
@@ -206,7 +210,7 @@ def test_signed_only_policy_refuses_pull_with_the_reason(registry, lora_dir, bas
     # the option, and the registry-wide policy through the CLI, every one in force must be met
     with pytest.raises(SignaturePolicyError):
         registry.pull("acme/signed@1.0.0", tmp_path / "y", require_signed="alice,bob")
-    env = {"ADAPTERHUB_REGISTRY_URL": registry.url, "ADAPTERHUB_BLOBS": str(registry.blobs.root)}
+    env = cli_env(registry)
     run_cli("policy", "require-signed", "bob", env=env, check=True)
     assert registry.signing_policy() == ["bob"]
     refused = run_cli("pull", "acme/signed@1.0.0", "--out", str(tmp_path / "z"), env=env)
@@ -329,7 +333,7 @@ def test_policy_refuses_attach_serve_and_unsigned_directories(registry, lora_dir
     assert r.status_code == 403 and r.json()["error"]["code"] == "signature_required", r.text
     assert "requires a signature by alice" in r.json()["error"]["message"]
 
-    env = {"ADAPTERHUB_REGISTRY_URL": registry.url, "ADAPTERHUB_BLOBS": str(registry.blobs.root)}
+    env = cli_env(registry)
     served = run_cli("serve", "--base", str(base_dir), "--adapter", "acme/signed@1.0.0", "--port", "0",
                      "--require-signed", "alice", env=env, timeout=180)
     assert served.returncode == 1 and "error: acme/signed@1.0.0 is refused" in served.stderr, served.stderr

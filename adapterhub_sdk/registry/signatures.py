@@ -264,7 +264,7 @@ class SignaturesPart(RegistryCore):
             expected = signed_resources(Manifest.from_json(row.manifest))
             have = {k for (k,) in conn.execute(select(T_SIGNATURES.c.key_id).where(T_SIGNATURES.c.version_id == row.id))}
             for file, text in sorted(found, key=lambda ft: ft[0] != sigfmt.SIGNATURE_FILE):
-                signer = file[len("model."):-len(".sig")] if file != sigfmt.SIGNATURE_FILE else "publisher"
+                signer = sigfmt.signer_of(file)
                 c = check_bundle(text, keys, expected, signer=signer, file=file)
                 if c.status in ("bad_signature", "tampered") and c.key_name:
                     raise IntegrityError(f"{r.name}@{row.version}: {file} by {c.key_name} is refused: {c.reason}",
@@ -306,7 +306,7 @@ class SignaturesPart(RegistryCore):
         except sigfmt.BadBundle:
             actual = None
         for f in files:
-            signer = "publisher" if f == sigfmt.SIGNATURE_FILE else f[len("model."):-len(".sig")]
+            signer = sigfmt.signer_of(f)
             text = (d / f).read_text("utf-8", errors="replace")
             out.bundles.append((f, text))
             out.checks.append(check_bundle(text, keys, actual, signer=signer, file=f))

@@ -42,6 +42,11 @@ def is_signature_file(path: str) -> bool:
     return path == SIGNATURE_FILE or (path.startswith("model.") and path.endswith(".sig"))
 
 
+def signer_of(file: str) -> str:
+    """The signer a signature file names: ``model.NAME.sig`` -> NAME; ``model.sig`` -> publisher."""
+    return "publisher" if file == SIGNATURE_FILE else file[len("model."):-len(".sig")]
+
+
 class BadBundle(ValueError):
     """A bundle that is not one, or whose signature does not verify."""
 
