@@ -35,6 +35,9 @@ from typing import BinaryIO, NoReturn
 
 from .errors import AdapterFormatError
 
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIR_FD = os.open in os.supports_dir_fd and os.scandir in os.supports_fd
 _LINK_HINT = ("replace the link with a copy of the file it points to (cp --remove-destination "
@@ -216,6 +219,17 @@ class DirReader:
 def skipped(display: Path, kind: str) -> None:
     warnings.warn(f"skipped {display}: it is {kind}, not a regular file, and not part of the adapter",
                   SkippedEntryWarning, stacklevel=4)
+
+
+def sha256_file(path: str | os.PathLike[str], bufsize: int = 1 << 20) -> tuple[str, int]:
+    """(sha256 hex digest, size) of a file's bytes (a path the caller has checked)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 def copy_and_hash(src: BinaryIO, dest: Path, bufsize: int = 1 << 20) -> tuple[str, int]:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .adapter_files import NonFiniteWarning, nonfinite_message, open_regular
 from .errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
@@ -28,9 +28,11 @@ from .fingerprint import BaseFingerprint
 from .hub_cache import _cached_file, _check_cached_files, _snapshot_files
 from .manifest import BaseRef, Manifest
 from .names import validate_name
-from .package import AdapterPackage, pack_files
 from .signing.bundle import is_signature_file
 from .versions import Version, VersionSpec
+
+if TYPE_CHECKING:
+    from .package import AdapterPackage
 
 SCHEME = "hf://"
 MANIFEST = "adapterhub_manifest.json"
@@ -375,13 +377,13 @@ class HubClient:
                     found[f.path] = local
             if bad:
                 raise IntegrityError(f"{ref}: files listed in the manifest are missing: {', '.join(bad)}")
-            with pack_files(found, root=snap) as pkg:
+            with registry.pack_files(found, root=snap) as pkg:
                 if not _consistent(pkg.requirements, manifest.requirements):
                     raise IntegrityError(f"{ref}: the manifest's requirements do not match its adapter files")
                 _warn_nonfinite(ref, pkg)
             return manifest
         # a repo PEFT pushed without our manifest: build one on the way
-        with pack_files(_snapshot_files(ref, snap), root=snap, select=True) as pkg:
+        with registry.pack_files(_snapshot_files(ref, snap), root=snap, select=True) as pkg:
             _warn_nonfinite(ref, pkg)
             name = ref.repo if _valid_name(ref.repo) else None
             if name is None:

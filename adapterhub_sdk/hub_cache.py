@@ -10,9 +10,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .adapter_files import describe, refuse
+from .adapter_files import CONFIG, describe, refuse, sha256_file
 from .errors import IntegrityError, NotFoundError
-from .package import CONFIG
 
 
 def _check_cached_files(ref: Any, snap: Path) -> None:
@@ -21,8 +20,6 @@ def _check_cached_files(ref: Any, snap: Path) -> None:
     what to do. Run for a repo without a manifest (nothing else checks its bytes) and when a
     repo with one fails its checks (to tell a damaged cache from a bad repo); a good pull
     of a repo with a manifest is not hashed an extra time."""
-    from .package import sha256_file
-
     bad = []
     for f in sorted(snap.rglob("*")):
         if not f.is_symlink() or not f.is_file():

@@ -5,7 +5,6 @@ it touches. Only safetensors weights are accepted; nothing is ever unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .adapter_files import (
+    CONFIG,
+    WEIGHTS,
     DirReader,
     NonFinite,
     NonFiniteError,
@@ -23,6 +24,7 @@ from .adapter_files import (
     nonfinite_tensors,
     open_regular,
     refuse,
+    sha256_file,  # noqa: F401 - re-exported: package.sha256_file was public
     skipped,
 )
 from .atomic_dir import atomic_dir
@@ -38,20 +40,8 @@ from .safetensors_io import (
     refuse_pickle,
 )
 
-CONFIG = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
 EXTRA_SUFFIXES = (".json", ".md", ".txt", ".model", ".jinja")
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
-
-
-def sha256_file(path: Path, bufsize: int = 1 << 20) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 def base_fraction(summary: dict[str, Any], base_params: Any) -> float | None:

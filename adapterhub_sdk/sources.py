@@ -11,9 +11,9 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from .adapter_files import sha256_file
 from .errors import IntegrityError
 from .fingerprint import weight_files
-from .package import sha256_file
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CACHE_DIR = re.compile(r"models--(?P<repo>.+)")

@@ -13,7 +13,9 @@ transaction), :mod:`.query` (show, versions, list, aliases, yank), :mod:`.resolv
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import db as dbmod
 from ..errors import RegistryError
@@ -44,6 +46,9 @@ from .results import (
 )
 from .signatures import SignaturesPart
 from .transfer import TransferPart
+
+if TYPE_CHECKING:
+    from ..package import AdapterPackage
 
 __all__ = [
     "MANIFEST_FILE",
@@ -103,6 +108,16 @@ class Registry(BasesPart, PublishPart, QueryPart, ResolvePart, TransferPart, Lif
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def pack_files(self, files: Mapping[str, str | os.PathLike[str]], *,
+                   root: str | os.PathLike[str] | None = None, select: bool = False) -> AdapterPackage:
+        """Pack named files (a remote's snapshot: package name -> path of a regular file) as
+        publish packs a directory, the method found by the installed plugins. Remotes pack
+        through the registry they are given, so the built-in ones import no packer (and no
+        plugin lookup) of their own."""
+        from ..package import pack_files
+
+        return pack_files(files, root=root, select=select)
 
     def __enter__(self) -> Registry:
         return self

@@ -203,7 +203,7 @@ class PublishPart(RegistryCore):
         """Record a version whose manifest was made elsewhere (a Hub pull), keeping the manifest
         and its digest as they are. Every file is verified against the manifest first; a file
         that differs is named in the error and nothing is recorded."""
-        from ..package import sha256_file
+        from ..adapter_files import sha256_file
         from ..plugins import call_hook
 
         validate_name(manifest.name)
