@@ -59,6 +59,7 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAPTERHUB_LOAD_PLUGINS", "")
     monkeypatch.delenv("ADAPTERHUB_REGISTRY_URL", raising=False)
     monkeypatch.delenv("ADAPTERHUB_BLOBS", raising=False)
+    monkeypatch.delenv("ADAPTERHUB_REQUIRE_SIGNED", raising=False)  # a signing policy of the user's own
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 

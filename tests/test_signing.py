@@ -262,12 +262,12 @@ def test_hub_carries_signatures_both_ways(hub_env, lora_dir, base_dir, tmp_path,
     pushed = fake.repos["acme/signed"]["commits"][-1]["files"]
     assert "model.sig" in pushed and pushed["README.md"] != (lora_dir / "README.md").read_bytes()
 
-    def pull_into(where: Path, repo, *, trust: bool) -> subprocess.CompletedProcess:
+    def pull_into(where: Path, repo, *args: str, trust: bool) -> subprocess.CompletedProcess:
         reg = ah_open(where)
         if trust:
             reg.trust_key("alice", alice.public_pem)
         reg.close()
-        return run_cli("pull", f"hf://{repo.repo_id}@1.0.0", "--out", str(where / "out"),
+        return run_cli("pull", f"hf://{repo.repo_id}@1.0.0", "--out", str(where / "out"), *args,
                        env={"ADAPTERHUB_REGISTRY_URL": f"sqlite:///{where / 'r.db'}",
                             "ADAPTERHUB_BLOBS": str(where / "blobs")})
 
@@ -279,10 +279,13 @@ def test_hub_carries_signatures_both_ways(hub_env, lora_dir, base_dir, tmp_path,
     assert model_signing_verify(key_dir() / "alice.pub", tmp_path / "a" / "out" / "model.sig",
                                 tmp_path / "a" / "out").returncode == 0
 
-    claim = pull_into(tmp_path / "b", repo, trust=False)
-    assert claim.returncode == 0, claim.stderr
+    claim = pull_into(tmp_path / "b", repo, "--require-signed", "alice", trust=False)
+    assert claim.returncode == 1 and "is refused" in claim.stderr and "a key this registry does not trust" in claim.stderr, claim.stderr
+    assert not (tmp_path / "b" / "out").exists()  # recorded, but not written: alice is not trusted there
     with ah_open(tmp_path / "b") as reg:
         assert reg.signatures("acme/signed@1.0.0").status == "untrusted"
+    signed = pull_into(tmp_path / "a", repo, "--require-signed", "alice", "--force", trust=False)
+    assert signed.returncode == 0, signed.stderr
 
     from adapterhub_sdk.signing import bundle as sigfmt
 

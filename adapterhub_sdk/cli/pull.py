@@ -36,7 +36,16 @@ def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str |
     manifest and recorded in the local registry, so it resolves offline afterwards."""
     reg = registry(ctx)
     if is_remote(ref):
-        return pull_remote(reg, ref, out, force=force, base=base, accept_name=accept_name)
+        if require_signed is None:
+            return pull_remote(reg, ref, out, force=force, base=base, accept_name=accept_name)
+        res = pull_remote(reg, ref, None, force=force, base=base, accept_name=accept_name)  # recorded, not written
+        got = f"{res.data['name']}@{res.data['version']}"
+        if out is None:
+            reg.check_signed(got, require_signed)
+        else:
+            reg.pull(got, out, overwrite=force, require_signed=require_signed)
+            res.data["path"], res.text = out, f"{res.text} to {out}"
+        return res
     if accept_name is not None:
         raise click.UsageError("--name applies to hf://ORG/REPO pulls only")
     if out is None:

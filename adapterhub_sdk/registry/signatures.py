@@ -272,7 +272,7 @@ class SignaturesPart(RegistryCore):
                                               "ask its publisher to push it again")
                 if c.status == "bad_signature" or c.key_id in have:
                     continue  # not a bundle at all, or a key that already signed it here
-                name = c.key_name or (signer if signer != "publisher" else "hub")
+                name = c.key_name or signer  # a key not trusted here: the repo's claim, by its file's name
                 conn.execute(insert(T_SIGNATURES).values(version_id=row.id, key_id=c.key_id, signer=name[:64],
                                                          bundle=text))
                 have.add(c.key_id)
