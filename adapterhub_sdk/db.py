@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 from ._sqlite import enable_wal
 from .dbinfo import (  # noqa: F401 - re-exported: db.HEAD_REVISION, db.database_error, ...
@@ -270,8 +270,8 @@ def ensure_schema(engine: Engine) -> None:
             current = schema_revision(conn)
             if current == HEAD_REVISION:
                 return
-    except OperationalError as exc:
-        raise _operational(exc) from exc
+    except DBAPIError as exc:  # a server that is down, a file that is not a database
+        raise database_error(exc.orig if exc.orig is not None else exc) from exc
     head = HEAD_REVISION
     if current is None:  # new, or being created right now: create_fresh decides under its lock
         for attempt in range(3):

@@ -9,7 +9,6 @@ directory has no pin, and loads as PEFT loads it."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import warnings
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from .deploy import StructuralMatchWarning
 from .errors import AdapterFormatError, IncompatibleAdapterError, IntegrityError
+from .jsontext import loads_bounded
 from .methods.base import check_requirements
 from .plugins import detect_method
 
@@ -124,7 +124,7 @@ def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default",
     p = Path(path)
     _check_directory_signed(p, registry, require_signed)
     try:
-        config = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
+        config = loads_bounded((p / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise AdapterFormatError(f"{p}: no readable adapter_config.json ({exc})") from exc
     check_pulled(model, p, strict=strict)

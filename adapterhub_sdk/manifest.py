@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import AdapterFormatError
+from .jsontext import loads_bounded
 
 SCHEMA = "adapterhub.manifest/1"
 _SAFE_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
@@ -120,6 +121,11 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise AdapterFormatError(f"malformed manifest: {exc}") from exc
+        seen: set[str] = set()
+        for f in m.files:  # two entries for one file (or two a case-insensitive disk would merge)
+            if f.path.casefold() in seen:
+                raise AdapterFormatError(f"malformed manifest: file {f.path!r} is listed twice")
+            seen.add(f.path.casefold())
         if "digest" in d and d["digest"] != m.digest:
             raise AdapterFormatError("manifest digest does not match its content")
         return m
@@ -127,6 +133,7 @@ class Manifest:
     @classmethod
     def from_json(cls, raw: bytes | str) -> Manifest:
         try:
-            return cls.from_dict(json.loads(raw))
-        except json.JSONDecodeError as exc:
+            d = loads_bounded(raw)
+        except ValueError as exc:
             raise AdapterFormatError(f"manifest is not valid JSON: {exc}") from exc
+        return cls.from_dict(d)

@@ -14,8 +14,10 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import CorruptFileError, UnsafeFormatError
+from .jsontext import too_deep
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors reference implementation's own limit
 
@@ -87,6 +89,20 @@ def looks_like_pickle_head(head: bytes, size: int) -> bool:
     return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object hook: JSON keeps the last of two equal keys, which would hide a tensor."""
+    d: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in d:
+            raise _DuplicateKey(k)
+        d[k] = v
+    return d
+
+
 def read_header(path: str | os.PathLike[str], *, display: str | os.PathLike[str] | None = None
                 ) -> SafetensorsHeader:
     """Parse and validate the header of a safetensors file. Errors name ``display`` (the
@@ -112,11 +128,17 @@ def read_header(path: str | os.PathLike[str], *, display: str | os.PathLike[str]
     except OSError as exc:
         raise CorruptFileError(f"{shown}: cannot read ({exc.strerror or exc})") from exc
     try:
-        header = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        if too_deep(raw):
+            raise CorruptFileError(f"{shown.name}: header nests deeper than any safetensors header; "
+                                   "not a safetensors file")
+        header = json.loads(text, object_pairs_hook=_refuse_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         if looks_like_pickle(p):
             refuse_pickle(shown)
         raise CorruptFileError(f"{shown.name}: header is not valid JSON; not a safetensors file") from exc
+    except _DuplicateKey as exc:
+        raise CorruptFileError(f"{shown.name}: header names {exc.args[0]!r} twice") from None
     if not isinstance(header, dict):
         raise CorruptFileError(f"{shown.name}: header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}

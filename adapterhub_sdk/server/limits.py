@@ -6,24 +6,19 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import accumulate
 from typing import Any
 
 from fastapi import Request
 
 from ..errors import InvalidNameError
 from ..generation_inputs import GenerationError
+from ..jsontext import json_depth, too_deep
 from ..names import validate_name
 from .errors import APIError
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a long prompt as text or token ids fits; a body over it is a 413
 MAX_JSON_DEPTH = 64  # OpenAI's bodies nest four levels deep
 CHARS_PER_TOKEN = 32  # generous: real tokenizers average 3-5 characters per token, their longest are < 32
-# a string, or an unterminated one up to the end: each match starts at the first quote left, so one
-# pass over the body is linear whatever the quotes and backslashes in it
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 _SERVED = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?", re.ASCII)
 
 
@@ -46,20 +41,12 @@ def too_large(limit: int) -> APIError:
                     code="request_too_large")
 
 
-def json_depth(raw: bytes) -> int:
-    """How deep arrays and objects nest in ``raw`` (brackets inside strings do not count)."""
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    if not brackets:
-        return 0
-    return max(accumulate(b - 1 for b in brackets.translate(_STEP)))
-
-
 def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``raw`` as JSON, refused (400) when empty, malformed or nested deeper than ``max_depth``
     (checked before parsing, so a deep document never reaches the recursive parser)."""
     if not raw.strip():
         raise APIError(400, "the request body is empty; send a JSON object", code="invalid_json")
-    if raw.count(b"[") + raw.count(b"{") > max_depth and json_depth(raw) > max_depth:
+    if too_deep(raw, max_depth):
         raise APIError(400, f"the request body nests arrays or objects deeper than {max_depth} levels",
                        code="invalid_json")
     try:
