@@ -5,7 +5,6 @@ it touches. Only safetensors weights are accepted; nothing is ever unpickled.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from .adapter_files import (
 )
 from .atomic_dir import atomic_dir
 from .errors import AdapterFormatError, IncompatibleAdapterError
+from .jsontext import loads_bounded
 from .manifest import BaseRef, FileEntry, Manifest, check_file_path
 from .methods.base import AdapterMethod, Requirements
 from .plugins import detect_method
@@ -361,8 +361,8 @@ def _pack_opened(root: Path, opened: list[tuple[str, BinaryIO]], stage: Callable
         if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
             raise AdapterFormatError(f"{CONFIG} is larger than {MAX_CONFIG_BYTES} bytes")
         try:
-            config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            config = loads_bounded(cfg_path.read_text(encoding="utf-8"))
+        except ValueError as exc:  # not UTF-8, not JSON, or nested too deep
             raise AdapterFormatError(f"{root / CONFIG}: not valid JSON ({exc})") from exc
         if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
             raise AdapterFormatError(f"{root / CONFIG}: no 'peft_type'; not a PEFT adapter config")
