@@ -78,7 +78,7 @@ def test_metrics_auth_puts_metrics_behind_the_key(dep):
         assert c.get("/health").status_code == 200
 
 
-ADMIN_CALLS = [("POST", "/v1/adapters", {"spec": "acme/b@1.0.0"}),
+ADMIN_CALLS = [("POST", "/v1/adapters", {"spec": "acme/b@1.0.0"}), ("POST", "/v1/adapters/", {"spec": "acme/b@1.0.0"}),
                ("DELETE", "/v1/adapters/acme/a", None),
                ("POST", "/v1/load_lora_adapter", {"lora_name": "b2", "lora_path": "acme/b@1.0.0"}),
                ("POST", "/v1/unload_lora_adapter", {"lora_name": "acme/a"})]

@@ -88,7 +88,9 @@ class Access:
 
 
 def is_admin_route(method: str, path: str) -> bool:
-    return any(method == m and (path == p or (p.endswith("/") and path.startswith(p))) for m, p in ADMIN_ROUTES)
+    """Whether ``method path`` loads or unloads adapters (a trailing slash changes nothing)."""
+    bare = path.rstrip("/") or "/"
+    return any(method == m and (bare == p or (p.endswith("/") and path.startswith(p))) for m, p in ADMIN_ROUTES)
 
 
 def _same(a: str, b: str) -> bool:
