@@ -124,7 +124,9 @@ def test_single_safetensors_file_matches_directory(base_dir, base_fp):
 
 def test_workers_and_chunking_do_not_change_the_digest(base_dir, monkeypatch):
     # small chunks: every tensor is split and hashed on several threads, results in order
-    monkeypatch.setattr(fpmod, "CHUNK", 1024)
+    import adapterhub_sdk.hashing as engine  # the hashing engine reads CHUNK from its own module
+
+    monkeypatch.setattr(engine, "CHUNK", 1024)
     one = fingerprint(base_dir, workers=1, use_cache=False)
     many = fingerprint(base_dir, workers=4, use_cache=False)
     mem = fingerprint(_llama(seed=0), workers=3)
@@ -650,7 +652,9 @@ _TORCH_DTYPES = {"U8": torch.uint8, "BF16": torch.bfloat16, "F32": torch.float32
 def test_small_tensors_share_work_units_and_keep_their_order(monkeypatch):
     # the thread pool is handed ~CHUNK bytes per task, not one task per tensor: 2,000 norms
     # of 4 KB are one unit, a tensor of 2.5 chunks is three pieces, each piece in tensor order
-    monkeypatch.setattr(fpmod, "CHUNK", 64 * 1024)
+    import adapterhub_sdk.hashing as engine  # the hashing engine reads CHUNK from its own module
+
+    monkeypatch.setattr(engine, "CHUNK", 64 * 1024)
     raw = [bytes([i % 251]) * (4096 if i < 2000 else 160 * 1024 if i == 2000 else 0) for i in range(2002)]
     jobs = [(f"t{i}", "U8", (len(b),), memoryview(b)) for i, b in enumerate(raw)]
     units = fpmod._work_units(jobs)
