@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sqlite3
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,11 +28,14 @@ from .dbinfo import (  # noqa: F401 - re-exported: db.HEAD_REVISION, db.database
     REVISIONS,
     _no_such_table,
     database_error,
+    read_only_error,
+    read_only_uri,
     sqlite_revision,
 )
 from .errors import RegistryError
 
 _ADVISORY_KEY = 0x61647068  # "adph"
+_READ_ONLY: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 
@@ -68,17 +73,28 @@ def make_engine(url: str) -> Engine:
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
-        if db and db != ":memory:":
-            Path(db).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000,
-                                                     "check_same_thread": False})
+        ro = None
+        if db and db != ":memory:" and not parsed.query:
+            file = Path(db).expanduser().absolute()
+            ro = read_only_uri(str(file))
+            if ro is None:
+                file.parent.mkdir(parents=True, exist_ok=True)
+        timeout = BUSY_TIMEOUT_MS / 1000
+        if ro is not None:
+            uri = ro
+            engine = create_engine(parsed, creator=lambda: sqlite3.connect(uri, uri=True, timeout=timeout,
+                                                                           check_same_thread=False))
+            _READ_ONLY.add(engine)
+        else:
+            engine = create_engine(parsed, connect_args={"timeout": timeout, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_conn, _record):  # noqa: ANN001
             dbapi_conn.isolation_level = None  # transactions are begun explicitly below
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            enable_wal(cur, BUSY_TIMEOUT_MS / 1000)
+            if ro is None:
+                enable_wal(cur, BUSY_TIMEOUT_MS / 1000)
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
@@ -115,6 +131,8 @@ def _pg_connect_args(parsed: URL) -> dict[str, object]:
 @contextlib.contextmanager
 def transaction(engine: Engine, *, write: bool = False) -> Iterator[Connection]:
     """A connection in a transaction that commits on success and rolls back on error."""
+    if write and is_read_only(engine):
+        raise read_only_error("this command")
     conn = engine.connect()
     if write:
         conn = conn.execution_options(adapterhub_write=True)
@@ -288,6 +306,12 @@ def ensure_schema(engine: Engine) -> None:
                             hint="upgrade adapterhub_sdk")
     raise RegistryError(f"the registry schema is at {current}, this adapterhub_sdk needs {head}",
                         hint="run 'adapterhub db upgrade'")
+
+
+def is_read_only(engine: Engine) -> bool:
+    """Whether ``engine`` reads a registry file this process cannot write (see
+    :func:`~adapterhub_sdk.dbinfo.read_only_uri`): caches are then skipped, writes refused."""
+    return engine in _READ_ONLY
 
 
 def is_sqlite(engine: Engine) -> bool:

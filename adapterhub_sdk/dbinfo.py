@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from .errors import RegistryError
 
@@ -69,6 +69,26 @@ def sqlite_file(url: str) -> str | None:
     return None
 
 
+def read_only_uri(path: str) -> str | None:
+    """The ``file:`` URI to open an existing registry file this process cannot write (a
+    read-only mount, a copy without write permission), or None when it can write it.
+    SQLite opens a WAL database read-only only when its -wal and -shm files exist or can be
+    created; where neither holds (a copy closed cleanly, on a read-only mount) the main file
+    holds every committed row, and ``immutable=1`` reads it without them."""
+    folder = os.path.dirname(path)
+    if not os.path.isfile(path) or (os.access(path, os.W_OK) and os.access(folder, os.W_OK)):
+        return None
+    uri = "file:" + quote(path) + "?mode=ro"
+    sidecars = all(os.path.exists(path + s) for s in ("-wal", "-shm"))
+    return uri if sidecars or os.access(folder, os.W_OK) else uri + "&immutable=1"
+
+
+def read_only_error(what: str) -> RegistryError:
+    return RegistryError(f"the registry is read-only here; {what} needs a registry this process can write",
+                         hint="read commands work on this copy; write to the registry it was copied from "
+                              "or choose another with --registry")
+
+
 def sqlite_reader(url: str) -> sqlite3.Connection | None:
     """A read-only-use sqlite3 connection to the registry at ``url`` when it is an existing
     SQLite file at the current schema, else None (the caller then opens the full Registry,
@@ -76,14 +96,16 @@ def sqlite_reader(url: str) -> sqlite3.Connection | None:
     path = sqlite_file(url)
     if path is None or not os.path.isfile(path):
         return None
+    ro = read_only_uri(path)
     try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(ro or path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False, uri=ro is not None)
     except sqlite3.Error:
         return None
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-        if mode == "wal" and sqlite_revision(conn) == HEAD_REVISION:
+        if (mode == "wal" or ro) and sqlite_revision(conn) == HEAD_REVISION:
             return conn
     except sqlite3.Error:
         pass

@@ -3,14 +3,18 @@ accepts connections but never answers, and homes that cannot be written."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import POSTGRES_URL, _pg_database, _pg_drop, run_cli
+from conftest import ADAPTERHUB, POSTGRES_URL, _pg_database, _pg_drop, run_cli
 
 # Opens (and closes) one registry per round, all processes of a round at the same moment:
 # each waits for the round's barrier file, then opens; it prints one line per round.
@@ -137,3 +141,84 @@ def test_unresponsive_database_server_is_one_line_within_15s(silent_server, tmp_
     assert len(lines) == 1 and lines[0].startswith("error: the database server did not answer"), proc.stderr
     assert took < 15, took
     assert not (tmp_path / "blobs").exists()
+
+
+# --------------------------------------------------------------------------- a read-only home
+
+_RO_MOUNT = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+
+
+def read_only_command(home: Path, args: list[str]) -> list[str]:
+    """``args`` run with ``home`` read-only as a shared, mounted copy is. Root ignores file
+    permissions, so as root the home is bind-mounted read-only in a private mount namespace
+    (``unshare -m``); other users get ``chmod -R a-w`` (see :func:`read_only_home`)."""
+    if os.geteuid() != 0:
+        return args
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", _RO_MOUNT, str(home), "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"root without a private read-only mount here: {probe.stderr.decode().strip()}")
+    return ["unshare", "-m", "sh", "-c", _RO_MOUNT, str(home), *args]
+
+
+@contextlib.contextmanager
+def read_only_home(home: Path) -> Iterator[None]:
+    """For a user other than root: every file and folder under ``home`` without write bits."""
+    if os.geteuid() == 0:
+        yield
+        return
+    modes = {p: p.stat().st_mode for p in [home, *home.rglob("*")]}
+    for p, m in modes.items():
+        p.chmod(m & ~0o222)
+    try:
+        yield
+    finally:
+        for p, m in modes.items():
+            p.chmod(m)
+
+
+def run_read_only(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ADAPTERHUB_HOME": str(home)}
+    with read_only_home(home):
+        return subprocess.run(read_only_command(home, [ADAPTERHUB, *args]), capture_output=True, text=True,
+                              env=env, timeout=120)
+
+
+def home_state(home: Path) -> list[tuple[str, bytes]]:
+    return sorted((str(p.relative_to(home)), p.read_bytes()) for p in home.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def seeded_home(tmp_path, base_dir, lora_dir) -> Path:
+    import adapterhub_sdk as ah
+
+    home = Path(os.environ["ADAPTERHUB_HOME"])
+    with ah.Registry.open() as reg:
+        reg.publish(lora_dir, name="ns/shared", version="1.0.0", base=base_dir)
+    return home
+
+
+def test_read_commands_work_on_a_read_only_home(seeded_home, base_dir, tmp_path):
+    """list, show, resolve (its fits and base caches skipped), verify and pull from the
+    registry; before the fix each failed with 'unable to open database file' (or 'attempt to
+    write a readonly database')."""
+    before = home_state(seeded_home)
+    listed = run_read_only(seeded_home, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [v["name"] for v in json.loads(listed.stdout)] == ["ns/shared"]
+    for args in (["show", "ns/shared"], ["resolve", "--base", str(base_dir)], ["verify"],
+                 ["pull", "ns/shared@1.0.0", "--out", str(tmp_path / "out")]):
+        proc = run_read_only(seeded_home, *args)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
+    assert "ns/shared@1.0.0" in run_read_only(seeded_home, "resolve", "--base", str(base_dir)).stdout
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    assert home_state(seeded_home) == before
+
+
+def test_publish_to_a_read_only_home_is_refused_in_one_line(seeded_home, base_dir, lora_dir_b):
+    before = home_state(seeded_home)
+    proc = run_read_only(seeded_home, "publish", str(lora_dir_b), "--name", "ns/other", "--version", "1.0.0",
+                         "--base", str(base_dir))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: the registry is read-only here; publishing ns/other@1.0.0"), lines
+    assert home_state(seeded_home) == before

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
+from .. import db as dbmod
 from ..errors import NotFoundError
 from ..fingerprint import BaseFingerprint, fingerprint
 from ..remotes import remote_for
@@ -68,7 +69,7 @@ class BasesPart(RegistryCore):
                 row = conn.execute(select(T_SOURCES.c.fingerprint).where(
                     T_SOURCES.c.kind == kind, T_SOURCES.c.locator == loc, T_SOURCES.c.revision == rev)).first()
                 fresh = fresh and row is not None and row.fingerprint == fp.digest
-        if known and fresh:
+        if known and fresh or dbmod.is_read_only(self.engine):  # read-only: nothing cached
             return
         for attempt in range(3):
             try:

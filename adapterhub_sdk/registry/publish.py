@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
+from .. import db as dbmod
 from ..errors import (
     AdapterHubError,
     IntegrityError,
@@ -126,6 +127,8 @@ class PublishPart(RegistryCore):
         validate_name(name)
         name = self._canonical_name(name)  # names are case-insensitive: keep the first spelling
         ver = Version.parse(version)
+        if dbmod.is_read_only(self.engine):
+            raise dbmod.read_only_error(f"publishing {name}@{ver}")
         task_list = _check_tasks(tasks)
         _check_metrics(metrics)
         own = not isinstance(source, AdapterPackage)
@@ -208,6 +211,8 @@ class PublishPart(RegistryCore):
 
         validate_name(manifest.name)
         Version.parse(manifest.version)
+        if dbmod.is_read_only(self.engine):
+            raise dbmod.read_only_error(f"recording {manifest.name}@{manifest.version}")
         bad = []
         for f in manifest.files:
             src = sources.get(f.path)

@@ -159,6 +159,8 @@ class ResolvePart(RegistryCore):
                          "reasons": json.dumps(reasons)})
             if not reasons:
                 fitting.append(r.digest)
+        if dbmod.is_read_only(self.engine):  # a read-only copy: fits are computed, not cached
+            return fitting
         try:
             with self._write() as conn:
                 done = {d for (d,) in conn.execute(select(T_FITS.c.req_digest).where(
