@@ -34,6 +34,9 @@ def database_error(exc: BaseException) -> RegistryError:
         return RegistryError(f"the database server did not answer {what} in time ({msg.splitlines()[0]})",
                              hint="check that the registry's database server is up and reachable "
                                   "(a stalled server or a network filter looks like this)")
+    if "disk I/O error" in msg or "disk is full" in msg or "File too large" in msg:
+        return RegistryError(f"the registry's database could not be written ({msg.splitlines()[0]})",
+                             hint="check the free space and the file-size limit (ulimit -f) where the registry lives")
     if "locked" in msg or "busy" in msg:
         return RegistryError(f"the registry stayed locked by another process for {BUSY_TIMEOUT_MS // 1000}s",
                              hint="another adapterhub command holds a long write; retry when it ends")

@@ -32,6 +32,7 @@ from adapterhub_sdk.errors import (
     CorruptFileError,
     InvalidNameError,
     InvalidVersionError,
+    RegistryError,
     UnsafeFormatError,
 )
 from adapterhub_sdk.manifest import Manifest
@@ -471,3 +472,92 @@ def test_pull_to_a_destination_that_is_a_file_is_one_line(seeded, tmp_path):
 def test_unknown_adapter_is_one_line(seeded):
     cli_refused(seeded, "show", "ns/nope", match="ns/nope")
 
+
+
+# --------------------------------------------------------------------------- read-only homes, full disks
+
+
+def test_read_only_home_lists(seeded):
+    from test_registry_faults import run_read_only
+
+    before = seeded.state()
+    proc = run_read_only(seeded.home, "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [v["name"] for v in json.loads(proc.stdout)] == ["ns/seed"]
+    assert seeded.state() == before
+
+
+def test_read_only_home_refuses_publish_in_one_line(seeded):
+    from test_registry_faults import run_read_only
+
+    before = seeded.state()
+    line = one_line(run_read_only(seeded.home, "publish", str(seeded.adapter), "--name", "ns/bad", "--version",
+                                  "1.0.0", "--base", str(seeded.base)))
+    assert "read-only" in line, line
+    assert seeded.state() == before
+
+
+# Runs the CLI under a file-size limit (a disk that fills up): writes past it fail with EFBIG.
+FSIZE_MAIN = r"""
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def test_full_disk_during_publish_is_one_line_and_loses_nothing(seeded):
+    from conftest import ADAPTERHUB
+
+    before = seeded.state()
+    proc = subprocess.run([sys.executable, "-c", FSIZE_MAIN, "3000", ADAPTERHUB, "publish", str(seeded.adapter),
+                           "--name", "ns/bad", "--version", "1.0.0", "--base", str(seeded.base)],
+                          capture_output=True, text=True, env={**os.environ, **seeded.env()}, timeout=120)
+    assert "could not be written" in one_line(proc)
+    assert seeded.state() == before
+    assert not list((seeded.blobs / "tmp").glob("*")) if (seeded.blobs / "tmp").is_dir() else True
+
+
+# --------------------------------------------------------------------------- PostgreSQL connection lost
+
+
+def test_postgresql_backend_terminated_mid_publish(tmp_path, base_dir, lora_dir, lora_dir_b):
+    """pg_terminate_backend from another connection while the publish transaction inserts
+    its version: one RegistryError, and the registry holds what it held before."""
+    import sqlalchemy as sa
+
+    from conftest import POSTGRES_URL, _pg_database, _pg_drop
+
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL tests need ADAPTERHUB_TEST_POSTGRES_URL")
+    url = _pg_database()
+    admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    try:
+        with ah.Registry.open(url, blobs=tmp_path / "blobs") as reg:
+            reg.publish(lora_dir_b, name="ns/seed", version="1.0.0", base=base_dir)
+
+            def rows() -> list[Any]:
+                with admin.connect() as c:
+                    return sorted(map(tuple, c.execute(sa.text("SELECT name, version FROM adapters "
+                                                               "JOIN versions ON versions.adapter_id = adapters.id"))))
+
+            before = rows()
+            killed = []
+
+            @sa.event.listens_for(reg.engine, "before_cursor_execute")
+            def _kill(conn, cursor, statement, *_):  # noqa: ANN001
+                if not killed and statement.lstrip().upper().startswith("INSERT INTO VERSIONS"):
+                    pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+                    with admin.connect() as c:
+                        killed.append(c.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar())
+
+            with pytest.raises(RegistryError) as info:
+                reg.publish(lora_dir, name="ns/bad", version="1.0.0", base=base_dir)
+            assert killed == [True]
+            assert len(str(info.value).splitlines()) == 1
+            assert rows() == before
+            sa.event.remove(reg.engine, "before_cursor_execute", _kill)
+            assert reg.publish(lora_dir, name="ns/bad", version="1.0.0", base=base_dir).manifest.version == "1.0.0"
+    finally:
+        admin.dispose()
+        _pg_drop(url)
