@@ -42,6 +42,7 @@ from .errors import PluginError
 GROUP = "adapterhub"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "adapterhub_sdk.blobs",
+    "adapterhub_sdk.s3_blobs",
     "adapterhub_sdk.hub_remote",
     "adapterhub_sdk.runtime",
     "adapterhub_sdk.methods.generic",

@@ -1,0 +1,390 @@
+"""S3-compatible blob store: ``s3://BUCKET/PREFIX``, objects at ``PREFIX/sha256/ab/cdef...``.
+
+The built-in ``s3`` storage, registered through ``register_storage`` like a plugin's.
+Endpoint, region and credentials come from the standard AWS configuration (environment,
+profiles, ``AWS_ENDPOINT_URL``) through boto3, which is imported only when a store is used
+(the ``s3`` extra installs it).
+
+- Writes are conditional (``If-None-Match: *`` on PutObject and on
+  CompleteMultipartUpload): an object, once at its address, is never overwritten by a
+  second publisher of the same blob. A 412 means it is already there; it is then verified
+  (and only a corrupt object is deleted and written again, conditionally as well).
+- Reads stream and hash, and refuse a mismatch with IntegrityError naming the blob.
+- Files over one part (8 MiB) go up by multipart upload, with progress on a terminal.
+- gc safety. S3 has no mtime touch and no atomic rename, so a blob's age is its
+  LastModified (reuse does not refresh it) and the safety comes from the catalog and the
+  order of operations instead: the store stages (publish copies and hashes each file into
+  a private local temp file first) and quarantines (gc copies the blob to
+  ``PREFIX/gc/...`` and deletes it from its address, then asks the catalog again, and
+  puts it back if a version referenced it meanwhile). A publish that reused a blob checks
+  after its commit that the blob is still at its address and uploads its staged copy if
+  not; since gc deletes before it asks again, one of the two always sees the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import urlparse
+
+from .adapter_files import open_regular
+from .errors import IntegrityError, NotFoundError, RegistryError
+from .hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from .interfaces import QuarantiningBlobStorage, StagingBlobStorage
+
+_HEX = re.compile(r"[0-9a-f]{64}")
+BUF = 1 << 20
+#: multipart part size; a file larger than one part goes up in parts
+PART_SIZE = 8 << 20
+
+
+def _check(digest: str) -> str:
+    if not isinstance(digest, str) or not _HEX.fullmatch(digest):
+        raise ValueError(f"not a sha256 hex digest: {digest!r}")
+    return digest
+
+
+def _code(exc: BaseException) -> str:
+    resp = getattr(exc, "response", None) or {}
+    return str(resp.get("Error", {}).get("Code", "")) or str(resp.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+def _absent(exc: BaseException) -> bool:
+    return _code(exc) in ("404", "NoSuchKey", "NotFound")
+
+
+def _precondition(exc: BaseException) -> bool:
+    return _code(exc) in ("412", "PreconditionFailed", "ConditionalRequestConflict", "409")
+
+
+@dataclass
+class S3StagedBlob:
+    """A private, hashed local copy, waiting to be uploaded."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+class S3BlobStore:
+    """Blobs in an S3 bucket under a prefix; ``client`` defaults to ``boto3.client("s3")``."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, client: Any = None, part_size: int = PART_SIZE):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.part_size = part_size
+        self._client = client
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            try:
+                import boto3
+            except ImportError:
+                raise RegistryError("s3:// blob stores need boto3",
+                                    hint="pip install 'adapterhub_sdk[s3]'") from None
+            self._client = boto3.client("s3")
+        return self._client
+
+    def key(self, digest: str) -> str:
+        d = _check(digest)
+        return f"{self.prefix}sha256/{d[:2]}/{d[2:]}"
+
+    def _missing(self, digest: str) -> NotFoundError:
+        return NotFoundError(f"blob sha256:{digest[:12]} is missing from {self}",
+                             hint="run 'adapterhub verify', then publish the same files again under the same name@version")
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.client.head_object(Bucket=self.bucket, Key=key))
+        except Exception as exc:
+            if _absent(exc):
+                return None
+            raise
+
+    # reads
+
+    def _stream(self, digest: str, out: BinaryIO | None) -> tuple[str, int] | None:
+        """(sha256, size) of the stored object, written into ``out`` as it streams; None if absent."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key(digest))["Body"]
+        except Exception as exc:
+            if _absent(exc):
+                return None
+            raise
+        h = hashlib.sha256()
+        n = 0
+        with body:
+            while chunk := body.read(BUF):
+                h.update(chunk)
+                if out is not None:
+                    out.write(chunk)
+                n += len(chunk)
+        return h.hexdigest(), n
+
+    def copy_verified(self, digest: str, out: BinaryIO) -> int:
+        """Stream a blob into ``out``, hashing as it goes; IntegrityError if it does not match.
+        The caller must discard ``out`` on error (pull writes into a temp dir)."""
+        got = self._stream(digest, out)
+        if got is None:
+            raise self._missing(digest)
+        if got[0] != digest:
+            raise IntegrityError(f"blob sha256:{digest[:12]} in {self} is corrupt: its bytes no longer match "
+                                 "its digest", hint="run 'adapterhub verify'; publish the same files again to repair it")
+        return got[1]
+
+    def open_verified(self, digest: str) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        self.copy_verified(digest, buf)
+        return buf.getvalue()
+
+    def verify(self, digest: str) -> str | None:
+        """None if the blob is intact, else what is wrong."""
+        try:
+            got = self._stream(digest, None)
+        except Exception as exc:
+            return f"unreadable ({_code(exc) or exc})"
+        if got is None:
+            return "missing"
+        return None if got[0] == digest else "corrupt (digest mismatch)"
+
+    def size(self, digest: str) -> int:
+        head = self._head(self.key(digest))
+        return int(head["ContentLength"]) if head else 0
+
+    def has(self, digest: str) -> bool:
+        return self._head(self.key(digest)) is not None
+
+    def age(self, digest: str) -> float:
+        """Seconds since the object was written (LastModified; S3 cannot refresh it)."""
+        head = self._head(self.key(digest))
+        return time.time() - head["LastModified"].timestamp() if head else 0.0
+
+    def iter_digests(self) -> Iterator[str]:
+        root = f"{self.prefix}sha256/"
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root):
+            for obj in page.get("Contents", ()):
+                rest = obj["Key"][len(root):]
+                d = rest.replace("/", "", 1)
+                if rest[2:3] == "/" and _HEX.fullmatch(d):
+                    yield d
+
+    # writes
+
+    def stage(self, source: str | os.PathLike[str] | BinaryIO) -> S3StagedBlob:
+        """Copy ``source`` (a regular file, not followed through a link, or a file opened for
+        reading, from its start) into a private local temp file, hashing as it copies: what
+        is uploaded later is exactly what was hashed."""
+        fd, name = tempfile.mkstemp(prefix="adapterhub-s3.", suffix=".incomplete")
+        tmp = Path(name)
+        h = hashlib.sha256()
+        n = 0
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                if hasattr(source, "read"):
+                    src: Any = source
+                    src.seek(0)
+                    n = _copy_hash(src, dst, h)
+                else:
+                    with open_regular(source, what="file") as f:
+                        n = _copy_hash(f, dst, h)
+            return S3StagedBlob(tmp, h.hexdigest(), n)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def discard(self, staged: S3StagedBlob) -> None:
+        staged.path.unlink(missing_ok=True)
+
+    def holds(self, staged: S3StagedBlob) -> bool:
+        """Whether the blob ``staged`` would write is stored intact (hashed: a corrupt object
+        is not deduplicated against)."""
+        head = self._head(self.key(staged.sha256))
+        return head is not None and int(head["ContentLength"]) == staged.size and self.verify(staged.sha256) is None
+
+    def put_file(self, source: str | os.PathLike[str] | BinaryIO, digest: str) -> int:
+        """Store ``source`` under ``digest`` (0 bytes written if already stored intact);
+        IntegrityError, and nothing stored, if the bytes do not hash to ``digest``."""
+        _check(digest)
+        if self.verify(digest) is None:
+            return 0
+        staged = self.stage(source)
+        try:
+            if staged.sha256 != digest:
+                raise IntegrityError(f"content changed while it was stored: expected sha256 {digest[:12]}, "
+                                     f"got {staged.sha256[:12]}", hint="do not modify the adapter while publishing")
+            return self.put_staged(staged)
+        finally:
+            self.discard(staged)
+
+    def put_staged(self, staged: S3StagedBlob) -> int:
+        """Upload a staged copy under its digest, conditionally: 0 bytes if an intact object is
+        there already (a corrupt one is deleted and written again)."""
+        try:
+            for _ in range(3):
+                if self._upload(staged.path, self.key(staged.sha256), staged.size):
+                    return staged.size
+                problem = self.verify(staged.sha256)
+                if problem is None:
+                    return 0
+                if problem != "missing":
+                    self.client.delete_object(Bucket=self.bucket, Key=self.key(staged.sha256))
+            raise IntegrityError(f"blob sha256:{staged.sha256[:12]} in {self} could not be written intact",
+                                 hint="another writer keeps replacing it; check who writes to this bucket")
+        finally:
+            self.discard(staged)
+
+    def _upload(self, path: Path, key: str, size: int) -> bool:
+        """Upload ``path`` to ``key`` unless an object is there; whether it was written."""
+        try:
+            if size <= self.part_size:
+                with open(path, "rb") as f:
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=f, IfNoneMatch="*")
+            else:
+                self._multipart(path, key, size)
+            return True
+        except Exception as exc:
+            if _precondition(exc):
+                return False
+            raise
+
+    def _multipart(self, path: Path, key: str, size: int) -> None:
+        up = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        bar = _progress(size, f"upload {key.rsplit('/', 1)[-1][:12]}")
+        try:
+            parts = []
+            with open(path, "rb") as f:
+                number = 1
+                while chunk := f.read(self.part_size):
+                    r = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=up, PartNumber=number, Body=chunk)
+                    parts.append({"PartNumber": number, "ETag": r["ETag"]})
+                    number += 1
+                    if bar is not None:
+                        bar.update(len(chunk))
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=up,
+                                                  MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=up)
+            except Exception:  # noqa: S110 - clean_temp aborts it later
+                pass
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def delete(self, digest: str) -> int:
+        size = self.size(digest)
+        if size or self.has(digest):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(digest))
+        return size
+
+    # gc
+
+    def quarantine(self, digest: str) -> str | None:
+        """Copy the blob to ``PREFIX/gc/...`` and delete it from its address (gc's first step):
+        a publish that looks for it from now on writes its own copy. The token is the copy's
+        key, or None if the blob was not there."""
+        token = f"{self.prefix}gc/{digest}.{os.getpid()}.{time.time_ns()}"
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=token,
+                                    CopySource={"Bucket": self.bucket, "Key": self.key(digest)})
+        except Exception as exc:
+            if _absent(exc):
+                return None
+            raise
+        self.client.delete_object(Bucket=self.bucket, Key=self.key(digest))
+        return token
+
+    def release(self, token: str, digest: str, *, keep: bool) -> int:
+        """Finish a quarantine: put the blob back (``keep``), unless a publish wrote it again
+        meanwhile, or delete it. Returns the bytes freed."""
+        head = self._head(token)
+        if head is None:
+            return 0
+        if keep:
+            try:  # If-None-Match on a copy is honoured by AWS (moto ignores it: hence has() first)
+                if not self.has(digest):
+                    self.client.copy_object(Bucket=self.bucket, Key=self.key(digest), IfNoneMatch="*",
+                                            CopySource={"Bucket": self.bucket, "Key": token})
+            except Exception as exc:
+                if not _precondition(exc):
+                    raise
+            self.client.delete_object(Bucket=self.bucket, Key=token)
+            return 0
+        self.client.delete_object(Bucket=self.bucket, Key=token)
+        return int(head["ContentLength"])
+
+    def clean_temp(self, older_than: float, *, dry_run: bool = False) -> int:
+        """Abort multipart uploads started more than ``older_than`` seconds ago, and put back
+        blobs an interrupted gc left in quarantine that long (the next gc judges them again
+        against the catalog, rather than deleting what a version may reference)."""
+        now = time.time()
+        n = 0
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                 Prefix=f"{self.prefix}sha256/"):
+            for up in page.get("Uploads", ()):
+                if now - up["Initiated"].timestamp() < older_than:
+                    continue
+                n += 1
+                if not dry_run:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+        gc_root = f"{self.prefix}gc/"
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=gc_root):
+            for obj in page.get("Contents", ()):
+                digest = obj["Key"][len(gc_root):].split(".", 1)[0]
+                if now - obj["LastModified"].timestamp() < older_than or not _HEX.fullmatch(digest):
+                    continue
+                n += 1
+                if not dry_run:
+                    self.release(obj["Key"], digest, keep=True)
+        return n
+
+
+def _copy_hash(src: Any, dst: BinaryIO, h: Any) -> int:
+    n = 0
+    while chunk := src.read(BUF):
+        h.update(chunk)
+        dst.write(chunk)
+        n += len(chunk)
+    return n
+
+
+def _progress(total: int, desc: str) -> Any:
+    if not sys.stderr.isatty():
+        return None  # tqdm would draw nothing off a terminal: not worth its import
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
+
+
+def _s3_store(url: str) -> S3BlobStore:
+    parsed = urlparse(url)
+    if not parsed.netloc:
+        raise NotFoundError(f"{url}: an S3 blob store is s3://BUCKET[/PREFIX]")
+    return S3BlobStore(parsed.netloc, parsed.path)
+
+
+@hookimpl
+def register_storage(register):
+    register("s3", _s3_store)
+
+
+if TYPE_CHECKING:  # mypy checks that the S3 store has both optional capabilities
+    _staging: type[StagingBlobStorage] = S3BlobStore
+    _quarantining: type[QuarantiningBlobStorage] = S3BlobStore
