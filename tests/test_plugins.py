@@ -317,8 +317,8 @@ def test_storage_plugin_by_url_scheme(tmp_path, lora_dir, base_dir):
             reg.pull("acme/m@1.0.0", tmp_path / "out2")
         assert not (tmp_path / "out2").exists()
         reg.close()
-        with pytest.raises(ah.NotFoundError, match="no blob storage for s3://"):
-            ah.Registry.open(f"sqlite:///{tmp_path / 'r2.db'}", blobs="s3://bucket")
+        with pytest.raises(ah.NotFoundError, match="no blob storage for nosuch://"):
+            ah.Registry.open(f"sqlite:///{tmp_path / 'r2.db'}", blobs="nosuch://bucket")
     finally:
         unregister_plugin(plugin)
 
