@@ -40,9 +40,9 @@ def save_lora(base_dir: Path, out: Path, *, seed: int = 0, r: int = 4, targets=(
 
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     # a string is PEFT's regex (or "all-linear") form and stays as it is
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r,
-                                                  target_modules=targets if isinstance(targets, str) else list(targets),
-                                                  **lora_kw))
+    config = {"r": r, "lora_alpha": 2 * r,  # lora_kw may override lora_alpha too
+              "target_modules": targets if isinstance(targets, str) else list(targets), **lora_kw}
+    peft_model = get_peft_model(model, LoraConfig(**config))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():

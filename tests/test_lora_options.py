@@ -13,21 +13,11 @@ import adapterhub_sdk as ah
 from adapterhub_sdk.errors import IncompatibleAdapterError
 from adapterhub_sdk.lora_options import _WHAT, INERT, SCALING, unsupported_options
 
+from conftest import save_lora
+
 
 def _lora(base_dir, out, **kw):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    cfg = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], **kw}
-    peft_model = get_peft_model(model, LoraConfig(**cfg))
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    peft_model.save_pretrained(out)
-    return out
+    return save_lora(base_dir, out, seed=3, **kw)
 
 
 def test_activated_lora_is_refused_not_served_as_plain_lora(tmp_path, registry, base_dir):
