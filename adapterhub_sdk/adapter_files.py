@@ -309,6 +309,11 @@ def nonfinite_message(file: str, found: list[NonFinite]) -> str:
             f"{'s' if first.count != 1 else ''} (NaN or Inf){more}")
 
 
+nonfinite_tail = "; using it would make this adapter's outputs NaN"
+nonfinite_hint = ("publish a fixed version (retrain or re-save the adapter); to load it anyway for debugging, "
+                  "ah.load_adapter(model, pulled_dir, allow_nonfinite=True)")
+
+
 def refuse_nonfinite(ref: str, tensors: Mapping[str, object], file: str = "adapter_model.safetensors") -> None:
     """NonFiniteError, naming the tensor, if any of ``tensors`` (torch tensors already in
     memory: the weights an attach is about to use) holds NaN or Inf values."""
@@ -321,8 +326,5 @@ def refuse_nonfinite(ref: str, tensors: Mapping[str, object], file: str = "adapt
             if bad:
                 found.append(NonFinite(name, bad, str(t.dtype).removeprefix("torch.")))
     if found:
-        raise NonFiniteError(
-            f"{ref}: " + nonfinite_message(file, found) + "; attaching it would make this adapter's outputs NaN",
-            hint="publish a fixed version (retrain or re-save the adapter); PEFT itself (ah.load_adapter on a "
-                 "pulled directory) still loads it for debugging")
+        raise NonFiniteError(f"{ref}: " + nonfinite_message(file, found) + nonfinite_tail, hint=nonfinite_hint)
 

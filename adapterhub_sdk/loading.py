@@ -111,8 +111,44 @@ def _check_directory_signed(path: Path, registry: Any, require_signed: Any) -> N
         reg.check_signed_directory(path, require_signed)
 
 
+def _check_finite(path: Path, allow_nonfinite: bool) -> None:
+    """Refuse weights holding NaN or Inf as ``Deployment.attach`` does (NonFiniteError, the
+    same words); with ``allow_nonfinite`` warn instead. Read only as a regular file inside
+    the directory (a link there is refused, as everywhere)."""
+    from .adapter_files import (
+        WEIGHTS,
+        DirReader,
+        NonFiniteError,
+        NonFiniteWarning,
+        nonfinite_hint,
+        nonfinite_message,
+        nonfinite_tail,
+        nonfinite_tensors,
+    )
+
+    with DirReader(path) as reader:
+        entry = reader.entry(WEIGHTS)
+        if entry is None:
+            return  # PEFT says what is missing
+        ref = str(path)
+        if reader.entry(MANIFEST_FILE) is not None:
+            from .manifest import Manifest
+
+            manifest = Manifest.from_json(_read(reader, MANIFEST_FILE))
+            ref = f"{manifest.name}@{manifest.version}"
+        with reader.open(WEIGHTS):  # a regular file, not a link (NotRegularFileError otherwise)
+            pass
+    found = nonfinite_tensors(path / WEIGHTS, display=path / WEIGHTS)
+    if not found:
+        return
+    if not allow_nonfinite:
+        raise NonFiniteError(f"{ref}: " + nonfinite_message(WEIGHTS, found) + nonfinite_tail, hint=nonfinite_hint)
+    warnings.warn(f"{ref}: " + nonfinite_message(WEIGHTS, found) + "; loaded anyway (allow_nonfinite=True)",
+                  NonFiniteWarning, stacklevel=3)
+
+
 def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default", strict: bool = False,
-                 registry: Any = None, require_signed: Any = None) -> Any:
+                 registry: Any = None, require_signed: Any = None, allow_nonfinite: bool = False) -> Any:
     """Load the adapter at ``path`` (as pulled) onto ``model`` and return the model to use.
 
     A pulled directory is checked first (files against the manifest's digests, the model
@@ -120,7 +156,9 @@ def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default",
     fits only structurally warns (``strict=True`` refuses it). Under a signing policy
     (``require_signed``, ADAPTERHUB_REQUIRE_SIGNED, or ``registry``'s policy; ``registry``
     defaults to the default registry when one exists) the directory needs a ``model.sig``
-    (or ``model.NAME.sig``) by a key the policy names, over exactly the files present."""
+    (or ``model.NAME.sig``) by a key the policy names, over exactly the files present.
+    Weights holding NaN or Inf are refused (NonFiniteError, as ``Deployment.attach``);
+    ``allow_nonfinite=True`` loads them with a warning, to debug them."""
     p = Path(path)
     _check_directory_signed(p, registry, require_signed)
     try:
@@ -128,6 +166,7 @@ def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default",
     except (OSError, ValueError) as exc:
         raise AdapterFormatError(f"{p}: no readable adapter_config.json ({exc})") from exc
     check_pulled(model, p, strict=strict)
+    _check_finite(p, allow_nonfinite)
     method, _ = detect_method(config)
     try:
         return method.apply(model, str(p), config, adapter_name)
