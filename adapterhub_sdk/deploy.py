@@ -49,10 +49,16 @@ class AttachedAdapter:
     nbytes: int  # memory its tensors take
     file_bytes: int  # size of its files in the registry
     slot: int = field(repr=False, default=-1)
+    pinned: bool = True  # False: a directory without a base fingerprint, checked by shapes only
+    path: str | None = None  # the directory it was read from (None: the registry)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ref": self.ref, "digest": self.digest, "verdict": self.verdict,
-                "rank": self.rank, "modules": self.modules, "bytes": self.nbytes, "file_bytes": self.file_bytes}
+        out = {"name": self.name, "ref": self.ref, "digest": self.digest, "verdict": self.verdict,
+               "rank": self.rank, "modules": self.modules, "bytes": self.nbytes, "file_bytes": self.file_bytes,
+               "pinned": self.pinned}
+        if self.path is not None:
+            out["path"] = self.path
+        return out
 
 
 class Deployment:
@@ -150,6 +156,12 @@ class Deployment:
                                            hint="load other methods with ah.load_adapter (PEFT) outside a Deployment")
         config, tensors = self._read_verified(manifest)
         prepared = self._prepare(config, tensors)
+        return self._install(key, f"{info.name}@{info.version}", info.digest, verdict, prepared, info.size)
+
+    def _install(self, key: str, ref: str, digest: str, verdict: str, prepared: dict[str, tuple[Any, Any]],
+                 file_bytes: int, *, pinned: bool = True, path: str | None = None) -> AttachedAdapter:
+        """Put checked, prepared tensors in a new slot and serve them as ``key`` (a swap when
+        ``key`` is attached already). Every check happens before this."""
         with self._lock:
             slot = self._next_slot
             self._next_slot += 1
@@ -160,8 +172,8 @@ class Deployment:
                 wrapper.B[slot] = b
                 nbytes += wrapper.nbytes(slot)
             rank = max((a.shape[1] for a, _ in prepared.values()), default=0)
-            attached = AttachedAdapter(key, f"{info.name}@{info.version}", info.digest, verdict, rank,
-                                       len(prepared), nbytes, info.size, slot)
+            attached = AttachedAdapter(key, ref, digest, verdict, rank, len(prepared), nbytes, file_bytes, slot,
+                                       pinned=pinned, path=path)
             old = self._adapters.get(key)
             remerge = self._merged is not None and self._merged[0] == key
             if remerge:

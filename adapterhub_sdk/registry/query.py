@@ -175,6 +175,25 @@ class QueryPart(RegistryCore):
                                                       updated_at=utcnow()))
         return self.show(f"{r.name}@{row.version}")
 
+    def alias_target(self, ref: str) -> tuple[str, str, str, bool]:
+        """Where the alias ``ns/name@alias`` points now: (canonical name, version, manifest
+        digest, yanked), in one indexed query (no manifest read). A server following the
+        alias calls this every few seconds. NotFoundError when there is no such alias."""
+        r = parse_ref(ref)
+        sp = VersionSpec.parse(r.spec or "latest")
+        if sp.kind != "alias":
+            raise InvalidVersionError(f"{ref!r} does not name an alias (NS/NAME@ALIAS, e.g. @prod)")
+        with self._read() as conn:
+            row = conn.execute(
+                select(T_ADAPTERS.c.name, T_VERSIONS.c.version, T_VERSIONS.c.digest, T_VERSIONS.c.yanked)
+                .select_from(T_ALIASES.join(T_ADAPTERS, T_ADAPTERS.c.id == T_ALIASES.c.adapter_id)
+                             .join(T_VERSIONS, T_VERSIONS.c.id == T_ALIASES.c.version_id))
+                .where(T_ADAPTERS.c.name_key == name_key(r.name), T_ALIASES.c.alias == sp.alias)).first()
+        if row is None:
+            raise NotFoundError(f"{r.name} has no alias {sp.alias!r}",
+                                hint=f"'adapterhub show {r.name}' lists its versions and aliases")
+        return str(row.name), str(row.version), str(row.digest), bool(row.yanked)
+
     def yank(self, ref: str, *, undo: bool = False) -> VersionInfo:
         """Hide a version from ranges, ``latest`` and resolve; exact pins still find it."""
         r = parse_ref(ref)

@@ -1,0 +1,109 @@
+"""Attach a PEFT adapter directory on the server's disk to a :class:`~.deploy.Deployment`,
+checked as the registry path checks it, before any tensor touches the model.
+
+The pin of a directory is its ``adapterhub_manifest.json`` when it has one (``pull`` writes
+it): every file must match the sha256 the manifest lists, then the base fingerprint decides
+(``exact``; ``structural`` when the weights differ but the pinned requirements hold;
+refused otherwise). A plain PEFT directory (only ``adapter_config.json`` and the weights) has
+no pin: its tensors' shapes are checked against the base by the method plugin and it is
+served as ``structural`` and ``pinned: false`` (``strict`` refuses it, as any structural
+fit). Under a signed-only policy the directory needs a good ``model.sig`` by a named key
+(:meth:`~adapterhub_sdk.registry.Registry.check_signed_directory`). Weights holding NaN or
+Inf are refused. The files are read once, into a private copy, and everything is checked
+and loaded from that copy."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .adapter_files import CONFIG, WEIGHTS, refuse_nonfinite
+from .deploy import AttachedAdapter, Deployment, StructuralMatchWarning
+from .errors import IncompatibleAdapterError, IntegrityError, InvalidNameError, NotFoundError
+from .loading import MANIFEST_FILE, _check_directory_signed
+from .manifest import Manifest, canonical_json
+
+
+def _files_digest(files: list[Any]) -> str:
+    """A digest for an unpinned directory: its files' names and sha256, in name order."""
+    body = canonical_json(sorted([f.path, f.sha256] for f in files if f.path != MANIFEST_FILE))
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _pinned(dep: Deployment, pkg: Any, by_path: dict[str, Any], where: str) -> tuple[str, str, str, dict[str, Any]]:
+    """(ref, digest, verdict, method) of a directory carrying a manifest; its files verified."""
+    manifest = Manifest.from_json(by_path[MANIFEST_FILE].source.read_bytes())
+    ref = f"{manifest.name}@{manifest.version}"
+    for f in manifest.files:
+        got = by_path.get(f.path)
+        if got is None:
+            raise IntegrityError(f"{where}: {f.path} of {ref} is missing",
+                                 hint=f"pull it again: adapterhub pull {ref} --out DIR --overwrite")
+        if got.sha256 != f.sha256:
+            raise IntegrityError(f"{where}: {f.path} does not match the sha256 {ref} lists for it (changed since "
+                                 "it was pulled)", hint=f"pull it again: adapterhub pull {ref} --out DIR --overwrite")
+    if not manifest.base.fingerprint:  # published unpinned: only the shapes can be checked
+        return ref, manifest.digest, "", dict(manifest.method)
+    verdict, reasons = dep._verdict(manifest)
+    if verdict == "incompatible":
+        raise IncompatibleAdapterError(f"{ref} ({where}) does not fit this base: {reasons[0]}", reasons=reasons)
+    return ref, manifest.digest, verdict, dict(manifest.method)
+
+
+def attach_directory(dep: Deployment, path: str | Path, *, name: str) -> AttachedAdapter:
+    """Check the adapter directory ``path`` against ``dep``'s base and serve it as ``name``
+    (a swap when ``name`` is attached). Raises IncompatibleAdapterError (with the reasons),
+    IntegrityError, NonFiniteError, SignaturePolicyError or AdapterFormatError; warns
+    StructuralMatchWarning for a structural or unpinned fit."""
+    from safetensors.torch import load as load_safetensors
+
+    from .package import pack
+
+    if not name or name != name.strip() or name == "base":
+        raise InvalidNameError(f"adapter name {name!r} is not usable here",
+                               hint="pick a non-empty name without surrounding spaces, other than 'base'")
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise NotFoundError(f"{path}: no such adapter directory on the server",
+                            hint="pass the directory PeftModel.save_pretrained or 'adapterhub pull' wrote, or a "
+                                 "registry spec")
+    where = str(p)
+    _check_directory_signed(p, dep.registry, dep.require_signed)  # a signed-only policy: a trusted model.sig
+    with pack(p) as pkg:  # regular files only, copied aside: what is checked is what is loaded
+        by_path = {f.path: f for f in pkg.files}
+        pinned = MANIFEST_FILE in by_path
+        if pinned:
+            ref, digest, verdict, method = _pinned(dep, pkg, by_path, where)
+            pinned = bool(verdict)
+        else:
+            ref, digest, verdict = where, _files_digest(pkg.files), ""
+            method = {"type": pkg.method.name, "variant": pkg.variant, "peft_type": pkg.config.get("peft_type"),
+                      "config": pkg.config, "summary": pkg.summary}
+        if not verdict:  # unpinned: the shapes must fit this base
+            reasons = pkg.check_base(dep.fingerprint)
+            if reasons:
+                raise IncompatibleAdapterError(f"{where} does not fit this base: {reasons[0]}", reasons=reasons)
+            verdict = "structural"
+        if verdict == "structural":
+            why = ("it carries no base fingerprint (no adapterhub_manifest.json), so only its shapes were checked"
+                   if not pinned else "base weights differ from the ones it was trained on")
+            if dep.strict:
+                raise IncompatibleAdapterError(f"{ref}: {why} (strict mode)", reasons=[why],
+                                               hint="serve it without --strict to accept a structural fit, or "
+                                                    "publish it pinned to this base")
+            warnings.warn(f"{ref}: {why}; it fits structurally", StructuralMatchWarning, stacklevel=2)
+        limits = dep.runtime.check_method(method)
+        if limits:
+            raise IncompatibleAdapterError(f"{ref}: {limits[0]}", reasons=limits,
+                                           hint="load other methods with ah.load_adapter (PEFT) outside a Deployment")
+        config = pkg.config
+        tensors = load_safetensors(by_path[WEIGHTS].source.read_bytes())
+        refuse_nonfinite(ref, tensors)
+        prepared = dep._prepare(config, tensors)
+        size = sum(f.size for f in pkg.files if f.path in (CONFIG, WEIGHTS))
+    return dep._install(name, ref, digest, verdict, prepared, size, pinned=pinned, path=str(p.resolve()))
+
+
+__all__ = ["attach_directory"]
