@@ -262,3 +262,48 @@ def test_gc_race_with_a_publish_that_reuses_the_blob(s3_url, tmp_path, base_dir,
         assert reg.verify().problems == []
         reg.pull("team/again@1.0.0", tmp_path / "two")
         assert not reg.blobs.client.list_objects_v2(Bucket=reg.blobs.bucket, Prefix="team/blobs/gc/").get("Contents")
+
+
+def _gc_after_reuse(cls: type, registry_url: str, blobs: str, calls: list[str]) -> object:
+    """An instance of the blob store class ``cls`` whose ``put_file`` runs ``adapterhub gc
+    --grace 0`` in another process right after it first reported a blob already stored (0
+    bytes written): the moment between a publish's dedup check and its commit."""
+
+    class GcAfterReuse(cls):  # type: ignore[misc, valid-type]
+        def put_file(self, source, digest):
+            written = super().put_file(source, digest)
+            if written == 0 and not calls:
+                run_cli("--registry", registry_url, "--blobs", blobs, "gc", "--grace", "0", check=True)
+                calls.append(digest)
+            return written
+
+    if cls is S3BlobStore:
+        bucket, _, prefix = blobs.removeprefix("s3://").partition("/")
+        return GcAfterReuse(bucket, prefix)
+    return GcAfterReuse(Path(blobs))
+
+
+@pytest.mark.parametrize("store", ["s3", "file"])
+def test_gc_in_another_process_while_a_package_publish_reuses_a_blob(store, s3_url, tmp_path, base_dir, lora_dir):
+    """Server: moto_server on loopback for ``s3``; a local directory for ``file``. Publishing
+    an AdapterPackage (the put_file path, no staged copies) reuses the blobs of a deleted
+    version; a gc with no grace runs in another process between the first dedup check and the
+    commit, and deletes them all (nothing referenced them yet). The publish must find the
+    reused one gone after its commit and write it again: the new version pulls intact."""
+    from adapterhub_sdk.blobs import BlobStore
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    blobs = s3_url if store == "s3" else str(tmp_path / "blobs")
+    with ah.Registry.open(url, blobs=blobs) as reg:
+        reg.publish(lora_dir, name="team/old", version="1.0.0", base=base_dir)
+        reg.delete_version("team/old@1.0.0")  # its blobs are garbage now
+        calls: list[str] = []
+        reg.blobs = _gc_after_reuse(S3BlobStore if store == "s3" else BlobStore, url, blobs, calls)
+        with ah.pack(lora_dir) as pkg:
+            res = reg.publish(pkg, name="team/new", version="1.0.0", base=base_dir)
+        assert len(calls) == 1  # the first file was reused, then gc took every blob away
+        assert [p["problem"] for p in reg.verify().problems] == []
+        assert res.created and res.bytes_written == sum(f.size for f in pkg.files)
+        reg.pull("team/new@1.0.0", tmp_path / "out")
+        assert (tmp_path / "out" / "adapter_model.safetensors").read_bytes() == \
+            (lora_dir / "adapter_model.safetensors").read_bytes()

@@ -29,7 +29,7 @@ from ..interfaces import StagingBlobStorage
 from ..manifest import BaseRef, Manifest
 from ..methods.base import requirements_digest
 from ..names import name_key, validate_name
-from ..package import AdapterPackage, pack
+from ..package import AdapterPackage, PackedFile, pack
 from ..tables import utcnow
 from ..versions import Version
 from ._core import T_ADAPTERS, T_FILES, T_REQS, T_TASKS, T_VERSIONS, RegistryCore
@@ -169,6 +169,7 @@ class PublishPart(RegistryCore):
             # also for an identical re-publish: a stored blob found corrupt or missing is
             # written again (put_* check what is stored before deduplicating against it)
             reused = []  # staged copies of blobs already stored: kept until the version is committed
+            reused_files = []  # files put_file found already stored (an AdapterPackage's, or no staging)
             try:
                 for f in pkg.files:
                     if f.staged is not None:
@@ -178,7 +179,10 @@ class PublishPart(RegistryCore):
                         else:
                             written += self.blobs.put_staged(staged)
                     else:
-                        written += self.blobs.put_file(f.source, f.sha256)
+                        n = self.blobs.put_file(f.source, f.sha256)
+                        written += n
+                        if n == 0:
+                            reused_files.append(f)
                 if existing is None:
                     created = self._commit_version(manifest, pkg.size)
                 # a gc that started before the commit may have taken a reused blob away: now
@@ -189,6 +193,7 @@ class PublishPart(RegistryCore):
                     else:
                         written += self.blobs.put_staged(staged)
                 reused = []
+                written += self._put_back(reused_files)
             finally:
                 for staged in reused:
                     self.blobs.discard(staged)
@@ -234,12 +239,22 @@ class PublishPart(RegistryCore):
             written += self.blobs.put_file(sources[f.path], f.sha256)
         if existing is None:
             created = self._commit_version(manifest, sum(f.size for f in manifest.files), source=origin)
-            for f in manifest.files:  # a gc that ran before the commit may have taken one away
-                if self.blobs.size(f.sha256) != f.size:
-                    written += self.blobs.put_file(sources[f.path], f.sha256)
+            # a gc that ran before the commit may have taken one away
+            written += self._put_back([PackedFile(f.path, Path(sources[f.path]), f.sha256, f.size)
+                                       for f in manifest.files])
         call_hook("after_publish", manifest=manifest, created=created)
         return PublishResult(manifest.name, manifest.version, manifest.digest, created, written,
                              len(manifest.files), manifest)
+
+    def _put_back(self, files: Iterable[PackedFile]) -> int:
+        """After a commit: write again any of ``files`` that is not stored (a gc that read the
+        catalog before the commit took it away; the version now referencing it, no later gc
+        will). One existence check each (a HEAD on S3, a stat here); the bytes written."""
+        written = 0
+        for f in files:
+            if f.size == 0 or self.blobs.size(f.sha256) != f.size:  # size() is 0 when absent
+                written += self.blobs.put_file(f.source, f.sha256)
+        return written
 
     def origins(self, name: str) -> set[str | None]:
         """Where the versions of ``name`` came from: None for versions published here, a
