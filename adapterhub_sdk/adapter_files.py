@@ -88,10 +88,23 @@ def describe(st: os.stat_result, path: str | os.PathLike[str] | None = None, *, 
     return "not a regular file"
 
 
+def refusal_hint(display: str | os.PathLike[str], kind: str) -> str:
+    """What to do about an entry that is ``kind`` (describe's words) where a file is read."""
+    name = os.path.basename(os.fspath(display)) or os.fspath(display)
+    if kind.startswith("a symbolic link"):
+        return _LINK_HINT.replace("NAME", name)
+    if kind == "a directory":
+        return f"{name} must be a regular file: move the directory away and put the file there"
+    special = "FIFO" if "FIFO" in kind else "socket" if "socket" in kind else "device"
+    return (f"put the regular file itself at {name} (a {special} is never read as adapter content), "
+            "or remove it")
+
+
 def refuse(display: str | os.PathLike[str], kind: str, what: str = "adapter file") -> NoReturn:
+    links = " and never follows links there" if kind.startswith("a symbolic link") else ""
     raise NotRegularFileError(
         f"{what} {os.fspath(display)} is {kind}; adapterhub reads only regular files inside the adapter "
-        "directory and never follows links there")
+        f"directory{links}", hint=refusal_hint(display, kind))
 
 
 def open_regular(path: str | os.PathLike[str], *, dir_fd: int | None = None,
