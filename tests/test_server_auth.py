@@ -118,11 +118,12 @@ def test_adapter_updates_need_the_admin_key(dep, api_key):
         assert "b2" in {m["id"] for m in c.get("/v1/models", headers=admin).json()["data"]}
         err = _error(c.post("/v1/load_lora_adapter", json={"lora_name": "b2", "lora_path": "acme/b@1.0.0"},
                             headers=admin), 400, "invalid_value")
-        assert "already loaded" in err["message"] and err["param"] == "lora_name"
-        for path in ("/tmp/peft-dir", "./peft-dir", "~/peft"):
+        assert "has already been loaded" in err["message"] and "load_inplace" in err["message"]
+        assert err["param"] == "lora_name"
+        for path in ("/nonexistent/peft-dir", "./no-such-peft-dir", "~/no-such-peft", "file:///nonexistent/x"):
             err = _error(c.post("/v1/load_lora_adapter", json={"lora_name": "d", "lora_path": path}, headers=admin),
-                         400, "unsupported_lora_path")
-            assert err["param"] == "lora_path" and "publish" in err["message"]
+                         404, "not_found")
+            assert err["param"] == "lora_path" and "no such adapter directory" in err["message"]
         r = c.post("/v1/unload_lora_adapter", json={"lora_name": "b2"}, headers=admin)
         assert r.status_code == 200 and r.text == "Success: LoRA adapter 'b2' removed successfully."
         _error(c.post("/v1/unload_lora_adapter", json={"lora_name": "b2"}, headers=admin), 404, "model_not_found")

@@ -64,10 +64,14 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--require-signed", "require_signed", metavar="KEY[,KEY]",
               help="Refuse adapters not signed by one of these trusted keys (with ADAPTERHUB_REQUIRE_SIGNED and "
                    "the registry's policy).")
+@click.option("--follow-interval", type=click.FloatRange(min=0), default=2.0, show_default=True, metavar="SECONDS",
+              help="How often adapters given by alias (NS/NAME@prod) re-read where it points, switching to the "
+                   "version it moved to; 0: serve the version it pointed at on start.")
 @click.pass_context
 def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, port: int, strict: bool,
           max_batch: int, batch_wait_ms: float, device: str, api_key: str | None, allow_adapter_updates: bool,
-          admin_key: str | None, metrics_auth: bool, max_body_bytes: int, require_signed: str | None) -> None:
+          admin_key: str | None, metrics_auth: bool, max_body_bytes: int, require_signed: str | None,
+          follow_interval: float) -> None:
     """Serve a base and its adapters over an OpenAI-compatible HTTP API (/v1/models,
     /v1/completions, /v1/chat/completions, /v1/adapters, /health, /metrics)."""
     import warnings
@@ -81,6 +85,7 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
                                    "pip install 'adapterhub_sdk[serve]'") from None
     from ..deploy import Deployment, StructuralMatchWarning
     from ..plugins import PluginWarning
+    from ..server.follow import is_alias, slot_name
     from ..server.security import Access, ServerConfigError
 
     try:  # before the slow model load
@@ -91,6 +96,7 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
     sock = _listen(host, port)  # before the slow model load: a taken port fails at once
     try:
         dep = Deployment(base, registry=registry(ctx), device=device, strict=strict, require_signed=require_signed)
+        followed = []  # (public name, alias spec, attached under an internal slot)
         for item in adapters:
             # NAME=SPEC, where NAME has no '@': a spec's own '=' (acme/a@>=1,<2) is not a separator
             name, sep, spec = item.partition("=")
@@ -98,14 +104,25 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
                 name, spec = "", item
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", StructuralMatchWarning)
-                attached = dep.attach(spec, name=name if sep and name != "" else None)
+                if follow_interval > 0 and is_alias(spec):  # served under a slot the alias can move
+                    public = (name if sep and name != "" else None) or dep.registry.alias_target(spec)[0]
+                    attached = dep.attach(spec, name=slot_name(public, 0))
+                    followed.append((public, spec, attached))
+                else:
+                    attached = dep.attach(spec, name=name if sep and name != "" else None)
             for w in caught:
                 if issubclass(w.category, (StructuralMatchWarning, PluginWarning)):  # e.g. a failing after_pull
                     click.echo(f"warning: {w.message}", err=True)
-            click.echo(f"attached {attached.name} ({attached.ref}, {attached.verdict})")
+            shown_name = followed[-1][0] if followed and followed[-1][2] is attached else attached.name
+            click.echo(f"attached {shown_name} ({attached.ref}, {attached.verdict}"
+                       + (f", following {spec} every {follow_interval:g} s" if shown_name != attached.name else "")
+                       + ")")
         app = create_app(dep, base_id=hub_model_id(base), max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                          max_body_bytes=max_body_bytes, api_key=access.api_key, admin_key=access.admin_key,
-                         allow_adapter_updates=access.allow_adapter_updates, metrics_auth=access.metrics_auth)
+                         allow_adapter_updates=access.allow_adapter_updates, metrics_auth=access.metrics_auth,
+                         follow_interval=follow_interval)
+        for public, spec, attached in followed:
+            app.state.server.follower.adopt(public, spec, attached)
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"serving {app.state.server.base_id} with {len(dep.adapters)} adapter(s) on "

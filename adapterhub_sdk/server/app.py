@@ -69,7 +69,7 @@ def _openapi(app: FastAPI, access: Access) -> dict[str, Any]:
 
 def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch: int = 16,
                batch_wait_ms: float = 5.0, api_key: str | None = None, admin_key: str | None = None,
-               allow_adapter_updates: bool = False, metrics_auth: bool = False,
+               allow_adapter_updates: bool = False, metrics_auth: bool = False, follow_interval: float = 0.0,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The HTTP app serving ``deployment``. ``base_id``: the base's model id (default: the
     base directory's name, else ``"base"``). ``max_batch``/``batch_wait_ms``: the most
@@ -78,7 +78,9 @@ def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch:
     ``api_key``: the bearer key every route but ``/health``, ``/metrics`` and the docs needs
     (None: open). ``allow_adapter_updates``: serve the adapter load/unload endpoints (off:
     403), which then need ``admin_key`` (required with it). ``metrics_auth``: ``/metrics``
-    needs a key too. ``max_body_bytes``: bodies over it are a 413. A configuration that
+    needs a key too. ``max_body_bytes``: bodies over it are a 413. ``follow_interval``: seconds
+    between re-reads of the aliases adapters were attached by (``NS/NAME@prod``; 0: do not
+    follow them; see :mod:`.follow`). A configuration that
     cannot be safe raises :class:`~.security.ServerConfigError` (see :mod:`.security`)."""
     access = Access(api_key=api_key, admin_key=admin_key, allow_adapter_updates=allow_adapter_updates,
                     metrics_auth=metrics_auth)
@@ -92,15 +94,18 @@ def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch:
     if base_id in deployment.adapters:
         raise AdapterHubError(f"an adapter is attached under the base model's id {base_id!r}",
                               hint="attach it under another name (NAME=SPEC)")
-    server = Server(deployment, base_id, worker, metrics, max_body_bytes=max_body_bytes)
+    server = Server(deployment, base_id, worker, metrics, max_body_bytes=max_body_bytes,
+                    follow_interval=follow_interval)
     metrics.adapters.set_function(lambda: len(deployment.adapters))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker.start()
+        server.follower.start()
         try:
             yield
         finally:
+            await server.follower.stop()
             await asyncio.get_running_loop().run_in_executor(None, worker.stop)
 
     app = FastAPI(title="adapterhub", version="1", lifespan=lifespan)

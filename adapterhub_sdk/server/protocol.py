@@ -77,7 +77,11 @@ class LoraLoad(_Body):
     """vLLM's ``/v1/load_lora_adapter`` body (its other fields are accepted and ignored)."""
 
     lora_name: str = Field(min_length=1, description="the name to serve it under")
-    lora_path: str = Field(min_length=1, description="a registry spec: NAME[@VERSION|RANGE|ALIAS] (not a directory)")
+    lora_path: str = Field(min_length=1, description="a registry spec (NAME[@VERSION|RANGE|ALIAS]) or a PEFT "
+                                                     "directory on the server: an absolute path, ./, ../, ~ or "
+                                                     "file://")
+    load_inplace: bool = Field(default=False, description="replace an adapter already served as lora_name (vLLM's "
+                                                          "flag; without it a name in use is a 400)")
 
 
 class LoraUnload(_Body):
@@ -207,10 +211,49 @@ class AdapterInfo(_Answer):
     modules: int
     bytes: int = Field(description="memory its tensors take")
     file_bytes: int = Field(description="size of its files in the registry")
+    pinned: bool = Field(description="false: a directory without a base fingerprint, checked by shapes only")
+    path: str | None = Field(default=None, description="the server directory it was read from (none: the registry)")
+
+
+class ModelPermission(_Answer):
+    """vLLM's (and OpenAI's former) permission object, always the same here."""
+
+    id: str
+    object: Literal["model_permission"]
+    created: int
+    allow_create_engine: bool
+    allow_sampling: bool
+    allow_logprobs: bool
+    allow_search_indices: bool
+    allow_view: bool
+    allow_fine_tuning: bool
+    organization: str
+    group: str | None
+    is_blocking: bool
+
+
+class Refusal(_Answer):
+    version: str | None = Field(description="the version the alias moved to (none: the alias could not be read)")
+    digest: str | None
+    reason: str
+    at: int = Field(description="when it was refused (unix time)")
+
+
+class AliasState(_Answer):
+    """An adapter served by following an alias (``serve --adapter NS/NAME@ALIAS``)."""
+
+    spec: str = Field(description="the alias followed, NS/NAME@ALIAS")
+    version: str = Field(description="the version serving now")
+    digest: str
+    since: int = Field(description="when this version started serving (unix time)")
+    refusal: Refusal | None = Field(description="the alias's latest target when it could not be served (the "
+                                                "version above keeps serving); none otherwise")
 
 
 class ModelObject(_Answer):
-    """The base (``parent`` null, with its ``fingerprint``) or an adapter (with ``adapter``)."""
+    """The base (``parent`` null, with its ``fingerprint``) or an adapter (with ``adapter``,
+    its ``digest`` and served ``version``, and ``alias`` when it follows one). The fields vLLM's
+    model cards carry come first."""
 
     id: str
     object: Literal["model"]
@@ -218,8 +261,13 @@ class ModelObject(_Answer):
     owned_by: str
     root: str
     parent: str | None
+    max_model_len: int | None = Field(description="the base's context in tokens")
+    permission: list[ModelPermission]
     fingerprint: str | None = None
+    digest: str | None = Field(default=None, description="the served version's manifest digest")
+    version: str | None = Field(default=None, description="the served version (none: an unpinned directory)")
     adapter: AdapterInfo | None = None
+    alias: AliasState | None = None
 
 
 class ModelList(_Answer):

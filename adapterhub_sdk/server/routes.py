@@ -15,6 +15,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ..deploy import StructuralMatchWarning
+from ..deploy_dir import attach_directory
+from ..errors import IntegrityError
 from ..generation_inputs import (
     check_max_tokens,
     check_seed,
@@ -24,7 +26,8 @@ from ..generation_inputs import (
     no_prompts,
 )
 from . import protocol as p
-from .errors import APIError, api_error, validation_error
+from .errors import APIError, api_error, error_message, validation_error
+from .follow import is_alias
 from .limits import check_served_name, parse_json, read_body
 from .metrics import label_adapter
 from .serving import Server, event_queue
@@ -113,6 +116,17 @@ async def _generate(request: Request, body: p._Sampling, kind: str, prompts: lis
                     max_tokens: int | None) -> Response:
     server = _server(request)
     adapter = server.resolve_model(body.model, request)
+    release = server.follower.acquire(adapter)  # the request runs on this slot, whatever moves meanwhile
+    try:
+        return await _run_jobs(request, body, kind, prompts, max_tokens, adapter, release)
+    except BaseException:
+        release()
+        raise
+
+
+async def _run_jobs(request: Request, body: p._Sampling, kind: str, prompts: list[Prompt], max_tokens: int | None,
+                    adapter: str | None, release: Any) -> Response:
+    server = _server(request)
     params = _sampling(body, max_tokens)
     q, emit = event_queue()
     jobs = [Job(prompt=prompt, adapter=adapter, label=body.model, max_tokens=params["max_tokens"],
@@ -129,7 +143,7 @@ async def _generate(request: Request, body: p._Sampling, kind: str, prompts: lis
         await run_in_threadpool(encode)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await server.run(jobs, q, stream=params["stream"], kind=kind, model=body.model,
-                            include_usage=include_usage)
+                            include_usage=include_usage, release=release)
 
 
 # --------------------------------------------------------------------------- OpenAI API
@@ -140,7 +154,7 @@ _GENERATION_ERRORS = p.errors(400, 404, 422, 500, 503)
 @router.get("/v1/models", response_model=p.ModelList)
 async def list_models(request: Request) -> JSONResponse:
     server = _server(request)
-    names = [server.base_id, *server.dep.adapters]
+    names = [server.base_id, *server.served_names()]
     return JSONResponse({"object": "list", "data": [server.model_object(n) for n in names]})
 
 
@@ -189,19 +203,19 @@ async def chat_completions(request: Request) -> Response:
 async def list_adapters(request: Request) -> JSONResponse:
     server = _server(request)
     dep = server.dep
-    return JSONResponse({"object": "list", "data": [server.adapter_object(n) for n in dep.adapters],
+    return JSONResponse({"object": "list", "data": [server.adapter_object(n) for n in server.served_names()],
                          "merged": dep.merged})
 
 
 @router.post("/v1/adapters", response_model=p.AdapterLoaded, status_code=201,
              openapi_extra=request_body(p.AdapterLoad),
              responses={200: {"model": p.AdapterLoaded, "description": "an adapter of that name was replaced"},
-                        **p.errors(400, 404, 500, 503)})
+                        **p.errors(400, 403, 404, 500, 503)})
 async def load_adapter(request: Request) -> JSONResponse:
     server = _server(request)
     body = await _parse(request, p.AdapterLoad)
-    attached, replaced, notes = await _attach(request, body.spec, body.name, "spec", "name")
-    return JSONResponse({**server.adapter_object(attached.name), "replaced": replaced, "warnings": notes},
+    public, replaced, notes = await _attach(request, body.spec, body.name, "spec", "name")
+    return JSONResponse({**server.adapter_object(public), "replaced": replaced, "warnings": notes},
                         status_code=200 if replaced else 201)
 
 
@@ -215,79 +229,126 @@ async def unload_adapter(name: str, request: Request) -> JSONResponse:
 _VLLM_ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {"description": "vLLM's answer", "content": {"text/plain": {"schema": {"type": "string"}}}},
     **{status: {"description": "an error", "content": {"application/json": {"schema": {
-        "$ref": "#/components/schemas/ErrorResponse"}}}} for status in (400, 404, 500, 503)}}
+        "$ref": "#/components/schemas/ErrorResponse"}}}} for status in (400, 403, 404, 500, 503)}}
+
+
+def _directory(lora_path: str) -> str | None:
+    """The server directory ``lora_path`` names (absolute, ``./``, ``../``, ``~``, ``file://``);
+    None: it is a registry spec."""
+    if lora_path.startswith("file://"):
+        return lora_path[len("file://"):] or "/"
+    if lora_path.startswith(("/", "./", "../", "~")) or "\\" in lora_path:
+        return lora_path
+    return None
 
 
 @router.post("/v1/load_lora_adapter", response_class=PlainTextResponse,
              openapi_extra=request_body(p.LoraLoad),
              responses=_VLLM_ANSWERS)
 async def load_lora_adapter(request: Request) -> PlainTextResponse:
-    """vLLM's endpoint: ``lora_path`` is a registry spec here; a name already served is a 400."""
+    """vLLM's endpoint: ``lora_path`` is a registry spec or a PEFT directory on the server,
+    checked against the base either way; a name already served is a 400 unless ``load_inplace``.
+    Lines after the first say what a structural or unpinned fit means; the
+    ``X-AdapterHub-Verdict``/``-Pinned``/``-Digest`` headers say what was loaded."""
+    server = _server(request)
     body = await _parse(request, p.LoraLoad)
     name = check_served_name(body.lora_name, "lora_name")
-    if name in _server(request).dep.adapters:
-        raise APIError(400, f"the adapter '{name}' is already loaded (unload it first, or POST /v1/adapters to "
-                            "replace it)", param="lora_name", code="invalid_value")
-    if body.lora_path.startswith(("/", "./", "../", "~", "file:")) or "\\" in body.lora_path:
-        raise APIError(400, f"lora_path {body.lora_path[:200]!r} is a directory; this server loads adapters from its "
-                            "registry: publish the directory, then pass its spec (NS/NAME@VERSION)",
-                       param="lora_path", code="unsupported_lora_path")
-    await _attach(request, body.lora_path, name, "lora_path", "lora_name")
-    return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+    if server.follower.slot_of(name) is not None and not body.load_inplace:
+        raise APIError(400, f"The lora adapter '{name}' has already been loaded. If you want to load the adapter "
+                            "in place, set 'load_inplace' to True.", param="lora_name", code="invalid_value")
+    public, _, notes = await _attach(request, body.lora_path, name, "lora_path", "lora_name",
+                                     directory=_directory(body.lora_path))
+    a = server.dep.adapters[server.follower.slot_of(public) or public]
+    text = f"Success: LoRA adapter '{name}' added successfully." + "".join(f"\nwarning: {n}" for n in notes)
+    return PlainTextResponse(text, headers={"X-AdapterHub-Verdict": a.verdict, "X-AdapterHub-Digest": a.digest,
+                                            "X-AdapterHub-Pinned": "true" if a.pinned else "false"})
 
 
 @router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse,
              openapi_extra=request_body(p.LoraUnload),
              responses=_VLLM_ANSWERS)
 async def unload_lora_adapter(request: Request) -> PlainTextResponse:
-    """vLLM's endpoint: detach the adapter served as ``lora_name``."""
+    """vLLM's endpoint: detach the adapter served as ``lora_name`` (404 when there is none)."""
     body = await _parse(request, p.LoraUnload)
-    await _detach(request, body.lora_name, "lora_name")
+    await _detach(request, body.lora_name, "lora_name",
+                  missing=f"The lora adapter '{body.lora_name[:200]}' cannot be found.")
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
-async def _attach(request: Request, spec: str, name: str | None, spec_param: str,
-                  name_param: str) -> tuple[Any, bool, list[str]]:
-    """Attach ``spec`` as ``name`` on the worker: (the adapter, whether it replaced one, warnings)."""
+async def _attach(request: Request, spec: str, name: str | None, spec_param: str, name_param: str, *,
+                  directory: str | None = None) -> tuple[str, bool, list[str]]:
+    """Attach ``spec`` (or ``directory``) as ``name`` between scheduler steps: (the public name,
+    whether it replaced one, warnings). An alias spec is followed when the server follows aliases."""
     server = _server(request)
-    dep, base_id = server.dep, server.base_id
+    dep, base_id, follower = server.dep, server.base_id, server.follower
     if name is not None:
         check_served_name(name, name_param)
         if name in (base_id, "base"):
             raise APIError(400, f"'{name}' is the base's id; pass another name", param=name_param,
                            code="invalid_value")
     label_adapter(request.scope, name or "")
+    before = set(server.served_names())
+    if directory is None and follower.enabled and is_alias(spec):
+        return await _follow(request, spec, name, before, spec_param, name_param)
 
-    def attach() -> tuple[Any, bool, list[str]]:
-        before = set(dep.adapters)
+    def attach() -> tuple[Any, list[str]]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", StructuralMatchWarning)
-            attached = dep.attach(spec, name=name)
-        notes = [str(w.message) for w in caught if issubclass(w.category, StructuralMatchWarning)]
-        return attached, attached.name in before, notes
+            if directory is not None:
+                attached = attach_directory(dep, directory, name=name or "")
+            else:
+                attached = dep.attach(spec, name=name)
+        return attached, [str(w.message) for w in caught if issubclass(w.category, StructuralMatchWarning)]
 
     try:
-        attached, replaced, notes = await asyncio.wrap_future(server.worker.call(attach))
+        attached, notes = await asyncio.wrap_future(server.worker.call(attach))
+    except IntegrityError as exc:  # a directory's files differ from its manifest: the request's input
+        if directory is None:
+            raise api_error(exc, param=spec_param) from None
+        raise APIError(400, error_message(exc), param=spec_param, code="integrity_error") from None
     except Exception as exc:  # noqa: BLE001 - every failure is an error object
         raise api_error(exc, param=spec_param) from None
     if attached.name == base_id:  # named after the base by its registry name: refuse to shadow it
         await asyncio.wrap_future(server.worker.call(lambda: dep.detach(attached.name)))
         raise APIError(400, f"'{attached.name}' is the base's id; pass another name", param=name_param,
                        code="invalid_value")
+    follower.retiring.pop(attached.name, None)  # served again under its own name
+    await follower.unfollow(attached.name)  # a followed name replaced by a fixed version
     server.loaded_at[attached.name] = int(time.time())
     label_adapter(request.scope, attached.name)
-    return attached, replaced, notes
+    return attached.name, attached.name in before, notes
 
 
-async def _detach(request: Request, name: str, param: str) -> None:
+async def _follow(request: Request, spec: str, name: str | None, before: set[str], spec_param: str,
+                  name_param: str) -> tuple[str, bool, list[str]]:
+    """Attach the alias ``spec`` under an internal slot and serve it as ``name`` (default: the
+    adapter's name), following the alias from now on."""
+    server = _server(request)
+    try:
+        public = name or (await run_in_threadpool(server.dep.registry.alias_target, spec))[0]
+        if public == server.base_id:
+            raise APIError(400, f"'{public}' is the base's id; pass another name", param=name_param,
+                           code="invalid_value")
+        _, notes = await server.follower.follow(public, spec)
+    except Exception as exc:  # noqa: BLE001
+        raise api_error(exc, param=spec_param) from None
+    server.loaded_at[public] = int(time.time())
+    label_adapter(request.scope, public)
+    return public, public in before, notes
+
+
+async def _detach(request: Request, name: str, param: str, *, missing: str | None = None) -> None:
     server = _server(request)
     dep = server.dep
     if name == server.base_id:
         raise APIError(400, "the base cannot be unloaded", param=param, code="invalid_value")
     check_served_name(name, param)
-    if name not in dep.adapters:
-        raise APIError(404, f"no adapter '{name}' is loaded", param=param, code="model_not_found")
+    if server.follower.slot_of(name) is None:
+        raise APIError(404, missing or f"no adapter '{name}' is loaded", param=param, code="model_not_found")
     label_adapter(request.scope, name)
+    if await server.follower.unfollow(name):  # its slot is detached once no request holds it
+        server.loaded_at.pop(name, None)
+        return
     try:
         await asyncio.wrap_future(server.worker.call(lambda: dep.detach(name)))
     except Exception as exc:  # noqa: BLE001
@@ -302,7 +363,7 @@ async def _detach(request: Request, name: str, param: str) -> None:
 async def health(request: Request) -> JSONResponse:
     server = _server(request)
     ok = server.worker.healthy
-    body = {"status": "ok" if ok else "unavailable", "base": server.base_id, "adapters": len(server.dep.adapters),
+    body = {"status": "ok" if ok else "unavailable", "base": server.base_id, "adapters": len(server.served_names()),
             "queue": server.worker.pending(), "device": str(server.dep.device)}
     return JSONResponse(body, status_code=200 if ok else 503)
 

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..deploy import Deployment
 from .errors import APIError, api_error
+from .follow import AliasFollower
 from .limits import MAX_BODY_BYTES
 from .metrics import Metrics, label_adapter
 from .worker import DoneEvent, ErrorEvent, Event, Job, Scheduler, StartEvent, TokenEvent
@@ -43,7 +44,7 @@ class Server:
     """The state of one app (``app.state.server``)."""
 
     def __init__(self, deployment: Deployment, base_id: str, worker: Scheduler, metrics: Metrics, *,
-                 max_body_bytes: int = MAX_BODY_BYTES):
+                 max_body_bytes: int = MAX_BODY_BYTES, follow_interval: float = 0.0):
         self.dep = deployment
         self.max_body_bytes = max_body_bytes
         self.base_id = base_id
@@ -51,42 +52,74 @@ class Server:
         self.metrics = metrics
         self.created = int(time.time())
         self.loaded_at: dict[str, int] = {name: self.created for name in deployment.adapters}
+        #: public names -> internal slots, leases, and the alias poller (see :mod:`.follow`)
+        self.follower = AliasFollower(self, follow_interval)
 
     # -- models
 
+    def served_names(self) -> list[str]:
+        """The adapters' public names (what requests send as ``model``)."""
+        return self.follower.public_names(list(self.dep.adapters))
+
+    def _permission(self, created: int) -> dict[str, Any]:
+        return {"id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission", "created": created,
+                "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                "organization": "*", "group": None, "is_blocking": False}
+
     def model_object(self, name: str) -> dict[str, Any]:
+        """A model card with what vLLM's carry (``max_model_len``, ``root``, ``parent``,
+        ``permission``), plus the base's fingerprint or the adapter's digest, served version
+        and, when it follows an alias, the alias's state."""
+        context = getattr(self.dep.model.config, "max_position_embeddings", None)
+        context = int(context) if context else None
         if name == self.base_id:
             return {"id": self.base_id, "object": "model", "created": self.created, "owned_by": "adapterhub",
-                    "root": self.base_id, "parent": None,
-                    "fingerprint": self.dep.fingerprint.digest}
-        a = self.dep.adapters[name]
-        return {"id": a.name, "object": "model", "created": self.loaded_at.get(a.name, self.created),
-                "owned_by": a.ref.split("/", 1)[0], "root": a.ref, "parent": self.base_id,
-                "adapter": a.to_dict()}
+                    "root": self.base_id, "parent": None, "max_model_len": context,
+                    "permission": [self._permission(self.created)], "fingerprint": self.dep.fingerprint.digest}
+        slot = self.follower.slot_of(name)
+        a = self.dep.adapters[slot or name]
+        created = self.loaded_at.get(name, self.created)
+        followed = self.follower.follows.get(name)
+        version = a.ref.rpartition("@")[2] if a.path is None or a.pinned else None
+        return {"id": name, "object": "model", "created": created,
+                "owned_by": a.ref.split("/", 1)[0] if a.path is None else "adapterhub",
+                "root": a.path or a.ref, "parent": self.base_id, "max_model_len": context,
+                "permission": [self._permission(created)], "digest": a.digest, "version": version,
+                "adapter": {**a.to_dict(), "name": name},
+                "alias": followed.to_dict() if followed is not None else None}
 
     def adapter_object(self, name: str) -> dict[str, Any]:
-        a = self.dep.adapters[name]
-        return {"id": a.name, "object": "adapter", "parent": self.base_id, **a.to_dict()}
+        a = self.dep.adapters[self.follower.slot_of(name) or name]
+        return {"id": name, "object": "adapter", "parent": self.base_id, **a.to_dict(), "name": name}
 
     def resolve_model(self, model: str, request: Request) -> str | None:
-        """The adapter a request's ``model`` names (None: the base); 404 when unknown."""
+        """The deployment slot a request's ``model`` runs on (None: the base); 404 when unknown.
+        A caller running a request on it holds it with ``self.follower.acquire``."""
         if model == self.base_id:
             label_adapter(request.scope, self.base_id)
             return None
-        if model in self.dep.adapters:
+        slot = self.follower.slot_of(model)
+        if slot is not None:
             label_adapter(request.scope, model)
-            return model
+            return slot
         label_adapter(request.scope, "unknown")
-        served = ", ".join([self.base_id, *self.dep.adapters])
+        served = ", ".join([self.base_id, *self.served_names()])
         raise APIError(404, f"the model '{model}' does not exist; this server serves: {served} "
                             "(load an adapter with POST /v1/adapters)", param="model", code="model_not_found")
 
     # -- generation
 
     async def run(self, jobs: list[Job], q: asyncio.Queue[Event], *, stream: bool, kind: str, model: str,
-                  include_usage: bool) -> Response:
-        for job in jobs:
-            self.worker.submit(job)
+                  include_usage: bool, release: Callable[[], None] = lambda: None) -> Response:
+        """Answer ``jobs``; ``release`` (the lease on their adapter slot) is called once the
+        answer is complete, or the stream ends or is dropped."""
+        try:
+            for job in jobs:
+                self.worker.submit(job)
+        except BaseException:
+            release()
+            raise
         if not stream:
             done: dict[int, DoneEvent] = {}
             try:
@@ -99,6 +132,7 @@ class Server:
             finally:
                 for job in jobs:
                     job.cancelled = True
+                release()
             return JSONResponse(self._response(kind, model, [done[i] for i in range(len(jobs))]))
         # stream: answer errors found before the first token with a status, the rest as events
         early: list[Event] = []
@@ -115,10 +149,11 @@ class Server:
         except BaseException:
             for job in jobs:
                 job.cancelled = True
+            release()
             raise
-        return StreamingResponse(self._events(jobs, q, early, kind, model, include_usage),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _Stream(self._events(jobs, q, early, kind, model, include_usage), release=release,
+                       media_type="text/event-stream",
+                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def _response(self, kind: str, model: str, rows: list[DoneEvent]) -> dict[str, Any]:
         if kind == "chat":
@@ -171,6 +206,20 @@ class Server:
         finally:
             for job in jobs:
                 job.cancelled = True  # a client that went away stops its rows
+
+
+class _Stream(StreamingResponse):
+    """A stream that calls ``release`` when it ends, however it ends (even unstarted)."""
+
+    def __init__(self, content: AsyncIterator[str], *, release: Callable[[], None], **kw: Any):
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 __all__ = ["Server", "event_queue", "usage"]
