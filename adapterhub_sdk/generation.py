@@ -140,6 +140,51 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
+def special_ids(dep: Any) -> tuple[int, set[int]]:
+    """The id padded rows are filled with, and the ids that end a row (end of sequence)."""
+    tok = dep.tokenizer
+    pad = (tok.pad_token_id if tok is not None and tok.pad_token_id is not None else
+           (tok.eos_token_id if tok is not None and tok.eos_token_id is not None else 0))
+    eos = tok.eos_token_id if tok is not None else getattr(dep.model.config, "eos_token_id", None)
+    return int(pad), set(eos if isinstance(eos, list) else [eos]) - {None}
+
+
+def who_of(name: str | None) -> str:
+    """How an error names a row's model: the adapter, or the base."""
+    return f"the adapter {name!r}" if name not in (None, "", "base") else "the base model"
+
+
+def next_token(logits: Any, greedy: int, broken: bool, temperature: float, top_p: float, generator: Any, *,
+               who: str | None, step: int, row: int) -> int:
+    """One row's next token (the step every decode loop here shares): ``greedy`` (its argmax)
+    at temperature 0, else a draw from its own ``generator``. ``broken``: its logits are not
+    finite (see :func:`_nonfinite`). Raises :class:`NonFiniteLogitsError` or :class:`RowError`
+    (sampling failed) for this row alone; ``who`` names its adapter (None: the base)."""
+    if broken:
+        raise NonFiniteLogitsError(
+            f"{who_of(who)} produced non-finite logits (NaN or Inf) at generation step {step}", row=row,
+            hint="its weights are likely corrupt: check them, or publish and attach a healthy version")
+    if temperature <= 0:
+        return greedy
+    try:
+        return _sample(logits, temperature, top_p, generator)
+    except Exception as exc:  # noqa: BLE001 - this row's failure, not its batch's
+        raise RowError(f"sampling failed ({_one_line(exc)})", row=row) from None
+
+
+def token_logprobs(logits: Any, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """The log-probability of ``token`` under one row's logits (the model's distribution, before
+    temperature and top_p, as OpenAI and vLLM report it) and the ``top`` most likely tokens."""
+    import torch
+
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        values, ids = lp.topk(min(top, lp.shape[-1]))
+        best = list(zip(ids.tolist(), values.tolist()))
+    return float(lp[token]), best
+
+
 def _cache_kwargs(model: Any) -> tuple[str, dict[str, Any]]:
     """The name of the KV-cache argument (``cache`` in transformers 5, ``past_key_values``
     before) and the keep-only-last-logits argument, when the model takes one."""
@@ -186,11 +231,7 @@ def generate_rows(dep: Any, prompts: Sequence[Any], adapters: Sequence[str | Non
     limit = getattr(dep.model.config, "max_position_embeddings", None)
     for ids in rows:
         check_context(len(ids), max_new_tokens, limit)
-    tok = dep.tokenizer
-    pad = (tok.pad_token_id if tok is not None and tok.pad_token_id is not None else
-           (tok.eos_token_id if tok is not None and tok.eos_token_id is not None else 0))
-    eos = tok.eos_token_id if tok is not None else getattr(dep.model.config, "eos_token_id", None)
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    pad, eos_ids = special_ids(dep)
     width = max(len(r) for r in rows)
     device = dep.device
     generators = _generators(seeds, temps, device)
@@ -221,16 +262,11 @@ def generate_rows(dep: Any, prompts: Sequence[Any], adapters: Sequence[str | Non
             for i in range(n):
                 if finish[i] is not None:
                     continue
-                if broken[i]:
-                    who = f"the adapter {names[i]!r}" if names[i] not in (None, "", "base") else "the base model"
-                    fail(i, NonFiniteLogitsError(
-                        f"{who} produced non-finite logits (NaN or Inf) at generation step {step + 1}", row=i,
-                        hint="its weights are likely corrupt: check them, or publish and attach a healthy version"))
-                    continue
                 try:
-                    t = greedy[i] if temps[i] <= 0 else _sample(logits[i], temps[i], top_ps[i], generators[i])
-                except Exception as exc:  # noqa: BLE001 - this row's failure, not its batch's
-                    fail(i, RowError(f"sampling failed ({_one_line(exc)})", row=i))
+                    t = next_token(logits[i], greedy[i], broken[i], temps[i], top_ps[i], generators[i],
+                                   who=names[i], step=step + 1, row=i)
+                except RowError as row_err:  # this row's failure, not its batch's
+                    fail(i, row_err)
                     continue
                 if t in eos_ids:
                     finish[i] = "stop"

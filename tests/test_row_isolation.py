@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -237,15 +238,16 @@ def _stream_result(events: list[str]) -> dict[str, Any]:
     return {"text": text, "finish_reason": chunks[-1]["choices"][0]["finish_reason"]}
 
 
-def test_http_broken_adapter_beside_30_healthy_requests(dep):
+@pytest.mark.parametrize("scheduler", ["continuous", "static"])
+def test_http_broken_adapter_beside_30_healthy_requests(dep, scheduler):
     """~30 concurrent requests for a healthy adapter share one batch with three for the broken
     one: every healthy request succeeds with the text it gets alone; each broken one gets its
-    own error (422 nonfinite_logits; on its stream, an error event)."""
+    own error (422 nonfinite_logits; on its stream, an error event). Under both schedulers."""
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("uvicorn")
     from adapterhub_sdk.server import create_app
 
-    app = create_app(dep, base_id="tiny", max_batch=64, batch_wait_ms=0)
+    app = create_app(dep, base_id="tiny", max_batch=64, batch_wait_ms=0, scheduler=scheduler)
     worker = app.state.server.worker
     reqs = _requests()
     gate = threading.Event()
@@ -290,8 +292,13 @@ def test_http_broken_adapter_beside_30_healthy_requests(dep):
         assert choice["finish_reason"] == expected["finish_reason"], body
         checked += 1
     assert checked >= 20
-    assert f"adapterhub_batch_size_sum {float(len(reqs))}" in metrics  # one batch held every row
-    assert "adapterhub_batch_size_count 1.0" in metrics
+    if scheduler == "static":
+        assert f"adapterhub_batch_size_sum {float(len(reqs))}" in metrics  # one batch held every row
+        assert "adapterhub_batch_size_count 1.0" in metrics
+    else:  # per decode step: the healthy rows decoded together (the broken ones left at their first token)
+        count = float(re.search(r"^adapterhub_batch_size_count (\S+)$", metrics, re.M)[1])
+        at_most_16 = float(re.search(r'^adapterhub_batch_size_bucket\{le="16.0"\} (\S+)$', metrics, re.M)[1])
+        assert count > at_most_16, metrics
 
 
 def test_minus_inf_on_some_tokens_is_not_a_failure(dep):

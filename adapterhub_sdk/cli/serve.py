@@ -46,10 +46,15 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--strict", is_flag=True, help="Refuse adapters trained on other base weights (structural fits).")
+@click.option("--scheduler", type=click.Choice(["continuous", "static"]), default="continuous", show_default=True,
+              help="continuous: requests join and leave the running batch at every decode step; static: each "
+                   "batch runs to its end (the older scheduler).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most requests run together in one batch.")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="How long to wait for more requests before running a batch.")
+              help="static: how long to wait for more requests before running a batch.")
+@click.option("--max-prefill-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="continuous: most prompt tokens prefilled between two decode steps (longer prompts in chunks).")
 @click.option("--device", default="cpu", show_default=True, callback=_device,
               help="torch device: cpu, cuda, cuda:1, mps.")
 @click.option("--api-key", envvar="ADAPTERHUB_API_KEY", metavar="KEY",
@@ -69,7 +74,8 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
                    "version it moved to; 0: serve the version it pointed at on start.")
 @click.pass_context
 def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, port: int, strict: bool,
-          max_batch: int, batch_wait_ms: float, device: str, api_key: str | None, allow_adapter_updates: bool,
+          scheduler: str, max_batch: int, batch_wait_ms: float, max_prefill_tokens: int, device: str,
+          api_key: str | None, allow_adapter_updates: bool,
           admin_key: str | None, metrics_auth: bool, max_body_bytes: int, require_signed: str | None,
           follow_interval: float) -> None:
     """Serve a base and its adapters over an OpenAI-compatible HTTP API (/v1/models,
@@ -118,6 +124,7 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
                        + (f", following {spec} every {follow_interval:g} s" if shown_name != attached.name else "")
                        + ")")
         app = create_app(dep, base_id=hub_model_id(base), max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                         scheduler=scheduler, max_prefill_tokens=max_prefill_tokens,
                          max_body_bytes=max_body_bytes, api_key=access.api_key, admin_key=access.admin_key,
                          allow_adapter_updates=access.allow_adapter_updates, metrics_auth=access.metrics_auth,
                          follow_interval=follow_interval)

@@ -22,13 +22,14 @@ from ..deploy import Deployment
 from ..errors import AdapterHubError
 from ..generation_inputs import GenerationError
 from . import protocol, security
+from .continuous import DEFAULT_PREFILL_TOKENS, ContinuousWorker
 from .errors import APIError, api_error, validation_error
 from .limits import MAX_BODY_BYTES
 from .metrics import Metrics, MetricsMiddleware
 from .routes import router
 from .security import Access, AuthMiddleware, ServerConfigError
 from .serving import Server
-from .worker import BatchWorker
+from .worker import BatchWorker, Scheduler
 
 log = logging.getLogger("adapterhub_sdk.server")
 
@@ -70,10 +71,15 @@ def _openapi(app: FastAPI, access: Access) -> dict[str, Any]:
 def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch: int = 16,
                batch_wait_ms: float = 5.0, api_key: str | None = None, admin_key: str | None = None,
                allow_adapter_updates: bool = False, metrics_auth: bool = False, follow_interval: float = 0.0,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, scheduler: str = "continuous",
+               max_prefill_tokens: int = DEFAULT_PREFILL_TOKENS) -> FastAPI:
     """The HTTP app serving ``deployment``. ``base_id``: the base's model id (default: the
-    base directory's name, else ``"base"``). ``max_batch``/``batch_wait_ms``: the most
-    requests run in one batch, and how long the worker waits for more before running one.
+    base directory's name, else ``"base"``). ``scheduler``: ``"continuous"`` (requests join
+    and leave the running batch at every decode step, :class:`~.continuous.ContinuousWorker`)
+    or ``"static"`` (:class:`~.worker.BatchWorker`: batches run to their end).
+    ``max_batch``: the most requests running together. ``batch_wait_ms`` (static): how long
+    the worker waits for more before running a batch. ``max_prefill_tokens`` (continuous):
+    the most prompt tokens prefilled between two decode steps.
 
     ``api_key``: the bearer key every route but ``/health``, ``/metrics`` and the docs needs
     (None: open). ``allow_adapter_updates``: serve the adapter load/unload endpoints (off:
@@ -87,7 +93,14 @@ def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch:
     if max_body_bytes < 1:
         raise ServerConfigError("max_body_bytes must be at least 1")
     metrics = Metrics()
-    worker = BatchWorker(deployment, max_batch=max_batch, batch_wait_ms=batch_wait_ms, metrics=metrics)
+    worker: Scheduler
+    if scheduler == "continuous":
+        worker = ContinuousWorker(deployment, max_batch=max_batch, max_prefill_tokens=max_prefill_tokens,
+                                  metrics=metrics)
+    elif scheduler == "static":
+        worker = BatchWorker(deployment, max_batch=max_batch, batch_wait_ms=batch_wait_ms, metrics=metrics)
+    else:
+        raise ServerConfigError(f"unknown scheduler {scheduler!r}", hint="use 'continuous' or 'static'")
     if base_id is None:
         path = deployment.base_path
         base_id = (Path(path).resolve().name if path is not None else "") or "base"

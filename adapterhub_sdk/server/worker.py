@@ -64,6 +64,7 @@ class DoneEvent:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[dict[str, Any]] | None = None  # per token, when the job asked (see Job.logprobs)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class Job:
     produced: list[int] = field(default_factory=list)
     sent: str = ""  # text streamed so far
     finish: str | None = None
+    logprobs: int | None = None  # report each token's log-probability and this many top alternatives
 
 
 @runtime_checkable
@@ -152,6 +154,8 @@ _STOP = object()
 class BatchWorker:
     """The thread that owns the deployment: runs batches of queued requests and control calls
     (attach, detach) in arrival order. Implements :class:`Scheduler`."""
+
+    logprobs = False  # whether it reports per-token log-probabilities
 
     def __init__(self, deployment: Deployment, *, max_batch: int = 16, batch_wait_ms: float = 5.0,
                  metrics: Metrics | None = None):
@@ -277,6 +281,9 @@ class BatchWorker:
         """Tokenize and check one job, so that a bad row fails alone, not its whole batch.
         The checks are ``Deployment.generate``'s own (:mod:`adapterhub_sdk.generation_inputs`)."""
         dep = self.dep
+        if job.logprobs is not None and not self.logprobs:
+            raise APIError(400, "logprobs are computed by the continuous scheduler; this server runs "
+                                "--scheduler static", param="logprobs", code="unsupported_parameter")
         if job.adapter is not None and job.adapter not in dep.adapters:
             raise APIError(404, f"the model '{job.adapter}' does not exist (it was unloaded)", param="model",
                            code="model_not_found")
