@@ -44,6 +44,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "adapterhub_sdk.blobs",
     "adapterhub_sdk.s3_blobs",
     "adapterhub_sdk.hub_remote",
+    "adapterhub_sdk.oci.remote",
     "adapterhub_sdk.runtime",
     "adapterhub_sdk.methods.generic",
     "adapterhub_sdk.methods.prompt",

@@ -134,7 +134,7 @@ def test_a_remote_plugin_is_used_by_push_pull_and_base_lookups(tmp_path, lora_di
 def test_a_url_of_no_installed_remote_is_refused_by_name(tmp_path, lora_dir):
     reg = ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
     reg.publish(lora_dir, name="acme/m", version="1.0.0")
-    with pytest.raises(ah.NotFoundError, match=r"'nope://x' is not the URL of a remote registry \(installed: hf://\)"):
+    with pytest.raises(ah.NotFoundError, match=r"'nope://x' is not the URL of a remote registry \(installed: hf://, oci://\)"):
         reg.push("acme/m@1.0.0", to="nope://x")
     with pytest.raises(ah.AdapterHubError):  # not a remote: read as a local name, which it is not
         reg.pull("nope://x@1.0.0", tmp_path / "out")
@@ -153,8 +153,8 @@ def test_the_hub_is_the_built_in_remote_registered_like_a_plugin():
 
 def test_plugins_command_lists_the_remote_schemes():
     proc = run_cli("plugins", "--json", check=True)
-    assert json.loads(proc.stdout)["remotes"] == ["hf"]
-    assert "remotes:  hf://" in run_cli("plugins", check=True).stdout
+    assert json.loads(proc.stdout)["remotes"] == ["hf", "oci"]
+    assert "remotes:  hf://, oci://" in run_cli("plugins", check=True).stdout
 
 
 def _string_prefix_checks(tree: ast.AST) -> list[tuple[int, str]]:

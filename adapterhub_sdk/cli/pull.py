@@ -9,15 +9,16 @@ import click
 
 from ._app import BASE, cli, examples, registry
 from ._output import Result, emits
-from .remote import is_remote, pull_remote
+from .remote import allow_insecure, insecure_option, is_remote, pull_remote
 
 
 @cli.command(epilog=examples("adapterhub pull acme/sentiment@^1 --out ./sentiment",
-                             "adapterhub pull hf://acme/sentiment@1.0.0"))
+                             "adapterhub pull hf://acme/sentiment@1.0.0",
+                             "adapterhub pull oci://registry.example.com/team/sentiment@^1 --out ./sentiment"))
 @emits
-@click.argument("ref", metavar="NS/NAME@SPEC | hf://ORG/REPO[@SPEC]")
+@click.argument("ref", metavar="NS/NAME@SPEC | hf://ORG/REPO[@SPEC] | oci://HOST/REPO[:TAG|@SPEC]")
 @click.option("--out", "out", type=click.Path(path_type=str),
-              help="Directory to write (required for local refs; optional for hf://).")
+              help="Directory to write (required for local refs; optional for hf:// and oci://).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--base", type=BASE, metavar="PATH|hf://ORG/MODEL",
               help="For a Hub repo pushed by PEFT without a manifest: the base to pin it to.")
@@ -27,13 +28,16 @@ from .remote import is_remote, pull_remote
 @click.option("--require-signed", "require_signed", metavar="KEY[,KEY]",
               help="Refuse a version not signed by one of these trusted keys (adds to "
                    "ADAPTERHUB_REQUIRE_SIGNED and the registry's policy).")
+@insecure_option
 @click.pass_context
 def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str | None,
-         accept_name: str | None, require_signed: str | None) -> Result:
+         accept_name: str | None, require_signed: str | None, insecure: bool) -> Result:
     """Write an adapter version to OUT as a directory PEFT loads (digests verified).
 
     With hf://ORG/REPO[@SPEC] the version is downloaded from the Hub, verified against its
-    manifest and recorded in the local registry, so it resolves offline afterwards."""
+    manifest and recorded in the local registry, so it resolves offline afterwards; the same
+    with oci://HOST/REPO from an OCI registry (a tag, @sha256:DIGEST, @latest or a range)."""
+    allow_insecure(insecure)
     reg = registry(ctx)
     if is_remote(ref):
         if require_signed is None:

@@ -1,5 +1,6 @@
-"""Everything the CLI does with a remote registry (today the Hugging Face Hub, ``hf://``):
-``push``, and the remote halves of ``pull hf://...`` and ``resolve --hub``, each through
+"""Everything the CLI does with a remote registry (the Hugging Face Hub, ``hf://``; OCI
+registries, ``oci://``): ``push``, and the remote halves of ``pull URL`` and ``resolve --hub``
+/ ``resolve --remote URL``, each through
 the remote that the URL's scheme selects (:mod:`adapterhub_sdk.remotes`). The other
 command modules call these and hold no ``hf://`` case of their own."""
 
@@ -17,6 +18,18 @@ if TYPE_CHECKING:
     from ..registry import Registry
 
 HUB = "hf://"  # the remote that ``resolve --hub`` searches
+
+
+insecure_option = click.option(
+    "--insecure", is_flag=True, help="Talk plain HTTP to an OCI registry (one on loopback); default HTTPS.")
+
+
+def allow_insecure(insecure: bool) -> None:
+    """``--insecure``: plain HTTP for the OCI registries this command talks to."""
+    if insecure:
+        import os
+
+        os.environ["ADAPTERHUB_OCI_INSECURE"] = "1"
 
 
 def is_remote(ref: str) -> bool:
@@ -61,25 +74,40 @@ def pull_remote(reg: Registry, ref: str, out: str | None, force: bool, base: str
 
 
 def resolve_remote(reg: Registry, base: str | None, fingerprint: str | None, task: str | None,
-                   author: str | None, limit: int | None) -> Result:
-    """Adapters on the Hub tagged for this base (the tags ``push`` writes)."""
+                   author: str | None, limit: int | None, url: str = HUB) -> Result:
+    """Adapters on a remote for this base: on the Hub, repos tagged for it (the tags ``push``
+    writes); in an OCI repository, its versions with their verdicts."""
     from ..remotes import get_remote
 
+    remote = get_remote(HUB) if url == HUB else checked_remote(url, "'--remote'")
     b = reg._as_base(base_arg(base, fingerprint))
-    found: list[dict[str, Any]] = get_remote(HUB).resolve(b, task=task, author=author, limit=limit or 50)
-    lines = [f"{h['verdict']:<13} {h['name']}" for h in found] or ["no adapters on the Hub are tagged for this base"]
+    found: list[dict[str, Any]] = remote.resolve(b, task=task, author=author, limit=limit or 50)
+    lines = []
+    for h in found:
+        lines.append(f"{h['verdict']:<13} {h['name']}")
+        if h["verdict"] != "exact" and url != HUB:
+            lines += [f"{'':14}- {r}" for r in h.get("reasons") or ()]
+    if not lines:
+        lines = ["no adapters on the Hub are tagged for this base" if url == HUB else f"no adapters in {url}"]
     return Result(found, lines)
 
 
-@cli.command(epilog=examples("adapterhub push acme/sentiment@1.0.0 --to hf://acme/sentiment"))
+@cli.command(epilog=examples("adapterhub push acme/sentiment@1.0.0 --to hf://acme/sentiment",
+                             "adapterhub push acme/sentiment@1.0.0 --to oci://registry.example.com/team/sentiment"))
 @emits
 @click.argument("ref", metavar="NS/NAME@VERSION")
-@click.option("--to", "to", required=True, metavar="hf://ORG/REPO", help="Hub repo to push to.")
+@click.option("--to", "to", required=True, metavar="hf://ORG/REPO | oci://HOST/REPO",
+              help="Hub repo or OCI repository to push to.")
 @click.option("--private", is_flag=True, default=None, help="Create the repo private if it does not exist.")
+@insecure_option
 @click.pass_context
-def push(ctx: click.Context, ref: str, to: str, private: bool | None) -> Result:
-    """Push a version to the Hugging Face Hub: PEFT files, manifest and model card in one
-    commit (which fails cleanly if someone else pushed meanwhile), tagged with the version."""
+def push(ctx: click.Context, ref: str, to: str, private: bool | None, insecure: bool) -> Result:
+    """Push a version to a remote registry. To the Hugging Face Hub: PEFT files, manifest
+    and model card in one commit (which fails cleanly if someone else pushed meanwhile),
+    tagged with the version. To an OCI registry: an artifact tagged with the version (the
+    manifest as its config, one layer per file), its signatures beside it."""
+    allow_insecure(insecure)
     checked_remote(to, "'--to'")
     res = registry(ctx).push(ref, to=to, private=private)
-    return Result(res.to_dict, f"pushed {ref} to hf://{res.repo}@{res.version} (commit {res.commit[:12]})")
+    summary = getattr(res, "summary", None)
+    return Result(res.to_dict, summary or f"pushed {ref} to hf://{res.repo}@{res.version} (commit {res.commit[:12]})")

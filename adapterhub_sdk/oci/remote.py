@@ -1,0 +1,437 @@
+"""OCI registries as a :class:`~adapterhub_sdk.interfaces.Remote` (``oci://``), a built-in
+plugin registered like third-party ones.
+
+A version is one OCI image manifest (``artifactType`` :data:`~.refs.ARTIFACT_TYPE`): the
+config blob is our manifest, byte for byte (its own media type); each adapter file is a
+layer whose digest is the file's sha256 (the address our blob store uses) titled with
+its file name (``org.opencontainers.image.title``, the ORAS convention); the base
+fingerprint, arch signature, tasks, method, name and version are annotations; the tag is
+the version (``+`` written ``_``). Signatures travel as a second artifact tagged
+``sha256-<manifest hex>.sig`` (cosign's convention; no referrers API needed). Tags are
+immutable here: a push refuses a tag that holds other content and changes nothing when
+it holds the same. A pull verifies the manifest's digest, every layer's digest and every
+file against our manifest before anything is recorded, then records the version with its
+source, so it resolves offline afterwards."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
+from ..hookspecs import hookimpl
+from ..manifest import Manifest, canonical_json, check_file_path
+from ..versions import Version, VersionSpec
+from .refs import (
+    ANN,
+    ARTIFACT_TYPE,
+    CONFIG_LIMIT,
+    CONFIG_TYPE,
+    EMPTY_TYPE,
+    SIG_ARTIFACT_TYPE,
+    SIG_LIMIT,
+    SIG_TYPE,
+    TITLE,
+    OciRef,
+    insecure_for,
+    layer_type,
+    parse_oci_ref,
+    signature_tag,
+    tag_version,
+    version_tag,
+)
+
+if TYPE_CHECKING:
+    from ..interfaces import Remote
+    from .client import OciClient
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+EMPTY = b"{}"
+
+
+@dataclass(frozen=True)
+class OciPushResult:
+    repo: str  # HOST/REPOSITORY
+    version: str
+    commit: str  # the manifest's digest
+    url: str
+    tag: str
+    created: bool
+    signatures: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"repo": self.repo, "version": self.version, "commit": self.commit, "digest": self.commit,
+                "url": self.url, "tag": self.tag, "created": self.created, "signatures": self.signatures}
+
+    @property
+    def summary(self) -> str:
+        state = "pushed" if self.created else "already there, unchanged:"
+        sigs = f", {self.signatures} signature(s)" if self.signatures else ""
+        return f"{state} oci://{self.repo}:{self.tag} ({self.commit[:19]}{sigs})"
+
+
+def artifact_manifest(manifest: Manifest, config_digest: str, config_size: int) -> bytes:
+    """The OCI image manifest of a version: deterministic bytes (a second push of the same
+    version writes the same digest)."""
+    m = manifest
+    notes = {ANN + "name": m.name, ANN + "version": m.version, ANN + "manifest.digest": m.digest,
+             ANN + "method": m.method.get("type", ""), ANN + "variant": m.method.get("variant") or "",
+             ANN + "tasks": ",".join(m.tasks), ANN + "base.name": m.base.name or "",
+             ANN + "base.fingerprint": m.base.fingerprint or "", ANN + "base.arch": m.base.arch_signature or "",
+             "org.opencontainers.image.version": m.version, "org.opencontainers.image.title": m.name}
+    if m.description:
+        notes["org.opencontainers.image.description"] = m.description[:1000]
+    if m.license:
+        notes["org.opencontainers.image.licenses"] = m.license
+    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": ARTIFACT_TYPE,
+           "config": {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": config_size},
+           "layers": [{"mediaType": layer_type(f.path), "digest": "sha256:" + f.sha256, "size": f.size,
+                       "annotations": {TITLE: f.path}} for f in m.files],
+           "annotations": {k: v for k, v in notes.items() if v}}
+    return canonical_json(doc)
+
+
+def _parse_oci(body: bytes, what: str) -> dict[str, Any]:
+    from ..jsontext import loads_bounded
+
+    try:
+        doc = loads_bounded(body)
+    except (ValueError, AdapterHubError) as exc:
+        raise IntegrityError(f"{what}: the registry's manifest is not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2 or not isinstance(doc.get("layers"), list) \
+            or not isinstance(doc.get("config"), dict):
+        raise NotFoundError(f"{what} is not an OCI image manifest (schemaVersion 2)",
+                            hint="push it with 'adapterhub push'; other artifacts are not adapters")
+    return doc
+
+
+def _layers(doc: dict[str, Any], what: str) -> list[tuple[str, str, int]]:
+    """(title, digest, size) of each layer, titles checked as file names (never paths)."""
+    out = []
+    for layer in doc["layers"]:
+        if not isinstance(layer, dict):
+            raise IntegrityError(f"{what}: a layer of the manifest is not an object")
+        title = (layer.get("annotations") or {}).get(TITLE)
+        try:
+            check_file_path(title if isinstance(title, str) else "")
+        except AdapterHubError:
+            raise IntegrityError(f"{what}: layer title {title!r} is not a plain file name; nothing was written",
+                                 hint="an adapter's files are plain names (adapter_model.safetensors)") from None
+        digest, size = layer.get("digest"), layer.get("size")
+        if not isinstance(digest, str) or not isinstance(size, int) or size < 0:
+            raise IntegrityError(f"{what}: layer {title} has no valid digest and size")
+        out.append((str(title), digest, size))
+    if len({t for t, _, _ in out}) != len(out):
+        raise IntegrityError(f"{what}: two layers have the same title")
+    return out
+
+
+class OciRemote:
+    """``oci://HOST[:PORT]/REPOSITORY``: versions are tags, a version's files are layers."""
+
+    scheme = "oci"
+
+    def __init__(self, url: str | None = None, *, insecure: bool | None = None, timeout: float = 60.0):
+        self.url = url
+        self.insecure = insecure
+        self.timeout = timeout
+
+    def _client(self, ref: OciRef) -> OciClient:
+        from .client import OciClient
+
+        return OciClient(ref.host, insecure=insecure_for(ref.host, self.insecure), timeout=self.timeout)
+
+    # ------------------------------------------------------------------ versions
+
+    def _tag_versions(self, c: OciClient, ref: OciRef) -> dict[Version, str]:
+        """Semantic-version tags -> tag (``1.0.0_b1`` names 1.0.0+b1)."""
+        out: dict[Version, str] = {}
+        for tag in c.tags(ref.repo):
+            v = tag_version(tag)
+            if v is not None:
+                out.setdefault(v, tag)
+        return out
+
+    def versions(self, url: str) -> Mapping[Any, str]:
+        ref = parse_oci_ref(url)
+        with self._client(ref) as c:
+            tags = self._tag_versions(c, ref)
+            return {v: c.head_manifest(ref.repo, t) or "" for v, t in tags.items()}
+
+    def _select(self, c: OciClient, ref: OciRef) -> tuple[str, str | None]:
+        """(reference to GET: a tag or a digest, the tag)."""
+        if ref.digest:
+            return ref.digest, None
+        if ref.tag:
+            return ref.tag, ref.tag
+        spec = VersionSpec.parse(ref.spec or "latest")
+        if spec.kind == "alias":
+            raise NotFoundError(f"{ref}: aliases are not stored in OCI registries; use a version, a range or a tag")
+        tags = self._tag_versions(c, ref)
+        chosen = next((v for v in tags if v == spec.exact), None) if spec.kind == "exact" else spec.best(tags)
+        if chosen is None:
+            near = ", ".join(str(v) for v in sorted(tags)[-8:]) or "none"
+            raise NotFoundError(f"{ref}: no version tag matches {spec.text!r} (version tags: {near})")
+        return tags[chosen], tags[chosen]
+
+    def _not_found(self, c: OciClient, ref: OciRef, reference: str) -> NotFoundError:
+        import difflib
+
+        tags = [t for t in c.tags(ref.repo) if not t.startswith("sha256-")]
+        if not tags:
+            return NotFoundError(f"{ref}: the repository has no tags on {ref.host} (nothing pushed there yet?)")
+        near = difflib.get_close_matches(reference, tags, n=5, cutoff=0.3) or sorted(tags)[-5:]
+        return NotFoundError(f"{ref}: {reference} not found (tags: {', '.join(near)})")
+
+    # ------------------------------------------------------------------ push
+
+    def push(self, registry: Any, ref: str, to: str, *, private: bool | None = None) -> OciPushResult:
+        from .client import sha256_digest
+
+        target = parse_oci_ref(to)
+        info = registry.show(ref)
+        manifest: Manifest = info.manifest
+        tag = version_tag(manifest.version)
+        if target.digest or target.spec or (target.tag and target.tag != tag):
+            raise NotFoundError(f"push to {to}: give the repository only (oci://HOST/REPOSITORY); the tag is the "
+                                f"version ({tag})")
+        config = manifest.to_json()
+        body = artifact_manifest(manifest, sha256_digest(config), len(config))
+        digest = sha256_digest(body)
+        where = f"{target.repo_url}:{tag}"
+        with self._client(target) as c:
+            existing = c.head_manifest(target.repo, tag)
+            if existing is not None and existing != digest:
+                raise VersionConflictError(f"{where} already holds other content ({existing[:19]}, not {digest[:19]})",
+                                           hint="versions are immutable; publish and push a new version")
+            if existing is None:
+                self._push_files(c, target, registry, manifest)
+                c.push_blob(target.repo, sha256_digest(config), len(config), config)
+                c.put_manifest(target.repo, tag, body)
+            sigs = registry.signatures(f"{info.name}@{info.version}").bundles
+            if sigs:
+                self._push_signatures(c, target, digest, sigs)
+        return OciPushResult(f"{target.host}/{target.repo}", manifest.version, digest,
+                             f"{target.repo_url}@{digest}", tag, existing is None, len(sigs))
+
+    def _push_files(self, c: OciClient, target: OciRef, registry: Any, manifest: Manifest) -> None:
+        blobs = registry.blobs
+        path_of = getattr(blobs, "path", None)  # a local store: upload from the blob itself (hashed on the way)
+        with tempfile.TemporaryDirectory(prefix="adapterhub-oci-push-") as tmp:
+            for f in manifest.files:
+                digest = "sha256:" + f.sha256
+                if c.has_blob(target.repo, digest):
+                    continue
+                src = Path(path_of(f.sha256)) if callable(path_of) else None
+                if src is None or not src.is_file():
+                    src = Path(tmp) / f.sha256
+                    with open(src, "wb") as out:
+                        blobs.copy_verified(f.sha256, out)
+                c.push_blob(target.repo, digest, f.size, src)
+
+    def _push_signatures(self, c: OciClient, target: OciRef, digest: str, sigs: list[tuple[str, str]]) -> None:
+        from .client import sha256_digest
+
+        tag = signature_tag(digest)
+        have = self._signature_files(c, target, tag)
+        texts = {t for _, t in have}
+        merged = list(have)
+        names = {n for n, _ in have}
+        for name, text in sigs:
+            if text in texts:
+                continue
+            i = 1
+            while name in names:  # another signer's file by that name: keep both
+                name, i = f"model.pushed-{i}.sig", i + 1
+            merged.append((name, text))
+            names.add(name)
+        if len(merged) == len(have):
+            return
+        layers = []
+        for name, text in merged:
+            raw = text.encode("utf-8")
+            c.push_blob(target.repo, sha256_digest(raw), len(raw), raw)
+            layers.append({"mediaType": SIG_TYPE, "digest": sha256_digest(raw), "size": len(raw),
+                           "annotations": {TITLE: name}})
+        c.push_blob(target.repo, sha256_digest(EMPTY), len(EMPTY), EMPTY)
+        doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": SIG_ARTIFACT_TYPE,
+               "config": {"mediaType": EMPTY_TYPE, "digest": sha256_digest(EMPTY), "size": len(EMPTY)},
+               "layers": layers, "annotations": {ANN + "signed.digest": digest}}
+        c.put_manifest(target.repo, tag, canonical_json(doc))
+
+    def _signature_files(self, c: OciClient, ref: OciRef, tag: str) -> list[tuple[str, str]]:
+        """(file name, bundle text) of the signature artifact at ``tag``, each layer verified."""
+        from ..signing.bundle import is_signature_file
+
+        got = c.get_manifest(ref.repo, tag)
+        if got is None:
+            return []
+        what = f"{ref.repo_url}:{tag}"
+        out = []
+        for title, digest, size in _layers(_parse_oci(got[0], what), what):
+            if not is_signature_file(title) or size > SIG_LIMIT:
+                continue
+            out.append((title, c.fetch_small(ref.repo, digest, SIG_LIMIT).decode("utf-8", errors="replace")))
+        return out
+
+    # ------------------------------------------------------------------ pull
+
+    def pull(self, registry: Any, ref: str, dest: str | os.PathLike[str] | None = None, *, base: Any = None,
+             overwrite: bool = False, name: str | None = None) -> Any:
+        r = parse_oci_ref(ref)
+        if base is not None:
+            raise AdapterHubError(f"{r}: base=PATH does not apply: an OCI artifact carries its manifest and pin",
+                                  hint="omit base=PATH")
+        with self._client(r) as c:
+            reference, tag = self._select(c, r)
+            got = c.get_manifest(r.repo, reference)
+            if got is None:
+                raise self._not_found(c, r, reference)
+            body, digest = got
+            what = f"{r.repo_url}@{digest[:19]}"
+            doc = _parse_oci(body, what)
+            cfg = doc["config"]
+            if cfg.get("mediaType") != CONFIG_TYPE or not isinstance(cfg.get("digest"), str):
+                raise NotFoundError(f"{r} is not an adapter pushed by adapterhub (config type "
+                                    f"{cfg.get('mediaType')!r}, not {CONFIG_TYPE})")
+            manifest = Manifest.from_json(c.fetch_small(r.repo, cfg["digest"], CONFIG_LIMIT))
+            if tag is not None and tag_version(tag) is not None and str(tag_version(tag)) != manifest.version:
+                raise IntegrityError(f"{r}: tag {tag} holds the manifest of version {manifest.version}")
+            self._check_name(registry, r, manifest, name)
+            layers = {t: (d, s) for t, d, s in _layers(doc, what)}
+            listed = {f.path: ("sha256:" + f.sha256, f.size) for f in manifest.files}
+            if layers != listed:
+                raise IntegrityError(f"{what}: the layers do not match the files its manifest lists; nothing written",
+                                     hint="push it again with 'adapterhub push'")
+            with tempfile.TemporaryDirectory(prefix="adapterhub-oci-pull-") as tmp:
+                sources = {}
+                for path, (ldigest, size) in listed.items():
+                    out = Path(tmp) / path
+                    with open(out, "xb") as fh:
+                        c.fetch_blob(r.repo, ldigest, fh, size=size)
+                    sources[path] = out
+                self._check_files(registry, r, manifest, sources, tmp)
+                registry.import_version(manifest, sources, origin=f"{r.repo_url}@{digest}")
+            found = self._signature_files(c, r, signature_tag(digest))
+        got_ref = f"{manifest.name}@{manifest.version}"
+        if found:
+            registry.import_signatures(got_ref, found)
+        if dest is not None:
+            registry.pull(got_ref, dest, overwrite=overwrite)
+        return registry.show(got_ref)
+
+    @staticmethod
+    def _check_files(registry: Any, r: OciRef, manifest: Manifest, sources: dict[str, Path], tmp: str) -> None:
+        from ..adapter_files import NonFiniteWarning, nonfinite_message
+        from ..methods.base import refines
+
+        with registry.pack_files(sources, root=tmp) as pkg:
+            if not refines(pkg.requirements, manifest.requirements):
+                raise IntegrityError(f"{r}: the manifest's requirements do not match its adapter files")
+            bad = pkg.nonfinite()
+            if bad:
+                warnings.warn(f"{r}: " + nonfinite_message("adapter_model.safetensors", bad)
+                              + "; a deployment will refuse to attach it", NonFiniteWarning, stacklevel=4)
+
+    @staticmethod
+    def _check_name(registry: Any, r: OciRef, manifest: Manifest, name: str | None) -> None:
+        """A repository adds versions to a name held here from elsewhere only when told to."""
+        from ..names import name_key
+
+        if name is not None:
+            if name_key(name) != name_key(manifest.name):
+                raise NotFoundError(f"{r} holds {manifest.name}@{manifest.version}, not {name}",
+                                    hint=f"pull with --name {manifest.name}, or without a name")
+            return
+        if registry._existing_digest(manifest.name, manifest.version) == manifest.digest:
+            return  # nothing new: the same version is here already
+        origins = registry.origins(manifest.name) - {r.repo_url}
+        if origins:
+            whence = ", ".join(sorted("publishes in this registry" if o is None else o for o in origins))
+            raise AdapterHubError(
+                f"{r} holds {manifest.name}@{manifest.version}, but {manifest.name} here already has versions from "
+                f"{whence}; a repository adds to a name held from elsewhere only when you say so",
+                hint=f"if {r.repo_url} is trusted to publish {manifest.name}, pull with name='{manifest.name}'")
+
+    # ------------------------------------------------------------------ resolve
+
+    def resolve(self, base: Any, *, task: str | None = None, author: str | None = None,
+                limit: int = 50) -> list[dict[str, Any]]:
+        """Versions in this repository for a base, newest first, from each tag's manifest
+        annotations (our manifest, the config blob, only where they are missing; never a
+        layer): exact (same fingerprint), structural (same arch signature), incompatible."""
+        if self.url is None:
+            raise NotFoundError("resolve needs the repository: oci://HOST/REPOSITORY")
+        r = parse_oci_ref(self.url)
+        fp = base if isinstance(base, str) else base.digest
+        arch = None if isinstance(base, str) else base.arch_signature
+        out: list[dict[str, Any]] = []
+        with self._client(r) as c:
+            for v, tag in sorted(self._tag_versions(c, r).items(), reverse=True):
+                got = c.get_manifest(r.repo, tag)
+                if got is None:
+                    continue
+                what = f"{r.repo_url}:{tag}"
+                doc = _parse_oci(got[0], what)
+                notes = doc.get("annotations") or {}
+                if doc.get("artifactType") != ARTIFACT_TYPE and (doc["config"].get("mediaType") != CONFIG_TYPE):
+                    continue
+                info = self._describe(c, r, doc, notes)
+                if task and task not in info["tasks"]:
+                    continue
+                if author and not info["name"].lower().startswith(author.lower() + "/"):
+                    continue
+                pinned, parch = info["fingerprint"], info["arch"]
+                if pinned and pinned == fp:
+                    verdict, reasons = "exact", []
+                elif arch and parch == arch:
+                    verdict, reasons = "structural", ["base weights differ from the ones the adapter was trained on",
+                                                      "the adapter's base has the same architecture signature"]
+                else:
+                    verdict = "incompatible"
+                    reasons = [f"pinned to base {pinned[:12]}" + (f" (architecture {parch[:12]})" if parch else "")
+                               if pinned else "not pinned to a base"]
+                out.append({"name": f"{r.repo_url}:{tag}", "repo": f"{r.host}/{r.repo}", "version": str(v),
+                            "digest": got[1], "adapter": info["name"], "verdict": verdict, "reasons": reasons,
+                            "tasks": info["tasks"], "method": info["method"]})
+        order = {"exact": 0, "structural": 1, "incompatible": 2}
+        out.sort(key=lambda h: order[h["verdict"]])
+        return out[:limit]
+
+    @staticmethod
+    def _describe(c: OciClient, r: OciRef, doc: dict[str, Any], notes: dict[str, Any]) -> dict[str, Any]:
+        if ANN + "name" in notes:
+            return {"name": str(notes.get(ANN + "name")), "fingerprint": str(notes.get(ANN + "base.fingerprint") or ""),
+                    "arch": str(notes.get(ANN + "base.arch") or ""), "method": str(notes.get(ANN + "method") or ""),
+                    "tasks": [t for t in str(notes.get(ANN + "tasks") or "").split(",") if t]}
+        m = Manifest.from_json(c.fetch_small(r.repo, doc["config"]["digest"], CONFIG_LIMIT))
+        return {"name": m.name, "fingerprint": m.base.fingerprint or "", "arch": m.base.arch_signature or "",
+                "method": m.method.get("type", ""), "tasks": list(m.tasks)}
+
+    # ------------------------------------------------------------------ bases
+
+    def identify_base(self, registry: Any, url: str) -> Any:
+        raise NotFoundError(f"{url}: an OCI repository holds adapters here, not base models",
+                            hint="give the base as a directory, a fingerprint or hf://ORG/MODEL")
+
+    def fetch_base(self, url: str) -> Path:
+        raise NotFoundError(f"{url}: an OCI repository holds adapters here, not base models",
+                            hint="give the base as a directory, a fingerprint or hf://ORG/MODEL")
+
+    def model_id(self, url: str) -> str:
+        r = parse_oci_ref(url)
+        return f"{r.host}/{r.repo}"
+
+
+@hookimpl
+def register_remotes(register: Callable[[str, Callable[[str], Any]], None]) -> None:
+    register("oci", lambda url: OciRemote(url))
+
+
+if TYPE_CHECKING:  # mypy checks OciRemote against the protocol
+    _remote: type[Remote] = OciRemote

@@ -1,0 +1,341 @@
+"""``oci://``: adapters pushed to and pulled from a real CNCF distribution registry
+(tests/ociserver.py, Debian's docker-registry on loopback), read back by independent OCI
+clients (skopeo, the oras Python client), with tags, ranges, tampering, signatures,
+credentials from a Docker configuration and the CLI."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from ociserver import REGISTRY, SKIP_REASON, start_registry
+
+import adapterhub_sdk as ah
+from adapterhub_sdk.errors import (
+    AdapterHubError,
+    IntegrityError,
+    NotFoundError,
+    VersionConflictError,
+)
+from adapterhub_sdk.oci.client import OciAuthError, OciClient, OciUnavailableError, sha256_digest
+from adapterhub_sdk.oci.refs import parse_oci_ref, tag_version, version_tag
+from adapterhub_sdk.oci.remote import OciRemote
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.skipif(REGISTRY is None, reason=SKIP_REASON)
+
+
+@pytest.fixture(scope="module")
+def oci(tmp_path_factory):
+    srv = start_registry(tmp_path_factory.mktemp("oci"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def reg(tmp_path):
+    r = ah.Registry.open(f"sqlite:///{tmp_path / 'pub.db'}", blobs=tmp_path / "pub-blobs")
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def other(tmp_path):
+    """A second machine's registry: its own catalog and blobs, nothing shared."""
+    r = ah.Registry.open(f"sqlite:///{tmp_path / 'other.db'}", blobs=tmp_path / "other-blobs")
+    yield r
+    r.close()
+
+
+def _repo(request) -> str:
+    return "t/" + hashlib.sha256(request.node.name.encode()).hexdigest()[:12]
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def test_refs_and_tags_map_build_metadata_reversibly():
+    r = parse_oci_ref("oci://127.0.0.1:5000/team/sentiment:1.0.0_b.1")
+    assert (r.host, r.repo, r.tag) == ("127.0.0.1:5000", "team/sentiment", "1.0.0_b.1")
+    assert parse_oci_ref("oci://h/x@^1.2").spec == "^1.2"
+    assert parse_oci_ref("oci://h/x@sha256:" + "a" * 64).digest == "sha256:" + "a" * 64
+    assert version_tag("1.2.3-rc.1+build.5") == "1.2.3-rc.1_build.5"
+    assert str(tag_version("1.2.3-rc.1_build.5")) == "1.2.3-rc.1+build.5"
+    assert tag_version("latest") is None and tag_version("sha256-" + "a" * 64 + ".sig") is None
+    for bad in ("oci://h/../x", "oci://h/UPPER", "oci:///x", "oci://h/x@sha256:zz", "oci://h/x:bad/tag"):
+        with pytest.raises(NotFoundError):
+            parse_oci_ref(bad)
+
+
+def test_push_pull_round_trip_is_byte_identical_and_peft_loads_it(oci, reg, other, tmp_path, base_dir,
+                                                                  lora_dir, request):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    repo = _repo(request)
+    reg.publish(lora_dir, name="acme/sent", version="1.0.0", base=base_dir, tasks=["sentiment"])
+    remote = OciRemote(insecure=True)
+    res = remote.push(reg, "acme/sent@1.0.0", f"oci://{oci.host}/{repo}")
+    assert res.created and res.tag == "1.0.0" and res.commit.startswith("sha256:")
+    assert not remote.push(reg, "acme/sent@1.0.0", f"oci://{oci.host}/{repo}").created  # idempotent
+
+    info = remote.pull(other, f"oci://{oci.host}/{repo}:1.0.0", tmp_path / "pulled")
+    assert info.digest == reg.show("acme/sent@1.0.0").digest
+    assert info.source == f"oci://{oci.host}/{repo}@{res.commit}"
+    local = reg.pull("acme/sent@1.0.0", tmp_path / "local")
+    assert _files(tmp_path / "pulled") == _files(local)
+    # the config blob is the manifest, byte for byte
+    with OciClient(oci.host, insecure=True) as c:
+        doc = json.loads(c.get_manifest(repo, "1.0.0")[0])
+        assert c.fetch_small(repo, doc["config"]["digest"], 1 << 20) == (local / "adapterhub_manifest.json").read_bytes()
+    assert doc["artifactType"] == "application/vnd.adapterhub.adapter.v1"
+    assert doc["annotations"]["io.adapterhub.base.fingerprint"] == info.base_fingerprint
+    assert {ly["annotations"]["org.opencontainers.image.title"]: ly["digest"] for ly in doc["layers"]} == {
+        n: sha256_digest(b) for n, b in _files(local).items() if n != "adapterhub_manifest.json"}
+
+    # resolves offline afterwards (the registry process is not asked)
+    assert [h.ref for h in other.resolve(base_dir)] == ["acme/sent@1.0.0"]
+    # and PEFT gives the same output as on the adapter PEFT saved
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), lora_dir)(ids).logits
+    got = PeftModel.from_pretrained(base, tmp_path / "pulled")(ids).logits
+    assert torch.equal(want, got)
+
+
+def test_a_tag_holding_other_content_is_never_overwritten(oci, reg, tmp_path, base_dir, lora_dir, lora_dir_b,
+                                                          request):
+    repo = f"oci://{oci.host}/{_repo(request)}"
+    reg.publish(lora_dir, name="acme/a", version="1.0.0", base=base_dir)
+    first = OciRemote(insecure=True).push(reg, "acme/a@1.0.0", repo)
+    third = ah.Registry.open(f"sqlite:///{tmp_path / 'third.db'}", blobs=tmp_path / "third-blobs")
+    third.publish(lora_dir_b, name="acme/a", version="1.0.0", base=base_dir)
+    with pytest.raises(VersionConflictError, match="already holds other content"):
+        OciRemote(insecure=True).push(third, "acme/a@1.0.0", repo)
+    third.close()
+    assert OciRemote(insecure=True).versions(repo) == {ah.Version.parse("1.0.0"): first.commit}
+
+
+def test_skopeo_and_oras_read_the_files_byte_identical(oci, reg, tmp_path, base_dir, lora_dir, request):
+    repo = _repo(request)
+    reg.publish(lora_dir, name="acme/interop", version="1.0.0", base=base_dir)
+    OciRemote(insecure=True).push(reg, "acme/interop@1.0.0", f"oci://{oci.host}/{repo}")
+    local = _files(reg.pull("acme/interop@1.0.0", tmp_path / "local"))
+    checked = 0
+    if shutil.which("skopeo"):
+        import subprocess
+
+        subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{oci.host}/{repo}:1.0.0",
+                        f"dir:{tmp_path / 'sk'}"], check=True, capture_output=True, timeout=120)
+        by_digest = {p.name: p.read_bytes() for p in (tmp_path / "sk").iterdir()}
+        for data in local.values():  # skopeo's dir: layout names each blob by its digest
+            assert by_digest[hashlib.sha256(data).hexdigest()] == data
+        checked += 1
+    try:
+        import oras.client
+    except ImportError:
+        oras = None
+    if oras is not None:
+        client = oras.client.OrasClient(hostname=oci.host, insecure=True)
+        client.pull(target=f"{oci.host}/{repo}:1.0.0", outdir=str(tmp_path / "oras"))
+        got = _files(tmp_path / "oras")  # oras names each file by its title
+        assert got == {n: b for n, b in local.items() if n != "adapterhub_manifest.json"}
+        checked += 1
+    if not checked:
+        pytest.skip("neither skopeo nor the oras Python package is installed")
+
+
+def test_latest_ranges_digests_and_build_metadata_tags(oci, reg, other, tmp_path, base_dir, lora_dir, request):
+    repo = f"oci://{oci.host}/{_repo(request)}"
+    remote = OciRemote(insecure=True)
+    for v in ("1.0.0", "1.2.0", "1.3.0+build.7", "2.0.0-rc.1"):
+        reg.publish(lora_dir, name="acme/many", version=v, base=base_dir)
+        remote.push(reg, f"acme/many@{v}", repo)
+    tags = {str(v) for v in remote.versions(repo)}
+    assert tags == {"1.0.0", "1.2.0", "1.3.0+build.7", "2.0.0-rc.1"}
+    assert remote.pull(other, f"{repo}@latest").version == "1.3.0+build.7"
+    assert remote.pull(other, repo).version == "1.3.0+build.7"
+    assert remote.pull(other, f"{repo}@~1.2.0").version == "1.2.0"
+    assert remote.pull(other, f"{repo}@^1.0,<1.2").version == "1.0.0"
+    assert remote.pull(other, f"{repo}:2.0.0-rc.1").version == "2.0.0-rc.1"
+    digest = remote.versions(repo)[ah.Version.parse("1.2.0")]
+    assert remote.pull(other, f"{repo}@{digest}").version == "1.2.0"
+    assert {i.version for i in other.versions("acme/many")} == tags
+    with pytest.raises(NotFoundError, match=r"1\.9\.0 not found \(tags: .*1\.2\.0"):
+        remote.pull(other, f"{repo}:1.9.0")
+    with pytest.raises(NotFoundError, match="no version tag matches '>=3'"):
+        remote.pull(other, f"{repo}@>=3")
+
+
+def test_resolve_against_a_repository_gives_the_usual_verdicts(oci, reg, base_dir, base_other_weights,
+                                                               base_other_shape, lora_dir, request):
+    repo = f"oci://{oci.host}/{_repo(request)}"
+    reg.publish(lora_dir, name="acme/r", version="1.0.0", base=base_dir, tasks=["sentiment"])
+    OciRemote(insecure=True).push(reg, "acme/r@1.0.0", repo)
+    remote = OciRemote(repo, insecure=True)
+    (hit,) = remote.resolve(reg._as_base(str(base_dir)))
+    assert (hit["verdict"], hit["name"], hit["tasks"]) == ("exact", f"{repo}:1.0.0", ["sentiment"])
+    assert remote.resolve(reg._as_base(str(base_other_weights)))[0]["verdict"] == "structural"
+    (bad,) = remote.resolve(reg._as_base(str(base_other_shape)))
+    assert bad["verdict"] == "incompatible" and "pinned to base" in bad["reasons"][0]
+    assert remote.resolve(reg._as_base(str(base_dir)), task="translation") == []
+
+
+def test_a_tampered_blob_is_refused_with_nothing_recorded_or_written(tmp_path, reg, other, base_dir, lora_dir):
+    srv = start_registry(tmp_path / "oci-tamper")
+    try:
+        repo = f"oci://{srv.host}/acme/t"
+        reg.publish(lora_dir, name="acme/t", version="1.0.0", base=base_dir)
+        OciRemote(insecure=True).push(reg, "acme/t@1.0.0", repo)
+        sha = next(f.sha256 for f in reg.show("acme/t@1.0.0").manifest.files
+                   if f.path == "adapter_model.safetensors")
+        blob = srv.blob_path("sha256:" + sha)
+        data = bytearray(blob.read_bytes())
+        data[-1] ^= 1  # one bit of one weight, same size
+        os.chmod(blob, stat.S_IRUSR | stat.S_IWUSR)
+        blob.write_bytes(bytes(data))
+        with pytest.raises(IntegrityError, match="do not match its digest"):
+            OciRemote(insecure=True).pull(other, f"{repo}:1.0.0", tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+        assert other.list() == []
+        assert list(other.blobs.iter_digests()) == []
+    finally:
+        srv.stop()
+
+
+def test_layer_titles_never_become_paths(oci, other, tmp_path, reg, base_dir, lora_dir, request):
+    repo = _repo(request)
+    reg.publish(lora_dir, name="acme/evil", version="1.0.0", base=base_dir)
+    OciRemote(insecure=True).push(reg, "acme/evil@1.0.0", f"oci://{oci.host}/{repo}")
+    with OciClient(oci.host, insecure=True) as c:
+        doc = json.loads(c.get_manifest(repo, "1.0.0")[0])
+        doc["layers"][0]["annotations"]["org.opencontainers.image.title"] = "../../escaped"
+        c.put_manifest(repo, "evil", json.dumps(doc).encode())
+    with pytest.raises(IntegrityError, match="is not a plain file name"):
+        OciRemote(insecure=True).pull(other, f"oci://{oci.host}/{repo}:evil", tmp_path / "d" / "out")
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "d").exists() and other.list() == []
+
+
+def test_signatures_travel_as_a_cosign_style_tag_and_verify_after_pull(oci, reg, other, tmp_path, base_dir,
+                                                                       lora_dir, request):
+    from adapterhub_sdk.signing import generate_key
+
+    repo = f"oci://{oci.host}/{_repo(request)}"
+    key = generate_key("alice")
+    reg.trust_key("alice", key.public_pem)
+    other.trust_key("alice", key.public_pem)
+    reg.publish(lora_dir, name="acme/signed", version="1.0.0", base=base_dir)
+    reg.sign("acme/signed@1.0.0", key="alice")
+    res = OciRemote(insecure=True).push(reg, "acme/signed@1.0.0", repo)
+    assert res.signatures == 1
+    with OciClient(oci.host, insecure=True) as c:
+        assert "sha256-" + res.commit.removeprefix("sha256:") + ".sig" in c.tags(parse_oci_ref(repo).repo)
+    OciRemote(insecure=True).pull(other, f"{repo}:1.0.0")
+    vs = other.signatures("acme/signed@1.0.0")
+    assert vs.ok and vs.signed_by == ["alice"]
+    other.pull("acme/signed@1.0.0", tmp_path / "out", require_signed="alice")
+    assert (tmp_path / "out" / "model.sig").is_file()
+    # an unsigned version is refused under the policy, after it was recorded
+    reg.publish(lora_dir, name="acme/signed", version="1.1.0", base=base_dir)
+    OciRemote(insecure=True).push(reg, "acme/signed@1.1.0", repo)
+    other.set_signing_policy(["alice"])
+    with pytest.raises(ah.SignaturePolicyError):
+        OciRemote(insecure=True).pull(other, f"{repo}:1.1.0", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_credentials_from_the_docker_configuration(tmp_path, reg, other, base_dir, lora_dir, monkeypatch):
+    pytest.importorskip("bcrypt", reason="bcrypt (PyPI) writes the registry's htpasswd file")
+    srv = start_registry(tmp_path / "oci-auth", users={"alice": "s3cret"})
+    try:
+        repo = f"oci://{srv.host}/acme/private"
+        reg.publish(lora_dir, name="acme/private", version="1.0.0", base=base_dir)
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nodocker"))
+        with pytest.raises(OciAuthError, match="requires credentials and none are configured") as exc:
+            OciRemote(insecure=True).push(reg, "acme/private@1.0.0", repo)
+        assert "docker login" in exc.value.hint
+        cfg = tmp_path / "docker"
+        cfg.mkdir()
+        (cfg / "config.json").write_text(json.dumps({"auths": {srv.host: {"auth": base64.b64encode(
+            b"alice:wrong").decode()}}}))
+        monkeypatch.setenv("DOCKER_CONFIG", str(cfg))
+        with pytest.raises(OciAuthError, match="refused the credentials"):
+            OciRemote(insecure=True).push(reg, "acme/private@1.0.0", repo)
+        (cfg / "config.json").write_text(json.dumps({"auths": {f"http://{srv.host}/v2/": {"auth": base64.b64encode(
+            b"alice:s3cret").decode()}}}))
+        assert OciRemote(insecure=True).push(reg, "acme/private@1.0.0", repo).created
+        # a credential helper (docker-credential-NAME get), as credHelpers names it
+        helper = tmp_path / "bin" / "docker-credential-testhelper"
+        helper.parent.mkdir()
+        reply = '{"Username":"alice","Secret":"s3cret"}'
+        helper.write_text(f'#!/bin/sh\nread host\n[ "$host" = "{srv.host}" ] && echo \'{reply}\'\n')
+        helper.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
+        (cfg / "config.json").write_text(json.dumps({"credHelpers": {srv.host: "testhelper"}}))
+        assert OciRemote(insecure=True).pull(other, f"{repo}:1.0.0").version == "1.0.0"
+    finally:
+        srv.stop()
+
+
+def test_unreachable_and_plain_http_without_insecure_are_one_line_errors(oci, reg, base_dir, lora_dir):
+    from ociserver import free_port
+
+    reg.publish(lora_dir, name="acme/x", version="1.0.0", base=base_dir)
+    with pytest.raises(OciUnavailableError, match="not reachable") as exc:
+        OciRemote(insecure=True).push(reg, "acme/x@1.0.0", f"oci://127.0.0.1:{free_port()}/acme/x")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(OciUnavailableError, match="plain-HTTP") as exc:
+        OciRemote().push(reg, "acme/x@1.0.0", f"oci://{oci.host}/acme/x")
+    assert "--insecure" in exc.value.hint
+
+
+def test_cli_push_pull_resolve_json(oci, tmp_path, base_dir, lora_dir, request):
+    repo = f"oci://{oci.host}/{_repo(request)}"
+    run_cli("publish", str(lora_dir), "--name", "acme/cli", "--version", "1.0.0", "--base", str(base_dir),
+            check=True)
+    pushed = json.loads(run_cli("push", "acme/cli@1.0.0", "--to", repo, "--insecure", "--json", check=True).stdout)
+    assert pushed["tag"] == "1.0.0" and pushed["created"] is True
+    bad = run_cli("push", "acme/cli@1.0.0", "--to", repo)  # HTTPS by default: a plain-HTTP registry fails
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--insecure" in bad.stderr
+    env = {"ADAPTERHUB_HOME": str(tmp_path / "home2")}
+    pulled = json.loads(run_cli("pull", f"{repo}@^1", "--out", str(tmp_path / "out"), "--insecure", "--json",
+                                env=env, check=True).stdout)
+    assert pulled["version"] == "1.0.0" and pulled["origin"].startswith(repo + "@sha256:")
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    hits = json.loads(run_cli("resolve", "--base", str(base_dir), "--remote", repo, "--insecure", "--json",
+                              env=env, check=True).stdout)
+    assert [(h["verdict"], h["name"]) for h in hits] == [("exact", f"{repo}:1.0.0")]
+    missing = run_cli("pull", f"{repo}:9.9.9", "--insecure", env=env)
+    assert missing.returncode == 1 and "not found (tags: 1.0.0)" in missing.stderr
+
+
+def test_pulling_a_name_held_from_elsewhere_needs_consent(oci, reg, other, base_dir, lora_dir, lora_dir_b,
+                                                          request):
+    repo = f"oci://{oci.host}/{_repo(request)}"
+    reg.publish(lora_dir, name="acme/owned", version="2.0.0", base=base_dir)
+    OciRemote(insecure=True).push(reg, "acme/owned@2.0.0", repo)
+    other.publish(lora_dir_b, name="acme/owned", version="1.0.0", base=base_dir)
+    with pytest.raises(AdapterHubError, match="already has versions from publishes in this registry"):
+        OciRemote(insecure=True).pull(other, f"{repo}:2.0.0")
+    assert OciRemote(insecure=True).pull(other, f"{repo}:2.0.0", name="acme/owned").version == "2.0.0"
+
+
+def test_the_remote_is_a_builtin_plugin_found_by_scheme():
+    from adapterhub_sdk.interfaces import Remote
+    from adapterhub_sdk.remotes import get_remote
+
+    r = get_remote("oci://registry.example.com/team/x:1.0.0")
+    assert isinstance(r, Remote) and r.model_id("oci://registry.example.com/team/x") == "registry.example.com/team/x"
+    with pytest.raises(NotFoundError, match="holds adapters here, not base models"):
+        r.fetch_base("oci://registry.example.com/team/x")
+
+
