@@ -14,7 +14,9 @@ listing and the open. The rules:
   naming it. A subfolder (``--subfolder``, or one found holding the adapter) that is a
   link is refused.
 * A hard link is a regular file: it cannot be told apart from any other name of the
-  same file, and its bytes are what the directory holds. It is read like any file.
+  same file, and its bytes are what the directory holds. It is read like any file; where
+  a later rewrite through its other name would matter, callers hash and use a private
+  copy (the blob store's staging, ``ah.load_adapter``), never the file twice.
 
 Also here: the scan for NaN and Inf values in safetensors tensors, streamed per tensor from
 an mmap of the file (the header gives each tensor's place), never the whole file in memory.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -51,31 +52,43 @@ def _base_state(model: Any) -> Any:
     return state
 
 
-def check_pulled(model: Any, path: str | Path, *, strict: bool = False) -> str | None:
-    """For a directory written by ``pull``: verify its files against the manifest, then the
-    model's weights against the pinned base fingerprint. Returns the verdict (``exact``,
-    ``structural``; None when the directory has no manifest or the version is not pinned);
-    raises IntegrityError for changed files, IncompatibleAdapterError when it does not fit."""
-    from .adapter_files import DirReader
-    from .fingerprint import fingerprint
+def _verify_files(path: Path, copy_to: Path | None = None) -> Any:
+    """The manifest of a directory written by ``pull`` (None without one), each file it lists
+    checked against its sha256: hashed in place, or, with ``copy_to``, copied there and the
+    copy hashed (what is checked is then what is loaded, whatever happens to ``path``'s files
+    afterwards, through a hard link or otherwise). IntegrityError for a missing or changed file."""
+    from .adapter_files import DirReader, copy_and_hash
     from .manifest import Manifest
 
-    with DirReader(Path(path)) as reader:
-        entry = reader.entry(MANIFEST_FILE)
-        if entry is None:
+    with DirReader(path) as reader:
+        if reader.entry(MANIFEST_FILE) is None:
             return None
-        manifest = Manifest.from_json(_read(reader, MANIFEST_FILE))
+        raw = _read(reader, MANIFEST_FILE)
+        manifest = Manifest.from_json(raw)
         ref = f"{manifest.name}@{manifest.version}"
+        again = f"pull it again: adapterhub pull {ref} --out {path} --overwrite"
         for f in manifest.files:
             if reader.entry(f.path) is None:
-                raise IntegrityError(f"{path}: {f.path} of {ref} is missing",
-                                     hint=f"pull it again: adapterhub pull {ref} --out {path} --overwrite")
-            if _sha256(reader, f.path) != f.sha256:
+                raise IntegrityError(f"{path}: {f.path} of {ref} is missing", hint=again)
+            if copy_to is None:
+                got = _sha256(reader, f.path)
+            else:
+                with reader.open(f.path) as src:
+                    got, _ = copy_and_hash(src, copy_to / f.path)
+            if got != f.sha256:
                 raise IntegrityError(f"{path}: {f.path} does not match the sha256 {ref} lists for it (changed "
-                                     "since it was pulled)",
-                                     hint=f"pull it again: adapterhub pull {ref} --out {path} --overwrite")
+                                     "since it was pulled)", hint=again)
+        if copy_to is not None:
+            (copy_to / MANIFEST_FILE).write_bytes(raw)
+    return manifest
+
+
+def _check_fit(model: Any, manifest: Any, strict: bool, stacklevel: int = 3) -> str | None:
+    from .fingerprint import fingerprint
+
     if not manifest.base.fingerprint:
         return None
+    ref = f"{manifest.name}@{manifest.version}"
     fp = fingerprint(_base_state(model), progress=False)
     if fp.digest == manifest.base.fingerprint:
         return "exact"
@@ -88,8 +101,17 @@ def check_pulled(model: Any, path: str | Path, *, strict: bool = False) -> str |
                                        hint="load it without strict=True to accept a structural fit")
     warnings.warn(f"{ref}: the model's weights differ from the ones it was trained on "
                   f"(pinned to {manifest.base.fingerprint[:12]}, this model is {fp.digest[:12]}); it fits "
-                  "structurally", StructuralMatchWarning, stacklevel=3)
+                  "structurally", StructuralMatchWarning, stacklevel=stacklevel)
     return "structural"
+
+
+def check_pulled(model: Any, path: str | Path, *, strict: bool = False) -> str | None:
+    """For a directory written by ``pull``: verify its files against the manifest, then the
+    model's weights against the pinned base fingerprint. Returns the verdict (``exact``,
+    ``structural``; None when the directory has no manifest or the version is not pinned);
+    raises IntegrityError for changed files, IncompatibleAdapterError when it does not fit."""
+    manifest = _verify_files(Path(path))
+    return None if manifest is None else _check_fit(model, manifest, strict, stacklevel=4)
 
 
 def _check_directory_signed(path: Path, registry: Any, require_signed: Any) -> None:
@@ -111,7 +133,7 @@ def _check_directory_signed(path: Path, registry: Any, require_signed: Any) -> N
         reg.check_signed_directory(path, require_signed)
 
 
-def _check_finite(path: Path, allow_nonfinite: bool) -> None:
+def _check_finite(source: Path, allow_nonfinite: bool, shown: Path, manifest: Any) -> None:
     """Refuse weights holding NaN or Inf as ``Deployment.attach`` does (NonFiniteError, the
     same words); with ``allow_nonfinite`` warn instead. Read only as a regular file inside
     the directory (a link there is refused, as everywhere)."""
@@ -126,19 +148,13 @@ def _check_finite(path: Path, allow_nonfinite: bool) -> None:
         nonfinite_tensors,
     )
 
-    with DirReader(path) as reader:
-        entry = reader.entry(WEIGHTS)
-        if entry is None:
+    with DirReader(source, display=shown) as reader:
+        if reader.entry(WEIGHTS) is None:
             return  # PEFT says what is missing
-        ref = str(path)
-        if reader.entry(MANIFEST_FILE) is not None:
-            from .manifest import Manifest
-
-            manifest = Manifest.from_json(_read(reader, MANIFEST_FILE))
-            ref = f"{manifest.name}@{manifest.version}"
         with reader.open(WEIGHTS):  # a regular file, not a link (NotRegularFileError otherwise)
             pass
-    found = nonfinite_tensors(path / WEIGHTS, display=path / WEIGHTS)
+    ref = f"{manifest.name}@{manifest.version}" if manifest is not None else str(shown)
+    found = nonfinite_tensors(source / WEIGHTS, display=shown / WEIGHTS)
     if not found:
         return
     if not allow_nonfinite:
@@ -165,16 +181,27 @@ def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default",
         config = loads_bounded((p / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise AdapterFormatError(f"{p}: no readable adapter_config.json ({exc})") from exc
-    check_pulled(model, p, strict=strict)
-    _check_finite(p, allow_nonfinite)
+    with tempfile.TemporaryDirectory(prefix="adapterhub-load-") as private:
+        manifest = _verify_files(p, Path(private))
+        if manifest is not None:  # pinned: check and load the private copy just hashed, nothing else
+            _check_fit(model, manifest, strict)
+            config = loads_bounded((Path(private) / "adapter_config.json").read_text(encoding="utf-8"))
+            source = Path(private)
+        else:
+            source = p
+        _check_finite(source, allow_nonfinite, p, manifest)
+        return _load(model, source, config, adapter_name)
+
+
+def _load(model: Any, source: Path, config: Any, adapter_name: str) -> Any:
     method, _ = detect_method(config)
     try:
-        return method.apply(model, str(p), config, adapter_name)
+        return method.apply(model, str(source), config, adapter_name)
     except NotImplementedError:
         pass
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
-        model.load_adapter(str(p), adapter_name=adapter_name)
+        model.load_adapter(str(source), adapter_name=adapter_name)
         return model
-    return PeftModel.from_pretrained(model, str(p), adapter_name=adapter_name)
+    return PeftModel.from_pretrained(model, str(source), adapter_name=adapter_name)

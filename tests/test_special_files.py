@@ -14,11 +14,12 @@ import shutil
 import socket
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import adapterhub_sdk as ah
 from adapterhub_sdk.adapter_files import NotRegularFileError
@@ -113,3 +114,52 @@ def test_cli_names_a_fifo_as_a_fifo_in_one_line(adapter):
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert f"{adapter / 'README.md'} is a FIFO (named pipe)" in lines[0]
     assert "link" not in lines[0], lines[0]
+
+
+# --------------------------------------------------------------------------- hard links
+
+
+def _rewritten(weights: bytes) -> bytes:
+    """Valid safetensors bytes of the same tensors, every value changed."""
+    from safetensors.torch import load as load_bytes
+    from safetensors.torch import save as save_bytes
+
+    return save_bytes({k: v + 1.0 for k, v in load_bytes(weights).items()}, metadata={"format": "pt"})
+
+
+def test_a_hard_linked_file_rewritten_after_the_check_does_not_change_what_load_adapter_loads(
+        tmp_path, adapter, base_dir, monkeypatch):
+    """A pulled weights file with a second name elsewhere (st_nlink 2) is rewritten through
+    that name after ah.load_adapter has checked it, just before PEFT reads it: what is
+    loaded is still the verified bytes (load_adapter loads a private copy it hashed)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    reg = ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}", blobs=tmp_path / "blobs")
+    reg.publish(adapter, name="acme/linked", version="1.0.0", base=base_dir)
+    pulled = reg.pull("acme/linked@1.0.0", tmp_path / "pulled")
+    reg.close()
+    weights = pulled / WEIGHTS
+    published = weights.read_bytes()
+    (pulled / WEIGHTS).chmod(0o644)
+    other = tmp_path / "other-name.safetensors"
+    os.link(weights, other)
+    assert os.stat(weights).st_nlink == 2
+
+    real = PeftModel.from_pretrained.__func__
+
+    def rewrite_then_load(cls, model, path, *args, **kw):
+        with open(other, "wb") as f:  # the same inode: the pulled name sees it too
+            f.write(_rewritten(published))
+        return real(cls, model, path, *args, **kw)
+
+    monkeypatch.setattr(PeftModel, "from_pretrained", classmethod(rewrite_then_load))
+    model = ah.load_adapter(AutoModelForCausalLM.from_pretrained(base_dir).eval(), pulled)
+    assert weights.read_bytes() != published  # the rewrite happened, through the other name
+    expected = load_file(adapter / WEIGHTS)
+    state = model.state_dict()
+    for key, value in expected.items():
+        loaded = state[key.replace(".weight", ".default.weight")]
+        assert torch.equal(loaded, value), key  # the verified bytes, not the rewritten ones
+    assert not any(p.name.startswith("adapterhub-load-") for p in Path(tempfile.gettempdir()).iterdir()
+                   if p.stat().st_mtime >= os.stat(pulled).st_mtime)  # the private copy is gone
