@@ -23,7 +23,9 @@ profiles, ``AWS_ENDPOINT_URL``) through boto3, which is imported only when a sto
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import os
 import re
 import sys
@@ -65,6 +67,58 @@ def _absent(exc: BaseException) -> bool:
 
 def _precondition(exc: BaseException) -> bool:
     return _code(exc) in ("412", "PreconditionFailed", "ConditionalRequestConflict", "409")
+
+
+def _user_error(store: S3BlobStore, exc: BaseException) -> RegistryError:
+    """A botocore error as one line with what to do (the standard AWS configuration only)."""
+    code, name = _code(exc), type(exc).__name__
+    endpoint = getattr(getattr(store._client, "meta", None), "endpoint_url", None)
+    where = f"{store} (endpoint {endpoint})" if endpoint else str(store)
+    if code == "NoSuchBucket":
+        return RegistryError(f"the S3 bucket of {where} does not exist",
+                             hint=f"create it (aws s3 mb s3://{store.bucket}) or fix --blobs / ADAPTERHUB_BLOBS")
+    if name in ("NoCredentialsError", "PartialCredentialsError", "ProfileNotFound"):
+        return RegistryError(f"no usable AWS credentials for {where} ({exc})",
+                             hint="set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return RegistryError(f"S3 refused access to {where} ({code})",
+                             hint="the credentials need s3:GetObject, s3:PutObject, s3:DeleteObject and "
+                                  "s3:ListBucket on the bucket (pulling: GetObject and ListBucket)")
+    if code in ("501", "NotImplemented"):
+        return RegistryError(f"the S3 server of {where} does not implement a request this store needs ({exc})",
+                             hint="it must support conditional writes (If-None-Match on PutObject and "
+                                  "CompleteMultipartUpload); see docs/teams.md")
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"):
+        return RegistryError(f"cannot reach the S3 server of {where} ({name})",
+                             hint="check AWS_ENDPOINT_URL (or the profile's endpoint_url) and the network")
+    return RegistryError(f"S3 request to {where} failed: {exc}",
+                         hint="check the bucket, the credentials and AWS_ENDPOINT_URL")
+
+
+def _s3_errors(method: Any) -> Any:
+    """Turn botocore errors escaping ``method`` (a generator's too) into one-line RegistryErrors."""
+    def translate(self: S3BlobStore, exc: Exception) -> BaseException:
+        return _user_error(self, exc) if type(exc).__module__.split(".", 1)[0] in ("botocore", "boto3") else exc
+
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def gen(self: S3BlobStore, *args: Any, **kw: Any) -> Any:
+            try:
+                yield from method(self, *args, **kw)
+            except Exception as exc:
+                raise translate(self, exc) from exc
+        return gen
+
+    @functools.wraps(method)
+    def wrapper(self: S3BlobStore, *args: Any, **kw: Any) -> Any:
+        try:
+            return method(self, *args, **kw)
+        except Exception as exc:
+            err = translate(self, exc)
+            if err is exc:
+                raise
+            raise err from exc
+    return wrapper
 
 
 @dataclass
@@ -135,6 +189,7 @@ class S3BlobStore:
                 n += len(chunk)
         return h.hexdigest(), n
 
+    @_s3_errors
     def copy_verified(self, digest: str, out: BinaryIO) -> int:
         """Stream a blob into ``out``, hashing as it goes; IntegrityError if it does not match.
         The caller must discard ``out`` on error (pull writes into a temp dir)."""
@@ -163,18 +218,22 @@ class S3BlobStore:
             return "missing"
         return None if got[0] == digest else "corrupt (digest mismatch)"
 
+    @_s3_errors
     def size(self, digest: str) -> int:
         head = self._head(self.key(digest))
         return int(head["ContentLength"]) if head else 0
 
+    @_s3_errors
     def has(self, digest: str) -> bool:
         return self._head(self.key(digest)) is not None
 
+    @_s3_errors
     def age(self, digest: str) -> float:
         """Seconds since the object was written (LastModified; S3 cannot refresh it)."""
         head = self._head(self.key(digest))
         return time.time() - head["LastModified"].timestamp() if head else 0.0
 
+    @_s3_errors
     def iter_digests(self) -> Iterator[str]:
         root = f"{self.prefix}sha256/"
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root):
@@ -211,12 +270,14 @@ class S3BlobStore:
     def discard(self, staged: S3StagedBlob) -> None:
         staged.path.unlink(missing_ok=True)
 
+    @_s3_errors
     def holds(self, staged: S3StagedBlob) -> bool:
         """Whether the blob ``staged`` would write is stored intact (hashed: a corrupt object
         is not deduplicated against)."""
         head = self._head(self.key(staged.sha256))
         return head is not None and int(head["ContentLength"]) == staged.size and self.verify(staged.sha256) is None
 
+    @_s3_errors
     def put_file(self, source: str | os.PathLike[str] | BinaryIO, digest: str) -> int:
         """Store ``source`` under ``digest`` (0 bytes written if already stored intact);
         IntegrityError, and nothing stored, if the bytes do not hash to ``digest``."""
@@ -232,6 +293,7 @@ class S3BlobStore:
         finally:
             self.discard(staged)
 
+    @_s3_errors
     def put_staged(self, staged: S3StagedBlob) -> int:
         """Upload a staged copy under its digest, conditionally: 0 bytes if an intact object is
         there already (a corrupt one is deleted and written again)."""
@@ -288,6 +350,7 @@ class S3BlobStore:
             if bar is not None:
                 bar.close()
 
+    @_s3_errors
     def delete(self, digest: str) -> int:
         size = self.size(digest)
         if size or self.has(digest):
@@ -296,6 +359,7 @@ class S3BlobStore:
 
     # gc
 
+    @_s3_errors
     def quarantine(self, digest: str) -> str | None:
         """Copy the blob to ``PREFIX/gc/...`` and delete it from its address (gc's first step):
         a publish that looks for it from now on writes its own copy. The token is the copy's
@@ -311,6 +375,7 @@ class S3BlobStore:
         self.client.delete_object(Bucket=self.bucket, Key=self.key(digest))
         return token
 
+    @_s3_errors
     def release(self, token: str, digest: str, *, keep: bool) -> int:
         """Finish a quarantine: put the blob back (``keep``), unless a publish wrote it again
         meanwhile, or delete it. Returns the bytes freed."""
@@ -330,6 +395,7 @@ class S3BlobStore:
         self.client.delete_object(Bucket=self.bucket, Key=token)
         return int(head["ContentLength"])
 
+    @_s3_errors
     def clean_temp(self, older_than: float, *, dry_run: bool = False) -> int:
         """Abort multipart uploads started more than ``older_than`` seconds ago, and put back
         blobs an interrupted gc left in quarantine that long (the next gc judges them again

@@ -307,3 +307,25 @@ def test_gc_in_another_process_while_a_package_publish_reuses_a_blob(store, s3_u
         reg.pull("team/new@1.0.0", tmp_path / "out")
         assert (tmp_path / "out" / "adapter_model.safetensors").read_bytes() == \
             (lora_dir / "adapter_model.safetensors").read_bytes()
+
+
+def test_s3_configuration_errors_are_one_line(s3_url, tmp_path, lora_dir):
+    """Server: moto_server on loopback. A bucket that does not exist, missing credentials and an
+    endpoint nobody listens on are each one line saying what to do (not an internal error),
+    and nothing is recorded."""
+    home = {"ADAPTERHUB_HOME": str(tmp_path / "home")}
+    bucket = s3_url.removeprefix("s3://").split("/", 1)[0]
+    cases = [
+        (s3_url.replace(bucket, "no-such-bucket-" + uuid.uuid4().hex[:8]), {}, "does not exist; create it"),
+        (s3_url, {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                  "AWS_CONFIG_FILE": "/nonexistent"}, "no usable AWS credentials"),
+        (s3_url, {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "cannot reach the S3 server"),
+    ]
+    for url, env, says in cases:
+        env = {**home, **env}  # boto3 takes an empty variable as unset
+        proc = run_cli("--blobs", url, "publish", str(lora_dir), "--name", "team/x", "--version", "1.0.0",
+                       env=env)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and says in lines[-1] and "internal error" not in proc.stderr, proc.stderr
+        assert lines[-1].startswith("error: ") and url.split("/")[2] in lines[-1]
+    assert "team/x" not in run_cli("list", env=home, check=True).stdout
