@@ -208,8 +208,29 @@ def test_a_tampered_blob_is_refused_with_nothing_recorded_or_written(tmp_path, r
         assert not (tmp_path / "out").exists()
         assert other.list() == []
         assert list(other.blobs.iter_digests()) == []
+        # a manifest changed in storage: its bytes no longer hash to the digest its tag names
+        reg.publish(lora_dir, name="acme/t", version="1.0.1", base=base_dir)
+        pushed = OciRemote(insecure=True).push(reg, "acme/t@1.0.1", repo)
+        mblob = srv.blob_path(pushed.commit)
+        os.chmod(mblob, stat.S_IRUSR | stat.S_IWUSR)
+        mblob.write_bytes(mblob.read_bytes().replace(b'"1.0.1"', b'"1.0.2"'))
+        with pytest.raises(IntegrityError, match="the registry says"):
+            OciRemote(insecure=True).pull(other, f"{repo}:1.0.1", tmp_path / "out")
+        assert not (tmp_path / "out").exists() and other.list() == []
     finally:
         srv.stop()
+
+
+def test_large_blobs_go_up_in_chunks(oci, reg, other, tmp_path, base_dir, lora_dir, monkeypatch, request):
+    import adapterhub_sdk.oci.client as client
+
+    monkeypatch.setattr(client, "CHUNKED_ABOVE", 2048)  # the adapter's weights (~5 kB) take 3 PATCHes
+    repo = f"oci://{oci.host}/{_repo(request)}"
+    reg.publish(lora_dir, name="acme/chunked", version="1.0.0", base=base_dir)
+    assert max(f.size for f in reg.show("acme/chunked@1.0.0").manifest.files) > 2 * 2048
+    OciRemote(insecure=True).push(reg, "acme/chunked@1.0.0", repo)
+    OciRemote(insecure=True).pull(other, f"{repo}:1.0.0", tmp_path / "out")
+    assert _files(tmp_path / "out") == _files(reg.pull("acme/chunked@1.0.0", tmp_path / "local"))
 
 
 def test_layer_titles_never_become_paths(oci, other, tmp_path, reg, base_dir, lora_dir, request):
