@@ -133,6 +133,65 @@ def _check_directory_signed(path: Path, registry: Any, require_signed: Any) -> N
         reg.check_signed_directory(path, require_signed)
 
 
+def _how_to_get(text: str) -> str:
+    spec = text if "/" in text and not text.startswith(("/", ".")) and "://" not in text else "NS/NAME@SPEC"
+    return (f"get one with 'adapterhub pull {spec} --out DIR' (Python: Registry.pull({spec!r}, DIR)), "
+            "then pass DIR")
+
+
+def _load_spec(model: Any, path: str | Path, **kw: Any) -> Any:
+    """``path`` is no directory: a registry spec (``NS/NAME@SPEC``) is pulled, verified,
+    into a private temporary directory and loaded from there; anything else is refused in
+    one line saying that a directory is expected and how to get one."""
+    import os
+
+    from .errors import InvalidNameError, InvalidVersionError, NotFoundError
+    from .names import parse_ref
+
+    text = os.fspath(path)
+    ref = None
+    if isinstance(path, str) and not os.path.lexists(path):
+        try:
+            ref = parse_ref(text)
+        except (InvalidNameError, InvalidVersionError):
+            ref = None
+    if ref is None:
+        raise AdapterFormatError(f"{text} is not a directory; ah.load_adapter takes an adapter directory (as "
+                                 "pulled or as PEFT saved it) or a spec in this registry, NS/NAME@SPEC",
+                                 hint=_how_to_get(text))
+    registry = kw.pop("registry")
+    opened = None
+    if registry is None:
+        opened = registry = _default_registry()
+        if registry is None:
+            raise AdapterFormatError(f"{text} is not a directory, and there is no registry here to resolve it "
+                                     "in", hint=_how_to_get(text) + ", or pass registry=Registry.open(URL)")
+    try:
+        with tempfile.TemporaryDirectory(prefix="adapterhub-load-") as tmp:
+            try:
+                pulled = registry.pull(str(ref), Path(tmp) / "adapter", require_signed=kw["require_signed"])
+            except NotFoundError as exc:
+                raise NotFoundError(f"{text} is not a directory, and {exc.message}", hint=exc.hint) from exc
+            return load_adapter(model, pulled, registry=registry, **kw)
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _default_registry() -> Any:
+    """The default registry (ADAPTERHUB_REGISTRY_URL, or the home's registry.db) when one
+    exists, else None (none is created)."""
+    import os
+
+    from .home import default_registry_url, home_dir
+
+    if not (os.environ.get("ADAPTERHUB_REGISTRY_URL") or (home_dir() / "registry.db").is_file()):
+        return None
+    from .registry import Registry
+
+    return Registry.open(default_registry_url(), blobs=os.environ.get("ADAPTERHUB_BLOBS") or home_dir() / "blobs")
+
+
 def _check_finite(source: Path, allow_nonfinite: bool, shown: Path, manifest: Any) -> None:
     """Refuse weights holding NaN or Inf as ``Deployment.attach`` does (NonFiniteError, the
     same words); with ``allow_nonfinite`` warn instead. Read only as a regular file inside
@@ -167,6 +226,11 @@ def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default",
                  registry: Any = None, require_signed: Any = None, allow_nonfinite: bool = False) -> Any:
     """Load the adapter at ``path`` (as pulled) onto ``model`` and return the model to use.
 
+    ``path`` may instead be a spec in ``registry`` (default: the default registry, when one
+    exists), ``NS/NAME@SPEC`` that is not a path here: it is pulled into a private temporary
+    directory (verified, under the signing policy) and loaded from there as below. Anything
+    else that is not a directory is refused in one line saying how to get one.
+
     A pulled directory is checked first (files against the manifest's digests, the model
     against the pinned base fingerprint): an adapter that does not fit is refused, one that
     fits only structurally warns (``strict=True`` refuses it). Under a signing policy
@@ -176,6 +240,9 @@ def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default",
     Weights holding NaN or Inf are refused (NonFiniteError, as ``Deployment.attach``);
     ``allow_nonfinite=True`` loads them with a warning, to debug them."""
     p = Path(path)
+    if not p.is_dir():
+        return _load_spec(model, path, adapter_name=adapter_name, strict=strict, registry=registry,
+                          require_signed=require_signed, allow_nonfinite=allow_nonfinite)
     _check_directory_signed(p, registry, require_signed)
     try:
         config = loads_bounded((p / "adapter_config.json").read_text(encoding="utf-8"))

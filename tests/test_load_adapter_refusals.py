@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +82,68 @@ def test_a_plain_peft_directory_with_nonfinite_weights_is_refused_too(base_dir, 
     with warnings.catch_warnings():
         warnings.simplefilter("error", NonFiniteWarning)
         ah.load_adapter(_model(base_dir), lora_dir)  # clean weights: no warning
+
+
+# --------------------------------------------------------------------------- a spec, not a directory
+
+IDS = torch.tensor([[1, 7, 3, 9, 4]])
+
+
+def test_a_registry_spec_is_pulled_privately_and_loaded_as_a_pulled_directory(
+        tmp_path, registry, base_dir, lora_dir, base_other_weights, monkeypatch):
+    """``ah.load_adapter(model, "acme/a@^1", registry=reg)``: verified, pin-checked and
+    loaded exactly as the pulled directory would be; the default registry serves a spec
+    without ``registry=``; nothing is left on disk."""
+    import tempfile
+
+    from adapterhub_sdk.home import home_dir
+
+    registry.publish(lora_dir, name="acme/a", version="1.0.0", base=base_dir)
+    pulled = registry.pull("acme/a@1.0.0", tmp_path / "pulled")
+    monkeypatch.chdir(tmp_path)  # 'acme/a@^1' is no directory here
+    before = set(Path(tempfile.gettempdir()).iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ah.StructuralMatchWarning)
+        from_spec = ah.load_adapter(_model(base_dir), "acme/a@^1", registry=registry)
+    from_dir = ah.load_adapter(_model(base_dir), pulled)
+    with torch.no_grad():
+        assert torch.equal(from_spec(input_ids=IDS).logits, from_dir(input_ids=IDS).logits)
+    assert not {p for p in set(Path(tempfile.gettempdir()).iterdir()) - before if "adapterhub" in p.name}
+
+    default = ah.Registry.open()  # the default registry of this test's home
+    default.publish(lora_dir, name="acme/home", version="2.0.0", base=base_dir)
+    default.close()
+    assert (home_dir() / "registry.db").is_file()
+    model = ah.load_adapter(_model(base_dir), "acme/home@2.0.0")
+    assert set(model.peft_config) == {"default"}
+    with pytest.raises(ah.IncompatibleAdapterError, match="acme/a@1.0.0 was trained on other base weights"):
+        ah.load_adapter(_model(base_other_weights), "acme/a@1.0.0", registry=registry, strict=True)
+
+
+def test_what_is_neither_a_directory_nor_a_spec_here_is_one_line_saying_how_to_get_one(
+        tmp_path, registry, base_dir, lora_dir, monkeypatch):
+    from adapterhub_sdk.errors import AdapterFormatError, NotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    model = _model(base_dir)
+    # a spec, and no registry here at all: how to get a directory
+    with pytest.raises(AdapterFormatError) as err:
+        ah.load_adapter(model, "acme/sentiment@1.0.0")
+    msg, hint = str(err.value), err.value.hint or ""
+    assert "acme/sentiment@1.0.0 is not a directory" in msg and "no registry" in msg and "\n" not in msg
+    assert "adapterhub pull acme/sentiment@1.0.0 --out DIR" in hint and "Registry.pull" in hint
+    # a spec the registry does not hold
+    registry.publish(lora_dir, name="acme/sentiment", version="1.0.0", base=base_dir)
+    with pytest.raises(NotFoundError) as err:
+        ah.load_adapter(model, "acme/sentimnt@1.0.0", registry=registry)
+    assert "acme/sentimnt@1.0.0 is not a directory" in str(err.value) and "\n" not in str(err.value)
+    assert "acme/sentiment" in (err.value.hint or "")  # the registry's did-you-mean
+    # a file, a missing path, a Hub URL: each says it takes a directory and how to get one
+    (tmp_path / "weights.safetensors").write_bytes(b"x")
+    for given in (tmp_path / "weights.safetensors", tmp_path / "missing", "./missing", "hf://acme/repo"):
+        with pytest.raises(AdapterFormatError) as err:
+            ah.load_adapter(model, given, registry=registry)
+        msg, hint = str(err.value), err.value.hint or ""
+        assert f"{given} is not a directory" in msg and "\n" not in msg, msg
+        assert "adapterhub pull" in hint and "--out DIR" in hint, hint
+    assert not hasattr(model, "peft_config")
