@@ -134,9 +134,23 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"serving {app.state.server.base_id} with {len(dep.adapters)} adapter(s) on "
                    f"http://{shown}:{bound}/v1")
+        _log_switches()
         uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
     finally:
         sock.close()
+
+
+def _log_switches() -> None:
+    """The server's own log lines (alias switches, refusals, detaches) on stderr beside uvicorn's."""
+    import logging
+
+    log = logging.getLogger("adapterhub_sdk.server")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 @cli.command(epilog=examples("adapterhub quickstart", "adapterhub quickstart --workdir ./demo --steps 50"))
