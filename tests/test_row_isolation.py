@@ -30,13 +30,13 @@ VOCAB = 64
 PAD, EOS = 0, 1
 
 
-def _save_base(out: Path) -> Path:
+def _save_base(out: Path, context: int = 128) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
                       eos_token_id=EOS, pad_token_id=PAD, bos_token_id=None)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # clear winners per step: greedy tokens do not hinge on padding noise

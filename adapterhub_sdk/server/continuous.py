@@ -26,6 +26,7 @@ whole completion decoded once, cut at the first stop sequence, as the batch work
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import time
 from collections import deque
@@ -86,6 +87,15 @@ class IncrementalText:
         self.prefix, self.read = self.read, len(self.ids)
         self.text += delta
         return delta
+
+    def peek(self, token: int) -> str:
+        """The text ``token`` would add here (as :meth:`add` would return it, without adding it;
+        for a token that leaves a character unfinished: its own decode)."""
+        before = self.decode(self.ids[self.prefix:self.read])
+        now = self.decode([*self.ids[self.prefix:], token])
+        if len(now) <= len(before) or now.endswith("\ufffd"):
+            return str(self.decode([token]))
+        return str(now[len(before):])
 
 
 @dataclass(eq=False)
@@ -266,7 +276,7 @@ class ContinuousWorker(BatchWorker):
         job.produced.append(token)
         try:
             if job.logprobs is not None:
-                row.lps.append(self._logprob(logits, token, job.logprobs, len(row.text.text)))
+                row.lps.append(self._logprob(row.text, logits, token, job.logprobs))
             delta = row.text.add(token)
         except Exception as exc:  # noqa: BLE001 - a tokenizer failing on this row's tokens
             job.emit(ErrorEvent(job.index, api_error(exc)))
@@ -286,15 +296,17 @@ class ContinuousWorker(BatchWorker):
         row.next = token
         return True
 
-    def _logprob(self, logits: Any, token: int, top: int, offset: int) -> dict[str, Any]:
+    @staticmethod
+    def _logprob(text: IncrementalText, logits: Any, token: int, top: int) -> dict[str, Any]:
+        """One token's log-probability entry; each token's text is what it adds in context (so a
+        choice's token texts add up to its text, as OpenAI's do)."""
         lp, best = token_logprobs(logits, token, top)
-        tok = self.dep.tokenizer
 
-        def text(t: int) -> str:
-            return "" if tok is None else str(tok.decode([t], skip_special_tokens=False))
+        def finite(v: float) -> float:  # a token the model excludes (-inf): JSON has no infinity
+            return v if math.isfinite(v) else -9999.0
 
-        return {"id": token, "token": text(token), "logprob": lp, "offset": offset,
-                "top": [{"id": t, "token": text(t), "logprob": v} for t, v in best]}
+        return {"id": token, "token": text.peek(token), "logprob": finite(lp), "offset": len(text.text),
+                "top": [{"id": t, "token": text.peek(t), "logprob": finite(v)} for t, v in best]}
 
     def _done(self, row: _Row, finish: str) -> None:
         job = row.job

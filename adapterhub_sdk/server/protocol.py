@@ -122,10 +122,20 @@ class Usage(_Answer):
 FinishReason = Literal["stop", "length"]
 
 
+class CompletionLogprobs(_Answer):
+    """Per token of a choice (with ``logprobs: K``): its text, log-probability, the K most likely
+    tokens, and where it starts in the choice's text."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(_Answer):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -143,10 +153,26 @@ class AssistantMessage(_Answer):
     content: str
 
 
+class TopLogprob(_Answer):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Answer):
+    """With ``logprobs: true`` (and ``top_logprobs: K``): one object per generated token."""
+
+    content: list[TokenLogprob] | None
+
+
 class ChatChoice(_Answer):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason
 
 

@@ -25,6 +25,7 @@ from ..generation_inputs import (
     check_top_p,
     no_prompts,
 )
+from . import logprobs as lp
 from . import protocol as p
 from .errors import APIError, api_error, error_message, validation_error
 from .follow import is_alias
@@ -71,8 +72,6 @@ def _sampling(body: p._Sampling, max_tokens: int | None) -> dict[str, Any]:
     """Checked sampling settings of a request: the checks ``Deployment.generate`` makes (a
     :class:`~adapterhub_sdk.generation_inputs.GenerationError` is a 400 naming the field),
     and 400 for what this server does not do."""
-    if body.n not in (None, 1):
-        raise _unsupported("n", "only n=1 is supported")
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name) not in (None, 0, 0.0):
             raise _unsupported(name)
@@ -128,11 +127,15 @@ async def _run_jobs(request: Request, body: p._Sampling, kind: str, prompts: lis
                     adapter: str | None, release: Any) -> Response:
     server = _server(request)
     params = _sampling(body, max_tokens)
+    n, logprobs = lp.choices(body), lp.requested(body, kind)
+    seed = params["seed"]
     q, emit = event_queue()
+    # n choices per prompt (choice index i * n + j); a seeded choice j draws from seed + j
     jobs = [Job(prompt=prompt, adapter=adapter, label=body.model, max_tokens=params["max_tokens"],
-                temperature=params["temperature"], top_p=params["top_p"], seed=params["seed"],
-                stop=params["stop"], stream=params["stream"], index=i, emit=emit)
-            for i, prompt in enumerate(prompts)]
+                temperature=params["temperature"], top_p=params["top_p"],
+                seed=None if seed is None else (seed + j) % 2**63, stop=params["stop"], stream=params["stream"],
+                index=i * n + j, emit=emit, logprobs=logprobs)
+            for i, prompt in enumerate(prompts) for j in range(n)]
     if any(prompt.kind != "ids" for prompt in prompts):  # bounded, and tokenized here: never on the worker
         tokenizer, context = server.dep.tokenizer, context_of(server.dep)
 
@@ -173,10 +176,8 @@ async def completions(request: Request) -> Response:
         raise _unsupported("suffix")
     if body.echo:
         raise _unsupported("echo")
-    if body.logprobs:
-        raise _unsupported("logprobs", "logprobs are not supported")
-    if body.best_of not in (None, 1):
-        raise _unsupported("best_of", "only best_of=1 is supported")
+    if body.best_of not in (None, 1, body.n):
+        raise _unsupported("best_of", "best_of is supported only equal to n")
     return await _generate(request, body, "completion", _completion_prompts(body.prompt), body.max_tokens)
 
 
@@ -185,8 +186,6 @@ async def completions(request: Request) -> Response:
              responses={200: {"content": p.streamed(p.ChatCompletionChunk)}, **_GENERATION_ERRORS})
 async def chat_completions(request: Request) -> Response:
     body = await _parse(request, p.ChatRequest)
-    if body.logprobs or body.top_logprobs:
-        raise _unsupported("logprobs", "logprobs are not supported")
     if body.tools:
         raise _unsupported("tools")
     if body.response_format and body.response_format.get("type", "text") != "text":

@@ -18,6 +18,7 @@ from ..deploy import Deployment
 from .errors import APIError, api_error
 from .follow import AliasFollower
 from .limits import MAX_BODY_BYTES
+from .logprobs import chat_logprobs, completion_logprobs
 from .metrics import Metrics, label_adapter
 from .worker import DoneEvent, ErrorEvent, Event, Job, Scheduler, StartEvent, TokenEvent
 
@@ -157,11 +158,13 @@ class Server:
 
     def _response(self, kind: str, model: str, rows: list[DoneEvent]) -> dict[str, Any]:
         if kind == "chat":
-            choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
+            choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
+                        "logprobs": chat_logprobs(r.logprobs),
                         "finish_reason": r.finish_reason} for i, r in enumerate(rows)]
             return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                     "model": model, "choices": choices, "usage": usage(rows)}
-        choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+        choices = [{"index": i, "text": r.text, "logprobs": completion_logprobs(r.logprobs),
+                    "finish_reason": r.finish_reason}
                    for i, r in enumerate(rows)]
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": model, "choices": choices, "usage": usage(rows)}
