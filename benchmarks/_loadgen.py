@@ -164,7 +164,7 @@ def summarize(rows: list[dict[str, Any]], t0: float, t1: float) -> dict[str, Any
     short = sum(1 for r in ok if r["tokens"] != r["max_tokens"])
     return {"n": len(rows), "ok": len(ok), "errors": len(rows) - len(ok), "wall_s": wall,
             "rps": len(ok) / wall, "tok_s": tokens / wall, "output_tokens": tokens,
-            "not_max_tokens": short, "no_usage": sum(1 for r in ok if not r["usage"]),
+            "not_max_tokens": short, "text_chunks": sum(r["chunks"] for r in ok), "no_usage": sum(1 for r in ok if not r["usage"]),
             "p50_ttft_ms": 1e3 * median(ttft) if ttft else float("nan"),
             "p99_ttft_ms": 1e3 * percentile(ttft, 99) if ttft else float("nan"),
             "p50_e2e_ms": 1e3 * median(e2e) if e2e else float("nan"),

@@ -79,8 +79,9 @@ def tokenizer() -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     text = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(8)) for i in range(400)]
-    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"],
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    # no byte alphabet: every token is letters or a space, so any sampled token is whole text
+    # (a lone byte of a UTF-8 sequence would be held back by incremental detokenizers)
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"]))
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>",
                                    clean_up_tokenization_spaces=False)
 
@@ -407,7 +408,13 @@ def main() -> None:
             print(f"decode step ({shape}): 16 rows x {m['adapters']} adapters {m['adapters_step_ms']:.2f} ms, "
                   f"base {m['base_step_ms']:.2f} ms, ratio {m['ratio_median_of_pairs']:.3f} (median of pairs; "
                   f"of medians {m['ratio_of_medians']:.3f}; goal <= 1.3)", flush=True)
-    settings = {"requests": n_req, "rounds": rounds, "sat_rounds": sat_rounds, "adapters": n_ad, "procs": procs,
+    git = ["git", "-C", str(C.ROOT)]
+    code = {"head": subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+            "uncommitted_in_serving": subprocess.run(
+                [*git, "status", "--short", "adapterhub_sdk/server", "adapterhub_sdk/cli/serve.py",
+                 "adapterhub_sdk/generation.py", "adapterhub_sdk/deploy.py", "adapterhub_sdk/multilora.py"],
+                capture_output=True, text=True).stdout.split("\n")}
+    settings = {"code": code, "requests": n_req, "rounds": rounds, "sat_rounds": sat_rounds, "adapters": n_ad, "procs": procs,
                 "concurrency": args.concurrency, "max_batch": args.max_batch, "load": args.load,
                 "prompt_tokens": "log-uniform 4-256", "max_tokens": f"log-uniform 4-{max_out}", "seed": args.seed,
                 "temperature": 0, "scheduler_choices": choices, "quick": q, "threads": args.threads,
