@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Table
 from .. import db as dbmod
 from .. import tables
 from ..fingerprint import BaseFingerprint
+from ..resolving import Fetch, dbapi_fetch
 
 if TYPE_CHECKING:
     from .results import VersionInfo
@@ -25,6 +26,13 @@ T_BASES: Table = tables.bases
 T_SOURCES: Table = tables.base_sources
 T_REQS: Table = tables.requirement_sets
 T_FITS: Table = tables.fits
+
+
+def _fetch(conn: Connection) -> Fetch:
+    """A ``fetch(sql, params)`` of :mod:`adapterhub_sdk.resolving`'s statements on ``conn``'s
+    DBAPI cursor, inside its transaction (driver errors become one-line RegistryErrors)."""
+    return dbapi_fetch(conn.connection.cursor, conn.dialect.paramstyle, conn.dialect.loaded_dbapi.Error,
+                       dbmod.database_error)
 
 
 class RegistryCore:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,11 @@ from .. import db as dbmod
 from ..errors import NotFoundError
 from ..fingerprint import BaseFingerprint, fingerprint
 from ..remotes import remote_for
+from ..resolving import HEXPREFIX, lookup_base
 from ..tables import utcnow
-from ._core import T_BASES, T_SOURCES, RegistryCore
+from ._core import T_BASES, T_SOURCES, RegistryCore, _fetch
 
-_HEXPREFIX = re.compile(r"[0-9a-f]{8,64}")
+_HEXPREFIX = HEXPREFIX
 
 
 def _base_from_row(row: Any) -> BaseFingerprint:
@@ -126,15 +126,7 @@ class BasesPart(RegistryCore):
         if memo is not None:
             return memo
         with self._read() as conn:
-            # a full fingerprint is a primary-key lookup; LIKE 'prefix%' scans every base
-            cond = T_BASES.c.fingerprint == fp if len(fp) == 64 else T_BASES.c.fingerprint.startswith(fp)
-            rows = conn.execute(select(T_BASES).where(cond).limit(2)).all()
-        if not rows:
-            raise NotFoundError(f"base {fp[:12]} is not known to this registry",
-                                hint="resolve with base=PATH once, or publish an adapter with base=PATH")
-        if len(rows) > 1:
-            raise NotFoundError(f"fingerprint prefix {fp!r} is ambiguous; give more digits")
-        base = _base_from_row(rows[0])
+            base = lookup_base(_fetch(conn), fp)
         if len(fp) == 64:  # parsing the shape table costs ~1 ms; keep the last 256 bases
             if len(self._base_memo) >= 256:
                 self._base_memo.pop(next(iter(self._base_memo), ""), None)

@@ -3,40 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..manifest import Manifest
+from ..resolving import VERDICTS, Match  # noqa: F401 - re-exported (defined apart for the read path)
 from ..version_info import VersionInfo, _iso  # noqa: F401 - re-exported (defined apart for the read path)
 
 MANIFEST_FILE = "adapterhub_manifest.json"
-VERDICTS = ("exact", "structural", "incompatible")
-
-
-class Match(NamedTuple):
-    """One resolve result: a version and how it fits the base. Immutable; a named tuple
-    because a resolve may return hundreds (cheaper to build, and the garbage collector
-    stops tracking tuples of plain values)."""
-
-    name: str
-    version: str
-    verdict: str  # exact | structural | incompatible
-    reasons: tuple[str, ...]
-    method: str
-    variant: str
-    tasks: tuple[str, ...]
-    base_fingerprint: str | None
-    digest: str
-    size: int
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "verdict": self.verdict,
-                "reasons": list(self.reasons), "method": self.method, "variant": self.variant,
-                "tasks": list(self.tasks), "base_fingerprint": self.base_fingerprint,
-                "digest": self.digest, "size": self.size}
 
 
 @dataclass(frozen=True)
