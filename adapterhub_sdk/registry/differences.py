@@ -28,9 +28,18 @@ def _dict_changes(label: str, old: dict[str, Any], new: dict[str, Any]) -> list[
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-def differences(old: Manifest, new: Manifest) -> list[str]:
+#: the parts of ``method`` that the SDK derives from the files and config: they change with
+#: the SDK (a newer describe, a ``validated`` note, a method plugin that now claims the type),
+#: never with what the user gave
+DERIVED_METHOD_KEYS = ("summary", "variant", "type")
+
+
+def differences(old: Manifest, new: Manifest, *, derived: bool = True) -> list[str]:
     """One line per differing field of the two manifests' digested bodies (provenance and
-    signature are outside the digest and never differ here), published side first."""
+    signature are outside the digest and never differ here), published side first.
+    ``derived=False`` leaves out what the SDK derives from the files (the method's summary,
+    variant and type, the requirements, the base's arch signature): what remains is what the
+    user gave (files, config, base, tasks, description, license, metrics)."""
     out: list[str] = []
     if sorted(set(old.tasks)) != sorted(set(new.tasks)):
         out.append(f"tasks: {', '.join(sorted(set(old.tasks))) or 'none'} → {', '.join(sorted(set(new.tasks))) or 'none'}")
@@ -44,7 +53,7 @@ def differences(old: Manifest, new: Manifest) -> list[str]:
     if ob.fingerprint != nb.fingerprint:
         out.append(f"base fingerprint: {_short(ob.fingerprint)} → {_short(nb.fingerprint)}"
                    + (" (unpinned: published without a base)" if not nb.fingerprint else ""))
-    elif ob.arch_signature != nb.arch_signature:
+    elif derived and ob.arch_signature != nb.arch_signature:
         out.append(f"base arch signature: {_short(ob.arch_signature)} → {_short(nb.arch_signature)}")
     for label in ("name", "revision"):
         a, b = getattr(ob, label), getattr(nb, label)
@@ -59,21 +68,37 @@ def differences(old: Manifest, new: Manifest) -> list[str]:
             out.append(f"files: {path} removed")
         elif a.sha256 != b.sha256:
             out.append(f"files: {path} sha256 {_short(a.sha256)} → {_short(b.sha256)}")
-    if old.method != new.method:
-        out += _dict_changes("method", old.method, new.method)
-    if not out and old.requirements != new.requirements:
-        out.append("requirements (module shapes the adapter needs) differ")
+    if derived:
+        if old.method != new.method:
+            out += _dict_changes("method", old.method, new.method)
+        if not out and old.requirements != new.requirements:
+            out.append("requirements (module shapes the adapter needs) differ")
+    else:
+        om = {k: v for k, v in old.method.items() if k not in DERIVED_METHOD_KEYS}
+        nm = {k: v for k, v in new.method.items() if k not in DERIVED_METHOD_KEYS}
+        if om != nm:
+            out += _dict_changes("method", om, nm)
     return out
+
+
+def same_content(old: Manifest, new: Manifest) -> bool:
+    """Whether ``new`` has the files and metadata of ``old``, whatever the SDKs that made
+    them derived from those (a re-publish of the same adapter with a newer SDK)."""
+    return (old.name, old.version) == (new.name, new.version) and not differences(old, new, derived=False)
 
 
 def conflict(old: Manifest | None, new: Manifest, *, here: str = "") -> VersionConflictError:
     """The error for ``new`` refused because ``old`` holds its name@version, naming what differs."""
-    diffs = differences(old, new) if old is not None else []
-    what = "; ".join(diffs) if diffs else "other content"
+    diffs = differences(old, new, derived=False) if old is not None else []
+    what = "; ".join(diffs)
+    if old is not None and not diffs:  # the same files and metadata: only what an SDK derived differs
+        diffs = differences(old, new)
+        what = ("the files and metadata are the same; only what the SDK that made each derived from them "
+                "differs (" + "; ".join(diffs) + ")") if diffs else ""
     err = VersionConflictError(f"{new.name}@{new.version} already exists{here} with other content"
-                               + (f": {what}" if diffs else ""))
+                               + (f": {what}" if what else ""))
     err.differences = tuple(diffs)
     return err
 
 
-__all__ = ["conflict", "differences"]
+__all__ = ["DERIVED_METHOD_KEYS", "conflict", "differences", "same_content"]

@@ -33,7 +33,7 @@ from ..package import AdapterPackage, PackedFile, pack
 from ..tables import utcnow
 from ..versions import Version
 from ._core import T_ADAPTERS, T_FILES, T_REQS, T_TASKS, T_VERSIONS, RegistryCore
-from .differences import conflict
+from .differences import conflict, same_content
 from .probes import requirement_probe
 from .results import PublishResult, _iso
 
@@ -163,7 +163,12 @@ class PublishPart(RegistryCore):
                     raise AdapterHubError(f"publish rejected by policy {plugin!r}: {reason}")
             existing = self._existing_digest(name, str(ver))
             if existing is not None and existing != manifest.digest:
-                raise conflict(self._stored_manifest(name, str(ver)), manifest)
+                stored = self._stored_manifest(name, str(ver))
+                if stored is None or stored.digest != existing or not same_content(stored, manifest):
+                    raise conflict(stored, manifest)
+                # the same files and metadata, made by another SDK (its summary or requirements
+                # differ, not the user's data): the version already published, as it is
+                manifest = stored
             written = 0
             created = False
             # also for an identical re-publish: a stored blob found corrupt or missing is
