@@ -13,6 +13,7 @@ if any) or ``Basic``; credentials come from the Docker configuration
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -117,6 +118,16 @@ def docker_credentials(host: str) -> tuple[str, str] | None:
 # ---------------------------------------------------------------------------- the client
 
 
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> Any:
+    """The system's trust store (where a company's CA is installed, as Docker uses it;
+    SSL_CERT_FILE / SSL_CERT_DIR apply), loaded once per process. Also with ``insecure``:
+    a plain-HTTP registry that redirects to HTTPS storage is still verified."""
+    import ssl
+
+    return ssl.create_default_context()
+
+
 class OciClient:
     """One registry (``host[:port]``), one repository at a time per call."""
 
@@ -133,7 +144,8 @@ class OciClient:
         self._creds = docker_credentials(host)
         self._tokens: dict[str, str] = {}  # scope -> bearer token
         self._basic = False
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=True)
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=True,
+                                 verify=_tls_context())
 
     def close(self) -> None:
         self.http.close()

@@ -315,7 +315,7 @@ class OciRemote:
                     with open(out, "xb") as fh:
                         c.fetch_blob(r.repo, ldigest, fh, size=size)
                     sources[path] = out
-                self._check_files(registry, r, manifest, sources, tmp)
+                self._check_files(registry, r, manifest, sources, tmp, scan=dest is None)
                 registry.import_version(manifest, sources, origin=f"{r.repo_url}@{digest}")
             found = self._signature_files(c, r, signature_tag(digest))
         got_ref = f"{manifest.name}@{manifest.version}"
@@ -326,14 +326,17 @@ class OciRemote:
         return registry.show(got_ref)
 
     @staticmethod
-    def _check_files(registry: Any, r: OciRef, manifest: Manifest, sources: dict[str, Path], tmp: str) -> None:
+    def _check_files(registry: Any, r: OciRef, manifest: Manifest, sources: dict[str, Path], tmp: str, *,
+                     scan: bool) -> None:
+        """The files are the adapter the manifest describes; NaN/Inf weights are imported with a
+        warning (``scan``; with a destination, the directory's write warns instead)."""
         from ..adapter_files import NonFiniteWarning, nonfinite_message
         from ..methods.base import refines
 
         with registry.pack_files(sources, root=tmp) as pkg:
             if not refines(pkg.requirements, manifest.requirements):
                 raise IntegrityError(f"{r}: the manifest's requirements do not match its adapter files")
-            bad = pkg.nonfinite()
+            bad = pkg.nonfinite() if scan else []
             if bad:
                 warnings.warn(f"{r}: " + nonfinite_message("adapter_model.safetensors", bad)
                               + "; a deployment will refuse to attach it", NonFiniteWarning, stacklevel=4)
