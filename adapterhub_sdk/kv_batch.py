@@ -26,7 +26,7 @@ class UnsupportedCacheError(AdapterHubError, RuntimeError):
     """The model's KV cache is not one the continuous scheduler can merge and split."""
 
 
-def _layers(cache: Any) -> list[Any]:
+def check_cache(cache: Any) -> list[Any]:
     """The cache's layers, each a plain full-attention ``DynamicLayer`` (sliding-window, static,
     quantized or offloaded layers keep state this module does not merge: refused)."""
     from transformers.cache_utils import DynamicLayer
@@ -110,7 +110,7 @@ class KVBatch:
         import torch
 
         length = prefill.done
-        _layers(prefill.cache)
+        check_cache(prefill.cache)
         row_mask = torch.ones((1, length), dtype=torch.long, device=self.device)
         row_pos = torch.tensor([length], dtype=torch.long, device=self.device)
         if self.rows == 0:
@@ -118,7 +118,7 @@ class KVBatch:
             return
         width = max(self.width, length)
         grow, short = width - self.width, width - length
-        for mine, theirs in zip(_layers(self.cache), _layers(prefill.cache), strict=True):
+        for mine, theirs in zip(check_cache(self.cache), check_cache(prefill.cache), strict=True):
             mine.keys = torch.cat([_left_pad(mine.keys, grow, 2), _left_pad(theirs.keys, short, 2)], dim=0)
             mine.values = torch.cat([_left_pad(mine.values, grow, 2), _left_pad(theirs.values, short, 2)], dim=0)
         self.mask = torch.cat([_left_pad(self.mask, grow, 1), _left_pad(row_mask, short, 1)], dim=0)
@@ -137,7 +137,7 @@ class KVBatch:
         mask = self.mask.index_select(0, idx)
         used = mask.any(dim=0).nonzero()
         lead = int(used[0]) if used.numel() else 0
-        for layer in _layers(self.cache):
+        for layer in check_cache(self.cache):
             layer.keys = layer.keys.index_select(0, idx)[:, :, lead:]
             layer.values = layer.values.index_select(0, idx)[:, :, lead:]
         self.mask = mask[:, lead:]
@@ -159,4 +159,4 @@ class KVBatch:
         return out.logits[:, -1, :]
 
 
-__all__ = ["KVBatch", "Prefill", "UnsupportedCacheError"]
+__all__ = ["KVBatch", "Prefill", "UnsupportedCacheError", "check_cache"]

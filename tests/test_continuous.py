@@ -332,3 +332,38 @@ def test_every_variant_runs_in_a_mixed_batch_or_is_refused_before_loading(world,
         same_tokens(_tokens(reply["choices"][0]), alone)
         want = [f"w{t}" for t in _peft_greedy(base, served[body["model"]], body["prompt"], 6)]
         same_tokens(want, alone)
+
+
+def test_a_cache_it_cannot_merge_is_one_error_and_the_worker_runs_on():
+    """A sliding-window model's cache (DynamicSlidingWindowLayer) is not merged approximately:
+    its request gets one error naming the way out, the next request is answered too."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from adapterhub_sdk.server.continuous import ContinuousWorker
+    from adapterhub_sdk.server.worker import DoneEvent, ErrorEvent, Job, Prompt
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, sliding_window=4)
+    dep = ah.Deployment(MistralForCausalLM(cfg).eval())
+    worker = ContinuousWorker(dep)
+    answers: list[Any] = []
+    done = threading.Event()
+
+    def emit(event: Any) -> None:
+        if isinstance(event, (DoneEvent, ErrorEvent)):
+            answers.append(event)
+            if len(answers) == 2:
+                done.set()
+
+    for i in range(2):
+        worker.submit(Job(prompt=Prompt("ids", [3, 4, 5, 6, 7]), adapter=None, label="base", max_tokens=4,
+                          temperature=0, top_p=1.0, seed=None, stop=[], stream=False, index=i, emit=emit))
+    try:
+        assert done.wait(60)
+        assert worker.alive
+    finally:
+        worker.stop()
+    for event in answers:
+        assert isinstance(event, ErrorEvent), event
+        assert "DynamicSlidingWindowLayer" in event.error.message and "--scheduler static" in event.error.message

@@ -42,8 +42,8 @@ from ..generation import (
     special_ids,
     token_logprobs,
 )
-from ..kv_batch import KVBatch, Prefill
-from .errors import api_error, unavailable
+from ..kv_batch import KVBatch, Prefill, UnsupportedCacheError, check_cache
+from .errors import APIError, api_error, unavailable
 from .metrics import Metrics
 from .text import cut
 from .worker import (
@@ -144,12 +144,21 @@ class ContinuousWorker(BatchWorker):
                 self._prefill()
                 if self.running:
                     self._decode_step()
-            except Exception:  # noqa: BLE001 - the worker must outlive any one step
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive any one step
                 log.exception("continuous worker error")
+                self._fail_all(exc)
         for item in self.backlog:
             self.q.put(item)
         self.backlog.clear()
         self._drain()
+
+    def _fail_all(self, exc: Exception) -> None:
+        """Answer every running and prefilling request with ``exc`` and start from an empty batch."""
+        err = api_error(exc)
+        for row in [*self.running, *self.prefilling]:
+            row.job.emit(ErrorEvent(row.job.index, err))
+        self.running, self.prefilling = [], []
+        self.batch.keep([])
 
     def _busy(self) -> bool:
         return bool(self.running or self.prefilling)
@@ -221,6 +230,13 @@ class ContinuousWorker(BatchWorker):
             if not row.prefill.finished:
                 return  # the rest next step: the budget is spent
             self.prefilling.pop(0)
+            try:
+                check_cache(row.prefill.cache)
+            except UnsupportedCacheError as exc:  # this model cannot be batched per step
+                log.error("%s; %s", exc.message, exc.hint)
+                row.job.emit(ErrorEvent(row.job.index, APIError(500, f"{exc.message}; {exc.hint}",
+                                                                code="unsupported_model")))
+                continue
             logits = row.prefill.logits[None]
             if self._accept(row, logits[0], _nonfinite(logits)[0], int(logits[0].argmax())):
                 self.batch.add(row.prefill)
