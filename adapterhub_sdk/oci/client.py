@@ -30,6 +30,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CHUNK = 1 << 20  # read/write granularity
 CHUNKED_ABOVE = 64 << 20  # blobs larger than this are uploaded in PATCH chunks of this size
 MANIFEST_LIMIT = 4 << 20
+TAGS_PAGE = 1000  # tags asked for per page (the registry may send fewer, and a Link to the next)
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)="([^"]*)"')
@@ -190,6 +191,9 @@ class OciClient:
         if kind == "bearer" and scope not in self._tokens:
             params = dict(_CHALLENGE_PARAM.findall(header))
             realm = params.pop("realm", None)
+            if realm and not realm.startswith("https://") and not self.insecure:
+                raise OciAuthError(f"{what}: {self.host} names a token service over plain HTTP ({realm}); "
+                                   "credentials are not sent there", hint="use --insecure only for a registry you trust")
             if realm:
                 params.setdefault("scope", scope)
                 auth = self._creds
@@ -215,7 +219,9 @@ class OciClient:
         if url.startswith("/"):
             url = self.base + url
         for _ in range(3):
-            headers = {**kw.pop("headers", {}), **self._auth_headers(scope)}
+            # credentials go to this registry only, never to a host its answers name
+            same = url == self.base or url.startswith(self.base + "/")
+            headers = {**kw.pop("headers", {}), **(self._auth_headers(scope) if same else {})}
             kw["headers"] = headers
             with self._errors(what):
                 req = self.http.build_request(method, url, **kw)
@@ -265,7 +271,7 @@ class OciClient:
     def tags(self, repo: str) -> list[str]:
         """Every tag of ``repo`` (following ``Link`` pages); empty if the repository is unknown."""
         out: list[str] = []
-        url: str | None = f"/v2/{repo}/tags/list?n=1000"
+        url: str | None = f"/v2/{repo}/tags/list?n={TAGS_PAGE}"
         seen = set()
         while url and url not in seen:
             seen.add(url)
@@ -279,6 +285,8 @@ class OciClient:
             if m:
                 nxt = m[1]
                 url = nxt if nxt.startswith(("http://", "https://", "/")) else "/" + nxt
+                if url.startswith(("http://", "https://")) and not url.startswith(self.base + "/"):
+                    url = None  # a page on another host: not followed
         return out
 
     # ------------------------------------------------------------------ manifests
