@@ -5,7 +5,8 @@ Each requirement set stores one *probe*: a key that every base it fits must have
 ``NAME:D0xD1...`` for the first tensor (in name order) whose required shape is fully
 given, else ``NAME`` for the first tensor it needs to exist, else ``""`` (only facts such
 as ``@num_layers``: a candidate for every base). A base has a key ``NAME`` and
-``NAME:SHAPE`` per tensor (tied names included), so a set that fits it has its probe among
+``NAME:SHAPE`` per tensor (tied names included; a kernel also its flattened 2-D shape), so a
+set that fits it has its probe among
 them: the sets to check against a new architecture are those whose probe is one of the
 base's keys, a few per architecture rather than every set in the registry. Sound, not
 exact: a candidate is still checked tensor by tensor (``check_requirements``).
@@ -43,10 +44,22 @@ def base_keys(shapes: Mapping[str, Iterable[int]], tied: Mapping[str, str]) -> l
     """Every probe a base answers to: each tensor's name, and its name with its shape."""
     keys: set[str] = {""}
     for n, s in shapes.items():
-        keys.add(n)
-        keys.add(shape_key(n, s))
+        keys.update(_keys(n, s))
     for alias, target in tied.items():
         if target in shapes:
-            keys.add(alias)
-            keys.add(shape_key(alias, shapes[target]))
+            keys.update(_keys(alias, shapes[target]))
     return sorted(keys)
+
+
+def _keys(name: str, shape: Iterable[int]) -> list[str]:
+    """``NAME``, ``NAME:SHAPE`` and, for a kernel of more than two dimensions, its flattened
+    ``NAME:OUTxIN_FLAT`` (what a set made without the base requires of a convolution that
+    PEFT's LyCORIS, OFT, BOFT and AdaLoRA layers see flattened; methods.base.shape_fits)."""
+    dims = list(shape)
+    out = [name, shape_key(name, dims)]
+    if len(dims) > 2:
+        flat = 1
+        for d in dims[1:]:
+            flat *= d
+        out.append(shape_key(name, [dims[0], flat]))
+    return out

@@ -362,6 +362,19 @@ def _label(name: str) -> str:
     return PSEUDO_LABELS.get(name, name)
 
 
+def shape_fits(want: list[int | None], have: Shape | list[int]) -> bool:
+    """Whether a base tensor of shape ``have`` has the required shape ``want`` (``None``: any
+    size). A 2-D ``[out, in_flat]`` also fits a kernel of more dimensions seen flattened,
+    ``[out, in/groups, k...]`` with ``in/groups * k...`` = ``in_flat``: PEFT's LyCORIS, OFT,
+    BOFT and AdaLoRA layers see a convolution so, and an adapter checked without its base
+    (published unpinned) can only say ``[out, in_flat]``; with a base in hand,
+    :func:`pin_flattened` records the kernel's own shape."""
+    if len(have) == len(want):
+        return all(w is None or w == h for w, h in zip(want, have))
+    return (len(want) == 2 and len(have) > 2 and want[0] in (None, have[0]) and want[1] is not None
+            and numel(have[1:]) == want[1])
+
+
 def check_requirements(req: Mapping[str, list[int | None]], base: BaseFingerprint) -> list[str]:
     """Reasons why ``base`` cannot take an adapter with these requirements (empty: it fits)."""
     reasons: list[str] = []
@@ -374,7 +387,7 @@ def check_requirements(req: Mapping[str, list[int | None]], base: BaseFingerprin
             continue
         if not want:  # existence is all the method could check
             continue
-        if len(have) != len(want) or any(w is not None and w != h for w, h in zip(want, have)):
+        if not shape_fits(want, have):
             shown = [("*" if w is None else w) for w in want]
             vocab = ("embed" in name or "lm_head" in name or "wte" in name) and not name.startswith("@")
             if vocab and want and want[0] not in (None, have[0]):
