@@ -307,6 +307,36 @@ def test_credentials_from_the_docker_configuration(tmp_path, reg, other, base_di
         srv.stop()
 
 
+def test_bearer_tokens_from_the_registrys_token_service(tmp_path, reg, other, base_dir, lora_dir, monkeypatch):
+    from ociserver import TokenService
+
+    (tmp_path / "oci-token").mkdir()
+    tokens = TokenService(tmp_path / "oci-token", {"alice": "s3cret"})
+    srv = start_registry(tmp_path / "oci-token", token=tokens)
+    try:
+        repo = f"oci://{srv.host}/acme/tokened"
+        reg.publish(lora_dir, name="acme/tokened", version="1.0.0", base=base_dir)
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nodocker"))
+        with pytest.raises(OciAuthError, match="requires credentials and none are configured"):
+            OciRemote(insecure=True).push(reg, "acme/tokened@1.0.0", repo)  # an anonymous token grants nothing
+        cfg = tmp_path / "docker"
+        cfg.mkdir()
+        (cfg / "config.json").write_text(json.dumps({"auths": {srv.host: {"username": "alice",
+                                                                          "password": "wrong"}}}))
+        monkeypatch.setenv("DOCKER_CONFIG", str(cfg))
+        with pytest.raises(OciAuthError, match="token service refused the credentials"):
+            OciRemote(insecure=True).push(reg, "acme/tokened@1.0.0", repo)
+        (cfg / "config.json").write_text(json.dumps({"auths": {srv.host: {"auth": base64.b64encode(
+            b"alice:s3cret").decode()}}}))
+        assert OciRemote(insecure=True).push(reg, "acme/tokened@1.0.0", repo).created
+        assert OciRemote(insecure=True).pull(other, f"{repo}:1.0.0", tmp_path / "out").version == "1.0.0"
+        assert ("alice", "repository:acme/tokened:pull,push") in tokens.requests
+        assert ("alice", "repository:acme/tokened:pull") in tokens.requests
+    finally:
+        srv.stop()
+        tokens.stop()
+
+
 def test_unreachable_and_plain_http_without_insecure_are_one_line_errors(oci, reg, base_dir, lora_dir):
     from ociserver import free_port
 

@@ -195,10 +195,12 @@ class OciClient:
                 raise OciAuthError(f"{what}: {self.host} names a token service over plain HTTP ({realm}); "
                                    "credentials are not sent there", hint="use --insecure only for a registry you trust")
             if realm:
-                params.setdefault("scope", scope)
+                # what this operation needs (pull,push for a push), and what the registry named
+                asked = params.pop("scope", None)
+                query: dict[str, Any] = {**params, "scope": [scope] + ([asked] if asked and asked != scope else [])}
                 auth = self._creds
                 with self._errors(what):
-                    tok = self.http.get(realm, params=params, auth=auth)
+                    tok = self.http.get(realm, params=query, auth=auth)
                 if tok.status_code == 200:
                     body = tok.json()
                     token = body.get("token") or body.get("access_token")
