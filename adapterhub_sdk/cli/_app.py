@@ -136,8 +136,9 @@ class _Group(HelpfulGroup):
 @click.option("--registry", "registry_url", envvar="ADAPTERHUB_REGISTRY_URL", metavar="URL",
               help="Registry database URL (sqlite:///PATH or postgresql://...). "
                    "Default: SQLite under ADAPTERHUB_HOME.")
-@click.option("--blobs", envvar="ADAPTERHUB_BLOBS", metavar="DIR",
-              help="Blob store directory (default: beside a SQLite registry, else ADAPTERHUB_HOME/blobs).")
+@click.option("--blobs", envvar="ADAPTERHUB_BLOBS", metavar="DIR|URL",
+              help="Blob store: a directory or s3://BUCKET/PREFIX (default: beside a SQLite registry, "
+                   "else ADAPTERHUB_HOME/blobs).")
 @click.option("--debug", is_flag=True, envvar="ADAPTERHUB_DEBUG", help="Show tracebacks.")
 @click.version_option(package_name="adapterhub_sdk", prog_name="adapterhub")
 @click.pass_context
