@@ -14,6 +14,7 @@ are measured from the *scheduled* arrival (a client that falls behind does not h
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import math
 import os
@@ -182,6 +183,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+STARTED: list[Server] = []
+
+
+@atexit.register
+def _stop_all() -> None:  # a run that fails half-way leaves no server behind
+    for s in STARTED:
+        s.stop()
+
+
 class Server:
     """A server process on loopback; ``start_s``: from spawn to /health answering 200 (what a
     user waits before the first request)."""
@@ -196,14 +206,15 @@ class Server:
         self.t_spawn = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
         self.start_s: float | None = None
+        STARTED.append(self)
 
-    def wait(self, deadline_s: float = 300) -> float:
+    def wait(self, deadline_s: float = 900) -> float:
         import httpx
 
         deadline = time.time() + deadline_s
         while time.time() < deadline:
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
                     self.start_s = time.perf_counter() - self.t_spawn
                     return self.start_s
             except httpx.HTTPError:
@@ -237,4 +248,5 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()

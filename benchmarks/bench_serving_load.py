@@ -275,6 +275,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="results name (default bench_serving_load[_quick])")
     args = ap.parse_args()
     q = args.quick
+    out_name = args.out or ("bench_serving_load_quick" if q else "bench_serving_load")
     n_req = args.requests or (16 if q else 160)
     rounds = args.rounds or (1 if q else 3)
     sat_rounds = args.sat_rounds or (1 if q else 2)
@@ -328,7 +329,11 @@ def main() -> None:
                 tgt[i] = (srv.url, f"bench/a{i}")
         setups["per_adapter"] = Setup("per_adapter", servers, tgt, f"{len(servers)} processes x {per} adapter(s), "
                                      f"{psched or 'default'} scheduler")
-        setups["per_adapter"].wait()
+        try:
+            setups["per_adapter"].wait()
+        except RuntimeError as exc:
+            skipped["per_adapter"] = str(exc)[:600]
+            setups.pop("per_adapter").stop()
     if "transformers" in wanted:
         s = transformers_serve(base, work / "transformers.log", args.threads)
         try:
@@ -368,6 +373,9 @@ def main() -> None:
                 res = run_load(setups[name].targets, schedule)
                 runs[name].append(res)
                 print(line(f"round {r + 1} {name}", res), flush=True)
+            C.write_results(f"{out_name}_partial", {  # a run cut short keeps its rounds
+                "sat": {k: [keep(x, False) for x in v] for k, v in sat.items()}, **results,
+                "runs": {k: [keep(x, False) for x in v] for k, v in runs.items()}})
         results["rss"] = {k: v.rss() for k, v in setups.items()}
     finally:
         for setup in setups.values():
@@ -420,7 +428,6 @@ def main() -> None:
                 "temperature": 0, "scheduler_choices": choices, "quick": q, "threads": args.threads,
                 "model": "Llama hidden 256, 4 layers, BPE vocab 300, context 1024, eos/pad LM-head rows zero; "
                          "LoRA r8 q,v"}
-    out_name = args.out or ("bench_serving_load_quick" if q else "bench_serving_load")
     path = C.write_results(out_name, {
         "settings": settings, "summary": summary, "micro": micro_res, **results,
         "saturation_runs": {k: [keep(x, False) for x in v] for k, v in sat.items()},
