@@ -225,10 +225,21 @@ def test_logprobs_are_the_adapters_distribution(world):
     body = {"model": "other", "prompt": prompt(2), "max_tokens": 6, "temperature": 0.8, "seed": 3, "logprobs": 3}
     with serving(dep) as s:
         reply = httpx.post(s.url + "/v1/completions", json=body, timeout=60).json()
-        chat = httpx.post(s.url + "/v1/chat/completions", timeout=60,
-                          json={"model": "good", "messages": [{"role": "user", "content": "w9 w3"}],
-                                "max_tokens": 4, "temperature": 0, "logprobs": True, "top_logprobs": 2}).json()
-        streamed = httpx.post(s.url + "/v1/completions", json={**body, "stream": True}, timeout=60)
+        chat_body = {"model": "good", "messages": [{"role": "user", "content": "w9 w3"}], "max_tokens": 4,
+                     "temperature": 0, "logprobs": True, "top_logprobs": 2}
+        chat = httpx.post(s.url + "/v1/chat/completions", timeout=60, json=chat_body).json()
+        chat_chunks = []
+        with httpx.stream("POST", s.url + "/v1/chat/completions", json={**chat_body, "stream": True},
+                          timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    chat_chunks.extend(e for c in json.loads(line[6:])["choices"] if c["logprobs"]
+                                       for e in c["logprobs"]["content"])
+        chunks = []
+        with httpx.stream("POST", s.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    chunks.extend(c["logprobs"] for c in json.loads(line[6:])["choices"] if c["logprobs"])
     with serving(dep, scheduler="static") as s:
         static = httpx.post(s.url + "/v1/completions", json=body, timeout=60)
     choice = reply["choices"][0]
@@ -252,7 +263,9 @@ def test_logprobs_are_the_adapters_distribution(world):
         assert c["bytes"] == list(c["token"].encode()) and len(c["top_logprobs"]) == 2
         assert c["top_logprobs"][0]["token"] == c["token"]  # greedy: the chosen token is the most likely
         assert c["top_logprobs"][0]["logprob"] == c["logprob"] >= c["top_logprobs"][1]["logprob"]
-    assert streamed.status_code == 400 and streamed.json()["error"]["code"] == "unsupported_parameter"
+    assert chat_chunks == content
+    # streamed: each chunk carries the tokens its text completes; together, the same entries
+    assert {key: [v for c in chunks for v in c[key]] for key in lp} == lp
     assert static.status_code == 400 and "continuous" in static.json()["error"]["message"]
 
 

@@ -45,7 +45,7 @@ from ..generation import (
 from ..kv_batch import KVBatch, Prefill, UnsupportedCacheError, check_cache
 from .errors import APIError, api_error, unavailable
 from .metrics import Metrics
-from .text import cut
+from .text import cut, held_back
 from .worker import (
     _STOP,
     BatchWorker,
@@ -106,6 +106,7 @@ class _Row:
     prefill: Prefill
     next: int = 0  # the token its next decode step feeds
     lps: list[dict[str, Any]] = field(default_factory=list)
+    sent_lps: int = 0  # entries of lps already streamed
 
 
 class ContinuousWorker(BatchWorker):
@@ -308,9 +309,27 @@ class ContinuousWorker(BatchWorker):
             self._done(row, job.finish)
             return False
         if job.stream:
-            self._stream(job, row.text.text)
+            self._stream_row(row, row.text.text, final=False)
         row.next = token
         return True
+
+    def _stream_row(self, row: _Row, text: str, *, final: bool) -> None:
+        """Send the text that can no longer change (never past a stop sequence), with the
+        log-probabilities of the tokens produced since the last event, when asked."""
+        job = row.job
+        safe = text if final else cut(text, job.stop)
+        if not final:
+            safe = safe[: len(safe) - held_back(safe, job.stop)]
+        lps = None
+        if job.logprobs is not None and row.sent_lps < len(row.lps) and (final or len(safe) > len(job.sent)):
+            lps, row.sent_lps = row.lps[row.sent_lps:], len(row.lps)
+        if len(safe) > len(job.sent) and safe.startswith(job.sent):
+            job.emit(TokenEvent(job.index, safe[len(job.sent):], logprobs=lps))
+            job.sent = safe
+        elif lps:
+            job.emit(TokenEvent(job.index, "", logprobs=lps))
+        if final:
+            job.sent = safe
 
     @staticmethod
     def _logprob(text: IncrementalText, logits: Any, token: int, top: int) -> dict[str, Any]:
@@ -329,9 +348,7 @@ class ContinuousWorker(BatchWorker):
         ids = job.produced
         text = cut(self._decode(ids), job.stop)
         if job.stream:
-            if len(text) > len(job.sent) and text.startswith(job.sent):
-                job.emit(TokenEvent(job.index, text[len(job.sent):]))
-            job.sent = text
+            self._stream_row(row, text, final=True)
         lps = row.lps if job.logprobs is not None else None  # every token counted in completion_tokens
         self.metrics.tokens.labels(job.label).inc(len(ids))
         self.metrics.prompt_tokens.labels(job.label).inc(len(job.ids))

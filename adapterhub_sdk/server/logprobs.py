@@ -43,9 +43,6 @@ def requested(body: Any, kind: str) -> int | None:
         count, param = body.logprobs, "logprobs"
     if not 0 <= count <= MAX_LOGPROBS:
         raise _bad(param, f"{param} must be an integer from 0 to {MAX_LOGPROBS}, not {count}")
-    if body.stream:
-        raise _bad("logprobs", "logprobs are not supported with stream: true (ask without streaming)",
-                   code="unsupported_parameter")
     return int(count)
 
 

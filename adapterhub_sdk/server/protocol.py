@@ -188,7 +188,7 @@ class ChatCompletionResponse(_Answer):
 class CompletionChunkChoice(_Answer):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None
 
 
@@ -211,7 +211,7 @@ class ChatDelta(_Answer):
 class ChatChunkChoice(_Answer):
     index: int
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason | None
 
 

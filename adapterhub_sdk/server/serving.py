@@ -180,13 +180,14 @@ class Server:
             body = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices, **extra}
             return f"data: {json.dumps(body)}\n\n"
 
-        def choice(index: int, text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+        def choice(index: int, text: str | None, finish: str | None, role: bool = False,
+                   lps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
             if chat:
                 delta: dict[str, Any] = {"role": "assistant"} if role else {}
                 if text is not None:
                     delta["content"] = text
-                return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+                return {"index": index, "delta": delta, "logprobs": chat_logprobs(lps), "finish_reason": finish}
+            return {"index": index, "text": text or "", "logprobs": completion_logprobs(lps), "finish_reason": finish}
 
         rows: list[DoneEvent] = []
         try:
@@ -196,7 +197,7 @@ class Server:
             while len(rows) < len(jobs):
                 event = early.pop(0) if early else await q.get()
                 if isinstance(event, TokenEvent):
-                    yield chunk([choice(event.index, event.text, None)])
+                    yield chunk([choice(event.index, event.text, None, lps=event.logprobs)])
                 elif isinstance(event, DoneEvent):
                     rows.append(event)
                     yield chunk([choice(event.index, None if chat else "", event.finish_reason)])

@@ -53,6 +53,7 @@ class TokenEvent:
 
     index: int
     text: str
+    logprobs: list[dict[str, Any]] | None = None  # the tokens this text completes, when the job asked
 
 
 @dataclass(frozen=True)
