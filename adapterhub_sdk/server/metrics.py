@@ -23,7 +23,7 @@ class Metrics:
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
         self.tokens = Counter("adapterhub_generated_tokens", "Completion tokens generated", ["adapter"], registry=r)
         self.prompt_tokens = Counter("adapterhub_prompt_tokens", "Prompt tokens processed", ["adapter"], registry=r)
-        self.batch_size = Histogram("adapterhub_batch_size", "Rows in one Deployment.generate call", registry=r,
+        self.batch_size = Histogram("adapterhub_batch_size", "Rows in one batch (static) or decode step (continuous)", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.queue_wait = Histogram("adapterhub_queue_wait_seconds", "Time a request waited for its batch",
                                     registry=r, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
