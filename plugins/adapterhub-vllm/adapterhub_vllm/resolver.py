@@ -19,7 +19,11 @@ Configuration (environment of the vLLM server):
   fingerprint of the served model's directory (computed once, cached);
 - ``ADAPTERHUB_VLLM_CACHE_DIR``: where adapters are pulled (default ``<home>/vllm-lora``);
 - ``ADAPTERHUB_VLLM_MAX_LORA_RANK``: the server's ``--max-lora-rank``, to refuse larger
-  adapters with a reason instead of a failed load.
+  adapters with a reason instead of a failed load;
+- ``ADAPTERHUB_VLLM_FOLLOW_INTERVAL`` (default 2 s; 0: off), ``ADAPTERHUB_VLLM_SERVER_URL``
+  (default ``http://127.0.0.1:8000``), ``VLLM_API_KEY``: a name that is an alias spec
+  (``acme/sentiment@prod``) is followed, reloaded in place when the alias moves
+  (:mod:`adapterhub_vllm.follow`).
 
 The module imports without vLLM: :class:`AdapterHubLoRAResolver` then is a plain class with
 the same ``resolve_lora`` coroutine, returning :class:`~adapterhub_vllm.lora.LoRAArgs`.
@@ -43,6 +47,7 @@ from adapterhub_sdk.errors import (
 )
 from adapterhub_sdk.names import parse_ref
 
+from .follow import DEFAULT_INTERVAL, DEFAULT_SERVER_URL, AliasFollower
 from .lora import LoRAArgs, check_fingerprint, prepare_lora, served_fingerprint
 
 logger = logging.getLogger("adapterhub_vllm")
@@ -69,7 +74,8 @@ class AdapterHubLoRAResolver(LoRAResolver):  # type: ignore[misc,valid-type]
 
     def __init__(self, *, registry_url: str | None = None, blobs: str | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, base_fingerprint: str | None = None,
-                 max_lora_rank: int | None = None, registry: Any = None) -> None:
+                 max_lora_rank: int | None = None, registry: Any = None, follow_interval: float = DEFAULT_INTERVAL,
+                 server_url: str = DEFAULT_SERVER_URL, api_key: str | None = None) -> None:
         self.registry_url = registry_url
         self.blobs = blobs
         self.cache_dir = Path(cache_dir).expanduser().absolute() if cache_dir is not None else None
@@ -80,6 +86,8 @@ class AdapterHubLoRAResolver(LoRAResolver):  # type: ignore[misc,valid-type]
         self._served: dict[str, str] = {}  # served model -> fingerprint
         #: lora_name -> why it was refused (the latest refusal per name)
         self.refusals: dict[str, str] = {}
+        #: alias names resolved here, reloaded in place in vLLM when their alias moves
+        self.follower = AliasFollower(self, interval=follow_interval, server_url=server_url, api_key=api_key)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AdapterHubLoRAResolver:
@@ -89,6 +97,13 @@ class AdapterHubLoRAResolver(LoRAResolver):  # type: ignore[misc,valid-type]
             max_rank = int(rank) if rank else None
         except ValueError:
             raise ValueError(f"ADAPTERHUB_VLLM_MAX_LORA_RANK={rank!r} is not an integer") from None
+        interval = env.get("ADAPTERHUB_VLLM_FOLLOW_INTERVAL")
+        try:
+            follow = float(interval) if interval else DEFAULT_INTERVAL
+            if follow < 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"ADAPTERHUB_VLLM_FOLLOW_INTERVAL={interval!r} is not a number of seconds >= 0") from None
         fp = env.get("ADAPTERHUB_VLLM_BASE_FINGERPRINT") or None
         if fp:
             try:
@@ -97,7 +112,9 @@ class AdapterHubLoRAResolver(LoRAResolver):  # type: ignore[misc,valid-type]
                 raise ValueError(f"ADAPTERHUB_VLLM_BASE_FINGERPRINT: {exc.message}") from None
         return cls(registry_url=env.get("ADAPTERHUB_REGISTRY_URL") or None, blobs=env.get("ADAPTERHUB_BLOBS") or None,
                    cache_dir=env.get("ADAPTERHUB_VLLM_CACHE_DIR") or None, base_fingerprint=fp,
-                   max_lora_rank=max_rank)
+                   max_lora_rank=max_rank, follow_interval=follow,
+                   server_url=env.get("ADAPTERHUB_VLLM_SERVER_URL") or DEFAULT_SERVER_URL,
+                   api_key=env.get("VLLM_API_KEY") or None)
 
     # ------------------------------------------------------------------ sync core
 
@@ -147,6 +164,7 @@ class AdapterHubLoRAResolver(LoRAResolver):  # type: ignore[misc,valid-type]
         self.refusals.pop(lora_name, None)
         logger.info("adapterhub: LoRA %r is %s (%s), base %s checked", lora_name, args.adapter, args.lora_path,
                     args.base_fingerprint[:12])
+        self.follower.follow(lora_name, base_model_name, args)  # an alias: reloaded in place when it moves
         return args
 
     def _refuse(self, lora_name: str, base_model_name: str, exc: BaseException) -> None:

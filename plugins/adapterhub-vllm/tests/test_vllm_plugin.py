@@ -82,7 +82,8 @@ def _vllm_isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAPTERHUB_LOAD_PLUGINS", "")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for var in ("ADAPTERHUB_REGISTRY_URL", "ADAPTERHUB_BLOBS", "ADAPTERHUB_VLLM_BASE_FINGERPRINT",
-                "ADAPTERHUB_VLLM_CACHE_DIR", "ADAPTERHUB_VLLM_MAX_LORA_RANK"):
+                "ADAPTERHUB_VLLM_CACHE_DIR", "ADAPTERHUB_VLLM_MAX_LORA_RANK", "ADAPTERHUB_VLLM_FOLLOW_INTERVAL",
+                "ADAPTERHUB_VLLM_SERVER_URL", "VLLM_API_KEY"):
         monkeypatch.delenv(var, raising=False)
 
 
