@@ -276,3 +276,44 @@ def test_alias_target_is_one_query_on_both_backends(registry, models):
         reg.alias_target("acme/sent@staging")
     with pytest.raises(InvalidVersionError):
         reg.alias_target("acme/sent@1.0.0")
+
+
+def test_aliases_loaded_over_http_are_followed_and_replaced_or_unloaded_cleanly(models, tmp_path):
+    from test_row_isolation import _Serving
+
+    import adapterhub_sdk as ah
+    from adapterhub_sdk.server import create_app
+
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'registry.db'}", blobs=tmp_path / "blobs") as reg:
+        _publish_all(reg, models)
+        dep = ah.Deployment(models["base"], registry=reg)
+        app = create_app(dep, base_id="tinyllama", follow_interval=0.1, allow_adapter_updates=True,
+                         admin_key=ADMIN_KEY)
+        with _Serving(app) as s, httpx.Client(base_url=s.url, timeout=120,
+                                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
+            r = c.post("/v1/adapters", json={"spec": "acme/sent@prod"})
+            assert r.status_code == 201 and r.json()["id"] == "acme/sent" and r.json()["ref"] == "acme/sent@1.0.0"
+            r = c.post("/v1/load_lora_adapter", json={"lora_name": "s2", "lora_path": "acme/sent@prod"})
+            assert r.status_code == 200, r.text
+            cards = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+            assert set(cards) == {"tinyllama", "acme/sent", "s2"}
+            assert cards["s2"]["alias"]["spec"] == "acme/sent@prod" and cards["s2"]["version"] == "1.0.0"
+            assert {a["id"] for a in c.get("/v1/adapters").json()["data"]} == {"acme/sent", "s2"}
+            assert all("#" in n for n in dep.adapters)  # both served from internal slots
+
+            reg.alias("acme/sent@1.1.0", "prod")
+            for name in ("acme/sent", "s2"):
+                _wait_for(c, name, lambda k: k["version"] == "1.1.0", f"{name} following to 1.1.0")
+
+            r = c.post("/v1/adapters", json={"spec": "acme/sent@1.0.0"})  # a fixed version replaces it
+            assert r.status_code == 200 and r.json()["replaced"] is True
+            card = _card(c, "acme/sent")
+            assert card["version"] == "1.0.0" and card["alias"] is None
+            assert c.post("/v1/unload_lora_adapter", json={"lora_name": "s2"}).status_code == 200
+            assert set(cards) - {m["id"] for m in c.get("/v1/models").json()["data"]} == {"s2"}
+            reg.alias("acme/sent@1.0.0", "prod")  # no longer followed by anything
+            deadline = time.monotonic() + WAIT
+            while set(dep.adapters) != {"acme/sent"}:  # the followed slots are detached once idle
+                assert time.monotonic() < deadline, list(dep.adapters)
+                time.sleep(0.05)
+            assert _card(c, "acme/sent")["adapter"]["ref"] == "acme/sent@1.0.0"
