@@ -21,9 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..deploy import Deployment
 from ..errors import AdapterHubError
 from ..generation_inputs import GenerationError
+from ..kv_batch import check_model
 from . import protocol, security
 from .continuous import DEFAULT_PREFILL_TOKENS, ContinuousWorker
 from .errors import APIError, api_error, validation_error
+from .follow import DEFAULT_INTERVAL
 from .limits import MAX_BODY_BYTES
 from .metrics import Metrics, MetricsMiddleware
 from .routes import router
@@ -70,7 +72,7 @@ def _openapi(app: FastAPI, access: Access) -> dict[str, Any]:
 
 def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch: int = 16,
                batch_wait_ms: float = 5.0, api_key: str | None = None, admin_key: str | None = None,
-               allow_adapter_updates: bool = False, metrics_auth: bool = False, follow_interval: float = 0.0,
+               allow_adapter_updates: bool = False, metrics_auth: bool = False, follow_interval: float = DEFAULT_INTERVAL,
                max_body_bytes: int = MAX_BODY_BYTES, scheduler: str = "continuous",
                max_prefill_tokens: int = DEFAULT_PREFILL_TOKENS) -> FastAPI:
     """The HTTP app serving ``deployment``. ``base_id``: the base's model id (default: the
@@ -85,8 +87,8 @@ def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch:
     (None: open). ``allow_adapter_updates``: serve the adapter load/unload endpoints (off:
     403), which then need ``admin_key`` (required with it). ``metrics_auth``: ``/metrics``
     needs a key too. ``max_body_bytes``: bodies over it are a 413. ``follow_interval``: seconds
-    between re-reads of the aliases adapters were attached by (``NS/NAME@prod``; 0: do not
-    follow them; see :mod:`.follow`). A configuration that
+    between re-reads of the aliases adapters were attached by (``NS/NAME@prod``; default 2;
+    0: do not follow them; see :mod:`.follow`). A configuration that
     cannot be safe raises :class:`~.security.ServerConfigError` (see :mod:`.security`)."""
     access = Access(api_key=api_key, admin_key=admin_key, allow_adapter_updates=allow_adapter_updates,
                     metrics_auth=metrics_auth)
@@ -95,6 +97,7 @@ def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch:
     metrics = Metrics()
     worker: Scheduler
     if scheduler == "continuous":
+        check_model(deployment.model, deployment.device)  # a cache it cannot merge: refused before serving
         worker = ContinuousWorker(deployment, max_batch=max_batch, max_prefill_tokens=max_prefill_tokens,
                                   metrics=metrics)
     elif scheduler == "static":
