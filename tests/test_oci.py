@@ -351,8 +351,8 @@ def test_unreachable_and_plain_http_without_insecure_are_one_line_errors(oci, re
 
 def test_cli_push_pull_resolve_json(oci, tmp_path, base_dir, lora_dir, request):
     repo = f"oci://{oci.host}/{_repo(request)}"
-    run_cli("publish", str(lora_dir), "--name", "acme/cli", "--version", "1.0.0", "--base", str(base_dir),
-            check=True)
+    with ah.Registry.open() as home:  # the home the CLI opens (ADAPTERHUB_HOME)
+        home.publish(lora_dir, name="acme/cli", version="1.0.0", base=base_dir)
     pushed = json.loads(run_cli("push", "acme/cli@1.0.0", "--to", repo, "--insecure", "--json", check=True).stdout)
     assert pushed["tag"] == "1.0.0" and pushed["created"] is True
     bad = run_cli("push", "acme/cli@1.0.0", "--to", repo)  # HTTPS by default: a plain-HTTP registry fails
