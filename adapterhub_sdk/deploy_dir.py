@@ -32,6 +32,21 @@ def _files_digest(files: list[Any]) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
+def _same_as_signed(pkg: Any, vs: Any, where: str) -> None:
+    """Under a signing policy: the files packed (what will be loaded) are the ones a trusted
+    signature lists, so a directory changed after its signature was checked is refused."""
+    from .signing.bundle import Bundle
+
+    for check, (_, text) in zip(vs.checks, vs.bundles, strict=False):
+        if check.status != "trusted":
+            continue
+        signed = Bundle.parse(text).resources()
+        if all(signed.get(f.path) == f.sha256 for f in pkg.files):
+            return
+    raise IntegrityError(f"{where}: its files changed while it was being loaded (they are not the ones its "
+                         "signature lists)", hint="load it again once nothing writes to the directory")
+
+
 def _pinned(dep: Deployment, pkg: Any, by_path: dict[str, Any], where: str) -> tuple[str, str, str, dict[str, Any]]:
     """(ref, digest, verdict, method) of a directory carrying a manifest; its files verified."""
     manifest = Manifest.from_json(by_path[MANIFEST_FILE].source.read_bytes())
@@ -70,8 +85,14 @@ def attach_directory(dep: Deployment, path: str | Path, *, name: str) -> Attache
                             hint="pass the directory PeftModel.save_pretrained or 'adapterhub pull' wrote, or a "
                                  "registry spec")
     where = str(p)
-    _check_directory_signed(p, dep.registry, dep.require_signed)  # a signed-only policy: a trusted model.sig
+    signatures = None  # a signed-only policy: a trusted model.sig over exactly the files present
+    if dep.registry is not None:
+        signatures = dep.registry.check_signed_directory(p, dep.require_signed)
+    else:
+        _check_directory_signed(p, None, dep.require_signed)
     with pack(p) as pkg:  # regular files only, copied aside: what is checked is what is loaded
+        if signatures is not None:
+            _same_as_signed(pkg, signatures, where)
         by_path = {f.path: f for f in pkg.files}
         pinned = MANIFEST_FILE in by_path
         if pinned:

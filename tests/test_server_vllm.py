@@ -167,4 +167,16 @@ def test_a_signed_only_policy_needs_a_trusted_model_sig_in_the_directory(base_di
             r = _load(c, "s", signed)
             assert r.status_code == 200 and r.headers["x-adapterhub-verdict"] == "exact", r.text
             assert _cards(c)["s"]["version"] == "1.0.0"
+        # a directory changed after its signature was checked, before it was copied: what is
+        # loaded is compared with what the trusted signature lists
+        from adapterhub_sdk.deploy_dir import _same_as_signed
+        from adapterhub_sdk.errors import IntegrityError
+        from adapterhub_sdk.package import pack
+
+        checked = reg.check_signed_directory(signed, "alice")
+        with pack(signed) as pkg:
+            _same_as_signed(pkg, checked, str(signed))  # unchanged: accepted
+        (signed / "README.md").write_text("changed after the check\n")
+        with pack(signed) as pkg, pytest.raises(IntegrityError, match="changed while it was being loaded"):
+            _same_as_signed(pkg, checked, str(signed))
 
