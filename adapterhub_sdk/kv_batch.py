@@ -41,6 +41,17 @@ def check_cache(cache: Any) -> list[Any]:
     return layers
 
 
+def check_model(model: Any, device: Any) -> None:
+    """Refuse, before serving, a model whose cache :class:`KVBatch` cannot merge (one forward
+    of one token, no adapter)."""
+    import torch
+
+    cache_kw, extra = _cache_kwargs(model)
+    with torch.no_grad():
+        out = model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=True, **extra)
+    check_cache(_cache_of(out))
+
+
 def _left_pad(t: Any, n: int, dim: int) -> Any:
     """``t`` with ``n`` zero entries prepended along ``dim``."""
     if n <= 0:
@@ -159,4 +170,4 @@ class KVBatch:
         return out.logits[:, -1, :]
 
 
-__all__ = ["KVBatch", "Prefill", "UnsupportedCacheError", "check_cache"]
+__all__ = ["KVBatch", "Prefill", "UnsupportedCacheError", "check_cache", "check_model"]

@@ -349,7 +349,8 @@ def test_every_variant_runs_in_a_mixed_batch_or_is_refused_before_loading(world,
 
 def test_a_cache_it_cannot_merge_is_one_error_and_the_worker_runs_on():
     """A sliding-window model's cache (DynamicSlidingWindowLayer) is not merged approximately:
-    its request gets one error naming the way out, the next request is answered too."""
+    serving it under the continuous scheduler is refused at start; a worker made anyway
+    answers each request with one error naming the way out and runs on."""
     from transformers import MistralConfig, MistralForCausalLM
 
     from adapterhub_sdk.server.continuous import ContinuousWorker
@@ -380,3 +381,13 @@ def test_a_cache_it_cannot_merge_is_one_error_and_the_worker_runs_on():
     for event in answers:
         assert isinstance(event, ErrorEvent), event
         assert "DynamicSlidingWindowLayer" in event.error.message and "--scheduler static" in event.error.message
+    # and serving it is refused at start, with the way out; the static scheduler serves it
+    from adapterhub_sdk.kv_batch import UnsupportedCacheError
+
+    with pytest.raises(UnsupportedCacheError, match="DynamicSlidingWindowLayer") as info:
+        create_app(dep)
+    assert "--scheduler static" in (info.value.hint or "")
+    with _Serving(create_app(dep, scheduler="static")) as s:
+        r = httpx.post(s.url + "/v1/completions", json={"model": "base", "prompt": [3, 4, 5], "max_tokens": 2},
+                       timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1, r.text
