@@ -274,6 +274,35 @@ def test_signatures_travel_as_a_cosign_style_tag_and_verify_after_pull(oci, reg,
     assert not (tmp_path / "out2").exists()
 
 
+def test_a_cosign_signature_at_the_tag_is_left_alone(oci, reg, other, base_dir, lora_dir, request):
+    """cosign writes its own artifact at ``sha256-HEX.sig``: a pull ignores it, a push of our
+    signatures does not overwrite it (a warning says they were not pushed)."""
+    from adapterhub_sdk.oci.refs import signature_tag
+    from adapterhub_sdk.signing import generate_key
+
+    repo = _repo(request)
+    reg.trust_key("alice", generate_key("alice").public_pem)
+    reg.publish(lora_dir, name="acme/cosigned", version="1.0.0", base=base_dir)
+    res = OciRemote(insecure=True).push(reg, "acme/cosigned@1.0.0", f"oci://{oci.host}/{repo}")
+    payload, config = b'{"critical":{}}', b'{"architecture":"","os":""}'
+    with OciClient(oci.host, insecure=True) as c:
+        c.push_blob(repo, sha256_digest(payload), len(payload), payload)
+        c.push_blob(repo, sha256_digest(config), len(config), config)
+        cosign = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                             "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                        "digest": sha256_digest(config), "size": len(config)},
+                             "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                                         "digest": sha256_digest(payload), "size": len(payload),
+                                         "annotations": {"dev.cosignproject.cosign/signature": "MEUC"}}]}).encode()
+        c.put_manifest(repo, signature_tag(res.commit), cosign)
+    assert OciRemote(insecure=True).pull(other, f"oci://{oci.host}/{repo}:1.0.0").version == "1.0.0"
+    reg.sign("acme/cosigned@1.0.0", key="alice")
+    with pytest.warns(UserWarning, match="another tool's signature artifact"):
+        assert OciRemote(insecure=True).push(reg, "acme/cosigned@1.0.0", f"oci://{oci.host}/{repo}").signatures == 0
+    with OciClient(oci.host, insecure=True) as c:
+        assert c.get_manifest(repo, signature_tag(res.commit))[0] == cosign
+
+
 def test_credentials_from_the_docker_configuration(tmp_path, reg, other, base_dir, lora_dir, monkeypatch):
     pytest.importorskip("bcrypt", reason="bcrypt (PyPI) writes the registry's htpasswd file")
     srv = start_registry(tmp_path / "oci-auth", users={"alice": "s3cret"})

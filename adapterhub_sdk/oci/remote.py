@@ -214,10 +214,9 @@ class OciRemote:
                 c.push_blob(target.repo, sha256_digest(config), len(config), config)
                 c.put_manifest(target.repo, tag, body)
             sigs = registry.signatures(f"{info.name}@{info.version}").bundles
-            if sigs:
-                self._push_signatures(c, target, digest, sigs)
+            pushed = self._push_signatures(c, target, digest, sigs) if sigs else 0
         return OciPushResult(f"{target.host}/{target.repo}", manifest.version, digest,
-                             f"{target.repo_url}@{digest}", tag, existing is None, len(sigs))
+                             f"{target.repo_url}@{digest}", tag, existing is None, pushed)
 
     def _push_files(self, c: OciClient, target: OciRef, registry: Any, manifest: Manifest) -> None:
         blobs = registry.blobs
@@ -234,11 +233,18 @@ class OciRemote:
                         blobs.copy_verified(f.sha256, out)
                 c.push_blob(target.repo, digest, f.size, src)
 
-    def _push_signatures(self, c: OciClient, target: OciRef, digest: str, sigs: list[tuple[str, str]]) -> None:
+    def _push_signatures(self, c: OciClient, target: OciRef, digest: str, sigs: list[tuple[str, str]]) -> int:
+        """Add this registry's signature bundles to the ``sha256-HEX.sig`` artifact (kept: what
+        is there already). A tag there that is not our artifact (cosign's own) is left alone,
+        with a warning: 0 pushed."""
         from .client import sha256_digest
 
         tag = signature_tag(digest)
         have = self._signature_files(c, target, tag)
+        if have is None:
+            warnings.warn(f"{target.repo_url}:{tag} holds another tool's signature artifact (cosign?); it is left "
+                          "as it is and this version's signatures were not pushed", UserWarning, stacklevel=3)
+            return 0
         texts = {t for _, t in have}
         merged = list(have)
         names = {n for n, _ in have}
@@ -250,30 +256,34 @@ class OciRemote:
                 name, i = f"model.pushed-{i}.sig", i + 1
             merged.append((name, text))
             names.add(name)
-        if len(merged) == len(have):
-            return
-        layers = []
-        for name, text in merged:
-            raw = text.encode("utf-8")
-            c.push_blob(target.repo, sha256_digest(raw), len(raw), raw)
-            layers.append({"mediaType": SIG_TYPE, "digest": sha256_digest(raw), "size": len(raw),
-                           "annotations": {TITLE: name}})
-        c.push_blob(target.repo, sha256_digest(EMPTY), len(EMPTY), EMPTY)
-        doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": SIG_ARTIFACT_TYPE,
-               "config": {"mediaType": EMPTY_TYPE, "digest": sha256_digest(EMPTY), "size": len(EMPTY)},
-               "layers": layers, "annotations": {ANN + "signed.digest": digest}}
-        c.put_manifest(target.repo, tag, canonical_json(doc))
+        if len(merged) > len(have):
+            layers = []
+            for name, text in merged:
+                raw = text.encode("utf-8")
+                c.push_blob(target.repo, sha256_digest(raw), len(raw), raw)
+                layers.append({"mediaType": SIG_TYPE, "digest": sha256_digest(raw), "size": len(raw),
+                               "annotations": {TITLE: name}})
+            c.push_blob(target.repo, sha256_digest(EMPTY), len(EMPTY), EMPTY)
+            doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": SIG_ARTIFACT_TYPE,
+                   "config": {"mediaType": EMPTY_TYPE, "digest": sha256_digest(EMPTY), "size": len(EMPTY)},
+                   "layers": layers, "annotations": {ANN + "signed.digest": digest}}
+            c.put_manifest(target.repo, tag, canonical_json(doc))
+        return len(sigs)
 
-    def _signature_files(self, c: OciClient, ref: OciRef, tag: str) -> list[tuple[str, str]]:
-        """(file name, bundle text) of the signature artifact at ``tag``, each layer verified."""
+    def _signature_files(self, c: OciClient, ref: OciRef, tag: str) -> list[tuple[str, str]] | None:
+        """(file name, bundle text) of our signature artifact at ``tag``, each layer verified;
+        empty when there is none, None when the tag holds another tool's artifact (cosign's)."""
         from ..signing.bundle import is_signature_file
 
         got = c.get_manifest(ref.repo, tag)
         if got is None:
             return []
         what = f"{ref.repo_url}:{tag}"
+        doc = _parse_oci(got[0], what)
+        if doc.get("artifactType") != SIG_ARTIFACT_TYPE:
+            return None
         out = []
-        for title, digest, size in _layers(_parse_oci(got[0], what), what):
+        for title, digest, size in _layers(doc, what):
             if not is_signature_file(title) or size > SIG_LIMIT:
                 continue
             out.append((title, c.fetch_small(ref.repo, digest, SIG_LIMIT).decode("utf-8", errors="replace")))
@@ -317,7 +327,7 @@ class OciRemote:
                     sources[path] = out
                 self._check_files(registry, r, manifest, sources, tmp, scan=dest is None)
                 registry.import_version(manifest, sources, origin=f"{r.repo_url}@{digest}")
-            found = self._signature_files(c, r, signature_tag(digest))
+            found = self._signature_files(c, r, signature_tag(digest)) or []  # another tool's: not ours to read
         got_ref = f"{manifest.name}@{manifest.version}"
         if found:
             registry.import_signatures(got_ref, found)
