@@ -118,7 +118,7 @@ class QuarantiningBlobStorage(BlobStorage, Protocol):
 @runtime_checkable
 class Remote(Protocol):
     """A remote registry, chosen by the scheme of its URLs (``hf://`` for the Hugging Face
-    Hub; ``oci://`` for OCI registries in a later release). ``registry`` is the local
+    Hub; ``oci://`` for OCI registries). ``registry`` is the local
     :class:`~adapterhub_sdk.registry.Registry`, which a pull records versions in."""
 
     def push(self, registry: Any, ref: str, to: str, *, private: bool | None = None) -> Any:

@@ -1,7 +1,7 @@
-"""Remote registries by URL scheme (``hf://``, later ``oci://``): the one place the core
-finds the :class:`~adapterhub_sdk.interfaces.Remote` for a URL. Remotes come from plugins
-(hook ``register_remotes``); the Hugging Face Hub is the built-in one
-(:mod:`adapterhub_sdk.hub_remote`)."""
+"""Remote registries by URL scheme (``hf://``, ``oci://``): the one place the core finds
+the :class:`~adapterhub_sdk.interfaces.Remote` for a URL. Remotes come from plugins (hook
+``register_remotes``); the Hugging Face Hub (:mod:`adapterhub_sdk.hub_remote`) and OCI
+registries (:mod:`adapterhub_sdk.oci.remote`) are the built-in ones."""
 
 from __future__ import annotations
 
