@@ -317,3 +317,31 @@ def test_aliases_loaded_over_http_are_followed_and_replaced_or_unloaded_cleanly(
                 assert time.monotonic() < deadline, list(dep.adapters)
                 time.sleep(0.05)
             assert _card(c, "acme/sent")["adapter"]["ref"] == "acme/sent@1.0.0"
+
+
+def test_a_move_to_a_version_the_signing_policy_refuses_keeps_the_old_one(models, tmp_path):
+    from test_row_isolation import _Serving
+
+    import adapterhub_sdk as ah
+    from adapterhub_sdk.server import create_app
+    from adapterhub_sdk.signing import generate_key
+
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'registry.db'}", blobs=tmp_path / "blobs") as reg:
+        _publish_all(reg, models)
+        reg.trust_key("alice", generate_key("alice").public_pem)
+        reg.sign("acme/sent@1.0.0", key="alice")  # 1.1.0 stays unsigned
+        dep = ah.Deployment(models["base"], registry=reg, require_signed="alice")
+        dep.attach("acme/sent@prod", name="acme/sent#0")
+        app = create_app(dep, base_id="tinyllama", follow_interval=0.1)
+        app.state.server.follower.adopt("acme/sent", "acme/sent@prod", dep.adapters["acme/sent#0"])
+        with _Serving(app) as s, httpx.Client(base_url=s.url, timeout=120) as c:
+            reg.alias("acme/sent@1.1.0", "prod")
+            card = _wait_for(c, "acme/sent", lambda k: k["alias"]["refusal"] is not None, "the refusal of 1.1.0")
+            refusal = card["alias"]["refusal"]
+            assert refusal["version"] == "1.1.0" and "requires a signature by alice" in refusal["reason"], refusal
+            assert card["version"] == "1.0.0" and set(dep.adapters) == {"acme/sent#0"}
+            reg.sign("acme/sent@1.1.0", key="alice")
+            reg.alias("acme/sent@1.0.0", "prod")  # back where it serves: the refusal is cleared
+            _wait_for(c, "acme/sent", lambda k: k["alias"]["refusal"] is None, "the refusal cleared")
+            reg.alias("acme/sent@1.1.0", "prod")  # signed now: served
+            _wait_for(c, "acme/sent", lambda k: k["version"] == "1.1.0", "the move to the signed 1.1.0")
