@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .adapter_files import NonFiniteWarning, nonfinite_message, open_regular
+from .adapter_files import NonFiniteWarning, nonfinite_message
 from .errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
 from .fingerprint import BaseFingerprint
 from .hub_cache import _cached_file, _check_cached_files, _snapshot_files
+from .hub_checks import check_claimed_base, read_manifest, refuse_missing
 from .manifest import BaseRef, Manifest
 from .names import validate_name
 from .signing.bundle import is_signature_file
@@ -294,12 +295,14 @@ class HubClient:
         return version, commit, Path(path)
 
     def pull(self, registry: Any, text: str, *, base: Any = None, dest: str | os.PathLike[str] | None = None,
-             overwrite: bool = False, name: str | None = None) -> Any:
+             overwrite: bool = False, name: str | None = None, require_signed: Any = None) -> Any:
         """Download, verify and record a Hub version in ``registry``; write it to ``dest`` too.
         Returns the recorded VersionInfo. A repo whose manifest names another adapter than
         the repo (``acme/sentiment`` pushed to ``hf://team/sentiment-lora``) adds to that name
         only if the name is new here or all its versions came from this same repo, unless
-        ``name`` accepts it explicitly: a repo cannot slip versions into a name it does not own."""
+        ``name`` accepts it explicitly: a repo cannot slip versions into a name it does not own.
+        Its signatures, and a signing policy in force (``require_signed`` adds to it), are
+        checked before anything is recorded."""
         from .names import name_key
 
         ref = parse_hub_ref(text)
@@ -336,6 +339,11 @@ class HubClient:
         sources = {f.path: _cached_file(snap, CARD_KEEP if f.path == "README.md" and (snap / MANIFEST).is_file()
                                         else f.path) or snap / f.path
                    for f in manifest.files}
+        listed = {f.path for f in manifest.files}
+        found = [(n, c.read_text("utf-8", errors="replace")) for n in sorted(p.name for p in snap.iterdir())
+                 if is_signature_file(n) and n not in listed and (c := _cached_file(snap, n)) is not None]
+        # what the signatures and a policy in force would refuse, refused before anything is recorded
+        registry.check_incoming_signatures(manifest, found, require_signed)
         try:
             registry.import_version(manifest, sources, origin=f"{here}@{commit}")
         except IntegrityError:
@@ -350,9 +358,6 @@ class HubClient:
                     hint="resolving against a base (base=PATH) still gives it a structural verdict; to pin a base, "
                          "publish its files under a new version with base=PATH") from None
             raise
-        listed = {f.path for f in manifest.files}
-        found = [(n, c.read_text("utf-8", errors="replace")) for n in sorted(p.name for p in snap.iterdir())
-                 if is_signature_file(n) and n not in listed and (c := _cached_file(snap, n)) is not None]
         if found:  # checked against the files the manifest lists (the repo's README may be a card)
             registry.import_signatures(f"{manifest.name}@{manifest.version}", found)
         if dest is not None:
@@ -363,8 +368,7 @@ class HubClient:
                       base: Any) -> Manifest:
         raw = _cached_file(snap, MANIFEST)
         if raw is not None:
-            with open_regular(raw, display=snap / MANIFEST, what="cached file") as fh:
-                manifest = Manifest.from_json(fh.read())
+            manifest = read_manifest(ref, raw, snap / MANIFEST)
             if version is not None and Version.parse(manifest.version) != version:
                 raise IntegrityError(f"{ref}: tag {version} holds the manifest of version {manifest.version}")
             bad = []
@@ -372,14 +376,14 @@ class HubClient:
             for f in manifest.files:  # the package as published: README.md back in place
                 local = _cached_file(snap, CARD_KEEP if f.path == "README.md" else f.path)
                 if local is None:
-                    bad.append(f"{f.path} (missing)")
+                    bad.append(f.path)
                 else:
                     found[f.path] = local
-            if bad:
-                raise IntegrityError(f"{ref}: files listed in the manifest are missing: {', '.join(bad)}")
+            refuse_missing(ref, bad)
             with registry.pack_files(found, root=snap) as pkg:
                 if not _consistent(pkg.requirements, manifest.requirements):
                     raise IntegrityError(f"{ref}: the manifest's requirements do not match its adapter files")
+                check_claimed_base(ref, manifest, pkg, registry)
                 _warn_nonfinite(ref, pkg)
             return manifest
         # a repo PEFT pushed without our manifest: build one on the way

@@ -34,8 +34,9 @@ class HubRemote:
         return self._client().push(registry, ref, to, private=private)
 
     def pull(self, registry: Any, ref: str, dest: str | os.PathLike[str] | None = None, *, base: Any = None,
-             overwrite: bool = False, name: str | None = None) -> Any:
-        return self._client().pull(registry, ref, base=base, dest=dest, overwrite=overwrite, name=name)
+             overwrite: bool = False, name: str | None = None, require_signed: Any = None) -> Any:
+        return self._client().pull(registry, ref, base=base, dest=dest, overwrite=overwrite, name=name,
+                                   require_signed=require_signed)
 
     def versions(self, url: str) -> Mapping[Any, str]:
         from .hub import parse_hub_ref

@@ -281,9 +281,9 @@ def test_hub_carries_signatures_both_ways(hub_env, lora_dir, base_dir, tmp_path,
 
     claim = pull_into(tmp_path / "b", repo, "--require-signed", "alice", trust=False)
     assert claim.returncode == 1 and "is refused" in claim.stderr and "a key this registry does not trust" in claim.stderr, claim.stderr
-    assert not (tmp_path / "b" / "out").exists()  # recorded, but not written: alice is not trusted there
+    assert not (tmp_path / "b" / "out").exists()  # refused before anything is recorded: alice is not trusted there
     with ah_open(tmp_path / "b") as reg:
-        assert reg.signatures("acme/signed@1.0.0").status == "untrusted"
+        assert reg.list() == [] and reg.stats()["versions"] == 0
     signed = pull_into(tmp_path / "a", repo, "--require-signed", "alice", "--force", trust=False)
     assert signed.returncode == 0, signed.stderr
 

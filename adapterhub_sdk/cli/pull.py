@@ -9,7 +9,7 @@ import click
 
 from ._app import BASE, cli, examples, registry
 from ._output import Result, emits
-from .remote import allow_insecure, insecure_option, is_remote, pull_remote
+from .remote import allow_insecure, checked_remote, insecure_option, is_remote, pull_remote
 
 
 @cli.command(epilog=examples("adapterhub pull acme/sentiment@^1 --out ./sentiment",
@@ -40,8 +40,11 @@ def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str |
     allow_insecure(insecure)
     reg = registry(ctx)
     if is_remote(ref):
-        if require_signed is None:
-            return pull_remote(reg, ref, out, force=force, base=base, accept_name=accept_name)
+        from ..registry.transfer import takes_require_signed
+
+        if require_signed is None or takes_require_signed(checked_remote(ref, "'REF'")):
+            return pull_remote(reg, ref, out, force=force, base=base, accept_name=accept_name,
+                               require_signed=require_signed)
         res = pull_remote(reg, ref, None, force=force, base=base, accept_name=accept_name)  # recorded, not written
         got = f"{res.data['name']}@{res.data['version']}"
         if out is None:

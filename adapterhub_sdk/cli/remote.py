@@ -64,9 +64,11 @@ def checked_remote(url: str, param_hint: str) -> Remote:
 
 
 def pull_remote(reg: Registry, ref: str, out: str | None, force: bool, base: str | None,
-                accept_name: str | None) -> Result:
-    """Download a version, verify it against its manifest and record it in ``reg``."""
-    info = checked_remote(ref, "'REF'").pull(reg, ref, out, base=base, overwrite=force, name=accept_name)
+                accept_name: str | None, require_signed: str | None = None) -> Result:
+    """Download a version, verify it against its manifest and record it in ``reg``
+    (``require_signed``: for a remote that checks it before recording)."""
+    info = checked_remote(ref, "'REF'").pull(reg, ref, out, base=base, overwrite=force, name=accept_name,
+                                             **({"require_signed": require_signed} if require_signed else {}))
     return Result({"name": info.name, "version": info.version, "digest": info.digest,
                    "path": out, "source": ref, "origin": info.source},
                   f"pulled {ref} as {info.name}@{info.version} (verified, recorded in the local registry)"

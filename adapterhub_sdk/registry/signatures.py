@@ -278,6 +278,41 @@ class SignaturesPart(RegistryCore):
                 have.add(c.key_id)
             return self._check_version(conn, row, f"{self._name_of(conn, row)}@{row.version}")
 
+    def check_incoming_signatures(self, manifest: Manifest, found: Iterable[tuple[str, str]],
+                                  require_signed: str | Iterable[str] | None = None) -> None:
+        """Before a version from elsewhere (a Hub repo) is recorded, what
+        :meth:`import_signatures` and :meth:`check_signed` would refuse afterwards: a signature
+        by a key trusted here that is bad or covers other files (IntegrityError), and, under a
+        signing policy in force, a version neither its signatures nor those this registry
+        already holds for the same digest satisfy (SignaturePolicyError). Nothing is written."""
+        from ..errors import IntegrityError
+
+        ref = f"{manifest.name}@{manifest.version}"
+        with self._read() as conn:
+            keys = self._keys_by_id(conn)
+            reqs = required_signers(conn, require_signed)
+        expected = signed_resources(manifest)
+        checks = []
+        for file, text in sorted(found, key=lambda ft: ft[0] != sigfmt.SIGNATURE_FILE):
+            c = check_bundle(text, keys, expected, signer=sigfmt.signer_of(file), file=file)
+            if c.status in ("bad_signature", "tampered") and c.key_name:
+                raise IntegrityError(f"{ref}: {file} by {c.key_name} is refused: {c.reason}",
+                                     hint="the repo's files or signature were changed after signing; "
+                                          "ask its publisher to push it again")
+            if c.status != "bad_signature":
+                checks.append(c)
+        if not reqs:
+            return
+        try:
+            held = self.signatures(ref)
+        except NotFoundError:
+            held = None
+        if held is not None and held.digest == manifest.digest:
+            checks += held.checks
+        vs = VersionSignatures(ref, manifest.digest, checks)
+        for names in reqs:
+            refuse_unless_signed(ref, vs, names)
+
     def delete_signatures(self, ref: str, *, key_id: str | None = None) -> int:
         """Remove ``name@spec``'s signatures (one key's, or all): for tests and key rotation."""
         r = parse_ref(ref)

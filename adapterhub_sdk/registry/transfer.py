@@ -20,6 +20,17 @@ from .results import MANIFEST_FILE
 from .signatures import refuse_unless_signed, required_signers, version_signatures
 
 
+def takes_require_signed(remote: Any) -> bool:
+    """Whether a remote's ``pull`` checks signatures and the policy itself, before recording
+    (the Hub's does); for one that does not, the version is recorded, then checked."""
+    import inspect
+
+    try:
+        return "require_signed" in inspect.signature(remote.pull).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _warn_nonfinite(ref: str, path: Path) -> None:
     """A pulled version whose weights hold NaN or Inf is written as it is (to debug it), with
     a warning naming the tensor; a deployment refuses to attach it."""
@@ -62,8 +73,16 @@ class TransferPart(RegistryCore):
 
         remote = remote_for(ref)
         if remote is not None:
-            remote.pull(self, ref, dest, base=base, overwrite=overwrite, name=name)
-            return Path(dest) if dest is not None else None
+            if require_signed is None or takes_require_signed(remote):  # checked before it is recorded
+                remote.pull(self, ref, dest, base=base, overwrite=overwrite, name=name,
+                            **({"require_signed": require_signed} if require_signed is not None else {}))
+                return Path(dest) if dest is not None else None
+            info = remote.pull(self, ref, None, base=base, overwrite=overwrite, name=name)  # recorded, then checked
+            got = f"{info.name}@{info.version}"
+            if dest is None:
+                self.check_signed(got, require_signed)  # type: ignore[attr-defined]  # SignaturesPart, on the Registry
+                return None
+            return self.pull(got, dest, overwrite=overwrite, require_signed=require_signed)
         if dest is None:
             raise TypeError("pull needs a destination directory")
 
