@@ -116,24 +116,52 @@ class KVBatch:
     def width(self) -> int:
         return 0 if self.mask is None else int(self.mask.shape[1])
 
-    def add(self, prefill: Prefill) -> None:
-        """A prefilled row joins as the last batch row."""
+    def prefill(self, prompts: list[list[int]], pad: int = 0) -> Any:
+        """Fill this empty batch with ``prompts`` in one forward, left-padded (call inside
+        ``Deployment.use``, one name per prompt). Returns each row's last logits ``[rows, vocab]``."""
         import torch
 
-        length = prefill.done
-        check_cache(prefill.cache)
-        row_mask = torch.ones((1, length), dtype=torch.long, device=self.device)
-        row_pos = torch.tensor([length], dtype=torch.long, device=self.device)
-        if self.rows == 0:
-            self.cache, self.mask, self.pos = prefill.cache, row_mask, row_pos
+        width = max(len(ids) for ids in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, row in enumerate(prompts):
+            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache_kw, extra = self.kwargs
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                         use_cache=True, **extra)
+        self.cache, self.mask = _cache_of(out), mask
+        self.pos = torch.tensor([len(row) for row in prompts], dtype=torch.long, device=self.device)
+        return out.logits[:, -1, :]
+
+    def add(self, prefill: Prefill) -> None:
+        """A row prefilled alone joins as the last batch row."""
+        import torch
+
+        row = KVBatch(self.model, self.device)
+        row.cache = prefill.cache
+        row.mask = torch.ones((1, prefill.done), dtype=torch.long, device=self.device)
+        row.pos = torch.tensor([prefill.done], dtype=torch.long, device=self.device)
+        self.merge(row)
+
+    def merge(self, other: KVBatch) -> None:
+        """``other``'s rows join after this batch's (the shorter side left-padded under mask 0)."""
+        import torch
+
+        if other.rows == 0:
             return
-        width = max(self.width, length)
-        grow, short = width - self.width, width - length
-        for mine, theirs in zip(check_cache(self.cache), check_cache(prefill.cache), strict=True):
+        check_cache(other.cache)
+        if self.rows == 0:
+            self.cache, self.mask, self.pos = other.cache, other.mask, other.pos
+            return
+        width = max(self.width, other.width)
+        grow, short = width - self.width, width - other.width
+        for mine, theirs in zip(check_cache(self.cache), check_cache(other.cache), strict=True):
             mine.keys = torch.cat([_left_pad(mine.keys, grow, 2), _left_pad(theirs.keys, short, 2)], dim=0)
             mine.values = torch.cat([_left_pad(mine.values, grow, 2), _left_pad(theirs.values, short, 2)], dim=0)
-        self.mask = torch.cat([_left_pad(self.mask, grow, 1), _left_pad(row_mask, short, 1)], dim=0)
-        self.pos = torch.cat([self.pos, row_pos])
+        self.mask = torch.cat([_left_pad(self.mask, grow, 1), _left_pad(other.mask, short, 1)], dim=0)
+        self.pos = torch.cat([self.pos, other.pos])
 
     def keep(self, rows: list[int]) -> None:
         """Keep only batch ``rows`` (in that order); trim the leading columns none of them uses."""

@@ -221,6 +221,11 @@ class ContinuousWorker(BatchWorker):
             if row.job.cancelled:
                 self.prefilling.pop(0)
                 continue
+            group = self._group(budget)
+            if len(group) > 1:  # short fresh prompts: one left-padded forward for all of them
+                budget -= len(group) * max(len(r.job.ids) for r in group)
+                self._prefill_group(group)
+                continue
             try:
                 with torch.no_grad(), self.dep.use([row.job.adapter]):
                     budget -= row.prefill.run(self.batch, budget)
@@ -243,6 +248,42 @@ class ContinuousWorker(BatchWorker):
                 self.batch.add(row.prefill)
                 self.running.append(row)
             row.prefill.cache = row.prefill.logits = None
+
+    def _group(self, budget: int) -> list[_Row]:
+        """The fresh newcomers at the front whose prompts, padded to the longest, fit ``budget``."""
+        group: list[_Row] = []
+        width = 0
+        for row in self.prefilling:
+            if row.prefill.done or row.job.cancelled:
+                break
+            w = max(width, len(row.job.ids))
+            if w * (len(group) + 1) > budget:
+                break
+            group.append(row)
+            width = w
+        return group
+
+    def _prefill_group(self, group: list[_Row]) -> None:
+        import torch
+
+        del self.prefilling[:len(group)]
+        part = KVBatch(self.dep.model, self.dep.device)
+        try:
+            with torch.no_grad(), self.dep.use([row.job.adapter for row in group]):
+                logits = part.prefill([row.job.ids for row in group], self._pad)
+            check_cache(part.cache)
+        except Exception as exc:  # noqa: BLE001 - these requests' failure
+            err = (APIError(500, f"{exc.message}; {exc.hint}", code="unsupported_model")
+                   if isinstance(exc, UnsupportedCacheError) else api_error(exc))
+            for row in group:
+                row.job.emit(ErrorEvent(row.job.index, err))
+            return
+        broken = _nonfinite(logits)
+        greedy = logits.argmax(-1).tolist()
+        keep = [i for i, row in enumerate(group) if self._accept(row, logits[i], broken[i], greedy[i])]
+        part.keep(keep)
+        self.batch.merge(part)
+        self.running.extend(group[i] for i in keep)
 
     def _decode_step(self) -> None:
         import torch
