@@ -163,15 +163,19 @@ COLS = ("versions.id, versions.adapter_id, versions.version, versions.digest, ve
         "versions.variant, versions.base_fingerprint, versions.size, versions.yanked")
 
 
-def filters_sql(by_name: bool, by_task: bool, by_method: bool) -> str:
+def filters_sql(by_name: bool, by_task: bool, by_method: bool, postgres: bool = False) -> str:
     out = ""
     if by_name:
         out += " AND versions.adapter_id = (SELECT adapters.id FROM adapters WHERE adapters.name_key = ?)"
     if by_task:
         # correlated EXISTS: one primary-key probe per candidate row, where IN (subquery)
-        # would materialise every version carrying the task on each resolve
+        # would materialise every version carrying the task on each resolve. PostgreSQL would
+        # turn it into a semi-join, which without fresh statistics (a bulk load, a young
+        # registry) it drives from every version carrying the task: 10,000 rows at 100k
+        # versions, 60-200 ms. OFFSET 0 keeps it a per-row probe, bounded by the candidates.
         out += (" AND (EXISTS (SELECT version_tasks.version_id FROM version_tasks "
-                "WHERE version_tasks.version_id = versions.id AND version_tasks.task = ?))")
+                "WHERE version_tasks.version_id = versions.id AND version_tasks.task = ?"
+                + (" OFFSET 0))" if postgres else "))"))
     if by_method:
         out += " AND (versions.method = ? OR versions.variant = ?)"
     return out
@@ -188,22 +192,22 @@ def filter_params(name_key: str | None, task: str | None, method: str | None) ->
     return out
 
 
-def exact_sql(by_name: bool, by_task: bool, by_method: bool) -> str:
+def exact_sql(by_name: bool, by_task: bool, by_method: bool, postgres: bool = False) -> str:
     return f"SELECT {COLS} FROM versions WHERE versions.base_fingerprint = ?" + filters_sql(
-        by_name, by_task, by_method)
+        by_name, by_task, by_method, postgres)
 
 
-def structural_sql(n_fitting: int, by_name: bool, by_task: bool, by_method: bool) -> str:
+def structural_sql(n_fitting: int, by_name: bool, by_task: bool, by_method: bool, postgres: bool = False) -> str:
     return (f"SELECT {COLS} FROM versions WHERE versions.req_digest IN ({', '.join('?' * n_fitting)}) "
             "AND (versions.base_fingerprint IS NULL OR versions.base_fingerprint != ?)"
-            + filters_sql(by_name, by_task, by_method))
+            + filters_sql(by_name, by_task, by_method, postgres))
 
 
 def version_rows(fetch: Fetch, fp: str, fitting: Sequence[str], name_key: str | None, task: str | None,
-                 method: str | None) -> tuple[list[tuple[Any, ...]], dict[int, str]]:
+                 method: str | None, *, postgres: bool = False) -> tuple[list[tuple[Any, ...]], dict[int, str]]:
     """The exact rows (same fingerprint), then the structural ones (a fitting requirement set,
     another or no fingerprint); the verdicts of the rows that are not exact, by version id."""
-    shape = (name_key is not None, bool(task), bool(method))
+    shape = (name_key is not None, bool(task), bool(method), postgres)
     tail = filter_params(name_key, task, method)
     rows = fetch(exact_sql(*shape), (fp, *tail))
     verdicts: dict[int, str] = {}
@@ -275,6 +279,10 @@ def matches(kept: Sequence[tuple[Any, ...]], verdicts: dict[int, str], fit_reaso
 _NAMES_IN = "SELECT id, name FROM adapters WHERE id IN ({in})"
 _TASKS_OR_NONE_IN = ("SELECT v.id, t.task FROM versions v LEFT OUTER JOIN version_tasks t "
                      "ON t.version_id = v.id WHERE v.id IN ({in})")
+# within one snapshot the versions are known to exist: the tasks' primary key alone answers,
+# without visiting the version rows, whose manifests (kilobytes each) fill a page every row
+# or few (~1.8 KB read per version, 1.6 MB for the ~900 of a first resolve)
+_TASKS_IN = "SELECT version_id, task FROM version_tasks WHERE version_id IN ({in})"
 
 
 def adapter_names(fetch: Fetch, memo: dict[int, str], ids: set[int]) -> dict[int, str]:
@@ -289,11 +297,12 @@ def adapter_names(fetch: Fetch, memo: dict[int, str], ids: set[int]) -> dict[int
 
 
 def task_lists(fetch: Fetch, memo: dict[str, str], shared: dict[str, tuple[str, ...]],
-               rows: Sequence[Sequence[Any]]) -> dict[int, tuple[str, ...]]:
+               rows: Sequence[Sequence[Any]], *, snapshot: bool = False) -> dict[int, tuple[str, ...]]:
     """Sorted task tuples by version id. Remembered by manifest digest, which covers the
     tasks (and the name and version), so an entry can never go stale. The memo maps str
     to str, which the garbage collector never has to walk; the few distinct tuples are
-    shared through a second, small dict."""
+    shared through a second, small dict. ``snapshot``: ``rows`` were read in the same
+    snapshot as this (a SQLite read transaction), so every one of them exists."""
     out: dict[int, tuple[str, ...]] = {}
     missing = []
     for r in rows:  # resolve's rows: r[0] is the version id, r[3] its manifest digest
@@ -308,8 +317,9 @@ def task_lists(fetch: Fetch, memo: dict[str, str], shared: dict[str, tuple[str, 
             memo.clear()
         # versions outer-joined to their tasks: a version deleted meanwhile (PostgreSQL
         # reads each statement at a new snapshot) is absent, not remembered as task-less
-        found: dict[int, list[str]] = {}
-        for vid, task in fetch_in(fetch, _TASKS_OR_NONE_IN, [vid for vid, _ in missing]):
+        ids = [vid for vid, _ in missing]
+        found: dict[int, list[str]] = {vid: [] for vid in ids} if snapshot else {}
+        for vid, task in fetch_in(fetch, _TASKS_IN if snapshot else _TASKS_OR_NONE_IN, ids):
             got = found.setdefault(vid, [])
             if task is not None:
                 got.append(task)
@@ -326,7 +336,7 @@ def task_lists(fetch: Fetch, memo: dict[str, str], shared: dict[str, tuple[str, 
 def resolve_read_only(fetch: Fetch, fingerprint: str, *, task: str | None = None, method: str | None = None,
                       name: str | None = None, limit: int | None = None) -> list[Match] | None:
     """``Registry.resolve(fingerprint=..., task=, method=, name=, limit=)`` answered with reads
-    only, inside the caller's read transaction; None where the registry's own path must answer
+    only, inside the caller's read transaction (one snapshot); None where the registry's own path must answer
     (an architecture with requirement sets never checked against it, whose verdicts that path
     computes and records; an alias, which it looks up; a fingerprint that is also a path)."""
     from .names import name_key, parse_ref
@@ -363,7 +373,7 @@ def resolve_read_only(fetch: Fetch, fingerprint: str, *, task: str | None = None
     rank(kept, verdicts, parsed, names)
     if limit is not None:
         kept = kept[:limit]
-    return matches(kept, verdicts, {}, names, task_lists(fetch, {}, {}, kept))
+    return matches(kept, verdicts, {}, names, task_lists(fetch, {}, {}, kept, snapshot=True))
 
 
 def resolve_sqlite_file(url: str, fingerprint: str, **options: Any) -> list[Match] | None:

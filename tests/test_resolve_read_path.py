@@ -108,3 +108,52 @@ def test_cli_resolve_by_fingerprint_loads_no_sqlalchemy(populated, tmp_path):
     assert json.loads(out.stdout) == [m.to_dict() for m in reg.resolve(fingerprint=fps[0], task="sentiment")]
     text = run_cli("resolve", "--fingerprint", fps[1][:12], "--limit", "2", check=True).stdout
     assert text.splitlines()[0].split()[:2] == ["exact", "acme/beta@1.0.0"]
+
+
+def test_sqlite_plans_read_indexes_only(populated):
+    """The statements of a first resolve read indexes, never the version rows (whose
+    manifests fill a page per row or few): EXPLAIN QUERY PLAN on the real schema."""
+    import sqlite3
+
+    from adapterhub_sdk import resolving as rs
+
+    reg, url, fps = populated
+    conn = sqlite3.connect(url.split("///", 1)[1])
+    by_base = [rs.exact_sql(False, True, True), rs.structural_sql(3, False, True, True), rs.exact_sql(False, False, False)]
+    labels = [rs._TASKS_IN.replace("{in}", "?, ?"), rs._NAMES_IN.replace("{in}", "?, ?")]
+    by_name = [rs.exact_sql(True, True, False), rs.structural_sql(2, True, False, False)]  # one adapter's few rows
+    for sql in by_base + labels + by_name:
+        plan = " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, [None] * sql.count("?")))
+        assert "SCAN" not in plan, (sql, plan)
+        if sql in by_base:
+            assert "COVERING INDEX ix_versions_resolve" in plan, plan
+    # task lists: the tasks' primary key alone (the statement before this read each version row)
+    plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + labels[0], [1, 2])]
+    assert len(plan) == 1 and plan[0].startswith("SEARCH version_tasks USING COVERING INDEX"), plan
+    conn.close()
+
+
+@pytest.mark.skipif(not __import__("conftest").POSTGRES_URL, reason="needs ADAPTERHUB_TEST_POSTGRES_URL (CI sets it)")
+def test_postgres_task_filter_probes_per_candidate(registry_url, base_dir, lora_dir, tmp_path):
+    """On PostgreSQL the task filter stays a probe per candidate row (a SubPlan on the tasks'
+    index), whatever the statistics: as a semi-join, a registry without fresh statistics
+    (a bulk load, a young registry) drove it from every version carrying the task."""
+    import psycopg
+
+    from adapterhub_sdk import resolving as rs
+
+    if not registry_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only")
+    reg = ah.Registry.open(registry_url, blobs=tmp_path / "blobs")
+    try:
+        reg.publish(lora_dir, name="acme/pg", version="1.0.0", base=base_dir, tasks=["qa"])
+        fp = ah.fingerprint(base_dir).digest
+        assert [m.ref for m in reg.resolve(fingerprint=fp, task="qa")] == ["acme/pg@1.0.0"]
+        assert reg.resolve(fingerprint=fp, task="chat") == []
+    finally:
+        reg.close()
+    with psycopg.connect(registry_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        for sql, params in ((rs.exact_sql(False, True, False, True), (fp, "qa")),
+                            (rs.structural_sql(1, False, True, False, True), ("d", fp, "qa"))):
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql.replace("?", "%s"), params))
+            assert "SubPlan" in plan and "Semi Join" not in plan and "Hash" not in plan, plan

@@ -65,24 +65,21 @@ def _fetch_tuples(conn: Connection, sql: tuple[str, tuple[str, ...] | None], val
 class ResolvePart(RegistryCore):
     """resolve and the fits and memos behind it."""
 
-    def _ensure_fits(self, base: BaseFingerprint) -> builtins.list[str]:
-        """The digests of the requirement sets that fit ``base``'s architecture. Only sets
+    def _fits(self, fetch: rs.Fetch, base: BaseFingerprint
+              ) -> tuple[builtins.list[str], builtins.list[dict[str, Any]], int]:
+        """The digests of the requirement sets that fit ``base``'s architecture, the verdicts
+        still to record and the number of sets, read inside the caller's transaction. Only sets
         whose probe is one of the base's keys can fit (see adapterhub_sdk/probes.py): those not
-        yet checked against the architecture are checked now and their verdicts recorded, so
-        the first resolve of a new architecture costs its few candidates, not every set published."""
+        yet checked against the architecture are checked now, so the first resolve of a new
+        architecture costs its few candidates, not every set published."""
         arch = base.arch_signature
-        with self._read() as conn:
-            fetch = _fetch(conn)
-            n_sets = fetch(rs.N_SETS_SQL, ())[0][0]
-            memo = self._fits_memo.get(arch)
-            if memo is not None and memo[0] == n_sets:  # sets are only ever added
-                return builtins.list(memo[1])
-            known = rs.candidate_verdicts(fetch, arch, base.shapes, base.tied)
-            missing = rs.requirement_bodies(fetch, sorted(d for d, ok in known.items() if ok is None))
+        n_sets = fetch(rs.N_SETS_SQL, ())[0][0]
+        memo = self._fits_memo.get(arch)
+        if memo is not None and memo[0] == n_sets:  # sets are only ever added
+            return builtins.list(memo[1]), [], n_sets
+        known = rs.candidate_verdicts(fetch, arch, base.shapes, base.tied)
+        missing = rs.requirement_bodies(fetch, sorted(d for d, ok in known.items() if ok is None))
         fitting = [d for d, ok in known.items() if ok]
-        if not missing:
-            self._fits_memo[arch] = (n_sets, builtins.list(fitting))
-            return fitting
         rows = []
         for digest, body in missing:
             reasons = check_requirements(json.loads(body), base)
@@ -90,8 +87,15 @@ class ResolvePart(RegistryCore):
                          "reasons": json.dumps(reasons)})
             if not reasons:
                 fitting.append(digest)
+        if not rows:
+            self._fits_memo[arch] = (n_sets, builtins.list(fitting))
+        return fitting, rows, n_sets
+
+    def _record_fits(self, arch: str, rows: builtins.list[dict[str, Any]], n_sets: int,
+                     fitting: builtins.list[str]) -> None:
+        """Record the verdicts :meth:`_fits` computed (a cache: a read-only copy skips it)."""
         if dbmod.is_read_only(self.engine):  # a read-only copy: fits are computed, not cached
-            return fitting
+            return
         try:
             with self._write() as conn:
                 done = {d for (d,) in conn.execute(select(T_FITS.c.req_digest).where(
@@ -102,7 +106,6 @@ class ResolvePart(RegistryCore):
         except SAIntegrityError:
             pass  # another process recorded the same fits
         self._fits_memo[arch] = (n_sets, builtins.list(fitting))
-        return fitting
 
     def resolve(self, base: Any = None, *, fingerprint: str | None = None, task: str | None = None,
                 method: str | None = None, name: str | None = None, runtime: str | None = None,
@@ -123,9 +126,6 @@ class ResolvePart(RegistryCore):
         b = self._as_base(base if base is not None else fingerprint)
         fp = b if isinstance(b, str) else b.digest
         arch = None if isinstance(b, str) else b.arch_signature
-        fitting: builtins.list[str] = []
-        if arch is not None:
-            fitting = self._ensure_fits(b)  # type: ignore[arg-type]
         spec = None
         if name is not None:
             ref = parse_ref(name)
@@ -138,8 +138,12 @@ class ResolvePart(RegistryCore):
         if method:
             values["method"] = method.lower()
         shape = (name is not None, bool(task), bool(method))
-        with self._read() as conn:
+        record: builtins.list[dict[str, Any]] = []
+        with self._read() as conn:  # one transaction: each is a round trip or more on PostgreSQL
             fetch = _fetch(conn)
+            fitting: builtins.list[str] = []
+            if arch is not None:
+                fitting, record, n_sets = self._fits(fetch, b)  # type: ignore[arg-type]
             alias_vid = None
             if spec is not None and spec.kind == "alias":
                 alias_vid = self._select_version(conn, parse_ref(name).name, spec.text).id  # type: ignore[arg-type]
@@ -147,7 +151,7 @@ class ResolvePart(RegistryCore):
             # tuples of plain values, stay tracked by the garbage collector (hundreds per
             # resolve made its full collections frequent)
             rows, verdicts = rs.version_rows(fetch, fp, fitting, values.get("name_key"), values.get("task"),
-                                             values.get("method"))
+                                             values.get("method"), postgres=conn.dialect.name == "postgresql")
             fit_reasons: dict[int, list[str]] = {}
             if include_incompatible:
                 self._add_incompatible(conn, b, shape, values, rows, verdicts, fit_reasons)
@@ -158,7 +162,11 @@ class ResolvePart(RegistryCore):
             rs.rank(kept, verdicts, parsed, names)
             if limit is not None:
                 kept = kept[:limit]
-            tasks = rs.task_lists(fetch, self._task_memo, self._task_tuples, kept)
+            # SQLite reads inside one snapshot (BEGIN); PostgreSQL each statement at its own
+            tasks = rs.task_lists(fetch, self._task_memo, self._task_tuples, kept,
+                                  snapshot=conn.dialect.name == "sqlite")
+        if record:  # in a write transaction of its own, after the read one (SQLite's cannot upgrade)
+            self._record_fits(arch, record, n_sets, fitting)  # type: ignore[arg-type]
         return rs.matches(kept, verdicts, fit_reasons, names, tasks)
 
     @staticmethod
