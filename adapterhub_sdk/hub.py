@@ -324,18 +324,11 @@ class HubClient:
                     + (f"pins base {pinned[:12]}" if pinned else "is not pinned to a base")
                     + (f", not {got[:12]}" if pinned else " and a published manifest never changes"),
                     hint="omit base=PATH (it pins repos that PEFT pushed without a manifest)")
-        if name is not None and name_key(name) != name_key(manifest.name):
-            raise NotFoundError(f"{ref} holds {manifest.name}@{manifest.version}, not {name}",
-                                hint=f"pull with name='{manifest.name}', or without a name")
+        from .remote_names import check_pull_name
+
         here = f"hf://{ref.repo}"
-        if name_key(manifest.name) != name_key(ref.repo) and name is None:
-            origins = registry.origins(manifest.name) - {here}
-            if origins:
-                whence = ", ".join(sorted("publishes in this registry" if o is None else o for o in origins))
-                raise AdapterHubError(
-                    f"{ref} holds {manifest.name}@{manifest.version}, but {manifest.name} here already has versions "
-                    f"from {whence}; a repo adds to a name other than its own only when you say so",
-                    hint=f"if {ref.repo} is trusted to publish {manifest.name}, pull with name='{manifest.name}'")
+        check_pull_name(registry, str(ref), here, manifest, name,
+                        own=name_key(manifest.name) == name_key(ref.repo))
         sources = {f.path: _cached_file(snap, CARD_KEEP if f.path == "README.md" and (snap / MANIFEST).is_file()
                                         else f.path) or snap / f.path
                    for f in manifest.files}

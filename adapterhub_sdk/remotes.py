@@ -51,3 +51,4 @@ def get_remote(text: str) -> Remote:
 def is_remote_ref(text: Any) -> bool:
     """Whether ``text`` names something on a remote registry rather than in the local one."""
     return remote_for(text) is not None
+

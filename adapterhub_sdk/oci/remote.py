@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
 from ..hookspecs import hookimpl
 from ..manifest import Manifest, canonical_json, check_file_path
+from ..remote_names import check_pull_name
 from ..versions import Version, VersionSpec
 from .refs import (
     ANN,
@@ -312,7 +313,8 @@ class OciRemote:
             manifest = Manifest.from_json(c.fetch_small(r.repo, cfg["digest"], CONFIG_LIMIT))
             if tag is not None and tag_version(tag) is not None and str(tag_version(tag)) != manifest.version:
                 raise IntegrityError(f"{r}: tag {tag} holds the manifest of version {manifest.version}")
-            self._check_name(registry, r, manifest, name)
+            check_pull_name(registry, str(r), r.repo_url, manifest, name,
+                            own=registry._existing_digest(manifest.name, manifest.version) == manifest.digest)
             layers = {t: (d, s) for t, d, s in _layers(doc, what)}
             listed = {f.path: ("sha256:" + f.sha256, f.size) for f in manifest.files}
             if layers != listed:
@@ -350,26 +352,6 @@ class OciRemote:
             if bad:
                 warnings.warn(f"{r}: " + nonfinite_message("adapter_model.safetensors", bad)
                               + "; a deployment will refuse to attach it", NonFiniteWarning, stacklevel=4)
-
-    @staticmethod
-    def _check_name(registry: Any, r: OciRef, manifest: Manifest, name: str | None) -> None:
-        """A repository adds versions to a name held here from elsewhere only when told to."""
-        from ..names import name_key
-
-        if name is not None:
-            if name_key(name) != name_key(manifest.name):
-                raise NotFoundError(f"{r} holds {manifest.name}@{manifest.version}, not {name}",
-                                    hint=f"pull with --name {manifest.name}, or without a name")
-            return
-        if registry._existing_digest(manifest.name, manifest.version) == manifest.digest:
-            return  # nothing new: the same version is here already
-        origins = registry.origins(manifest.name) - {r.repo_url}
-        if origins:
-            whence = ", ".join(sorted("publishes in this registry" if o is None else o for o in origins))
-            raise AdapterHubError(
-                f"{r} holds {manifest.name}@{manifest.version}, but {manifest.name} here already has versions from "
-                f"{whence}; a repository adds to a name held from elsewhere only when you say so",
-                hint=f"if {r.repo_url} is trusted to publish {manifest.name}, pull with name='{manifest.name}'")
 
     # ------------------------------------------------------------------ resolve
 
