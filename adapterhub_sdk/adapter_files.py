@@ -292,9 +292,26 @@ def nonfinite_tensors(path: str | os.PathLike[str], *, display: str | os.PathLik
     return list(_scan(path, display))
 
 
-def _scan(path: str | os.PathLike[str], display: str | os.PathLike[str] | None) -> Iterator[NonFinite]:
-    import numpy as np
+_ITEMSIZE = {"F64": 8, "F32": 4, "C64": 4, "F16": 2, "BF16": 2, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1}
+_PREFILTER_STEP = 1 << 26  # bytes of a tensor looked at per strided slice
 
+
+def _may_hold_nonfinite(mm: mmap.mmap, start: int, nbytes: int, dtype: str) -> bool:
+    """Whether any element's most significant byte (little-endian: its last) has every bit of
+    the NaN/Inf mask's top byte set. False proves the tensor finite without numpy (a strided
+    slice and a memchr per candidate byte value); True only says numpy must count."""
+    size = _ITEMSIZE[dtype]
+    top = _NONFINITE[dtype][1] >> (8 * (size - 1))
+    values = [bytes([v]) for v in range(256) if v & top == top]
+    step = _PREFILTER_STEP - _PREFILTER_STEP % size
+    for pos in range(start, start + nbytes, step):
+        hi = mm[pos + size - 1:min(pos + step, start + nbytes):size]
+        if any(v in hi for v in values):
+            return True
+    return False
+
+
+def _scan(path: str | os.PathLike[str], display: str | os.PathLike[str] | None) -> Iterator[NonFinite]:
     from .safetensors_io import read_header
 
     header = read_header(path, display=display)
@@ -303,6 +320,11 @@ def _scan(path: str | os.PathLike[str], display: str | os.PathLike[str] | None) 
     if not todo:
         return
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        todo = [t for t in todo if _may_hold_nonfinite(mm, t.start, t.nbytes, t.dtype)]
+        if not todo:  # the common case: numpy is never imported
+            return
+        import numpy as np
+
         for t in todo:
             view, mask = _NONFINITE[t.dtype]
             dt = np.dtype(view)
