@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ._app import BASE, cli, examples, registry
-from .remote import hub_model_id
+from .remote import allow_insecure, hub_model_id, insecure_option, is_remote
 
 
 def _listen(host: str, port: int) -> Any:
@@ -39,10 +39,33 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-@cli.command(epilog=examples("adapterhub serve --base ./base --adapter acme/sentiment@^1 --port 8000"))
+def _split(item: str) -> tuple[str, str]:
+    """``NAME=SPEC`` -> (NAME, SPEC); ("", SPEC) without a name. NAME has no '@': a spec's own
+    '=' (acme/a@>=1,<2, oci://h/r@>=1) is not a separator."""
+    name, sep, spec = item.partition("=")
+    return (name, spec) if sep and "@" not in name else ("", item)
+
+
+def _pulled(reg: Any, spec: str, require_signed: str | None) -> str:
+    """A remote adapter (``oci://HOST/REPO:TAG``, ``hf://ORG/REPO@SPEC``) pulled, verified, into
+    this registry (its digest-addressed blob store), so that serve attaches it like any other;
+    the exact version pulled, not whatever a range picks among the local ones."""
+    from ..registry.transfer import takes_require_signed
+    from .remote import checked_remote
+
+    remote = checked_remote(spec, "'--adapter'")
+    signed: dict[str, Any] = {"require_signed": require_signed} if require_signed and takes_require_signed(remote) else {}
+    info = remote.pull(reg, spec, None, **signed)  # the signing policy is checked again on attach
+    click.echo(f"pulled {spec} as {info.name}@{info.version} (verified, recorded in the local registry)")
+    return f"{info.name}@{info.version}"
+
+
+@cli.command(epilog=examples("adapterhub serve --base ./base --adapter acme/sentiment@^1 --port 8000",
+                             "adapterhub serve --base ./base --adapter oci://registry.example.com/team/sentiment:1.2.0"))
 @click.option("--base", type=BASE, required=True, metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model, loaded once.")
 @click.option("--adapter", "adapters", multiple=True, metavar="[NAME=]SPEC",
-              help="Adapter to attach at start, e.g. acme/sentiment@^1 (repeatable); NAME= serves it as NAME.")
+              help="Adapter to attach at start, e.g. acme/sentiment@^1 (repeatable); NAME= serves it as NAME. "
+                   "An oci:// or hf:// URL is pulled (verified) into the local registry first.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--strict", is_flag=True, help="Refuse adapters trained on other base weights (structural fits).")
@@ -72,12 +95,13 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--follow-interval", type=click.FloatRange(min=0), default=2.0, show_default=True, metavar="SECONDS",
               help="How often adapters given by alias (NS/NAME@prod) re-read where it points, switching to the "
                    "version it moved to; 0: serve the version it pointed at on start.")
+@insecure_option
 @click.pass_context
 def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, port: int, strict: bool,
           scheduler: str, max_batch: int, batch_wait_ms: float, max_prefill_tokens: int, device: str,
           api_key: str | None, allow_adapter_updates: bool,
           admin_key: str | None, metrics_auth: bool, max_body_bytes: int, require_signed: str | None,
-          follow_interval: float) -> None:
+          follow_interval: float, insecure: bool) -> None:
     """Serve a base and its adapters over an OpenAI-compatible HTTP API (/v1/models,
     /v1/completions, /v1/chat/completions, /v1/adapters, /health, /metrics)."""
     import warnings
@@ -99,23 +123,27 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
                         metrics_auth=metrics_auth)
     except ServerConfigError as exc:
         raise click.UsageError(f"{exc}; {exc.hint}" if exc.hint else str(exc), ctx) from None
+    allow_insecure(insecure)
     sock = _listen(host, port)  # before the slow model load: a taken port fails at once
     try:
+        pulled = {}  # remote URLs, pulled before the slow model load
+        for item in adapters:
+            spec = _split(item)[1]
+            if is_remote(spec) and spec not in pulled:
+                pulled[spec] = _pulled(registry(ctx), spec, require_signed)
         dep = Deployment(base, registry=registry(ctx), device=device, strict=strict, require_signed=require_signed)
         followed = []  # (public name, alias spec, attached under an internal slot)
         for item in adapters:
-            # NAME=SPEC, where NAME has no '@': a spec's own '=' (acme/a@>=1,<2) is not a separator
-            name, sep, spec = item.partition("=")
-            if not sep or "@" in name:
-                name, spec = "", item
+            name, spec = _split(item)
+            spec = pulled.get(spec, spec)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", StructuralMatchWarning)
                 if follow_interval > 0 and is_alias(spec):  # served under a slot the alias can move
-                    public = (name if sep and name != "" else None) or dep.registry.alias_target(spec)[0]
+                    public = name or dep.registry.alias_target(spec)[0]
                     attached = dep.attach(spec, name=slot_name(public, 0))
                     followed.append((public, spec, attached))
                 else:
-                    attached = dep.attach(spec, name=name if sep and name != "" else None)
+                    attached = dep.attach(spec, name=name or None)
             for w in caught:
                 if issubclass(w.category, (StructuralMatchWarning, PluginWarning)):  # e.g. a failing after_pull
                     click.echo(f"warning: {w.message}", err=True)
