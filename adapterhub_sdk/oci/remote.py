@@ -10,8 +10,9 @@ the version (``+`` written ``_``). Signatures travel as a second artifact tagged
 ``sha256-<manifest hex>.sig`` (cosign's convention; no referrers API needed). Tags are
 immutable here: a push refuses a tag that holds other content and changes nothing when
 it holds the same. A pull verifies the manifest's digest, every layer's digest and every
-file against our manifest before anything is recorded, then records the version with its
-source, so it resolves offline afterwards."""
+file against our manifest, and checks the signatures and the signing policy in force,
+before anything is recorded, then records the version with its source, so it resolves
+offline afterwards."""
 
 from __future__ import annotations
 
@@ -293,7 +294,10 @@ class OciRemote:
     # ------------------------------------------------------------------ pull
 
     def pull(self, registry: Any, ref: str, dest: str | os.PathLike[str] | None = None, *, base: Any = None,
-             overwrite: bool = False, name: str | None = None) -> Any:
+             overwrite: bool = False, name: str | None = None, require_signed: Any = None) -> Any:
+        """Fetch, verify and record a version; write it to ``dest`` too. Its signatures, and a
+        signing policy in force (``require_signed`` adds to it), are checked before any layer
+        is fetched: a refused version leaves nothing recorded and no blob stored."""
         r = parse_oci_ref(ref)
         if base is not None:
             raise AdapterHubError(f"{r}: base=PATH does not apply: an OCI artifact carries its manifest and pin",
@@ -320,6 +324,8 @@ class OciRemote:
             if layers != listed:
                 raise IntegrityError(f"{what}: the layers do not match the files its manifest lists; nothing written",
                                      hint="push it again with 'adapterhub push'")
+            found = self._signature_files(c, r, signature_tag(digest)) or []  # another tool's: not ours to read
+            registry.check_incoming_signatures(manifest, found, require_signed)  # refused before anything is stored
             with tempfile.TemporaryDirectory(prefix="adapterhub-oci-pull-") as tmp:
                 sources = {}
                 for path, (ldigest, size) in listed.items():
@@ -329,7 +335,6 @@ class OciRemote:
                     sources[path] = out
                 self._check_files(registry, r, manifest, sources, tmp, scan=dest is None)
                 registry.import_version(manifest, sources, origin=f"{r.repo_url}@{digest}")
-            found = self._signature_files(c, r, signature_tag(digest)) or []  # another tool's: not ours to read
         got_ref = f"{manifest.name}@{manifest.version}"
         if found:
             registry.import_signatures(got_ref, found)

@@ -280,7 +280,7 @@ class SignaturesPart(RegistryCore):
 
     def check_incoming_signatures(self, manifest: Manifest, found: Iterable[tuple[str, str]],
                                   require_signed: str | Iterable[str] | None = None) -> None:
-        """Before a version from elsewhere (a Hub repo) is recorded, what
+        """Before a version from elsewhere (a Hub repo, an OCI artifact) is recorded, what
         :meth:`import_signatures` and :meth:`check_signed` would refuse afterwards: a signature
         by a key trusted here that is bad or covers other files (IntegrityError), and, under a
         signing policy in force, a version neither its signatures nor those this registry
