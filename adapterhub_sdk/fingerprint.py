@@ -38,6 +38,7 @@ from .hashing import (  # noqa: F401 - the engine's names stay importable from h
     _default_cache,
     _entry_digest,
     _hash_buffers,
+    _hash_ranges,
     _is_tty,
     _Progress,
     _serial,
@@ -204,26 +205,8 @@ def _hash_files(files: list[Path], label: str, *, workers: int | None, progress:
             header = read_header(f)
             todo.append((f, key, list(header.tensors.values())))
     if todo:
-        maps: list[mmap.mmap] = []
-        jobs = []
-        owners = []
-        try:
-            for f, key, infos in todo:
-                with open(f, "rb") as fh:
-                    mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-                maps.append(mm)
-                view = memoryview(mm)
-                for t in infos:
-                    jobs.append((t.name, t.dtype, t.shape, view[t.start:t.end]))
-                    owners.append(key)
-            hashed = _hash_buffers(jobs, workers, progress, f"fingerprint {label}")
-            del jobs, view
-        finally:
-            for mm in maps:
-                try:
-                    mm.close()
-                except BufferError:
-                    pass
+        hashed = (_hash_by_reads if hasattr(os, "preadv") else _hash_by_mmap)(todo, label, workers, progress)
+        owners = [key for _, key, infos in todo for _ in infos]
         per_file: dict[str, list] = {}
         for owner, (name, dtype, shape, digest) in zip(owners, hashed):
             per_file.setdefault(owner, []).append([name, dtype, list(shape), digest.hex()])
@@ -232,6 +215,52 @@ def _hash_files(files: list[Path], label: str, *, workers: int | None, progress:
             for _, key, _ in todo:
                 cache.put(key, per_file.get(key, []))
     return entries
+
+
+def _hash_by_reads(todo: list[tuple[Path, str, list[TensorInfo]]], label: str, workers: int | None,
+                   progress: bool | None) -> list[tuple[str, str, tuple[int, ...], bytes]]:
+    """Each tensor of each file hashed from ``os.preadv`` reads (see :func:`hashing._hash_ranges`)."""
+    fds: dict[int, str] = {}
+    try:
+        ranges = []
+        for f, _, infos in todo:
+            fd = os.open(f, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fds[fd] = f.name
+            ranges += [(fd, t.start, t.end) for t in infos]
+        contents = _hash_ranges(ranges, workers, progress, f"fingerprint {label}", fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    infos_all = [t for _, _, infos in todo for t in infos]
+    return [(t.name, t.dtype, t.shape, _entry_digest(t.name, t.dtype, t.shape, c)) for t, c in zip(infos_all, contents)]
+
+
+def _hash_by_mmap(todo: list[tuple[Path, str, list[TensorInfo]]], label: str, workers: int | None,
+                  progress: bool | None) -> list[tuple[str, str, tuple[int, ...], bytes]]:
+    """Where there is no ``os.preadv`` (Windows): each tensor hashed from a memory map."""
+    maps: list[mmap.mmap] = []
+    jobs = []
+    try:
+        for f, _, infos in todo:
+            with open(f, "rb") as fh:
+                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            maps.append(mm)
+            view = memoryview(mm)
+            for t in infos:
+                piece = view[t.start:t.end]
+                if len(piece) != t.end - t.start:
+                    raise CorruptFileError(f"{label}: {f.name} is shorter than its header says (changed on disk?)",
+                                           hint="wait until the file is written in full, then retry")
+                jobs.append((t.name, t.dtype, t.shape, piece))
+        hashed = _hash_buffers(jobs, workers, progress, f"fingerprint {label}")
+        del jobs, view
+    finally:
+        for mm in maps:
+            try:
+                mm.close()
+            except BufferError:
+                pass
+    return hashed
 
 
 def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None,

@@ -131,6 +131,27 @@ def test_workers_and_chunking_do_not_change_the_digest(base_dir, monkeypatch):
     many = fingerprint(base_dir, workers=4, use_cache=False)
     mem = fingerprint(_llama(seed=0), workers=3)
     assert one.digest == many.digest == mem.digest
+    for read in (256, 1000, 4096):  # a chunk read in several sub-reads, the last one short or not
+        monkeypatch.setattr(engine, "READ", read)
+        assert fingerprint(base_dir, workers=3, use_cache=False).digest == one.digest, read
+
+
+def test_a_file_cut_short_while_it_is_hashed_is_refused(base_dir, tmp_path, monkeypatch):
+    # the header promised more bytes than the file holds by the time they are read: an
+    # error naming the file, never the digest of fewer bytes
+    d = shutil.copytree(base_dir, tmp_path / "cut")
+    f = d / "model.safetensors"
+    real = fpmod.read_header
+
+    def then_cut(path, **kw):
+        header = real(path, **kw)
+        if Path(path) == f:
+            os.truncate(f, f.stat().st_size - 100)
+        return header
+
+    monkeypatch.setattr(fpmod, "read_header", then_cut)
+    with pytest.raises(CorruptFileError, match="model.safetensors (ended at byte|is shorter)"):
+        fingerprint(d, use_cache=False)
 
 
 def test_tied_weights(tied_dir):
@@ -278,13 +299,14 @@ def test_cache_serves_a_second_call_and_invalidates_on_mtime(base_dir, tmp_path,
     d = shutil.copytree(base_dir, tmp_path / "cached")
     first = fingerprint(d)  # use_cache=True is the default
 
-    real = fpmod._hash_buffers
+    engine = "_hash_ranges" if hasattr(os, "preadv") else "_hash_buffers"  # what hashes files here
+    real = getattr(fpmod, engine)
     calls = []
 
     def refuse(*a, **kw):
         raise AssertionError("re-hashed although the files did not change")
 
-    monkeypatch.setattr(fpmod, "_hash_buffers", refuse)
+    monkeypatch.setattr(fpmod, engine, refuse)
     second = fingerprint(d)
     assert fp_dict(second) == fp_dict(first)
     assert second.shapes == first.shapes
@@ -300,7 +322,7 @@ def test_cache_serves_a_second_call_and_invalidates_on_mtime(base_dir, tmp_path,
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(fpmod, "_hash_buffers", counting)
+    monkeypatch.setattr(fpmod, engine, counting)
     third = fingerprint(d)
     assert calls == [1]
     assert third.digest == first.digest
@@ -684,6 +706,11 @@ def test_cli_fingerprint_of_a_directory_imports_no_torch_transformers_or_tqdm(sh
         imported = _imported(proc.stderr)
         assert "click" in imported  # the profile is there
         assert not imported & {"torch", "transformers", "peft", "numpy", "safetensors", "tqdm"}, extra
+        # nor what this command never consults: the plugin machinery (entry points through
+        # importlib.metadata, pluggy), a thread pool's futures and logging; without the cache, sqlite3
+        modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+        unused = {"pluggy", "importlib.metadata", "adapterhub_sdk.plugins", "concurrent.futures", "logging"}
+        assert not modules & (unused | ({"sqlite3"} if extra else set())), extra
 
 
 def test_no_progress_bar_import_off_a_terminal(base_dir, base_fp):

@@ -27,19 +27,26 @@ from ._app import EXIT_ERROR, cli
 
 __all__ = ["EXIT_ERROR", "cli", "main"]
 
+#: the warnings shown as one line (and their subclasses), named rather than imported: a
+#: command that raises none of them does not pay for importing the modules that define them
+_ONE_LINE = {("adapterhub_sdk.plugins", "PluginWarning"), ("adapterhub_sdk.adapter_files", "AdapterContentWarning"),
+             ("adapterhub_sdk.errors", "UnpinnedPublishWarning")}
+
+
+def _one_line(category: type[Warning]) -> bool:
+    return any((c.__module__, c.__qualname__) in _ONE_LINE for c in getattr(category, "__mro__", ()))
+
 
 def main(argv: list[str] | None = None) -> None:
     """The ``adapterhub`` entry point: plugin and content warnings as one line."""
     import warnings
 
-    from ..adapter_files import AdapterContentWarning
-    from ..errors import UnpinnedPublishWarning, cli_wording
-    from ..plugins import PluginWarning
+    from ..errors import cli_wording
 
     shown = warnings.showwarning
 
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, (PluginWarning, AdapterContentWarning, UnpinnedPublishWarning)):
+        if _one_line(category):
             click.echo(f"warning: {cli_wording(str(message))}", err=True)  # one line, the command goes on
         else:
             shown(message, category, *args, **kwargs)
