@@ -212,31 +212,38 @@ def test_postgres_s3_machine_b_serves_and_the_vllm_resolver_caches_what_machine_
     card = _card(models, NAME)
     assert published["digest"] in json.dumps(card), card
 
-    # the vLLM resolver on machine B, configured as vLLM's server would be (its environment)
+    env_r = {**env_b, "ADAPTERHUB_REGISTRY_URL": team["db"], "ADAPTERHUB_BLOBS": team["blobs"]}
+    _resolved_in_vllm_cache(env_r, b / "base", f"{NAME}@1.0.0", published["digest"], cache, reference)
+    assert not _blob_files(b), "machine B kept a local blob store: the blobs are the bucket's"
+
+
+def _resolved_in_vllm_cache(env: dict[str, str], base: Path, lora_name: str, digest: str, cache: Path,
+                            reference: dict[str, Any]) -> None:
+    """The vLLM resolver in a process of the machine, configured as vLLM's server would be (its
+    environment), resolves ``lora_name`` into ``cache/<manifest digest>``, byte-identical."""
     code = ("import asyncio, dataclasses, json, sys; from adapterhub_vllm.resolver import AdapterHubLoRAResolver; "
             "r = AdapterHubLoRAResolver.from_env(); a = asyncio.run(r.resolve_lora(sys.argv[1], sys.argv[2])); "
             "print(json.dumps(dataclasses.asdict(a) if a is not None else r.refusals))")
-    env_r = {**env_b, "ADAPTERHUB_REGISTRY_URL": team["db"], "ADAPTERHUB_BLOBS": team["blobs"]}
-    proc = subprocess.run([sys.executable, "-c", code, str(b / "base"), f"{NAME}@1.0.0"], env=env_r,
-                          capture_output=True, text=True, timeout=300, cwd=env_b["HOME"])
+    proc = subprocess.run([sys.executable, "-c", code, str(base), lora_name], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=env["HOME"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     args = json.loads(proc.stdout.splitlines()[-1])
-    assert args.get("digest") == published["digest"], args  # not a refusal
+    assert args.get("digest") == digest and args["lora_name"] == lora_name, args  # not a refusal
     path = Path(args["lora_path"])
-    assert path == cache / published["digest"].split(":", 1)[1]  # keyed by the manifest digest
+    assert path == cache / digest.split(":", 1)[1]  # keyed by the manifest digest
     for name, data in reference["files"].items():
         assert (path / name).read_bytes() == data, name
     manifest = json.loads((path / "adapterhub_manifest.json").read_bytes())
     assert {f["path"]: f["sha256"] for f in manifest["files"]} == {
         n: hashlib.sha256(d).hexdigest() for n, d in reference["files"].items()}
-    assert not _blob_files(b), "machine B kept a local blob store: the blobs are the bucket's"
 
 
 @NEEDS_OCI
-def test_machine_b_serves_an_oci_url_that_machine_a_pushed(reference, tmp_path):
+def test_machine_b_serves_and_the_vllm_resolver_caches_an_oci_url_that_machine_a_pushed(reference, tmp_path):
     """Server: docker-registry on loopback. A publishes to its own local registry and pushes
-    to the OCI registry; A's directory is deleted; B serves ``oci://HOST/REPO:TAG`` straight:
-    pulled, verified, into B's own digest-addressed store, then PEFT's tokens over HTTP."""
+    to the OCI registry; A's directory is deleted; on B the vLLM resolver resolves
+    ``oci://HOST/REPO:TAG`` into its digest-keyed cache, and ``adapterhub serve`` serves that
+    URL straight: pulled, verified, into B's own digest-addressed store, PEFT's tokens over HTTP."""
     srv = start_registry(tmp_path / "oci")
     try:
         repo = f"oci://{srv.host}/team/sent"
@@ -247,7 +254,10 @@ def test_machine_b_serves_an_oci_url_that_machine_a_pushed(reference, tmp_path):
         _cli(env_a, "push", f"{NAME}@1.0.0", "--to", repo, "--insecure")
         _leave(a)
 
-        b, env_b = _machine(tmp_path / "machine-b", reference)
+        cache = tmp_path / "machine-b" / "vllm-cache"
+        b, env_b = _machine(tmp_path / "machine-b", reference, ADAPTERHUB_VLLM_CACHE_DIR=str(cache))
+        _resolved_in_vllm_cache({**env_b, "ADAPTERHUB_OCI_INSECURE": "1"}, b / "base", f"{repo}:1.0.0",
+                                published["digest"], cache, reference)
         got, models, log = _serve_and_complete(env_b, "serve", "--base", str(b / "base"), "--adapter",
                                                f"{repo}:1.0.0", "--insecure")
         assert got == reference["want"], (got, reference["want"], log[-2000:])

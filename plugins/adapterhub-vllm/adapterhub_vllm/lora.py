@@ -189,11 +189,26 @@ def cached_pull(registry: Any, ref: str, manifest: Manifest, cache_dir: str | os
     return dest
 
 
+def registry_ref(registry: Any, spec: str) -> str:
+    """``spec`` itself, or for a remote registry's URL (``oci://HOST/REPO:TAG``,
+    ``oci://HOST/REPO@^1``, ``hf://ORG/REPO@SPEC``) the version it names, pulled first into
+    ``registry`` (every layer verified against its digest, then recorded with its source),
+    as ``name@version``."""
+    from adapterhub_sdk.remotes import remote_for
+
+    remote = remote_for(spec)
+    if remote is None:
+        return spec
+    info = remote.pull(registry, spec, None)
+    return f"{info.name}@{info.version}"
+
+
 def prepare_lora(spec: str, *, registry: Any = None, served_model: str | os.PathLike[str] | None = None,
                  base_fingerprint: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
                  lora_name: str | None = None, lora_int_id: int | None = None,
                  max_lora_rank: int | None = None) -> LoRAArgs:
-    """Resolve ``spec`` (``ns/name[@spec]``) in ``registry`` (default: the one the
+    """Resolve ``spec`` (``ns/name[@spec]``, or an ``oci://`` / ``hf://`` URL, pulled into the
+    registry first: :func:`registry_ref`) in ``registry`` (default: the one the
     environment names), refuse it unless vLLM can serve it on the served weights, pull it
     (verified) into the cache and return the ``LoRARequest`` arguments.
 
@@ -208,7 +223,7 @@ def prepare_lora(spec: str, *, registry: Any = None, served_model: str | os.Path
 
         registry = Registry.open()
     try:
-        info = registry.show(spec)
+        info = registry.show(registry_ref(registry, spec))
         manifest: Manifest = info.manifest
         ref = f"{info.name}@{info.version}"
         served = served_fingerprint(served_model, fingerprint=base_fingerprint)

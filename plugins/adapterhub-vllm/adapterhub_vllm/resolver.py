@@ -5,7 +5,8 @@ every registered ``LoRAResolver`` for a model name it does not know yet:
 ``await resolver.resolve_lora(base_model_name, lora_name)``, where ``base_model_name`` is
 the model vLLM serves (the path or Hub id given to ``vllm serve``). This resolver reads
 ``lora_name`` as a registry spec (``acme/sentiment``, ``acme/sentiment@^1``,
-``acme/sentiment@prod``), refuses versions pinned to other weights than the served
+``acme/sentiment@prod``; or a remote registry's URL, ``oci://HOST/REPO:TAG``, pulled and
+verified into the registry first), refuses versions pinned to other weights than the served
 model's (or that vLLM cannot run), pulls the rest, verified, into a cache, and returns a
 ``LoRARequest``. It returns None, as vLLM's contract asks, for a name that is not in the
 registry (other resolvers may know it) and for a refused version, whose reason it logs
@@ -46,6 +47,7 @@ from adapterhub_sdk.errors import (
     NotFoundError,
 )
 from adapterhub_sdk.names import parse_ref
+from adapterhub_sdk.remotes import is_remote_ref
 
 from .follow import DEFAULT_INTERVAL, DEFAULT_SERVER_URL, AliasFollower
 from .lora import LoRAArgs, check_fingerprint, prepare_lora, served_fingerprint
@@ -140,14 +142,17 @@ class AdapterHubLoRAResolver(LoRAResolver):  # type: ignore[misc,valid-type]
 
     def resolve_args(self, base_model_name: str, lora_name: str) -> LoRAArgs | None:
         """The LoRARequest arguments for ``lora_name``, or None (not ours, or refused)."""
+        remote = is_remote_ref(lora_name)  # oci://HOST/REPO:TAG: pulled into the registry by prepare_lora
         try:
-            parse_ref(lora_name)
+            if not remote:
+                parse_ref(lora_name)
         except (InvalidNameError, InvalidVersionError):
             logger.debug("adapterhub: %r is not a registry name; leaving it to other resolvers", lora_name)
             return None
         try:
             reg = self.registry()
-            reg.show(lora_name)  # before any fingerprinting or pulling
+            if not remote:
+                reg.show(lora_name)  # before any fingerprinting or pulling
         except NotFoundError as exc:  # not in this registry: other resolvers may know it
             logger.debug("adapterhub: %s", exc)
             return None
