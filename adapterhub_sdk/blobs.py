@@ -23,7 +23,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -116,6 +116,29 @@ class BlobStore:
                 syncer.abandon()
             tmp.unlink(missing_ok=True)
             raise
+
+    def receive(self, fill: Callable[[BinaryIO], object], digest: str, size: int) -> StagedBlob:
+        """Stage a blob that ``fill`` writes (a download streamed into a private temp file
+        here, so that storing it later is a rename, not another copy). ``fill`` must hash
+        the bytes as it writes them and raise unless they are ``size`` bytes hashing to
+        ``digest`` (``OciClient.fetch_blob`` does); then the staged copy is exactly what was
+        hashed, as with :meth:`stage`. Nothing is left behind when ``fill`` raises."""
+        _check(digest)
+        fd, tmp_name = tempfile.mkstemp(prefix="received.", suffix=".incomplete", dir=self._tmpdir())
+        tmp = Path(tmp_name)
+        try:
+            with open(fd, "wb", closefd=False) as out:
+                fill(out)
+            if os.fstat(fd).st_size != size:
+                raise IntegrityError(f"blob sha256:{digest[:12]}: {os.fstat(fd).st_size} bytes received, "
+                                     f"{size} expected; nothing stored")
+            syncer = _Syncer(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return StagedBlob(tmp, digest, size, syncer)
 
     def put_staged(self, staged: StagedBlob) -> int:
         """Move a staged copy into place under its digest (0 bytes written if already stored)."""

@@ -208,6 +208,7 @@ def test_a_tampered_blob_is_refused_with_nothing_recorded_or_written(tmp_path, r
         assert not (tmp_path / "out").exists()
         assert other.list() == []
         assert list(other.blobs.iter_digests()) == []
+        assert list((tmp_path / "other-blobs" / "tmp").iterdir()) == []  # the layers received before: discarded
         # a manifest changed in storage: its bytes no longer hash to the digest its tag names
         reg.publish(lora_dir, name="acme/t", version="1.0.1", base=base_dir)
         pushed = OciRemote(insecure=True).push(reg, "acme/t@1.0.1", repo)
@@ -231,6 +232,32 @@ def test_large_blobs_go_up_in_chunks(oci, reg, other, tmp_path, base_dir, lora_d
     OciRemote(insecure=True).push(reg, "acme/chunked@1.0.0", repo)
     OciRemote(insecure=True).pull(other, f"{repo}:1.0.0", tmp_path / "out")
     assert _files(tmp_path / "out") == _files(reg.pull("acme/chunked@1.0.0", tmp_path / "local"))
+
+
+def test_a_pull_hashes_each_layer_once_and_stores_it_by_rename(oci, reg, other, tmp_path, base_dir, lora_dir,
+                                                                monkeypatch, request):
+    """Layers stream into the store's staging area, verified as they arrive: no second copy
+    (stage, a packing copy) and no re-hash of the received files before they are stored."""
+    import adapterhub_sdk.adapter_files as af
+    import adapterhub_sdk.blobs as blobs
+
+    repo = f"oci://{oci.host}/{_repo(request)}"
+    reg.publish(lora_dir, name="acme/once", version="1.0.0", base=base_dir)
+    OciRemote(insecure=True).push(reg, "acme/once@1.0.0", repo)
+
+    def copied(*a, **k):
+        raise AssertionError("a received layer was copied or hashed again")
+
+    monkeypatch.setattr(blobs.BlobStore, "stage", copied)
+    monkeypatch.setattr(af, "copy_and_hash", copied)
+    monkeypatch.setattr("adapterhub_sdk.package.copy_and_hash", copied)
+    monkeypatch.setattr(af, "sha256_file", copied)
+    OciRemote(insecure=True).pull(other, f"{repo}:1.0.0", tmp_path / "out")
+    monkeypatch.undo()
+    assert _files(tmp_path / "out") == _files(reg.pull("acme/once@1.0.0", tmp_path / "local"))
+    assert {f.sha256 for f in reg.show("acme/once@1.0.0").manifest.files} == set(other.blobs.iter_digests())
+    assert all(other.blobs.verify(d) is None for d in other.blobs.iter_digests())
+    assert list((tmp_path / "other-blobs" / "tmp").iterdir()) == []
 
 
 def test_layer_titles_never_become_paths(oci, other, tmp_path, reg, base_dir, lora_dir, request):

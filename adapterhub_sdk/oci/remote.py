@@ -326,15 +326,20 @@ class OciRemote:
                                      hint="push it again with 'adapterhub push'")
             found = self._signature_files(c, r, signature_tag(digest)) or []  # another tool's: not ours to read
             registry.check_incoming_signatures(manifest, found, require_signed)  # refused before anything is stored
-            with tempfile.TemporaryDirectory(prefix="adapterhub-oci-pull-") as tmp:
-                sources = {}
-                for path, (ldigest, size) in listed.items():
-                    out = Path(tmp) / path
-                    with open(out, "xb") as fh:
-                        c.fetch_blob(r.repo, ldigest, fh, size=size)
-                    sources[path] = out
-                self._check_files(registry, r, manifest, sources, tmp, scan=dest is None)
-                registry.import_version(manifest, sources, origin=f"{r.repo_url}@{digest}")
+            receive = getattr(registry.blobs, "receive", None)
+            if callable(receive):  # a local store: each layer is hashed once, as it arrives, and stored by rename
+                self._receive(c, r, registry, manifest, listed, receive, origin=f"{r.repo_url}@{digest}",
+                              scan=dest is None)
+            else:
+                with tempfile.TemporaryDirectory(prefix="adapterhub-oci-pull-") as tmp:
+                    sources = {}
+                    for path, (ldigest, size) in listed.items():
+                        out = Path(tmp) / path
+                        with open(out, "xb") as fh:
+                            c.fetch_blob(r.repo, ldigest, fh, size=size)
+                        sources[path] = out
+                    self._check_files(registry, r, manifest, sources, tmp, scan=dest is None)
+                    registry.import_version(manifest, sources, origin=f"{r.repo_url}@{digest}")
         got_ref = f"{manifest.name}@{manifest.version}"
         if found:
             registry.import_signatures(got_ref, found)
@@ -342,15 +347,35 @@ class OciRemote:
             registry.pull(got_ref, dest, overwrite=overwrite)
         return registry.show(got_ref)
 
+    def _receive(self, c: OciClient, r: OciRef, registry: Any, manifest: Manifest,
+                 listed: dict[str, tuple[str, int]], receive: Callable[..., Any], *, origin: str,
+                 scan: bool) -> None:
+        """Stream each layer into the blob store's staging area (verified against its digest
+        as it arrives), check the files from those copies and record the version, which
+        stores each copy by a rename; whatever fails, no staged copy is left behind."""
+        staged: dict[str, Any] = {}
+        try:
+            for path, (ldigest, size) in listed.items():
+                staged[path] = receive(lambda fh, d=ldigest, n=size: c.fetch_blob(r.repo, d, fh, size=n),
+                                       ldigest.removeprefix("sha256:"), size)
+            by_inode = {os.stat(s.path).st_ino: s for s in staged.values()}
+            self._check_files(registry, r, manifest, {p: s.path for p, s in staged.items()}, "", scan=scan,
+                              stage=lambda f: by_inode[os.fstat(f.fileno()).st_ino])  # the copies themselves
+            registry.import_version(manifest, staged, origin=origin)
+        finally:
+            for s in staged.values():
+                if s.path.exists():  # not stored: a failure, or a blob the store held already
+                    registry.blobs.discard(s)
+
     @staticmethod
     def _check_files(registry: Any, r: OciRef, manifest: Manifest, sources: dict[str, Path], tmp: str, *,
-                     scan: bool) -> None:
+                     scan: bool, stage: Callable[[Any], Any] | None = None) -> None:
         """The files are the adapter the manifest describes; NaN/Inf weights are imported with a
         warning (``scan``; with a destination, the directory's write warns instead)."""
         from ..adapter_files import NonFiniteWarning, nonfinite_message
         from ..methods.base import refines
 
-        with registry.pack_files(sources, root=tmp) as pkg:
+        with registry.pack_files(sources, root=tmp or None, stage=stage) as pkg:
             if not refines(pkg.requirements, manifest.requirements):
                 raise IntegrityError(f"{r}: the manifest's requirements do not match its adapter files")
             bad = pkg.nonfinite() if scan else []

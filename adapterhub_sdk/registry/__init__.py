@@ -13,9 +13,9 @@ transaction), :mod:`.query` (show, versions, list, aliases, yank), :mod:`.resolv
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import db as dbmod
 from ..errors import RegistryError
@@ -110,14 +110,16 @@ class Registry(BasesPart, PublishPart, QueryPart, ResolvePart, TransferPart, Lif
         self.engine.dispose()
 
     def pack_files(self, files: Mapping[str, str | os.PathLike[str]], *,
-                   root: str | os.PathLike[str] | None = None, select: bool = False) -> AdapterPackage:
+                   root: str | os.PathLike[str] | None = None, select: bool = False,
+                   stage: Callable[[Any], Any] | None = None) -> AdapterPackage:
         """Pack named files (a remote's snapshot: package name -> path of a regular file) as
         publish packs a directory, the method found by the installed plugins. Remotes pack
         through the registry they are given, so the built-in ones import no packer (and no
-        plugin lookup) of their own."""
+        plugin lookup) of their own. ``stage``: as :func:`~adapterhub_sdk.package.pack_files`'s
+        (a remote whose files are private copies already passes one that copies nothing)."""
         from ..package import pack_files
 
-        return pack_files(files, root=root, select=select)
+        return pack_files(files, root=root, select=select, stage=stage)
 
     def __enter__(self) -> Registry:
         return self

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +33,7 @@ from ..tables import utcnow
 from ..versions import Version
 from ._core import T_ADAPTERS, T_FILES, T_REQS, T_TASKS, T_VERSIONS, RegistryCore
 from .differences import conflict, same_content
+from .lifecycle import end_lease, take_lease
 from .probes import requirement_probe
 from .results import PublishResult, _iso
 
@@ -175,6 +175,7 @@ class PublishPart(RegistryCore):
             # written again (put_* check what is stored before deduplicating against it)
             reused = []  # staged copies of blobs already stored: kept until the version is committed
             reused_files = []  # files put_file found already stored (an AdapterPackage's, or no staging)
+            lease = take_lease(self, [f.sha256 for f in pkg.files])  # gc keeps them until it ends
             try:
                 for f in pkg.files:
                     if f.staged is not None:
@@ -202,6 +203,7 @@ class PublishPart(RegistryCore):
             finally:
                 for staged in reused:
                     self.blobs.discard(staged)
+                end_lease(self, lease)
         finally:
             if own:
                 pkg.close()
@@ -211,12 +213,15 @@ class PublishPart(RegistryCore):
         call_hook("after_publish", manifest=manifest, created=created)
         return result
 
-    def import_version(self, manifest: Manifest, sources: Mapping[str, str | os.PathLike[str]], *,
+    def import_version(self, manifest: Manifest, sources: Mapping[str, Any], *,
                        origin: str | None = None) -> PublishResult:
         """Record a version whose manifest was made elsewhere (a Hub pull), keeping the manifest
         and its digest as they are. Every file is verified against the manifest first; a file
-        that differs is named in the error and nothing is recorded."""
+        that differs is named in the error and nothing is recorded. A source is a path, or a
+        copy staged in this registry's store (a :class:`~adapterhub_sdk.blobs.StagedBlob`,
+        hashed as it was written: a download received there), which is stored by a rename."""
         from ..adapter_files import sha256_file
+        from ..blobs import StagedBlob
         from ..plugins import call_hook
 
         validate_name(manifest.name)
@@ -226,6 +231,10 @@ class PublishPart(RegistryCore):
         bad = []
         for f in manifest.files:
             src = sources.get(f.path)
+            if isinstance(src, StagedBlob):
+                if (src.sha256, src.size) != (f.sha256, f.size) or not src.path.is_file():
+                    bad.append(f.path)
+                continue
             if src is None or not Path(src).is_file():
                 bad.append(f"{f.path} (missing)")
                 continue
@@ -240,13 +249,32 @@ class PublishPart(RegistryCore):
             raise conflict(self._stored_manifest(manifest.name, manifest.version), manifest, here=" here")
         written = 0
         created = False
-        for f in manifest.files:  # repairs a corrupt or missing blob of an existing version too
-            written += self.blobs.put_file(sources[f.path], f.sha256)
-        if existing is None:
-            created = self._commit_version(manifest, sum(f.size for f in manifest.files), source=origin)
-            # a gc that ran before the commit may have taken one away
-            written += self._put_back([PackedFile(f.path, Path(sources[f.path]), f.sha256, f.size)
-                                       for f in manifest.files])
+        reused: list[StagedBlob] = []  # staged copies of blobs already stored: kept until the commit
+        lease = take_lease(self, [f.sha256 for f in manifest.files])  # gc keeps them until it ends
+        try:
+            for f in manifest.files:  # repairs a corrupt or missing blob of an existing version too
+                src = sources[f.path]
+                if not isinstance(src, StagedBlob):
+                    written += self.blobs.put_file(src, f.sha256)
+                elif self.blobs.holds(src):  # type: ignore[attr-defined]  # a staging store made it
+                    reused.append(src)
+                else:
+                    written += self.blobs.put_staged(src)  # type: ignore[attr-defined]
+            if existing is None:
+                created = self._commit_version(manifest, sum(f.size for f in manifest.files), source=origin)
+                # a gc that ran before the commit may have taken one away
+                written += self._put_back([PackedFile(f.path, Path(sources[f.path]), f.sha256, f.size)
+                                           for f in manifest.files if not isinstance(sources[f.path], StagedBlob)])
+            for staged in reused:
+                if self.blobs.has(staged.sha256):
+                    self.blobs.discard(staged)  # type: ignore[attr-defined]
+                else:
+                    written += self.blobs.put_staged(staged)  # type: ignore[attr-defined]
+            reused = []
+        finally:
+            for staged in reused:
+                self.blobs.discard(staged)  # type: ignore[attr-defined]
+            end_lease(self, lease)
         call_hook("after_publish", manifest=manifest, created=created)
         return PublishResult(manifest.name, manifest.version, manifest.digest, created, written,
                              len(manifest.files), manifest)
