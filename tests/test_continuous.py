@@ -391,3 +391,161 @@ def test_a_cache_it_cannot_merge_is_one_error_and_the_worker_runs_on():
         r = httpx.post(s.url + "/v1/completions", json={"model": "base", "prompt": [3, 4, 5], "max_tokens": 2},
                        timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1, r.text
+
+
+# --------------------------------------------------------------------------- control calls
+
+
+ADMIN = "continuous-admin"
+
+
+def _admin_serving(dep: ah.Deployment, **kw: Any) -> _Serving:
+    return serving(dep, allow_adapter_updates=True, admin_key=ADMIN, **kw)
+
+
+class _Forwards:
+    """Counts the base's forwards (one per decode step) and makes each take a little longer,
+    so that a 256-token stream outlives the HTTP round trips of the control calls beside it
+    (what is compared is token counts, never wall time)."""
+
+    def __init__(self, dep: ah.Deployment):
+        import time
+
+        self.n = 0
+
+        def hook(*_: Any) -> None:
+            self.n += 1
+            time.sleep(0.002)
+
+        self.handle = dep.model.register_forward_hook(hook)
+
+    def __enter__(self) -> _Forwards:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.remove()
+
+
+async def _stream_words(client: httpx.AsyncClient, body: dict[str, Any], seen: dict[str, Any]) -> list[str]:
+    """Stream ``body``; ``seen["chunks"]`` counts text chunks as they arrive. Returns its words
+    (word-level tokenizer: one word per token)."""
+    text = ""
+    async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                event = json.loads(line[6:])
+                assert "error" not in event, event
+                for c in event["choices"]:
+                    text += c["text"]
+                    seen["chunks"] += 1
+    return text.split()
+
+
+def _loaded_gauge(client: httpx.Client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("adapterhub_adapters_loaded "):
+            return float(line.split()[1])
+    raise AssertionError("adapterhub_adapters_loaded missing from /metrics")
+
+
+def test_control_calls_run_between_steps_while_long_streams_run(world):
+    """While two 256-token streams run (on 'good' and 'other'): attaching a new name answers
+    within a few decode steps; replacing 'good' in place and unloading 'other' wait for the
+    rows that use them, which finish with the tokens each gives alone; afterwards 'good'
+    serves the new version, 'other' is gone, and /metrics counts what clients see."""
+    dep = ah.Deployment(str(world["base"]), registry=world["registry"])
+    dep.attach("acme/good", name="good")
+    dep.attach("acme/other", name="other")
+    bodies = {m: {"model": m, "prompt": prompt(1), "max_tokens": 256, "temperature": 0} for m in ("good", "other")}
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    with _admin_serving(dep) as s, _Forwards(dep) as fw:
+        solo = {m: _gather(s.url, [{**b, "logprobs": 2}])[0]["choices"][0] for m, b in bodies.items()}
+        assert all(len(_tokens(c)) == 256 for c in solo.values())
+        seen = {m: {"chunks": 0} for m in bodies}
+        marks: dict[str, Any] = {}
+
+        async def main() -> dict[str, Any]:
+            async with httpx.AsyncClient(base_url=s.url, timeout=120, headers=auth) as client:
+                streams = {m: asyncio.create_task(_stream_words(client, b, seen[m])) for m, b in bodies.items()}
+                while min(v["chunks"] for v in seen.values()) < 3:
+                    await asyncio.sleep(0.005)
+                marks["sent"] = fw.n
+                r = await client.post("/v1/adapters", json={"spec": "acme/rs", "name": "rs2"})
+                assert r.status_code == 201, r.text
+                marks["attached"] = fw.n
+                marks["chunks_at_attach"] = {m: v["chunks"] for m, v in seen.items()}
+                replace = asyncio.create_task(client.post("/v1/load_lora_adapter", json={
+                    "lora_name": "good", "lora_path": "acme/rs", "load_inplace": True}))
+                unload = asyncio.create_task(client.post("/v1/unload_lora_adapter", json={"lora_name": "other"}))
+                words = {m: await t for m, t in streams.items()}
+                return {"words": words, "replace": await replace, "unload": await unload}
+
+        out = asyncio.run(main())
+        after_good = _gather(s.url, [{**bodies["good"], "max_tokens": 12, "logprobs": 2}])[0]["choices"][0]
+        rs2 = _gather(s.url, [{**bodies["good"], "model": "rs2", "max_tokens": 12, "logprobs": 2}])[0]["choices"][0]
+        gone = httpx.post(s.url + "/v1/completions", json={**bodies["other"], "max_tokens": 2}, timeout=60)
+        gauge = _loaded_gauge(httpx.Client(base_url=s.url, headers=auth))
+    # the attach answered a few steps after it was sent, long before the streams ended
+    assert marks["attached"] - marks["sent"] < 64, marks
+    assert max(marks["chunks_at_attach"].values()) < 200, marks
+    for m in bodies:  # the rows in flight finished on the version they started with, untouched
+        assert len(out["words"][m]) == 256
+        same_tokens(out["words"][m], solo[m])
+    assert out["replace"].status_code == 200, out["replace"].text
+    assert out["unload"].status_code == 200, out["unload"].text
+    same_tokens(_tokens(after_good), rs2)  # 'good' is acme/rs now
+    assert gone.status_code == 404
+    assert set(dep.adapters) == {"good", "rs2"} and gauge == 2
+
+
+def test_an_alias_moves_while_a_long_stream_runs_and_metrics_count_public_names(world):
+    """A followed alias moved in the registry switches within a few decode steps of the poll
+    while a 256-token stream runs on the old version; that stream finishes with the old
+    version's tokens, new requests get the new one, and adapterhub_adapters_loaded counts the
+    public name once while two internal slots are attached."""
+    reg = world["registry"]
+    reg.publish(world["dirs"]["good"], name="acme/flw", version="1.0.0", base=world["base"])
+    reg.publish(world["dirs"]["other"], name="acme/flw", version="1.1.0", base=world["base"])
+    reg.alias("acme/flw@1.0.0", "prod")
+    dep = ah.Deployment(str(world["base"]), registry=reg)
+    dep.attach("acme/good", name="good")
+    dep.attach("acme/other", name="other")
+    body = {"model": "acme/flw", "prompt": prompt(1), "max_tokens": 256, "temperature": 0}
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    with _admin_serving(dep, follow_interval=0.05) as s, _Forwards(dep) as fw, \
+            httpx.Client(base_url=s.url, timeout=120, headers=auth) as c:
+        solo_old = _gather(s.url, [{**body, "model": "good", "logprobs": 2}])[0]["choices"][0]
+        solo_new = _gather(s.url, [{**body, "model": "other", "max_tokens": 12, "logprobs": 2}])[0]["choices"][0]
+        r = c.post("/v1/adapters", json={"spec": "acme/flw@prod"})
+        assert r.status_code == 201 and r.json()["ref"] == "acme/flw@1.0.0", r.text
+        assert c.post("/v1/unload_lora_adapter", json={"lora_name": "good"}).status_code == 200
+        assert c.post("/v1/unload_lora_adapter", json={"lora_name": "other"}).status_code == 200
+        seen = {"chunks": 0}
+        marks: dict[str, Any] = {}
+
+        async def main() -> list[str]:
+            async with httpx.AsyncClient(base_url=s.url, timeout=120, headers=auth) as client:
+                stream = asyncio.create_task(_stream_words(client, body, seen))
+                while seen["chunks"] < 3:
+                    await asyncio.sleep(0.005)
+                marks["moved"] = fw.n
+                await asyncio.to_thread(reg.alias, "acme/flw@1.1.0", "prod")
+                while True:
+                    cards = {m["id"]: m for m in (await client.get("/v1/models")).json()["data"]}
+                    if cards["acme/flw"]["version"] == "1.1.0":
+                        break
+                    await asyncio.sleep(0.01)
+                marks["switched"] = fw.n
+                marks["chunks"] = seen["chunks"]
+                marks["slots"] = sorted(dep.adapters)
+                marks["gauge"] = await asyncio.to_thread(_loaded_gauge, c)
+                return await stream
+
+        words = asyncio.run(main())
+        after = c.post("/v1/completions", json={**body, "max_tokens": 12, "logprobs": 2}).json()["choices"][0]
+    assert marks["switched"] - marks["moved"] < 128 and marks["chunks"] < 200, marks  # well before its end
+    assert len(marks["slots"]) == 2 and all("#" in n for n in marks["slots"]) and marks["gauge"] == 1, marks
+    assert len(words) == 256
+    same_tokens(words, solo_old)  # the stream finished on 1.0.0
+    same_tokens(_tokens(after), solo_new)  # new requests: 1.1.0

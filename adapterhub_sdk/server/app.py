@@ -112,7 +112,7 @@ def create_app(deployment: Deployment, *, base_id: str | None = None, max_batch:
                               hint="attach it under another name (NAME=SPEC)")
     server = Server(deployment, base_id, worker, metrics, max_body_bytes=max_body_bytes,
                     follow_interval=follow_interval)
-    metrics.adapters.set_function(lambda: len(deployment.adapters))
+    metrics.adapters.set_function(lambda: len(server.served_names()))  # as clients see them, not slots
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

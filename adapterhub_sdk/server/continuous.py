@@ -6,8 +6,15 @@ leave it the step they finish.
 
 1. take what was queued (without waiting while rows run);
 2. admit queued jobs in arrival order while fewer than ``max_batch`` rows are running or
-   prefilling (a control call waits until nothing runs, then runs: jobs queued behind it
-   wait for it, as with the batch worker);
+   prefilling, and run control calls here, at the step boundary, while rows keep running. A
+   call declares the deployment names it attaches, replaces or detaches
+   (``Scheduler.call(fn, names)``): it runs at once unless a row in flight, or a job queued
+   before it, uses one of them; then it waits for those rows (so they finish on the version
+   they started with) and the jobs queued after it for those names wait behind it. Attaching
+   a new name, or a follower's new internal slot, never waits; unloading or replacing in
+   place a name that running rows use frees its old version once they have finished (vLLM's
+   unload removes the name and lets requests in flight finish too). A call that declares
+   nothing waits until no row runs, and everything queued behind it waits for it;
 3. prefill newcomers alone, at most ``max_prefill_tokens`` prompt tokens per step (long
    prompts in chunks), so running decodes are never held up by more than that; a newcomer
    whose prompt is in its cache samples its first token and joins the shared cache
@@ -167,6 +174,8 @@ class ContinuousWorker(BatchWorker):
     def _take(self) -> None:
         """Move what was queued to the backlog; wait for something only when nothing runs."""
         wait = not self._busy() and not self.backlog and not self._ending
+        if not wait and self.q.empty():  # the common case while rows decode: nothing new
+            return
         while True:
             try:
                 item = self.q.get() if wait else self.q.get_nowait()
@@ -189,18 +198,35 @@ class ContinuousWorker(BatchWorker):
         self.metrics.queue_depth.set(self.pending())
 
     def _admit(self) -> None:
-        while self.backlog and not self._ending:
-            item = self.backlog[0]
+        """Run control calls and admit jobs, in arrival order, at this step boundary (see the
+        module's doc for what waits for what)."""
+        if not self.backlog or self._ending:
+            return
+        before = len(self.backlog)
+        in_use = {row.job.adapter for row in (*self.running, *self.prefilling)}
+        held: set[str | None] = set()  # names items still waiting ahead use or change
+        kept: deque[Any] = deque()
+        while self.backlog:
+            item = self.backlog.popleft()
             if isinstance(item, _Call):
-                if self._busy():  # between batches: once every running row has finished
-                    return
-                self.backlog.popleft()
-                self._run_call(item)
+                if item.names is None:  # it may change anything: once nothing runs or waits ahead
+                    if kept or self._busy():
+                        kept.append(item)
+                        kept.extend(self.backlog)
+                        self.backlog.clear()
+                        break
+                    self._run_call(item)
+                elif item.names & (in_use | held):  # after the rows and jobs that use its names
+                    kept.append(item)
+                    held |= item.names
+                else:
+                    self._run_call(item)
                 continue
-            if len(self.running) + len(self.prefilling) >= self.max_batch:
-                return
-            self.backlog.popleft()
             if item.cancelled:
+                continue
+            if item.adapter in held or len(self.running) + len(self.prefilling) >= self.max_batch:
+                kept.append(item)
+                held.add(item.adapter)
                 continue
             try:
                 self._prepare(item)
@@ -209,8 +235,12 @@ class ContinuousWorker(BatchWorker):
                 continue
             generator = _generators([item.seed], [item.temperature], self.dep.device)[0]
             self.prefilling.append(_Row(item, generator, IncrementalText(self._decode), Prefill(item.ids)))
+            in_use.add(item.adapter)
             self.metrics.queue_wait.observe(time.monotonic() - item.enqueued)
             item.emit(StartEvent(item.index))
+        self.backlog = kept
+        if len(kept) != before:
+            self.metrics.queue_depth.set(self.pending())
 
     def _prefill(self) -> None:
         import torch
@@ -332,13 +362,15 @@ class ContinuousWorker(BatchWorker):
             self._done(row, "stop")
             return False
         job.produced.append(token)
-        try:
-            if job.logprobs is not None:
-                row.lps.append(self._logprob(row.text, logits, token, job.logprobs))
-            delta = row.text.add(token)
-        except Exception as exc:  # noqa: BLE001 - a tokenizer failing on this row's tokens
-            job.emit(ErrorEvent(job.index, api_error(exc)))
-            return False
+        delta = ""
+        if job.stream or job.stop or job.logprobs is not None:  # else: decoded once, at the end
+            try:
+                if job.logprobs is not None:
+                    row.lps.append(self._logprob(row.text, logits, token, job.logprobs))
+                delta = row.text.add(token)
+            except Exception as exc:  # noqa: BLE001 - a tokenizer failing on this row's tokens
+                job.emit(ErrorEvent(job.index, api_error(exc)))
+                return False
         if job.stop and delta:
             text = row.text.text  # a stop sequence can only end in the new text
             window = text[max(0, len(text) - len(delta) - max(len(s) for s in job.stop) + 1):]

@@ -4,12 +4,15 @@ An adapter served from an alias spec (``acme/sentiment@prod``) is attached to th
 under an internal slot name (``acme/sentiment#1``); its public name (``acme/sentiment``, what
 requests send as ``model``) points at that slot. A background task re-reads where the alias
 points every ``interval`` seconds (one indexed query, :meth:`Registry.alias_target`). When it
-has moved, the new version is attached under a new slot between scheduler steps
-(``Scheduler.call``), with every check an attach makes (fingerprint, signing policy,
-non-finite weights, loading); only then does the public name point at the new slot, in one
+has moved, the new version is attached under a new slot at the next decode step boundary
+(``Scheduler.call`` naming only the new slot, so it never waits for the requests running:
+a switch takes the poll interval plus the attach, however long the running requests are),
+with every check an attach makes (fingerprint, signing policy, non-finite weights,
+loading); only then does the public name point at the new slot, in one
 assignment on the event loop. A request holds the slot it was resolved to (a lease) until its
 answer is complete, so requests in flight finish on the version they started with; the old
-slot is detached once no lease holds it (at a later poll). A version that cannot be served
+slot is detached once no lease holds it (at a later poll; the detach names the slot, so the
+scheduler also runs it only once no row in a step uses it). A version that cannot be served
 leaves the old one serving, and its refusal is shown in ``/v1/models`` until the alias moves
 again. Moving the alias back is a rollback like any other move.
 
@@ -200,7 +203,7 @@ class AliasFollower:
                 attached = dep.attach(spec, name=slot)
             return attached, [str(w.message) for w in caught if issubclass(w.category, StructuralMatchWarning)]
 
-        return await asyncio.wrap_future(self.server.worker.call(attach))
+        return await asyncio.wrap_future(self.server.worker.call(attach, names=[slot]))  # a new name: no wait
 
     # ------------------------------------------------------------------ the poller
 
@@ -275,8 +278,8 @@ class AliasFollower:
                  was, version, attached.ref, attached.digest[:19], attached.verdict, time.monotonic() - started)
 
     async def _reap(self) -> None:
-        """Detach retired slots no request holds (idle at two polls in a row: a cancelled row
-        still in a scheduler step has left it by then)."""
+        """Detach retired slots no request holds (idle at two polls in a row; a cancelled row
+        still in a scheduler step holds the detach back until it has left)."""
         dep = self.server.dep
         for slot in list(self.retiring):
             if slot not in dep.adapters:
@@ -289,7 +292,8 @@ class AliasFollower:
             if self.retiring[slot] < 2:
                 continue
             try:
-                await asyncio.wrap_future(self.server.worker.call(lambda s=slot: dep.detach(s)))  # type: ignore[misc]
+                await asyncio.wrap_future(self.server.worker.call(  # after any row still on it
+                    lambda s=slot: dep.detach(s), names=[slot]))  # type: ignore[misc]
             except Exception as exc:  # noqa: BLE001 - gone already
                 log.debug("detaching %s: %s", slot, exc)
             self.retiring.pop(slot, None)

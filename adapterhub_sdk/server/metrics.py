@@ -28,7 +28,9 @@ class Metrics:
         self.queue_wait = Histogram("adapterhub_queue_wait_seconds", "Time a request waited for its batch",
                                     registry=r, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
                                                          5, 10, 30))
-        self.adapters = Gauge("adapterhub_adapters_loaded", "Adapters attached", registry=r)
+        self.adapters = Gauge("adapterhub_adapters_loaded",
+                              "Adapters served, by the names clients use (a followed alias's slots count once)",
+                              registry=r)
         self.queue_depth = Gauge("adapterhub_queue_depth", "Requests waiting for the worker", registry=r)
 
     def render(self) -> bytes:

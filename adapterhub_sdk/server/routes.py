@@ -300,7 +300,8 @@ async def _attach(request: Request, spec: str, name: str | None, spec_param: str
         return attached, [str(w.message) for w in caught if issubclass(w.category, StructuralMatchWarning)]
 
     try:
-        attached, notes = await asyncio.wrap_future(server.worker.call(attach))
+        key = name if name is not None else await _registry_name(dep, spec)
+        attached, notes = await asyncio.wrap_future(server.worker.call(attach, names=None if key is None else [key]))
     except IntegrityError as exc:  # a directory's files differ from its manifest: the request's input
         if directory is None:
             raise api_error(exc, param=spec_param) from None
@@ -308,7 +309,7 @@ async def _attach(request: Request, spec: str, name: str | None, spec_param: str
     except Exception as exc:  # noqa: BLE001 - every failure is an error object
         raise api_error(exc, param=spec_param) from None
     if attached.name == base_id:  # named after the base by its registry name: refuse to shadow it
-        await asyncio.wrap_future(server.worker.call(lambda: dep.detach(attached.name)))
+        await asyncio.wrap_future(server.worker.call(lambda: dep.detach(attached.name), names=[attached.name]))
         raise APIError(400, f"'{attached.name}' is the base's id; pass another name", param=name_param,
                        code="invalid_value")
     follower.retiring.pop(attached.name, None)  # served again under its own name
@@ -349,10 +350,19 @@ async def _detach(request: Request, name: str, param: str, *, missing: str | Non
         server.loaded_at.pop(name, None)
         return
     try:
-        await asyncio.wrap_future(server.worker.call(lambda: dep.detach(name)))
+        # the scheduler runs it once the requests running on it have finished
+        await asyncio.wrap_future(server.worker.call(lambda: dep.detach(name), names=[name]))
     except Exception as exc:  # noqa: BLE001
         raise api_error(exc, param=param) from None
     server.loaded_at.pop(name, None)
+
+
+async def _registry_name(dep: Any, spec: str) -> str | None:
+    """The name ``dep.attach(spec)`` serves the adapter as (None: unknown; the attach says why)."""
+    try:
+        return str((await run_in_threadpool(dep.registry.show, spec)).name)
+    except Exception:  # noqa: BLE001 - the attach raises the same error, answered there
+        return None
 
 
 # --------------------------------------------------------------------------- operations

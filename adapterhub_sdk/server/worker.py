@@ -3,7 +3,8 @@
 Routes build one :class:`Job` per prompt and :meth:`Scheduler.submit` it; the scheduler
 answers through the job's ``emit`` callback with typed events (:class:`StartEvent`,
 :class:`TokenEvent`, :class:`DoneEvent`, :class:`ErrorEvent`), from its own thread. Control
-calls (attach, detach) go through :meth:`Scheduler.call` and run between batches.
+calls (attach, detach) go through :meth:`Scheduler.call`: between batches here, at a decode
+step boundary on the continuous scheduler (see there for the names a call declares).
 
 :class:`BatchWorker` is today's scheduler: one thread that owns the deployment, takes up
 to ``max_batch`` queued jobs (waiting up to ``batch_wait_ms`` for more) and runs one
@@ -16,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
@@ -129,8 +130,11 @@ class Scheduler(Protocol):
     def submit(self, job: Job) -> None:
         """Queue ``job``; it is answered through ``job.emit``. Raises :class:`APIError` (503) when stopping."""
 
-    def call(self, fn: Callable[[], T]) -> Future[T]:
-        """Run ``fn`` where the deployment may be changed (between batches)."""
+    def call(self, fn: Callable[[], T], names: Collection[str] | None = None) -> Future[T]:
+        """Run ``fn`` where the deployment may be changed (between batches or decode steps).
+        ``names``: the deployment names ``fn`` attaches, replaces or detaches; a call never runs
+        while a request in flight uses one of them, so requests finish on the version they
+        started with. None (unknown): it runs once no request runs at all."""
 
     @property
     def healthy(self) -> bool:
@@ -147,6 +151,7 @@ class Scheduler(Protocol):
 class _Call:
     fn: Callable[[], Any]
     future: Future[Any]
+    names: frozenset[str] | None = None  # what it changes (None: it may change anything)
 
 
 _STOP = object()
@@ -203,13 +208,13 @@ class BatchWorker:
         self.q.put(job)
         self.metrics.queue_depth.set(self.q.qsize())
 
-    def call(self, fn: Callable[[], T]) -> Future[T]:
-        """Run ``fn`` on the worker thread, between batches."""
+    def call(self, fn: Callable[[], T], names: Collection[str] | None = None) -> Future[T]:
+        """Run ``fn`` on the worker thread, between batches (``names``: see :meth:`Scheduler.call`)."""
         if self._stopping:
             raise unavailable()
         self.start()
         fut: Future[T] = Future()
-        self.q.put(_Call(fn, fut))
+        self.q.put(_Call(fn, fut, None if names is None else frozenset(names)))
         return fut
 
     # -- the loop
