@@ -18,7 +18,7 @@ CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that accepts connections but never
 # The migrations in registry/migrations, oldest first; the last is the schema this code writes.
 # Kept here so that opening a registry is one query against alembic_version, without loading
 # Alembic and its script directory (tests/test_startup.py keeps them in sync with the scripts).
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
 HEAD_REVISION = REVISIONS[-1]
 
 

@@ -11,7 +11,7 @@ from . import tables
 from .tables import NAMING, RESOLVE_COLUMNS, utcnow
 
 __all__ = ["NAMING", "RESOLVE_COLUMNS", "Adapter", "AdapterVersion", "AliasRecord", "Base", "BaseModelRecord",
-           "BaseSource", "Fit", "RequirementSet", "VersionFile", "VersionTask", "utcnow"]
+           "BaseSource", "BlobLease", "Fit", "RequirementSet", "VersionFile", "VersionTask", "utcnow"]
 
 
 class Base(DeclarativeBase):
@@ -82,3 +82,9 @@ class Setting(Base):
     """A registry-wide setting, such as the signing policy."""
 
     __table__ = tables.settings
+
+
+class BlobLease(Base):
+    """A blob a publish in progress is about to reference: gc keeps it while the lease lives."""
+
+    __table__ = tables.blob_leases

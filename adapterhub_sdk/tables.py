@@ -185,3 +185,18 @@ settings = Table(
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# Blobs a publish or an import in progress is about to reference: written in their own committed
+# transaction before its uploads, removed when it commits or fails. gc never deletes a blob
+# with a live lease, whatever its grace period: S3 has no mtime to refresh, so this is the one
+# record that a blob not yet referenced is in use. ``holder`` names the process (boot id, pid
+# namespace, pid, start time) so that a lease of a process that died on this machine is dead
+# at once; elsewhere a lease ends after lifecycle.LEASE_SECONDS.
+blob_leases = Table(
+    "blob_leases", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("lease", String(32), nullable=False, index=True),
+    _digest("sha256", index=True),
+    Column("holder", String(200), nullable=False, default=""),
+    _timestamp("created_at"),
+)

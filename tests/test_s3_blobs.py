@@ -288,8 +288,10 @@ def test_gc_in_another_process_while_a_package_publish_reuses_a_blob(store, s3_u
     """Server: moto_server on loopback for ``s3``; a local directory for ``file``. Publishing
     an AdapterPackage (the put_file path, no staged copies) reuses the blobs of a deleted
     version; a gc with no grace runs in another process between the first dedup check and the
-    commit, and deletes them all (nothing referenced them yet). The publish must find the
-    reused one gone after its commit and write it again: the new version pulls intact."""
+    commit. Nothing references the blobs yet, but the publish leased them before it looked
+    (registry/lifecycle.py): gc keeps them all and the new version pulls intact. (A reused
+    blob that went missing all the same is put back after the commit: test_registry's
+    test_gc_racing_a_publish_that_reuses_its_blobs_loses_nothing.)"""
     from adapterhub_sdk.blobs import BlobStore
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
@@ -301,9 +303,9 @@ def test_gc_in_another_process_while_a_package_publish_reuses_a_blob(store, s3_u
         reg.blobs = _gc_after_reuse(S3BlobStore if store == "s3" else BlobStore, url, blobs, calls)
         with ah.pack(lora_dir) as pkg:
             res = reg.publish(pkg, name="team/new", version="1.0.0", base=base_dir)
-        assert len(calls) == 1  # the first file was reused, then gc took every blob away
+        assert len(calls) == 1  # the first file was reused, then gc ran
         assert [p["problem"] for p in reg.verify().problems] == []
-        assert res.created and res.bytes_written == sum(f.size for f in pkg.files)
+        assert res.created and res.bytes_written == 0  # leased: gc took none of them
         reg.pull("team/new@1.0.0", tmp_path / "out")
         assert (tmp_path / "out" / "adapter_model.safetensors").read_bytes() == \
             (lora_dir / "adapter_model.safetensors").read_bytes()

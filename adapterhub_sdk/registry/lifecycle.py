@@ -1,18 +1,124 @@
 """Blob and version lifecycle: verify re-hashes what is stored, gc removes what nothing
-references (never a blob a publish in progress is about to reference), stats, delete."""
+references (never a blob a publish in progress is about to reference), stats, delete.
+
+A publish leases the blobs it is about to reference (:func:`take_lease`, its own committed
+transaction, before any upload) and ends the lease once its version is committed or it
+failed (:func:`end_lease`). gc lists the store first and reads the catalog after: a blob
+written after its lease and listed by gc is seen leased, and a blob gc has moved aside or
+deleted is one the publish finds missing and writes again (or, reused, puts back after its
+commit). So no grace period is needed for safety; it only spares a crashed publisher's
+leftovers a while."""
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, delete, func, insert, select
 
+from .. import db as dbmod
+from .. import tables
 from ..errors import AdapterHubError
 from ..interfaces import QuarantiningBlobStorage
 from ..manifest import Manifest
 from ..names import parse_ref
+from ..tables import utcnow
 from ._core import T_ADAPTERS, T_BASES, T_FILES, T_VERSIONS, RegistryCore
 from .results import GcReport, VerifyReport
+
+T_LEASES = tables.blob_leases
+
+#: a lease older than this is a crashed publisher's, wherever it ran (one held by a process
+#: that is gone from this machine is dead at once)
+LEASE_SECONDS = 24 * 3600.0
+
+
+def _start_time(pid: int | str) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, starttime (the name may hold spaces)
+
+
+def _machine() -> str:
+    """This boot of this machine and this pid namespace: where a pid names one process."""
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return f"{boot} {os.readlink('/proc/self/ns/pid')}"
+
+
+def lease_holder() -> str:
+    """Who holds a lease: ``BOOT PIDNS PID START`` on Linux (checkable on this machine), else
+    ``pid PID`` (only expiry ends it)."""
+    try:
+        return f"{_machine()} {os.getpid()} {_start_time('self')}"
+    except (OSError, IndexError):
+        return f"pid {os.getpid()}"
+
+
+def holder_gone(holder: str) -> bool:
+    """Whether the process that took a lease is known to have ended: it ran on this machine
+    (same boot and pid namespace) and its pid is now free or another process's."""
+    try:
+        here = _machine()
+    except OSError:
+        return False
+    if not holder.startswith(here + " "):
+        return False
+    pid, _, start = holder[len(here) + 1:].partition(" ")
+    try:
+        return _start_time(int(pid)) != start
+    except (OSError, IndexError):
+        return True
+    except ValueError:
+        return False
+
+
+def take_lease(core: RegistryCore, digests: Iterable[str]) -> str | None:
+    """Lease ``digests`` for a publish in progress, committed before it uploads any of them:
+    gc keeps them until :func:`end_lease`. Returns the lease (None for no digests)."""
+    shas = sorted(set(digests))
+    if not shas:
+        return None
+    lease, holder, now = uuid.uuid4().hex, lease_holder(), utcnow()
+    with core._write() as conn:
+        conn.execute(insert(T_LEASES), [{"lease": lease, "sha256": s, "holder": holder, "created_at": now}
+                                        for s in shas])
+    return lease
+
+
+def end_lease(core: RegistryCore, lease: str | None) -> None:
+    """End a lease once its version is committed or its publish failed. A lease that cannot
+    be removed (the database went away) only keeps its blobs until it expires."""
+    if lease is None:
+        return
+    try:
+        with core._write() as conn:
+            conn.execute(delete(T_LEASES).where(T_LEASES.c.lease == lease))
+    except Exception:  # noqa: S110 - a publish's outcome never depends on it; it expires
+        pass
+
+
+def live_leases(conn: Connection, digest: str | None = None) -> tuple[set[str], list[int]]:
+    """(digests with a live lease, ids of dead leases): expired, or held by a process that is
+    gone from this machine. ``digest``: only that blob's leases."""
+    q = select(T_LEASES.c.id, T_LEASES.c.sha256, T_LEASES.c.holder, T_LEASES.c.created_at)
+    if digest is not None:
+        q = q.where(T_LEASES.c.sha256 == digest)
+    cutoff = utcnow() - timedelta(seconds=LEASE_SECONDS)
+    live: set[str] = set()
+    dead: list[int] = []
+    gone: dict[str, bool] = {}
+    for row in conn.execute(q):
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=cutoff.tzinfo)
+        if row.holder not in gone:
+            gone[row.holder] = holder_gone(row.holder)
+        if created < cutoff or gone[row.holder]:
+            dead.append(row.id)
+        else:
+            live.add(row.sha256)
+    return live, dead
 
 
 class LifecyclePart(RegistryCore):
@@ -50,17 +156,28 @@ class LifecyclePart(RegistryCore):
         return report
 
     def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False) -> GcReport:
-        """Delete blobs no version references and abandoned temp files, older than the grace
-        period (so a publish in progress in another process keeps its blobs)."""
+        """Delete blobs no version references and abandoned temp files older than the grace
+        period. A blob a publish in progress has leased (in any process, on any machine) is
+        kept whatever the grace period; so is one a version references by the time gc
+        deletes it."""
         report = GcReport(dry_run=dry_run)
+        stored = list(self.blobs.iter_digests())  # listed before the catalog is read: see the module
         with self._read() as conn:
             referenced = {s for (s,) in conn.execute(select(T_FILES.c.sha256).distinct())}
-        # a store that can quarantine (the built-in one) moves a blob aside before deleting it
+            leased, dead = live_leases(conn)
+        if dead and not dry_run and not dbmod.is_read_only(self.engine):
+            with self._write() as conn:
+                for i in range(0, len(dead), 500):
+                    conn.execute(delete(T_LEASES).where(T_LEASES.c.id.in_(dead[i:i + 500])))
+        # a store that can quarantine (the built-in ones) moves a blob aside before deleting it
         quarantining = isinstance(self.blobs, QuarantiningBlobStorage)
-        for sha in list(self.blobs.iter_digests()):
+        for sha in stored:
             if sha in referenced:
                 continue
-            if self.blobs.age(sha) < grace_seconds:  # publishes refresh the blobs they reuse
+            if sha in leased:
+                report.kept_leased += 1
+                continue
+            if self.blobs.age(sha) < grace_seconds:
                 report.kept_recent += 1
                 continue
             if dry_run:
@@ -68,22 +185,40 @@ class LifecyclePart(RegistryCore):
                 report.bytes_freed += self.blobs.size(sha)
                 continue
             if not quarantining:
+                if self._in_use(sha):
+                    report.kept_leased += 1
+                    continue
                 report.blobs_removed += 1
                 report.bytes_freed += self.blobs.delete(sha)
                 continue
-            # move it aside, then ask again: a version committed since the first read keeps it
-            # (and a publish that reused it puts it back after its commit in any case)
+            # move it aside, then ask again: a version committed or a lease taken since the
+            # first read keeps it (and a publish that reused it puts it back after its commit)
             token = self.blobs.quarantine(sha)
             if token is None:
                 continue
-            with self._read() as conn:
-                now = conn.execute(select(T_FILES.c.sha256).where(T_FILES.c.sha256 == sha).limit(1)).first()
-            freed = self.blobs.release(token, sha, keep=now is not None)
-            if now is None:
+            keep = self._in_use(sha)
+            freed = self.blobs.release(token, sha, keep=keep)
+            if not keep:
                 report.blobs_removed += 1
                 report.bytes_freed += freed
         report.temp_removed = self.blobs.clean_temp(grace_seconds, dry_run=dry_run)
         return report
+
+    def _in_use(self, sha: str) -> bool:
+        """Whether a version references blob ``sha`` or a live lease holds it, now."""
+        with self._read() as conn:
+            if conn.execute(select(T_FILES.c.sha256).where(T_FILES.c.sha256 == sha).limit(1)).first():
+                return True
+            return bool(live_leases(conn, sha)[0])
+
+    def leases(self) -> list[dict[str, Any]]:
+        """The blob leases of publishes in progress (for ``gc`` and for a look when a blob
+        will not go): digest, holder, when it was taken, whether it is still live."""
+        with self._read() as conn:
+            dead = set(live_leases(conn)[1])
+            rows = conn.execute(select(T_LEASES).order_by(T_LEASES.c.id)).all()
+        return [{"sha256": r.sha256, "lease": r.lease, "holder": r.holder, "created_at": r.created_at.isoformat(),
+                 "live": r.id not in dead} for r in rows]
 
     def stats(self) -> dict[str, Any]:
         with self._read() as conn:

@@ -50,6 +50,7 @@ class GcReport:
     bytes_freed: int = 0
     temp_removed: int = 0
     kept_recent: int = 0
+    kept_leased: int = 0  # leased by a publish in progress
     dry_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
