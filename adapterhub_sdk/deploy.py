@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -28,8 +27,9 @@ from .devices import usable_device
 from .errors import AdapterFormatError, IncompatibleAdapterError, InvalidNameError, NotFoundError
 from .fingerprint import fingerprint
 from .generation import GenerationError
-from .methods.base import check_requirements, strip_prefix
-from .multilora import LORA_KEY, MultiLoraLinear, RowSlots, pattern_value
+from .methods.base import check_requirements
+from .multilora import MultiLoraLinear, RowSlots
+from .multilora_variants import ModuleCopies, Prepared, merge_slot, prepare
 
 
 class StructuralMatchWarning(UserWarning):
@@ -80,9 +80,10 @@ class Deployment:
         self._lock = threading.RLock()
         self._rows = RowSlots()
         self._wrapped: dict[str, MultiLoraLinear] = {}
+        self._copies: dict[str, ModuleCopies] = {}  # modules some adapters replace (modules_to_save)
         self._adapters: dict[str, AttachedAdapter] = {}
         self._next_slot = 0
-        self._merged: tuple[str, dict[str, Any]] | None = None
+        self._merged: tuple[str, list[tuple[Any, Any]]] | None = None
         self.base_path: Path | None = None
         self._loaded: Any = None
         if isinstance(base, (str, Path)):
@@ -158,7 +159,7 @@ class Deployment:
         prepared = self._prepare(config, tensors)
         return self._install(key, f"{info.name}@{info.version}", info.digest, verdict, prepared, info.size)
 
-    def _install(self, key: str, ref: str, digest: str, verdict: str, prepared: dict[str, tuple[Any, Any]],
+    def _install(self, key: str, ref: str, digest: str, verdict: str, prepared: Prepared,
                  file_bytes: int, *, pinned: bool = True, path: str | None = None) -> AttachedAdapter:
         """Put checked, prepared tensors in a new slot and serve them as ``key`` (a swap when
         ``key`` is attached already). Every check happens before this."""
@@ -166,14 +167,23 @@ class Deployment:
             slot = self._next_slot
             self._next_slot += 1
             nbytes = 0
-            for module_name, (a, b) in prepared.items():
+            for module_name, update in prepared.linear.items():
                 wrapper = self._wrap(module_name)
-                wrapper.A[slot] = a
-                wrapper.B[slot] = b
+                if update.a is not None:
+                    wrapper.A[slot] = update.a
+                    wrapper.B[slot] = update.b
+                for kind, v in update.vec.items():
+                    wrapper.add_vector(kind, slot, v)
+                wrapper.cached = None
                 nbytes += wrapper.nbytes(slot)
-            rank = max((a.shape[1] for a, _ in prepared.values()), default=0)
-            attached = AttachedAdapter(key, ref, digest, verdict, rank, len(prepared), nbytes, file_bytes, slot,
-                                       pinned=pinned, path=path)
+            for module_name, dup in prepared.copies.items():
+                copies = self._copies.get(module_name)
+                if copies is None:
+                    copies = self._copies[module_name] = ModuleCopies(self.model.get_submodule(module_name), self._rows)
+                copies.copies[slot] = dup
+                nbytes += copies.nbytes(slot)
+            attached = AttachedAdapter(key, ref, digest, verdict, prepared.rank, prepared.modules, nbytes, file_bytes,
+                                       slot, pinned=pinned, path=path)
             old = self._adapters.get(key)
             remerge = self._merged is not None and self._merged[0] == key
             if remerge:
@@ -203,9 +213,9 @@ class Deployment:
 
     def _drop_slot(self, slot: int) -> None:
         for w in self._wrapped.values():
-            w.A.pop(slot, None)
-            w.B.pop(slot, None)
-            w.cached = None
+            w.drop(slot)
+        for c in self._copies.values():
+            c.copies.pop(slot, None)
 
     def _verdict(self, manifest: Any) -> tuple[str, list[str]]:
         if manifest.base.fingerprint == self.fingerprint.digest:
@@ -233,56 +243,15 @@ class Deployment:
         refuse_nonfinite(f"{manifest.name}@{manifest.version}", tensors)
         return config, tensors
 
-    def _prepare(self, config: dict[str, Any], tensors: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-        """Per target module: (A^T [in, r], (B * scaling)^T [r, out]) on the model's device/dtype."""
-        from .lora_options import lora_alpha, unsupported_options
-
-        refused = unsupported_options(config)
-        if refused:  # PEFT would compute something this runtime does not: refuse, never approximate
-            raise IncompatibleAdapterError(f"this runtime serves plain LoRA/rsLoRA; the adapter {refused[0]}",
-                                           reasons=refused,
-                                           hint="load it with ah.load_adapter (PEFT) outside a Deployment")
-        pairs: dict[str, dict[str, Any]] = {}
-        for key, t in tensors.items():
-            m = LORA_KEY.fullmatch(strip_prefix(key))
-            if m is None:
-                raise IncompatibleAdapterError(f"tensor {key!r} is not a LoRA A/B weight this runtime can serve")
-            pairs.setdefault(m["module"], {})[m["ab"]] = t
-        alpha = lora_alpha(config)
-        rs = bool(config.get("use_rslora"))
-        out = {}
-        for module_name, ab in pairs.items():
-            if set(ab) != {"A", "B"}:
-                raise AdapterFormatError(f"module {module_name!r} lacks lora_A or lora_B")
-            a, b = ab["A"], ab["B"]
-            r = a.shape[0]
-            mod_alpha = float(pattern_value(config.get("alpha_pattern") or {}, module_name, alpha))
-            scaling = mod_alpha / math.sqrt(r) if rs else mod_alpha / r
-            target = self._linear(module_name)
-            w = target.weight
-            if tuple(w.shape) != (b.shape[0], a.shape[1]):
-                raise IncompatibleAdapterError(f"shape: {module_name} is {list(w.shape)}, the adapter needs "
-                                               f"{[b.shape[0], a.shape[1]]}")
-            out[module_name] = (a.t().contiguous().to(w.device, w.dtype),
-                                (b * scaling).t().contiguous().to(w.device, w.dtype))
-        return out
-
-    def _linear(self, module_name: str) -> Any:
-        import torch
-
-        try:
-            mod = self.model.get_submodule(module_name)
-        except AttributeError:
-            raise IncompatibleAdapterError(f"missing module: {module_name} not in the base") from None
-        if not isinstance(mod, torch.nn.Linear):
-            raise IncompatibleAdapterError(f"{module_name} is a {type(mod).__name__}; this runtime serves LoRA on "
-                                           "nn.Linear modules")
-        return mod
+    def _prepare(self, config: dict[str, Any], tensors: dict[str, Any]) -> Prepared:
+        """Per target module, what the adapter adds there (:mod:`.multilora_variants`), on the
+        model's device and dtype; refuses what this runtime would not compute as PEFT does."""
+        return prepare(self.model, config, tensors)
 
     def _wrap(self, module_name: str) -> MultiLoraLinear:
         w = self._wrapped.get(module_name)
         if w is None:
-            w = MultiLoraLinear(self._linear(module_name), self._rows)
+            w = MultiLoraLinear(self.model.get_submodule(module_name), self._rows)
             self._wrapped[module_name] = w
         return w
 
@@ -291,22 +260,12 @@ class Deployment:
     def merge(self, name: str) -> None:
         """Fold one adapter into the base weights: zero overhead while it is the only one used.
         A batch using anything else unmerges it first (exactly: the base weights are restored)."""
-        import torch
-
         with self._lock:
             if self._merged is not None:
                 if self._merged[0] == name:
                     return
                 self.unmerge()
-            slot = self._slot(name)
-            backup = {}
-            with torch.no_grad():
-                for module_name, w in self._wrapped.items():
-                    if slot in w.A:
-                        weight = w.module.weight
-                        backup[module_name] = weight.detach().clone()
-                        weight += (w.A[slot] @ w.B[slot]).t().to(weight.dtype)
-            self._merged = (name, backup)
+            self._merged = (name, merge_slot(self._slot(name), self._wrapped, self._copies))
 
     def unmerge(self) -> None:
         import torch
@@ -316,8 +275,8 @@ class Deployment:
                 return
             _, backup = self._merged
             with torch.no_grad():
-                for module_name, original in backup.items():
-                    self._wrapped[module_name].module.weight.copy_(original)
+                for tensor, original in reversed(backup):
+                    tensor.copy_(original)
             self._merged = None
 
     @property

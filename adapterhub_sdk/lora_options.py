@@ -82,10 +82,48 @@ def unsupported_options(config: Mapping[str, Any], supported: Iterable[str] = ()
     return reasons
 
 
+#: LoRA options a Deployment (the transformers runtime) computes as PEFT does, beyond the scaling
+SERVED_LORA_OPTIONS = frozenset({"use_dora", "lora_bias", "modules_to_save"})
+
+# IA3's config: what only selects modules or chose starting values; feedforward_modules is
+# read from the saved vectors' shapes (PEFT's own choice, fixed at save time)
+IA3_INERT = frozenset({
+    "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+    "inference_mode", "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
+    "feedforward_modules", "init_ia3_weights",
+})
+_IA3_WHAT = {
+    "fan_in_fan_out": "fan_in_fan_out (transposed Conv1D weights)",
+    "modules_to_save": "full copies of modules (modules_to_save)",
+}
+
+
+def unsupported_ia3_options(config: Mapping[str, Any], supported: Iterable[str] = ()) -> list[str]:
+    """Reasons, one per option of an IA3 ``config`` that changes the output and is not in ``supported``."""
+    ok = IA3_INERT | frozenset(supported)
+    return [f"uses {_IA3_WHAT[key]}" if key in _IA3_WHAT else
+            f"uses the IA3 option {key}={config[key]!r}, which this SDK does not know (a newer PEFT?)"
+            for key in sorted(config) if key not in ok and not _off(key, config[key])]
+
+
+def deployment_refusals(config: Mapping[str, Any]) -> list[str]:
+    """Why a :class:`~adapterhub_sdk.deploy.Deployment` would not compute what PEFT computes for
+    ``config`` (empty: it serves it, mixed in batches). ``resolve --runtime transformers`` and
+    attach both ask this, so their verdicts agree."""
+    peft_type = str(config.get("peft_type") or "").upper()
+    if peft_type == "IA3":
+        return unsupported_ia3_options(config, supported={"modules_to_save"})
+    reasons = unsupported_options(config, supported=SERVED_LORA_OPTIONS)
+    if config.get("modules_to_save") and config.get("ensure_weight_tying"):
+        reasons.append("uses modules_to_save with ensure_weight_tying (PEFT ties the copies across modules)")
+    return reasons
+
+
 def lora_alpha(config: Mapping[str, Any]) -> float:
     """``lora_alpha`` as PEFT reads it: 8 when absent (0 is a valid value, not a default)."""
     value = config.get("lora_alpha", 8)
     return 8.0 if value is None else float(value)
 
 
-__all__ = ["INERT", "PLAIN_INITS", "SCALING", "lora_alpha", "unsupported_options"]
+__all__ = ["IA3_INERT", "INERT", "PLAIN_INITS", "SCALING", "SERVED_LORA_OPTIONS", "deployment_refusals", "lora_alpha",
+           "unsupported_ia3_options", "unsupported_options"]

@@ -1,9 +1,11 @@
-"""The runtime half of a deployment: per-row LoRA on wrapped ``nn.Linear`` modules.
+"""The runtime half of a deployment: per-row LoRA-family updates on wrapped ``nn.Linear`` modules.
 
-Each wrapped module keeps its adapters' A and B (scaling folded into B) by slot; a forward
-hook adds ``x A_i B_i`` for row i, as one matmul when every row uses the same adapter and as
-two batched matmuls over per-row stacks when they differ (smaller ranks zero-padded, rows
-without an adapter given zeros: both add exact zeros)."""
+Each wrapped module keeps its adapters' A and B (scaling, and DoRA's magnitude / norm, folded
+into B) by slot, and per-slot vectors for what else PEFT computes on that module (a lora_B bias,
+DoRA's rescale of the base output, IA3's output or input scaling: see
+:mod:`~adapterhub_sdk.multilora_variants`). A forward hook adds them for row i, as one matmul
+when every row uses the same adapter and as two batched matmuls over per-row stacks when they
+differ (smaller ranks zero-padded, rows without an adapter given zeros and ones: both exact)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import re
 from typing import Any
 
 LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<ab>A|B)\.weight")
+
+#: per-slot vectors a module may carry, with the value a row without one gets (exact no-ops)
+VECTORS = {"bias": 0.0, "dora": 0.0, "scale_out": 1.0, "scale_in": 1.0}
 
 
 class RowSlots:
@@ -28,66 +33,139 @@ class RowSlots:
 
 
 class MultiLoraLinear:
-    """Forward hook state for one wrapped ``nn.Linear``: y = base(x) + x A_i B_i per row i.
+    """Forward hook state for one wrapped ``nn.Linear``; for row i with slot s:
 
-    A mixed batch runs as two batched matmuls over per-row stacks of A and B (rows without an
-    adapter on this module get zeros, smaller ranks are zero-padded: both add exact zeros).
-    The stacks of the last batch composition are kept while they take no more memory than
-    the adapters resident on the module, so the decode steps of one generation reuse them."""
+    ``y = base(x * scale_in[s]) * scale_out[s] + dora[s] * (base(x) - bias) + x A_s B_s + bias[s]``
+
+    (each term only where slot s has it; PEFT's order within one adapter). A mixed batch runs
+    as two batched matmuls over per-row stacks of A and B plus per-row vector stacks. The
+    stacks of the last batch composition are kept while they take no more memory than the
+    adapters resident on the module, so the decode steps of one generation reuse them."""
 
     def __init__(self, module: Any, rows: RowSlots):
         self.module = module
         self.rows = rows
         self.A: dict[int, Any] = {}  # slot -> [in, r]
         self.B: dict[int, Any] = {}  # slot -> [r, out], scaling folded in
-        self.cached: tuple[tuple[int, ...], tuple[Any, Any] | None] | None = None  # (row slots, stacks)
+        self.vec: dict[str, dict[int, Any]] = {k: {} for k in VECTORS}  # kind -> slot -> [out] / [in]
+        self.cached: tuple[tuple[int, ...], Any] | None = None  # (row slots, stacks)
         self.handle = module.register_forward_hook(self._hook)
+        self.pre_handle: Any = None  # registered with the first input scale (IA3 feed-forward)
+
+    def add_vector(self, kind: str, slot: int, v: Any) -> None:
+        self.vec[kind][slot] = v
+        self.cached = None
+        if kind == "scale_in" and self.pre_handle is None:
+            self.pre_handle = self.module.register_forward_pre_hook(self._pre)
+
+    def slots(self) -> set[int]:
+        out = set(self.A)
+        for d in self.vec.values():
+            out |= set(d)
+        return out
+
+    def drop(self, slot: int) -> None:
+        self.A.pop(slot, None)
+        self.B.pop(slot, None)
+        for d in self.vec.values():
+            d.pop(slot, None)
+        self.cached = None
+
+    def _pre(self, module: Any, args: tuple) -> Any:
+        """IA3 on a feed-forward module scales the input: PEFT's ``(x.to(l) * l).to(x)``."""
+        rows, scales = self.rows, self.vec["scale_in"]
+        if rows.slots is None or not scales:
+            return None
+        x = args[0]
+        if rows.uniform is not None:
+            s = scales.get(rows.uniform)
+        else:
+            stacks = self._stacks(rows.key)
+            s = None if stacks is None else stacks[2].get("scale_in")
+            if s is not None:
+                s = s.view(x.shape[0], *([1] * (x.dim() - 2)), -1)
+        if s is None:
+            return None
+        return ((x.to(s.dtype) * s).to(x.dtype), *args[1:])
 
     def _hook(self, module: Any, args: tuple, y: Any) -> Any:
         rows = self.rows
-        if rows.slots is None or not self.A:
+        if rows.slots is None or not self.slots():
             return y
         x = args[0]
         import torch
 
         if rows.uniform is not None:
-            a = self.A.get(rows.uniform)
-            if a is None:
+            slot = rows.uniform
+            a = self.A.get(slot)
+            vecs = {k: d[slot] for k, d in self.vec.items() if slot in d and k != "scale_in"}
+            if a is None and not vecs:
                 return y
-            b = self.B[rows.uniform]
-            if y.dtype != a.dtype:
-                return y + ((x @ a) @ b).to(y.dtype)
-            return torch.addmm(y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]) @ a, b).view(y.shape)
+            if not vecs and a is not None:
+                b = self.B[slot]
+                if y.dtype != a.dtype:
+                    return y + ((x @ a) @ b).to(y.dtype)
+                return torch.addmm(y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]) @ a, b).view(y.shape)
+            return self._apply(x, y, a, self.B.get(slot), vecs)
         stacks = self._stacks(rows.key)
         if stacks is None:  # no row has an adapter on this module
             return y
-        a, b = stacks
+        a, b, vecs = stacks
         n = x.shape[0]
-        h = torch.bmm(x.reshape(n, -1, x.shape[-1]), a)  # [n, t, r]
+        out_vecs = {k: v.view(n, 1, -1) for k, v in vecs.items() if k != "scale_in"}
+        x3 = x.reshape(n, -1, x.shape[-1])
         y3 = y.reshape(n, -1, y.shape[-1])
+        if out_vecs:
+            return self._apply(x3, y3, a, b, out_vecs, batched=True).view(y.shape)
+        if a is None:
+            return y
+        h = torch.bmm(x3, a)  # [n, t, r]
         if y.dtype != b.dtype:
             return (y3 + torch.bmm(h, b).to(y.dtype)).view(y.shape)
         return torch.baddbmm(y3, h, b).view(y.shape)
 
-    def _stacks(self, key: tuple[int, ...]) -> tuple[Any, Any] | None:
+    def _apply(self, x: Any, y: Any, a: Any, b: Any, vecs: dict[str, Any], batched: bool = False) -> Any:
+        """The update with vectors: IA3's output scale, DoRA's rescale, the low-rank term, the lora_B bias."""
+        import torch
+
+        out = y
+        if "scale_out" in vecs:
+            out = (out * vecs["scale_out"]).to(y.dtype)  # PEFT: (result * ia3_l).to(result dtype)
+        if "dora" in vecs:
+            bias = self.module.bias
+            base = y if bias is None else y - bias
+            out = out + (vecs["dora"] * base).to(y.dtype)
+        if a is not None:
+            lora = torch.bmm(torch.bmm(x, a), b) if batched else (x @ a) @ b
+            out = out + lora.to(y.dtype)
+        if "bias" in vecs:
+            out = out + vecs["bias"].to(y.dtype)
+        return out
+
+    def _stacks(self, key: tuple[int, ...]) -> tuple[Any, Any, dict[str, Any]] | None:
         cached = self.cached
         if cached is not None and cached[0] == key:
             return cached[1]
         stacks = self._stack(key)
-        size = 0 if stacks is None else sum(t.numel() * t.element_size() for t in stacks)
-        resident = sum(self.nbytes(s) for s in self.A)
+        size = 0 if stacks is None else _size(stacks)
+        resident = sum(self.nbytes(s) for s in self.slots())
         self.cached = (key, stacks) if size <= resident else None
         return stacks
 
-    def _stack(self, key: tuple[int, ...]) -> tuple[Any, Any] | None:
+    def _stack(self, key: tuple[int, ...]) -> tuple[Any, Any, dict[str, Any]] | None:
         import torch
 
+        vecs = {}
+        for kind, d in self.vec.items():
+            if any(s in d for s in key):
+                ref = next(d[s] for s in key if s in d)
+                vecs[kind] = torch.stack([d[s] if s in d else torch.full_like(ref, VECTORS[kind]) for s in key])
         used = [self.A[s] for s in set(key) if s in self.A]
         if not used:
-            return None
+            return None if not vecs else (None, None, vecs)
         r = max(a.shape[1] for a in used)
         if all(s in self.A and self.A[s].shape[1] == r for s in key):
-            return torch.stack([self.A[s] for s in key]), torch.stack([self.B[s] for s in key])
+            return torch.stack([self.A[s] for s in key]), torch.stack([self.B[s] for s in key]), vecs
         a0, b0 = used[0], self.B[next(s for s in key if s in self.A)]
         a = a0.new_zeros((len(key), a0.shape[0], r))
         b = b0.new_zeros((len(key), r, b0.shape[1]))
@@ -96,18 +174,22 @@ class MultiLoraLinear:
                 rank = self.A[s].shape[1]
                 a[i, :, :rank] = self.A[s]
                 b[i, :rank] = self.B[s]
-        return a, b
+        return a, b, vecs
 
     def cached_bytes(self) -> int:
         if self.cached is None or self.cached[1] is None:
             return 0
-        return sum(t.numel() * t.element_size() for t in self.cached[1])
+        return _size(self.cached[1])
 
     def nbytes(self, slot: int) -> int:
-        if slot not in self.A:
-            return 0
-        a, b = self.A[slot], self.B[slot]
-        return a.numel() * a.element_size() + b.numel() * b.element_size()
+        ts = [d[slot] for d in (self.A, self.B, *self.vec.values()) if slot in d]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+
+def _size(stacks: tuple[Any, Any, dict[str, Any]]) -> int:
+    a, b, vecs = stacks
+    ts = [t for t in (a, b, *vecs.values()) if t is not None]
+    return sum(t.numel() * t.element_size() for t in ts)
 
 
 def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
@@ -117,4 +199,4 @@ def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return default
 
 
-__all__ = ["LORA_KEY", "MultiLoraLinear", "RowSlots", "pattern_value"]
+__all__ = ["LORA_KEY", "VECTORS", "MultiLoraLinear", "RowSlots", "pattern_value"]

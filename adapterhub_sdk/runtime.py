@@ -77,11 +77,11 @@ class TransformersRuntime(RuntimeBackend):
 
     def __init__(self) -> None:
         super().__init__("transformers", RuntimeLimits(
-            methods=frozenset({"lora"}),
-            unsupported_variants=frozenset({"dora"}),
+            methods=frozenset({"lora", "ia3"}),
             devices=("cpu", "cuda"),
-            mixed_batch_methods=frozenset({"lora"}),
-            notes=("Deployment serves LoRA and rsLoRA on nn.Linear, mixed in one batch, mergeable",
+            mixed_batch_methods=frozenset({"lora", "ia3"}),
+            notes=("Deployment serves LoRA, rsLoRA, DoRA, lora_bias, modules_to_save and IA3 on nn.Linear "
+                   "(copies: Linear, Embedding, norm layers), mixed in one batch, mergeable",
                    "other methods load with ah.load_adapter (PEFT or the method plugin's apply)"),
         ))
 
@@ -89,12 +89,14 @@ class TransformersRuntime(RuntimeBackend):
         return super().check(method, variant, summary)
 
     def check_method(self, method: Mapping[str, Any]) -> list[str]:
-        from .lora_options import unsupported_options
+        from .lora_options import deployment_refusals
 
         reasons = super().check_method(method)
-        if method.get("type") == "lora":
-            reasons += [f"runtime {self.name!r} serves plain LoRA/rsLoRA; the adapter {why}"
-                        for why in unsupported_options(method.get("config") or {}, supported={"use_dora"})]
+        if method.get("type") in ("lora", "ia3"):
+            config = dict(method.get("config") or {})
+            config.setdefault("peft_type", "IA3" if method.get("type") == "ia3" else "LORA")
+            reasons += [f"runtime {self.name!r} does not serve it as PEFT computes it: the adapter {why}"
+                        for why in deployment_refusals(config)]
         return reasons
 
 

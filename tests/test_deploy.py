@@ -524,17 +524,31 @@ def test_structural_match_warns_and_strict_refuses(registry, base_dir, base_othe
     assert max_diff(dep.forward(ids, "x"), expected) < ATOL  # it runs, on this base's weights
 
 
-def test_attach_refuses_dora_with_runtime_reason(registry, base_dir, dora_dir):
+def test_dora_is_served_and_a_refused_option_gets_the_runtime_reason(registry, base_dir, dora_dir, tmp_path):
+    # DoRA runs (tests/test_deploy_variants.py covers every variant); what the runtime does not
+    # compute as PEFT does is refused by attach with exactly the reasons resolve's check gives
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     registry.publish(dora_dir, name="acme/dora", version="1.0.0", base=base_dir)
     info = registry.show("acme/dora")
     assert info.variant == "dora"
     dep = ah.Deployment(str(base_dir), registry=registry)
-    expected = dep.runtime.check("lora", "dora", info.manifest.method.get("summary") or {})
-    assert expected
+    assert dep.runtime.check_method(info.manifest.method) == []
+    dep.attach("acme/dora")
+    ids = batch(2, seed=8)
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), dora_dir).eval()
+    with torch.no_grad():
+        assert max_diff(dep.forward(ids, "acme/dora"), ref(input_ids=ids).logits) < ATOL
+
+    dep = ah.Deployment(str(base_dir), registry=registry)
+    alora = save_lora(base_dir, tmp_path / "alora", seed=6, alora_invocation_tokens=[5, 6])
+    registry.publish(alora, name="acme/alora", version="1.0.0", base=base_dir)
+    expected = dep.runtime.check_method(registry.show("acme/alora").manifest.method)
+    assert expected and "activated LoRA" in expected[0]
     with pytest.raises(ah.IncompatibleAdapterError) as exc:
-        dep.attach("acme/dora")
+        dep.attach("acme/alora")
     assert exc.value.reasons == expected
-    assert any("dora" in r for r in exc.value.reasons)
     nothing_attached(dep)
 
 

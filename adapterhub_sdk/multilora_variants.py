@@ -1,0 +1,290 @@
+"""What each LoRA-family variant and IA3 put on a deployment's modules, computed as PEFT does.
+
+:func:`prepare` turns a checked adapter (config + tensors) into per-module updates for
+:class:`~adapterhub_sdk.multilora.MultiLoraLinear` and per-module trained copies for
+:class:`ModuleCopies`. For one row with adapter s (PEFT 0.17+, ``tuners/lora/layer.py``,
+``tuners/lora/dora.py``, ``tuners/ia3/layer.py``, ``utils/other.py``):
+
+- LoRA / rsLoRA: ``y + s (x A^T B^T)`` (s = alpha/r, alpha/sqrt(r)); ``lora_bias``: ``+ s b_B``.
+- DoRA: ``y + (m/n - 1)(y - bias) + (m/n) s (x A^T B^T)`` with ``n = ||W + s B A||`` per output
+  feature (PEFT recomputes it from the unmerged weight in the adapter's float32; here it is
+  computed once, at attach, in float32).
+- IA3: ``y * l`` (the bias scaled too), or ``base(x * l)`` for a feed-forward module (l of
+  shape ``(1, in)``, as PEFT saved it).
+- ``modules_to_save``: the row's output is the adapter's trained copy of the module's.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import AdapterFormatError, IncompatibleAdapterError
+from .methods.base import strip_prefix
+from .multilora import RowSlots, pattern_value
+
+_HINT = "load it with ah.load_adapter (PEFT) outside a Deployment"
+_LORA_PART = re.compile(r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector)")
+_IA3_PART = re.compile(r"(?P<module>.+)\.ia3_l")
+#: leaf modules called with one batch-first tensor, whose trained copy a row can use instead
+_COPYABLE = ("Linear", "Embedding", "LayerNorm", "RMSNorm")
+
+
+@dataclass
+class ModuleUpdate:
+    """One adapter's update of one ``nn.Linear``: A [in, r], B [r, out] (scales folded) and vectors."""
+
+    a: Any = None
+    b: Any = None
+    vec: dict[str, Any] = field(default_factory=dict)  # kind (multilora.VECTORS) -> [out] or [in]
+
+
+@dataclass
+class Prepared:
+    """Everything one adapter puts on a deployment's modules, checked and on the model's device."""
+
+    linear: dict[str, ModuleUpdate] = field(default_factory=dict)
+    copies: dict[str, Any] = field(default_factory=dict)  # module name -> trained copy (nn.Module)
+
+    @property
+    def rank(self) -> int:
+        return max((u.a.shape[1] for u in self.linear.values() if u.a is not None), default=0)
+
+    @property
+    def modules(self) -> int:
+        return len(set(self.linear) | set(self.copies))
+
+
+class ModuleCopies:
+    """Forward hook on a module some adapters replace (``modules_to_save``): rows whose slot
+    has a copy get that copy's output, computed on their rows only; other rows keep the base's."""
+
+    def __init__(self, module: Any, rows: RowSlots):
+        self.module = module
+        self.rows = rows
+        self.copies: dict[int, Any] = {}
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module: Any, args: tuple, y: Any) -> Any:
+        rows = self.rows
+        if rows.slots is None or not self.copies:
+            return y
+        x = args[0]
+        if rows.uniform is not None:
+            c = self.copies.get(rows.uniform)
+            return y if c is None else c(x)
+        import torch
+
+        for slot, c in self.copies.items():
+            idx = [i for i, s in enumerate(rows.slots) if s == slot]
+            if idx:
+                at = torch.tensor(idx, device=y.device)
+                y = y.index_copy(0, at, c(x.index_select(0, at)).to(y.dtype))
+        return y
+
+    def nbytes(self, slot: int) -> int:
+        c = self.copies.get(slot)
+        return 0 if c is None else sum(t.numel() * t.element_size() for t in c.state_dict().values())
+
+
+def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -> Prepared:
+    """Per-module updates of an adapter whose pin, digests and values were checked already.
+    Raises IncompatibleAdapterError (what this runtime would not compute as PEFT does) or
+    AdapterFormatError."""
+    from .lora_options import deployment_refusals
+
+    peft_type = str(config.get("peft_type") or "").upper()
+    if peft_type not in ("IA3", "LORA", ""):
+        raise IncompatibleAdapterError(f"this runtime serves LoRA and IA3 adapters; this one is {peft_type}",
+                                       hint=_HINT)
+    part = _IA3_PART if peft_type == "IA3" else _LORA_PART
+    refused = deployment_refusals(config)
+    if refused:  # PEFT would compute something this runtime does not: refuse, never approximate
+        raise IncompatibleAdapterError(f"this runtime serves LoRA/rsLoRA/DoRA/IA3; the adapter {refused[0]}",
+                                       reasons=refused, hint=_HINT)
+    parts: dict[str, dict[str, Any]] = {}
+    saved: dict[str, dict[str, Any]] = {}
+    for key, t in tensors.items():
+        rel = strip_prefix(key)
+        m = part.fullmatch(rel)
+        if m is not None:
+            parts.setdefault(m["module"], {})[m["part"] if peft_type != "IA3" else "l"] = t
+        elif "." in rel and _saves(config, rel.rsplit(".", 1)[0]):
+            module, param = rel.rsplit(".", 1)
+            saved.setdefault(module, {})[param] = t
+        else:
+            kind = "an IA3 vector" if peft_type == "IA3" else "a LoRA weight"
+            raise IncompatibleAdapterError(f"tensor {key!r} is not {kind} or a modules_to_save copy this runtime "
+                                           "can serve", hint=_HINT)
+    out = Prepared()
+    for module_name, p in parts.items():
+        target = _linear(model, module_name)
+        out.linear[module_name] = _ia3(module_name, target, p["l"]) if peft_type == "IA3" else \
+            _lora(config, module_name, target, p)
+    for module_name, params in saved.items():
+        if module_name in parts:
+            raise IncompatibleAdapterError(f"{module_name} is both adapted and saved whole (modules_to_save); "
+                                           "this runtime serves one or the other", hint=_HINT)
+        out.copies[module_name] = _copy(model, module_name, params)
+    return out
+
+
+def _saves(config: Mapping[str, Any], module: str) -> bool:
+    """PEFT's match of ``modules_to_save``: the module's name ends with an entry."""
+    names = config.get("modules_to_save") or []
+    return isinstance(names, (list, tuple)) and any(isinstance(n, str) and module.endswith(n) for n in names)
+
+
+def _linear(model: Any, module_name: str) -> Any:
+    import torch
+
+    try:
+        mod = model.get_submodule(module_name)
+    except AttributeError:
+        raise IncompatibleAdapterError(f"missing module: {module_name} not in the base") from None
+    if not isinstance(mod, torch.nn.Linear):
+        raise IncompatibleAdapterError(f"{module_name} is a {type(mod).__name__}; this runtime serves LoRA and "
+                                       "IA3 on nn.Linear modules", hint=_HINT)
+    return mod
+
+
+def _vec_dtype(w: Any) -> Any:
+    import torch
+
+    return torch.promote_types(w.dtype, torch.float32)  # PEFT runs an adapter's vectors in float32
+
+
+def _lora(config: Mapping[str, Any], module_name: str, target: Any, p: dict[str, Any]) -> ModuleUpdate:
+    import torch
+
+    from .lora_options import lora_alpha
+
+    if "lora_A.weight" not in p or "lora_B.weight" not in p:
+        raise AdapterFormatError(f"module {module_name!r} lacks lora_A or lora_B")
+    a, b = p["lora_A.weight"], p["lora_B.weight"]
+    r = a.shape[0]
+    alpha = float(pattern_value(config.get("alpha_pattern") or {}, module_name, lora_alpha(config)))
+    scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    w = target.weight
+    if tuple(w.shape) != (b.shape[0], a.shape[1]) or b.shape[1] != r:
+        raise IncompatibleAdapterError(f"shape: {module_name} is {list(w.shape)}, the adapter needs "
+                                       f"{[b.shape[0], a.shape[1]]}")
+    vd = _vec_dtype(w)
+    update = ModuleUpdate(a=a.t().contiguous().to(w.device, w.dtype))
+    magnitude = p.get("lora_magnitude_vector")
+    if bool(config.get("use_dora")) != (magnitude is not None):
+        raise AdapterFormatError(f"module {module_name!r}: use_dora is {bool(config.get('use_dora'))} but "
+                                 f"lora_magnitude_vector is {'present' if magnitude is not None else 'missing'}")
+    if magnitude is not None:
+        if tuple(magnitude.shape) != (w.shape[0],):
+            raise IncompatibleAdapterError(f"shape: {module_name} DoRA magnitude is {list(magnitude.shape)}, the "
+                                           f"module has {w.shape[0]} outputs")
+        with torch.no_grad():
+            lw = b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)  # PEFT: lora_B(lora_A(I)).T
+            norm = torch.linalg.norm(w.to(torch.float32) + scaling * lw, dim=1)
+            mns = magnitude.to(w.device, torch.float32) / norm
+        if not bool(torch.isfinite(mns).all()):
+            raise IncompatibleAdapterError(f"{module_name}: DoRA's weight norm ||W + s B A|| is zero for an output "
+                                           "feature (PEFT would output NaN/Inf)")
+        update.b = (b.to(w.device, torch.float32) * (mns * scaling)[:, None]).t().contiguous().to(w.dtype)
+        update.vec["dora"] = (mns - 1).to(vd)
+    else:
+        update.b = (b * scaling).t().contiguous().to(w.device, w.dtype)
+    if "lora_B.bias" in p:
+        if not config.get("lora_bias"):
+            raise AdapterFormatError(f"module {module_name!r} has a lora_B bias but lora_bias is off in its config")
+        bias = p["lora_B.bias"]
+        if tuple(bias.shape) != (w.shape[0],):
+            raise IncompatibleAdapterError(f"shape: {module_name} lora_B bias is {list(bias.shape)}")
+        update.vec["bias"] = (bias.to(w.device, vd) * scaling)
+    return update
+
+
+def _ia3(module_name: str, target: Any, vec: Any) -> ModuleUpdate:
+    w = target.weight
+    out_f, in_f = w.shape
+    shape = tuple(vec.shape)
+    if shape == (out_f, 1) and shape != (1, in_f):
+        kind = "scale_out"
+    elif shape == (1, in_f) and shape != (out_f, 1):
+        kind = "scale_in"  # a feed-forward module: PEFT scales its input
+    else:
+        raise IncompatibleAdapterError(f"shape: {module_name} IA3 vector is {list(shape)}, the module is "
+                                       f"{list(w.shape)} (wants [{out_f}, 1] or, feed-forward, [1, {in_f}])")
+    return ModuleUpdate(vec={kind: vec.flatten().to(w.device, _vec_dtype(w))})
+
+
+def _copy(model: Any, module_name: str, params: dict[str, Any]) -> Any:
+    import torch
+
+    try:
+        mod = model.get_submodule(module_name)
+    except AttributeError:
+        raise IncompatibleAdapterError(f"missing module: {module_name} (modules_to_save) not in the base") from None
+    if any(True for _ in mod.children()) or not type(mod).__name__.endswith(_COPYABLE):
+        raise IncompatibleAdapterError(f"{module_name} (modules_to_save) is a {type(mod).__name__}; this runtime "
+                                       "serves trained copies of Linear, Embedding and norm layers", hint=_HINT)
+    own = dict(mod.named_parameters(recurse=False))
+    dup = copy.deepcopy(mod)  # PEFT's ModulesToSaveWrapper: a copy of the base module, then the saved tensors
+    with torch.no_grad():
+        for name, t in params.items():
+            have = own.get(name)
+            if have is None or tuple(have.shape) != tuple(t.shape):
+                raise IncompatibleAdapterError(f"shape: {module_name}.{name} (modules_to_save) is "
+                                               f"{list(have.shape) if have is not None else 'missing'} in the base, "
+                                               f"the adapter's copy is {list(t.shape)}")
+            getattr(dup, name).copy_(t.to(have.dtype))
+    return dup.eval().requires_grad_(False)
+
+
+def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, ModuleCopies]) -> list[tuple[Any, Any]]:
+    """Fold slot ``slot`` into the base weights as PEFT's ``merge`` does; returns (tensor,
+    original) pairs to restore. Checks everything before it changes anything."""
+    import torch
+
+    for name, w in wrappers.items():
+        if slot in w.vec["bias"] and w.module.bias is None:
+            raise IncompatibleAdapterError(f"{name} has no bias to merge the adapter's lora_B bias into "
+                                           "(PEFT cannot merge it either)", hint="serve it unmerged")
+    backup: list[tuple[Any, Any]] = []
+    with torch.no_grad():
+        for w in wrappers.values():
+            if slot not in w.slots():
+                continue
+            weight, bias = w.module.weight, w.module.bias
+            backup.append((weight, weight.detach().clone()))
+            if bias is not None:
+                backup.append((bias, bias.detach().clone()))
+            v = {k: d[slot] for k, d in w.vec.items() if slot in d}
+            if not v:  # plain LoRA: W += s B A, in the weight's dtype
+                weight += (w.A[slot] @ w.B[slot]).t().to(weight.dtype)
+                continue
+            new = weight.to(torch.float32)
+            if "dora" in v:  # (m/n) (W + s B A); the bias stays
+                new = new * (1 + v["dora"].to(torch.float32))[:, None]
+            if "scale_out" in v:  # PEFT: W * l and b * l
+                new = new * v["scale_out"].to(torch.float32)[:, None]
+                if bias is not None:
+                    bias.copy_((bias * v["scale_out"]).to(bias.dtype))
+            if "scale_in" in v:
+                new = new * v["scale_in"].to(torch.float32)[None, :]
+            if slot in w.A:
+                new = new + (w.A[slot] @ w.B[slot]).t().to(torch.float32)
+            weight.copy_(new.to(weight.dtype))
+            if "bias" in v:
+                bias.copy_((bias + v["bias"]).to(bias.dtype))
+        for c in copies.values():
+            dup = c.copies.get(slot)
+            if dup is None:
+                continue
+            for p, q in zip(c.module.parameters(recurse=False), dup.parameters(recurse=False), strict=True):
+                backup.append((p, p.detach().clone()))
+                p.copy_(q)
+    return backup
+
+
+__all__ = ["ModuleCopies", "ModuleUpdate", "Prepared", "merge_slot", "prepare"]
