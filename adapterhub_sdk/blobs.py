@@ -265,6 +265,23 @@ class BlobStore:
             raise IntegrityError(f"blob sha256:{digest[:12]} is corrupt: its bytes no longer match its digest")
         return n
 
+    def copy_fresh(self, digest: str, out: BinaryIO, size: int) -> int:
+        """Copy a blob that this process has just stored from bytes it verified as they
+        arrived (:meth:`receive`: a remote pull's layers) into ``out``, a new file, inside
+        the kernel and without hashing it a second time; its size is checked. Every other
+        read goes through :meth:`copy_verified`."""
+        try:
+            src = open_regular(self.path(digest), what="blob")
+        except FileNotFoundError:
+            raise NotFoundError(f"blob sha256:{digest[:12]} is missing from {self.root}",
+                                hint="pull it again") from None
+        with src:
+            out.flush()
+            n = _copy_fd(src.fileno(), out.fileno())
+        if n != size:
+            raise IntegrityError(f"blob sha256:{digest[:12]} is {n} bytes, not {size}: it changed after it was stored")
+        return n
+
     def verify(self, digest: str) -> str | None:
         """None if the blob is intact, else what is wrong."""
         p = self.path(digest)

@@ -237,7 +237,8 @@ def test_large_blobs_go_up_in_chunks(oci, reg, other, tmp_path, base_dir, lora_d
 def test_a_pull_hashes_each_layer_once_and_stores_it_by_rename(oci, reg, other, tmp_path, base_dir, lora_dir,
                                                                 monkeypatch, request):
     """Layers stream into the store's staging area, verified as they arrive: no second copy
-    (stage, a packing copy) and no re-hash of the received files before they are stored."""
+    (stage, a packing copy) and no re-hash of the received files before they are stored, or
+    when they are written to the destination (a kernel copy of the blobs just stored)."""
     import adapterhub_sdk.adapter_files as af
     import adapterhub_sdk.blobs as blobs
 
@@ -249,6 +250,7 @@ def test_a_pull_hashes_each_layer_once_and_stores_it_by_rename(oci, reg, other, 
         raise AssertionError("a received layer was copied or hashed again")
 
     monkeypatch.setattr(blobs.BlobStore, "stage", copied)
+    monkeypatch.setattr(blobs.BlobStore, "copy_verified", copied)  # --out: copied from what was just verified
     monkeypatch.setattr(af, "copy_and_hash", copied)
     monkeypatch.setattr("adapterhub_sdk.package.copy_and_hash", copied)
     monkeypatch.setattr(af, "sha256_file", copied)

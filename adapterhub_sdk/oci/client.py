@@ -409,7 +409,7 @@ class OciClient:
         cap = limit if limit is not None else (size if size is not None else None)
         try:
             with self._errors(what):
-                for chunk in resp.iter_raw(CHUNK):
+                for chunk in resp.iter_raw():  # as read (64 KiB): no re-chunking copy
                     n += len(chunk)
                     if cap is not None and n > cap:
                         raise IntegrityError(f"{what}: the blob is longer than the {cap} bytes expected",

@@ -327,9 +327,11 @@ class OciRemote:
             found = self._signature_files(c, r, signature_tag(digest)) or []  # another tool's: not ours to read
             registry.check_incoming_signatures(manifest, found, require_signed)  # refused before anything is stored
             receive = getattr(registry.blobs, "receive", None)
+            fresh: set[str] = set()
             if callable(receive):  # a local store: each layer is hashed once, as it arrives, and stored by rename
                 self._receive(c, r, registry, manifest, listed, receive, origin=f"{r.repo_url}@{digest}",
                               scan=dest is None)
+                fresh = {f.sha256 for f in manifest.files}
             else:
                 with tempfile.TemporaryDirectory(prefix="adapterhub-oci-pull-") as tmp:
                     sources = {}
@@ -344,7 +346,7 @@ class OciRemote:
         if found:
             registry.import_signatures(got_ref, found)
         if dest is not None:
-            registry.pull(got_ref, dest, overwrite=overwrite)
+            registry.pull(got_ref, dest, overwrite=overwrite, **({"fresh": fresh} if fresh else {}))
         return registry.show(got_ref)
 
     def _receive(self, c: OciClient, r: OciRef, registry: Any, manifest: Manifest,

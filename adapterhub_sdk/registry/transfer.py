@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ class TransferPart(RegistryCore):
 
     def pull(self, ref: str, dest: str | os.PathLike[str] | None = None, *, overwrite: bool = False,
              base: Any = None, name: str | None = None, require_signed: str | Iterable[str] | None = None,
-             ) -> Path | None:
+             fresh: Collection[str] = ()) -> Path | None:
         """Write ``name@spec`` to ``dest`` as a directory PEFT loads. Every file is verified
         against its digest first; ``dest`` is written atomically (complete or untouched).
         A remote registry's URL (``hf://ORG/REPO@SPEC`` pulls from the Hub) is pulled by its
@@ -68,7 +68,9 @@ class TransferPart(RegistryCore):
         versions from elsewhere here. The directory carries the version's signatures
         (``model.sig``, ``model.<signer>.sig``: OpenSSF model signing bundles); a signing
         policy in force (the registry's, ADAPTERHUB_REQUIRE_SIGNED, ``require_signed``: key
-        names) refuses a version not signed by one of the keys it names."""
+        names) refuses a version not signed by one of the keys it names. ``fresh``: digests of
+        blobs this process has just stored from bytes it verified as they arrived (a remote's
+        pull into this store), copied by the kernel without hashing them again."""
         from ..plugins import call_hook
 
         remote = remote_for(ref)
@@ -109,10 +111,14 @@ class TransferPart(RegistryCore):
                      "ADAPTERHUB_BLOBS; if this is that store, 'adapterhub verify' lists what is missing and "
                      "publishing the same files again under the same name@version restores them")
 
-        def writer(sha: str):
+        copy_fresh = getattr(self.blobs, "copy_fresh", None)
+
+        def writer(sha: str, size: int):
+            if sha in fresh and callable(copy_fresh):
+                return lambda out: copy_fresh(sha, out, size)
             return lambda out: self.blobs.copy_verified(sha, out)
 
-        payload = [(f.path, writer(f.sha256)) for f in manifest.files]
+        payload = [(f.path, writer(f.sha256, f.size)) for f in manifest.files]
         payload.append((MANIFEST_FILE, lambda out: out.write(manifest.to_json())))
         payload += [(f, lambda out, t=text: out.write(t.encode("utf-8"))) for f, text in sigs.bundles]
         path = write_package_dir(Path(dest), payload, overwrite=overwrite)
