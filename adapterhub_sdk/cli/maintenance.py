@@ -50,7 +50,8 @@ def gc(ctx: click.Context, grace: float, dry_run: bool) -> Result:
     verb = "would remove" if dry_run else "removed"
     return Result(report.to_dict,
                   f"{verb} {report.blobs_removed} blobs ({human_size(report.bytes_freed)}) and "
-                  f"{report.temp_removed} temp files; kept {report.kept_recent} recent unreferenced blobs")
+                  f"{report.temp_removed} temp files; kept {report.kept_recent} recent unreferenced blobs"
+                  + (f" and {report.kept_leased} leased by publishes in progress" if report.kept_leased else ""))
 
 
 @cli.group(epilog=examples("adapterhub db current", "adapterhub db upgrade"))
