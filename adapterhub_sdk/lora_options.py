@@ -106,12 +106,17 @@ def unsupported_ia3_options(config: Mapping[str, Any], supported: Iterable[str] 
             for key in sorted(config) if key not in ok and not _off(key, config[key])]
 
 
+def peft_type_of(config: Mapping[str, Any]) -> str:
+    """``peft_type`` upper-cased, from a saved config (a string) or a PEFT config's to_dict (an enum)."""
+    value = config.get("peft_type") or ""
+    return str(getattr(value, "value", value)).upper()
+
+
 def deployment_refusals(config: Mapping[str, Any]) -> list[str]:
     """Why a :class:`~adapterhub_sdk.deploy.Deployment` would not compute what PEFT computes for
     ``config`` (empty: it serves it, mixed in batches). ``resolve --runtime transformers`` and
     attach both ask this, so their verdicts agree."""
-    peft_type = str(config.get("peft_type") or "").upper()
-    if peft_type == "IA3":
+    if peft_type_of(config) == "IA3":
         return unsupported_ia3_options(config, supported={"modules_to_save"})
     reasons = unsupported_options(config, supported=SERVED_LORA_OPTIONS)
     if config.get("modules_to_save") and config.get("ensure_weight_tying"):
@@ -126,4 +131,4 @@ def lora_alpha(config: Mapping[str, Any]) -> float:
 
 
 __all__ = ["IA3_INERT", "INERT", "PLAIN_INITS", "SCALING", "SERVED_LORA_OPTIONS", "deployment_refusals", "lora_alpha",
-           "unsupported_ia3_options", "unsupported_options"]
+           "peft_type_of", "unsupported_ia3_options", "unsupported_options"]

@@ -95,9 +95,9 @@ def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -
     """Per-module updates of an adapter whose pin, digests and values were checked already.
     Raises IncompatibleAdapterError (what this runtime would not compute as PEFT does) or
     AdapterFormatError."""
-    from .lora_options import deployment_refusals
+    from .lora_options import deployment_refusals, peft_type_of
 
-    peft_type = str(config.get("peft_type") or "").upper()
+    peft_type = peft_type_of(config)
     if peft_type not in ("IA3", "LORA", ""):
         raise IncompatibleAdapterError(f"this runtime serves LoRA and IA3 adapters; this one is {peft_type}",
                                        hint=_HINT)

@@ -1,6 +1,7 @@
-"""Deployment serves plain LoRA/rsLoRA exactly as PEFT does, or refuses: a LoRA option that
-changes what PEFT computes (activated LoRA, layer replication, trainable token rows, ...)
-is refused by name, never served as if it were plain LoRA (issue 8)."""
+"""Deployment serves LoRA/rsLoRA/DoRA/lora_bias/modules_to_save and IA3 exactly as PEFT does,
+or refuses: an option that changes what PEFT computes and that the runtime does not implement
+(activated LoRA, layer replication, trainable token rows, ...) is refused by name, never served
+as if it were plain LoRA (issues 8 and 12). Export targets keep their own, narrower list."""
 
 from __future__ import annotations
 
@@ -11,7 +12,17 @@ import torch
 
 import adapterhub_sdk as ah
 from adapterhub_sdk.errors import IncompatibleAdapterError
-from adapterhub_sdk.lora_options import _WHAT, INERT, SCALING, unsupported_options
+from adapterhub_sdk.lora_options import (
+    _IA3_WHAT,
+    _WHAT,
+    IA3_INERT,
+    INERT,
+    SCALING,
+    SERVED_LORA_OPTIONS,
+    deployment_refusals,
+    unsupported_ia3_options,
+    unsupported_options,
+)
 
 from conftest import save_lora
 
@@ -55,6 +66,44 @@ def test_every_option_of_the_installed_peft_is_classified():
     assert fields - known == set(), f"classify these LoRA options in lora_options.py: {sorted(fields - known)}"
     # PEFT's defaults are all off: a default config serves as plain LoRA
     assert unsupported_options(LoraConfig(target_modules=["q_proj"]).to_dict()) == []
+
+
+def test_every_ia3_option_of_the_installed_peft_is_classified():
+    from peft import IA3Config
+
+    fields = {f.name for f in dataclasses.fields(IA3Config)}
+    assert fields - (IA3_INERT | set(_IA3_WHAT)) == set(), \
+        f"classify these IA3 options in lora_options.py: {sorted(fields - IA3_INERT - set(_IA3_WHAT))}"
+    assert deployment_refusals(IA3Config(target_modules=["k_proj"], feedforward_modules=[]).to_dict()) == []
+
+
+@pytest.mark.parametrize(("config", "needle"), [
+    ({"peft_type": "LORA", "r": 4, "use_dora": True}, None),
+    ({"peft_type": "LORA", "r": 4, "lora_bias": True}, None),
+    ({"peft_type": "LORA", "r": 4, "modules_to_save": ["lm_head"]}, None),
+    ({"peft_type": "LORA", "r": 4, "use_dora": True, "use_rslora": True, "modules_to_save": ["score"]}, None),
+    ({"peft_type": "IA3", "feedforward_modules": ["down_proj"], "modules_to_save": ["lm_head"]}, None),
+    ({"peft_type": "LORA", "r": 4, "modules_to_save": ["lm_head"], "ensure_weight_tying": True}, "ensure_weight_tying"),
+    ({"peft_type": "LORA", "r": 4, "ensure_weight_tying": True}, None),  # nothing to tie: inert
+    ({"peft_type": "LORA", "r": 4, "bias": "lora_only"}, "trained base biases"),
+    ({"peft_type": "LORA", "r": 4, "trainable_token_indices": [1]}, "trained embedding rows"),
+    ({"peft_type": "IA3", "fan_in_fan_out": True}, "fan_in_fan_out"),
+    ({"peft_type": "IA3", "some_future_option": 1}, "IA3 option some_future_option"),
+])
+def test_what_a_deployment_serves_and_what_it_refuses(config, needle):
+    # one list, asked by attach (multilora_variants.prepare) and by the runtime check (resolve)
+    from adapterhub_sdk.plugins import get_runtime
+
+    reasons = deployment_refusals(config)
+    assert reasons == [] if needle is None else (len(reasons) == 1 and needle in reasons[0]), reasons
+    method = {"type": "ia3" if config["peft_type"] == "IA3" else "lora", "config": config, "summary": {}}
+    check = get_runtime("transformers").check_method(method)
+    assert [r.split("the adapter ", 1)[1] for r in check] == reasons
+    if config["peft_type"] == "LORA":  # export targets still refuse what they do not implement
+        assert (unsupported_options(config) == []) == (not (set(config) & SERVED_LORA_OPTIONS)
+                                                       and needle is None)
+    elif "modules_to_save" in config:  # the plain IA3 list does not take copies; the deployment does
+        assert unsupported_ia3_options(config) and not deployment_refusals(config)
 
 
 @pytest.mark.parametrize(("extra", "needle"), [
@@ -102,10 +151,17 @@ def test_resolve_for_the_runtime_says_what_attach_would_refuse(tmp_path, base_di
     reg.publish(_lora(base_dir, tmp_path / "alora", alora_invocation_tokens=[5, 6]),
                 name="acme/alora", version="1.0.0", base=base_dir)
     reg.publish(lora_dir, name="acme/plain", version="1.0.0", base=base_dir)
+    reg.publish(_lora(base_dir, tmp_path / "dora", use_dora=True, lora_bias=False), name="acme/dora",
+                version="1.0.0", base=base_dir)
     hits = {h.name: h for h in reg.resolve(base_dir, runtime="transformers", include_incompatible=True)}
-    assert hits["acme/plain"].verdict == "exact"
+    assert hits["acme/plain"].verdict == "exact" and hits["acme/dora"].verdict == "exact"
     assert hits["acme/alora"].verdict == "incompatible"
     assert any("activated LoRA" in r for r in hits["acme/alora"].reasons)
-    assert [h.name for h in reg.resolve(base_dir, runtime="transformers")] == ["acme/plain"]
-    assert {h.name for h in reg.resolve(base_dir)} == {"acme/alora", "acme/plain"}  # no runtime: both fit
+    assert [h.name for h in reg.resolve(base_dir, runtime="transformers")] == ["acme/dora", "acme/plain"]
+    assert {h.name for h in reg.resolve(base_dir)} == {"acme/alora", "acme/dora", "acme/plain"}  # no runtime
+    dep = ah.Deployment(str(base_dir), registry=reg)  # and attach agrees, both ways
+    dep.attach("acme/dora")
+    dep.attach("acme/plain")
+    with pytest.raises(IncompatibleAdapterError, match="activated LoRA"):
+        dep.attach("acme/alora")
     reg.close()
