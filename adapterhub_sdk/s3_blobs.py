@@ -143,6 +143,8 @@ class S3BlobStore:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.part_size = part_size
         self._client = client
+        self._warming: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -150,13 +152,39 @@ class S3BlobStore:
     @property
     def client(self) -> Any:
         if self._client is None:
-            try:  # botocore, boto3's core: the same configuration chain, without boto3's ~0.4 s import
-                import botocore.session
-            except ImportError:
-                raise RegistryError("s3:// blob stores need boto3",
-                                    hint="pip install 'adapterhub_sdk[s3]'") from None
-            self._client = botocore.session.get_session().create_client("s3")
+            with self._lock:
+                if self._warming is not None:
+                    self._warming.join()
+                    self._warming = None
+                if self._client is None:  # not warmed, or warming failed: made here, its error raised here
+                    self._client = self._make_client()
         return self._client
+
+    @staticmethod
+    def _make_client() -> Any:
+        try:  # botocore, boto3's core: the same configuration chain, without boto3's ~0.4 s import
+            import botocore.session
+        except ImportError:
+            raise RegistryError("s3:// blob stores need boto3",
+                                hint="pip install 'adapterhub_sdk[s3]'") from None
+        return botocore.session.get_session().create_client("s3")
+
+    def _warm_client(self) -> None:
+        """Start making the client in a thread (botocore's import and service model: ~0.3 s
+        of CPU) while the caller does work that releases the GIL (copying and hashing a file);
+        :attr:`client` waits for it."""
+        with self._lock:
+            if self._client is not None or self._warming is not None:
+                return
+            self._warming = threading.Thread(target=self._warm, name="adapterhub-s3-client", daemon=True)
+            self._warming.start()
+
+    def _warm(self) -> None:
+        try:
+            client = self._make_client()
+        except Exception:  # noqa: S110 - made again, and its error raised, on first use
+            return
+        self._client = client
 
     def key(self, digest: str) -> str:
         d = _check(digest)
@@ -254,20 +282,32 @@ class S3BlobStore:
         """Copy ``source`` (a regular file, not followed through a link, or a file opened for
         reading, from its start) into a private local temp file, hashing as it copies: what
         is uploaded later is exactly what was hashed."""
+        from .blobs import _copy_fd, _hash_fd
+
+        self._warm_client()  # the first request will need it: made meanwhile, while this copies
         fd, name = tempfile.mkstemp(prefix="adapterhub-s3.", suffix=".incomplete")
         tmp = Path(name)
-        h = hashlib.sha256()
-        n = 0
         try:
-            with os.fdopen(fd, "wb") as dst:
-                if hasattr(source, "read"):
-                    src: Any = source
-                    src.seek(0)
-                    n = _copy_hash(src, dst, h)
-                else:
+            try:  # the kernel copies; the copy is hashed from the page cache (mmap): what is hashed is what goes up
+                if isinstance(source, (str, os.PathLike)):
                     with open_regular(source, what="file") as f:
-                        n = _copy_hash(f, dst, h)
-            return S3StagedBlob(tmp, h.hexdigest(), n)
+                        n = _copy_fd(f.fileno(), fd)
+                else:
+                    try:
+                        src_fd = source.fileno()
+                    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: an in-memory file
+                        src_fd = None
+                    if src_fd is None:
+                        source.seek(0)
+                        with open(fd, "wb", closefd=False) as dst:
+                            n = _copy_hash(source, dst, hashlib.sha256())
+                    else:
+                        os.lseek(src_fd, 0, os.SEEK_SET)
+                        n = _copy_fd(src_fd, fd)
+                digest = _hash_fd(fd, n)
+            finally:
+                os.close(fd)
+            return S3StagedBlob(tmp, digest, n)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -187,6 +187,27 @@ def test_large_blob_goes_up_in_parts(s3_url, tmp_path):
     assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
 
 
+def test_put_file_refuses_bytes_that_do_not_hash_to_the_digest(s3_url, tmp_path):
+    """Server: moto_server on loopback. put_file stores exactly what it hashed: a source whose
+    bytes are not the digest's (changed while it was stored) is refused and nothing is
+    uploaded under that address, from a path or from an open file."""
+    import io
+
+    src = tmp_path / "f"
+    src.write_bytes(b"the bytes on disk now")
+    claimed = hashlib.sha256(b"the bytes that were hashed before").hexdigest()
+    store = _store(s3_url)
+    for source in (src, io.BytesIO(src.read_bytes()), open(src, "rb")):  # noqa: SIM115 - closed below
+        with pytest.raises(IntegrityError, match="content changed while it was stored"):
+            store.put_file(source, claimed)
+        if hasattr(source, "close"):
+            source.close()
+        assert not store.has(claimed)
+    assert list(store.iter_digests()) == []
+    assert not store.client.list_objects_v2(Bucket=store.bucket).get("Contents")
+    assert store.put_file(src, hashlib.sha256(src.read_bytes()).hexdigest()) == len(src.read_bytes())
+
+
 def test_verify_and_gc(s3_url, tmp_path, base_dir, lora_dir, lora_dir_b):
     """Server: moto_server on loopback. gc keeps referenced blobs and unreferenced ones inside
     the grace period (by LastModified), removes the rest; verify names a missing blob."""
