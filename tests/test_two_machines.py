@@ -377,3 +377,20 @@ def test_tag_lists_longer_than_a_page_are_followed(reference, tmp_path):
     finally:
         proxy.stop()
         srv.stop()
+
+
+def test_serve_refuses_an_oci_url_it_cannot_pull_with_one_line(reference, tmp_path):
+    """No server: nothing listens on the port. The pull fails before anything is served:
+    one line (no traceback), exit 1, nothing stored in the machine's registry."""
+    from ociserver import free_port
+
+    b, env = _machine(tmp_path / "machine-b", reference)
+    url = f"oci://127.0.0.1:{free_port()}/team/sent:1.0.0"
+    proc = subprocess.run([ADAPTERHUB, "serve", "--base", str(b / "base"), "--adapter", url, "--insecure",
+                           "--port", str(_free_port())], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=env["HOME"])
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert "127.0.0.1" in lines[0] and "attached" not in proc.stdout, (proc.stdout, lines)
+    assert _blob_files(b / "home") == {}, "nothing is stored"
