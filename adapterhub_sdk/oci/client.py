@@ -1,4 +1,5 @@
-"""A small client of the OCI distribution HTTP API (``/v2/``), over ``httpx``.
+"""A small client of the OCI distribution HTTP API (``/v2/``), over the standard library's
+``http.client`` (:mod:`.http`)
 
 What :mod:`.remote` needs and no more: blobs (HEAD to skip what is there, monolithic or
 chunked upload finished by ``PUT ?digest=``, streamed download verified against its
@@ -13,7 +14,6 @@ if any) or ``Basic``; credentials come from the Docker configuration
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import json
 import os
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
 from ..errors import AdapterHubError, IntegrityError, NotFoundError
+from .http import Client, TransportError, tls_context
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CHUNK = 1 << 20  # read/write granularity
@@ -119,34 +120,20 @@ def docker_credentials(host: str) -> tuple[str, str] | None:
 # ---------------------------------------------------------------------------- the client
 
 
-@functools.lru_cache(maxsize=1)
-def _tls_context() -> Any:
-    """The system's trust store (where a company's CA is installed, as Docker uses it;
-    SSL_CERT_FILE / SSL_CERT_DIR apply), loaded once per process. Also with ``insecure``:
-    a plain-HTTP registry that redirects to HTTPS storage is still verified."""
-    import ssl
-
-    return ssl.create_default_context()
+_tls_context = tls_context  # the system's trust store; also with ``insecure``, for HTTPS storage redirects
 
 
 class OciClient:
     """One registry (``host[:port]``), one repository at a time per call."""
 
     def __init__(self, host: str, *, insecure: bool = False, timeout: float = 60.0):
-        try:
-            import httpx
-        except ImportError:
-            raise AdapterHubError("oci:// registries need the httpx package, which is not installed",
-                                  hint="pip install 'adapterhub_sdk[oci]'") from None
-
         self.host = host
         self.base = f"{'http' if insecure else 'https'}://{host}"
         self.insecure = insecure
         self._creds = docker_credentials(host)
         self._tokens: dict[str, str] = {}  # scope -> bearer token
         self._basic = False
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=True,
-                                 verify=_tls_context())
+        self.http = Client(timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
@@ -161,12 +148,10 @@ class OciClient:
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
-        import httpx
-
         try:
             yield
-        except httpx.TransportError as exc:
-            name = type(exc).__name__
+        except TransportError as exc:
+            name = str(exc).split(":", 1)[0]
             tls = "SSL" in str(exc) or "ssl" in str(exc)
             raise OciUnavailableError(
                 f"{what}: the registry at {self.host} is not reachable ({name}"
@@ -200,7 +185,7 @@ class OciClient:
                 query: dict[str, Any] = {**params, "scope": [scope] + ([asked] if asked and asked != scope else [])}
                 auth = self._creds
                 with self._errors(what):
-                    tok = self.http.get(realm, params=query, auth=auth)
+                    tok = self.http.send("GET", realm, params=query, auth=auth)
                 if tok.status_code == 200:
                     body = tok.json()
                     token = body.get("token") or body.get("access_token")
@@ -223,11 +208,11 @@ class OciClient:
         for _ in range(3):
             # credentials go to this registry only, never to a host its answers name
             same = url == self.base or url.startswith(self.base + "/")
-            headers = {**kw.pop("headers", {}), **(self._auth_headers(scope) if same else {})}
+            headers = {"User-Agent": "adapterhub", **kw.pop("headers", {}),
+                       **(self._auth_headers(scope) if same else {})}
             kw["headers"] = headers
             with self._errors(what):
-                req = self.http.build_request(method, url, **kw)
-                resp = self.http.send(req, stream=stream)
+                resp = self.http.send(method, url, stream=stream, **kw)
             if resp.status_code != 401:
                 break
             if stream:
@@ -239,8 +224,8 @@ class OciClient:
         if resp.status_code in ok:
             return resp
         if stream:
-            resp.read()
-            resp.close()
+            with self._errors(what):
+                resp.read()
         self._raise(resp, what)
 
     def _raise(self, resp: Any, what: str) -> NoReturn:
@@ -305,10 +290,11 @@ class OciClient:
             return None
         try:
             body = b""
-            for chunk in resp.iter_bytes():
-                body += chunk
-                if len(body) > MANIFEST_LIMIT:
-                    raise IntegrityError(f"{what}: the manifest is larger than {MANIFEST_LIMIT >> 20} MiB")
+            with self._errors(what):
+                for chunk in resp.iter_raw(1 << 16):
+                    body += chunk
+                    if len(body) > MANIFEST_LIMIT:
+                        raise IntegrityError(f"{what}: the manifest is larger than {MANIFEST_LIMIT >> 20} MiB")
         finally:
             resp.close()
         digest = sha256_digest(body)
@@ -409,7 +395,7 @@ class OciClient:
         cap = limit if limit is not None else (size if size is not None else None)
         try:
             with self._errors(what):
-                for chunk in resp.iter_raw():  # as read (64 KiB): no re-chunking copy
+                for chunk in resp.iter_raw(CHUNK):
                     n += len(chunk)
                     if cap is not None and n > cap:
                         raise IntegrityError(f"{what}: the blob is longer than the {cap} bytes expected",

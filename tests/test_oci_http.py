@@ -1,0 +1,133 @@
+"""The OCI client's standard-library HTTP (adapterhub_sdk/oci/http.py) against real loopback
+servers: a redirect to another origin (a registry's storage) is followed without the
+credentials, a kept-alive connection the server closed is replaced, a response not read to
+its end is not reused, and a refused connection is one TransportError."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from adapterhub_sdk.oci.http import Client, TransportError
+
+
+def _serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@pytest.fixture
+def storage():
+    seen: list[dict[str, str]] = []
+
+    class Storage(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            body = b"blob bytes" * 1000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = _serve(Storage)
+    srv.seen = seen  # type: ignore[attr-defined]
+    yield srv
+    srv.shutdown()
+
+
+@pytest.fixture
+def registry(storage):
+    hits: list[str] = []
+
+    class Registry(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            hits.append(self.path)
+            if self.path == "/redirect":
+                self.send_response(307)
+                self.send_header("Location", f"http://127.0.0.1:{storage.server_address[1]}/data")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif self.path == "/close":
+                body = b"bye"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+            else:
+                body = b"x" * (3 << 20)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        def do_HEAD(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(3 << 20))
+            self.end_headers()
+
+        def handle_one_request(self):
+            try:
+                super().handle_one_request()
+            except ConnectionError:  # the client dropped a half-read response, as it should
+                self.close_connection = True
+
+        def log_message(self, *a):
+            pass
+
+    srv = _serve(Registry)
+    srv.hits = hits  # type: ignore[attr-defined]
+    yield srv
+    srv.shutdown()
+
+
+def test_a_redirect_to_another_origin_drops_the_credentials(registry, storage):
+    c = Client(timeout=10)
+    try:
+        base = f"http://127.0.0.1:{registry.server_address[1]}"
+        resp = c.send("GET", base + "/redirect", headers={"Authorization": "Bearer secret"}, stream=True)
+        assert resp.status_code == 200
+        assert b"".join(resp.iter_raw()) == b"blob bytes" * 1000
+        assert storage.seen and all("authorization" not in h for h in storage.seen)
+    finally:
+        c.close()
+
+
+def test_connections_are_reused_replaced_and_never_reused_half_read(registry):
+    c = Client(timeout=10)
+    base = f"http://127.0.0.1:{registry.server_address[1]}"
+    try:
+        assert c.send("GET", base + "/close").content == b"bye"  # the server closes it: not kept
+        assert c.send("GET", base + "/big").content == b"x" * (3 << 20)  # a new one, kept
+        kept = next(iter(c._idle.values()))
+        kept.sock.shutdown(socket.SHUT_RDWR)  # as a server's idle timeout would: the next request retries
+        assert len(c.send("GET", base + "/big").content) == 3 << 20
+        half = c.send("GET", base + "/big", stream=True)
+        next(half.iter_raw(1024))
+        half.close()  # not read to its end: dropped, not returned to the pool
+        assert c._idle == {}
+        head = c.send("HEAD", base + "/big")  # no body read for a HEAD, whatever its Content-Length
+        assert head.status_code == 200 and head.headers.get("content-length") == str(3 << 20)
+        assert c.send("GET", base + "/close").content == b"bye"
+    finally:
+        c.close()
+
+
+def test_a_refused_connection_is_a_transport_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TransportError, match="ConnectionRefusedError"):
+        Client(timeout=5).send("GET", f"http://127.0.0.1:{port}/v2/")
