@@ -151,7 +151,7 @@ class Deployment:
                     reasons=reasons, hint="attach it without strict=True to accept a structural fit")
             warnings.warn(f"{info.name}@{info.version}: base weights differ from the ones it was trained on; "
                           "it fits structurally", StructuralMatchWarning, stacklevel=2)
-        limits = self.runtime.check_method(manifest.method)
+        limits = self.runtime.check_method({**manifest.method, "requirements": manifest.requirements})
         if limits:
             raise IncompatibleAdapterError(f"{info.name}@{info.version}: {limits[0]}", reasons=limits,
                                            hint="load other methods with ah.load_adapter (PEFT) outside a Deployment")

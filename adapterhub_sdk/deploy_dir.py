@@ -60,11 +60,11 @@ def _pinned(dep: Deployment, pkg: Any, by_path: dict[str, Any], where: str) -> t
             raise IntegrityError(f"{where}: {f.path} does not match the sha256 {ref} lists for it (changed since "
                                  "it was pulled)", hint=f"pull it again: adapterhub pull {ref} --out DIR --overwrite")
     if not manifest.base.fingerprint:  # published unpinned: only the shapes can be checked
-        return ref, manifest.digest, "", dict(manifest.method)
+        return ref, manifest.digest, "", {**manifest.method, "requirements": manifest.requirements}
     verdict, reasons = dep._verdict(manifest)
     if verdict == "incompatible":
         raise IncompatibleAdapterError(f"{ref} ({where}) does not fit this base: {reasons[0]}", reasons=reasons)
-    return ref, manifest.digest, verdict, dict(manifest.method)
+    return ref, manifest.digest, verdict, {**manifest.method, "requirements": manifest.requirements}
 
 
 def attach_directory(dep: Deployment, path: str | Path, *, name: str) -> AttachedAdapter:
@@ -101,7 +101,7 @@ def attach_directory(dep: Deployment, path: str | Path, *, name: str) -> Attache
         else:
             ref, digest, verdict = where, _files_digest(pkg.files), ""
             method = {"type": pkg.method.name, "variant": pkg.variant, "peft_type": pkg.config.get("peft_type"),
-                      "config": pkg.config, "summary": pkg.summary}
+                      "config": pkg.config, "summary": pkg.summary, "requirements": pkg.requirements}
         if not verdict:  # unpinned: the shapes must fit this base
             reasons = pkg.check_base(dep.fingerprint)
             if reasons:

@@ -106,6 +106,20 @@ def unsupported_ia3_options(config: Mapping[str, Any], supported: Iterable[str] 
             for key in sorted(config) if key not in ok and not _off(key, config[key])]
 
 
+def saved_module(config: Mapping[str, Any], module: str) -> str | None:
+    """The module (``module`` or one above it) that PEFT's ``modules_to_save`` selects for a
+    saved tensor of ``module`` (PEFT's match: the name ends with an entry), else None."""
+    names = config.get("modules_to_save") or []
+    if not isinstance(names, (list, tuple)):
+        return None
+    parts = module.split(".")
+    for i in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:i])
+        if any(isinstance(n, str) and n and candidate.endswith(n) for n in names):
+            return candidate
+    return None
+
+
 def peft_type_of(config: Mapping[str, Any]) -> str:
     """``peft_type`` upper-cased, from a saved config (a string) or a PEFT config's to_dict (an enum)."""
     value = config.get("peft_type") or ""
@@ -131,4 +145,4 @@ def lora_alpha(config: Mapping[str, Any]) -> float:
 
 
 __all__ = ["IA3_INERT", "INERT", "PLAIN_INITS", "SCALING", "SERVED_LORA_OPTIONS", "deployment_refusals", "lora_alpha",
-           "peft_type_of", "unsupported_ia3_options", "unsupported_options"]
+           "peft_type_of", "saved_module", "unsupported_ia3_options", "unsupported_options"]

@@ -95,7 +95,7 @@ def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -
     """Per-module updates of an adapter whose pin, digests and values were checked already.
     Raises IncompatibleAdapterError (what this runtime would not compute as PEFT does) or
     AdapterFormatError."""
-    from .lora_options import deployment_refusals, peft_type_of
+    from .lora_options import deployment_refusals, peft_type_of, saved_module
 
     peft_type = peft_type_of(config)
     if peft_type not in ("IA3", "LORA", ""):
@@ -113,9 +113,11 @@ def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -
         m = part.fullmatch(rel)
         if m is not None:
             parts.setdefault(m["module"], {})[m["part"] if peft_type != "IA3" else "l"] = t
-        elif "." in rel and _saves(config, rel.rsplit(".", 1)[0]):
+        elif "." in rel and saved_module(config, rel.rsplit(".", 1)[0]) == rel.rsplit(".", 1)[0]:
             module, param = rel.rsplit(".", 1)
             saved.setdefault(module, {})[param] = t
+        elif rel.endswith(".lora_velora_embed"):
+            continue  # VeLoRA's buffer for the backward pass; its forward is plain LoRA
         else:
             kind = "an IA3 vector" if peft_type == "IA3" else "a LoRA weight"
             raise IncompatibleAdapterError(f"tensor {key!r} is not {kind} or a modules_to_save copy this runtime "
@@ -131,12 +133,6 @@ def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -
                                            "this runtime serves one or the other", hint=_HINT)
         out.copies[module_name] = _copy(model, module_name, params)
     return out
-
-
-def _saves(config: Mapping[str, Any], module: str) -> bool:
-    """PEFT's match of ``modules_to_save``: the module's name ends with an entry."""
-    names = config.get("modules_to_save") or []
-    return isinstance(names, (list, tuple)) and any(isinstance(n, str) and module.endswith(n) for n in names)
 
 
 def _linear(model: Any, module_name: str) -> Any:

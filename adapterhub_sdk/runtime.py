@@ -97,7 +97,30 @@ class TransformersRuntime(RuntimeBackend):
             config.setdefault("peft_type", "IA3" if method.get("type") == "ia3" else "LORA")
             reasons += [f"runtime {self.name!r} does not serve it as PEFT computes it: the adapter {why}"
                         for why in deployment_refusals(config)]
+            if not reasons:
+                reasons += self._layer_kinds(config, method.get("requirements") or {})
         return reasons
+
+    def _layer_kinds(self, config: Mapping[str, Any], requirements: Mapping[str, Any]) -> list[str]:
+        """What the manifest's requirements (the base tensors the adapter touches) show that a
+        Deployment does not serve: a convolution (an N-D kernel), an ``nn.MultiheadAttention``
+        or a bare parameter (not ``<module>.weight``), a ``modules_to_save`` copy of a block."""
+        from .lora_options import saved_module
+
+        for name, shape in sorted(requirements.items()):
+            module = name.rsplit(".", 1)[0]
+            copy = saved_module(config, module)
+            if copy is not None and copy != module:
+                return [f"runtime {self.name!r} serves modules_to_save copies of single layers; {copy} is a block"]
+            dims = len(shape) if isinstance(shape, (list, tuple)) else 0
+            if copy is not None:
+                if dims > 2:
+                    return [f"runtime {self.name!r} serves modules_to_save copies of Linear, Embedding and norm "
+                            f"layers; {name} is {dims}-D"]
+            elif not name.endswith(".weight") or dims > 2:
+                return [f"runtime {self.name!r} serves LoRA and IA3 on nn.Linear modules; {name} is "
+                        + (f"a {dims}-D kernel (a convolution)" if dims > 2 else "not a Linear weight")]
+        return []
 
 
 def __getattr__(name: str) -> Any:

@@ -537,3 +537,39 @@ def test_existence_only_is_said(reg, built):
     exact = next(r for r in ROWS if r.id == "oft-conv2d")
     reg.publish(built(exact).adapter, name="acme/exact", version="1.0.0", base=built(exact).base)
     assert "validated" not in reg.show("acme/exact@1.0.0").manifest.method["summary"]
+
+
+# --------------------------------------------------------------------------- the transformers runtime
+
+
+def _served_output(dep: Any, row: Row, name: str) -> Any:
+    x = row.base.input()
+    with torch.no_grad(), dep.use(name, batch_size=int(x.shape[0])):
+        return _out(dep.model, x)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_the_transformers_runtime_verdict_is_what_attach_does(row, reg, built):
+    """``resolve --runtime transformers`` (the backend's ``check_method`` on the manifest) and
+    ``Deployment.attach`` agree on every row: refused by both with the same reasons, or served
+    with PEFT's output (the one exception: LoRA on an ``nn.Embedding``, which the manifest does
+    not tell from a Linear; attach refuses it before loading, naming the module)."""
+    from adapterhub_sdk.plugins import get_runtime
+
+    b = built(row)
+    name = f"acme/{row.id}"
+    reg.publish(b.adapter, name=name, version="1.0.0", base=b.base)
+    manifest = reg.show(name).manifest
+    reasons = get_runtime("transformers").check_method({**manifest.method, "requirements": manifest.requirements})
+    [hit] = [m for m in reg.resolve(b.base, runtime="transformers", include_incompatible=True) if m.name == name]
+    assert hit.verdict == ("incompatible" if reasons else "exact")
+    assert list(hit.reasons[:len(reasons)]) == reasons
+    dep = ah.Deployment(_load_base(row.base, b.base), registry=reg)
+    if reasons:
+        with pytest.raises(ah.IncompatibleAdapterError) as err:
+            dep.attach(name, name="x")
+        assert err.value.reasons == reasons
+        assert dep.adapters == {}
+        return
+    dep.attach(name, name="x")
+    assert torch.allclose(_served_output(dep, row, "x"), b.reference, atol=1e-5, rtol=0), row.id

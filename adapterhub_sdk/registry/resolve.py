@@ -212,7 +212,8 @@ class ResolvePart(RegistryCore):
         ids = [r[0] for r in kept]
         for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
             for row in conn.execute(select(T_VERSIONS.c.id, T_VERSIONS.c.manifest).where(T_VERSIONS.c.id.in_(chunk))):
-                summaries[row.id] = json.loads(row.manifest)["method"]
+                body = json.loads(row.manifest)  # the method entry, and the base tensors the adapter touches
+                summaries[row.id] = {**body["method"], "requirements": body.get("requirements") or {}}
         checked = []
         for r in kept:
             why_not = backend.check_method(summaries.get(r[0]) or {"type": r[4], "variant": r[5]})
