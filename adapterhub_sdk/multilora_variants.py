@@ -118,6 +118,9 @@ def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -
             saved.setdefault(module, {})[param] = t
         elif rel.endswith(".lora_velora_embed"):
             continue  # VeLoRA's buffer for the backward pass; its forward is plain LoRA
+        elif ".lora_embedding_" in rel:
+            raise IncompatibleAdapterError(f"{rel.split('.lora_embedding_')[0]} is an nn.Embedding; this runtime "
+                                           "serves LoRA and IA3 on nn.Linear modules", hint=_HINT)
         else:
             kind = "an IA3 vector" if peft_type == "IA3" else "a LoRA weight"
             raise IncompatibleAdapterError(f"tensor {key!r} is not {kind} or a modules_to_save copy this runtime "
