@@ -549,3 +549,56 @@ def test_an_alias_moves_while_a_long_stream_runs_and_metrics_count_public_names(
     assert len(words) == 256
     same_tokens(words, solo_old)  # the stream finished on 1.0.0
     same_tokens(_tokens(after), solo_new)  # new requests: 1.1.0
+
+
+def test_a_call_on_a_name_in_use_waits_for_its_rows_and_jobs_behind_it_wait_for_the_call(world):
+    """On the worker directly: a replace of 'good' declared while a long 'good' row runs waits
+    for that row; a 'good' job queued after the call runs on the new version; an 'other' job
+    queued after it runs at once, beside the long row; an attach of a new name runs at once."""
+    from concurrent.futures import wait
+
+    from adapterhub_sdk.server.continuous import ContinuousWorker
+    from adapterhub_sdk.server.worker import DoneEvent, ErrorEvent, Job, Prompt, StartEvent
+
+    dep = ah.Deployment(str(world["base"]), registry=world["registry"])
+    dep.attach("acme/good", name="good")
+    dep.attach("acme/other", name="other")
+    dep.attach("acme/rs", name="rs")
+    want = {m: dep.generate([prompt(2)], m, max_new_tokens=8)[0]["token_ids"] for m in ("other", "rs")}
+    order: list[str] = []
+    done: dict[str, Any] = {}
+    started, finished = threading.Event(), threading.Event()
+
+    def job(tag: str, model: str, tokens: int, text: list[int]) -> Job:
+        def emit(event: Any) -> None:
+            if isinstance(event, StartEvent) and tag == "long":
+                started.set()
+            if isinstance(event, (DoneEvent, ErrorEvent)):
+                order.append(tag)
+                done[tag] = event
+                if len(done) == 3:
+                    finished.set()
+
+        return Job(prompt=Prompt("ids", text), adapter=model, label=model, max_tokens=tokens, temperature=0,
+                   top_p=1.0, seed=None, stop=[], stream=False, index=0, emit=emit)
+
+    worker = ContinuousWorker(dep)
+    try:
+        long = job("long", "good", 256, prompt(1))
+        worker.submit(long)
+        assert started.wait(60)
+        replace = worker.call(lambda: (order.append("replace"), dep.attach("acme/rs", name="good")), names=["good"])
+        worker.submit(job("after", "good", 8, prompt(2)))
+        worker.submit(job("beside", "other", 8, prompt(2)))
+        attach = worker.call(lambda: (order.append("attach"), dep.attach("acme/other", name="new")), names=["new"])
+        wait([replace, attach], timeout=120)
+        assert finished.wait(120), done
+    finally:
+        worker.stop()
+    assert replace.exception() is None and attach.exception() is None
+    assert all(isinstance(e, DoneEvent) for e in done.values()), done
+    assert done["long"].completion_tokens == 256
+    assert order.index("attach") < order.index("long") and order.index("beside") < order.index("long"), order
+    assert order.index("long") < order.index("replace") < order.index("after"), order
+    assert dep.tokenizer.encode(done["after"].text, add_special_tokens=False) == want["rs"]
+    assert dep.tokenizer.encode(done["beside"].text, add_special_tokens=False) == want["other"]
