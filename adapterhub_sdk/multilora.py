@@ -48,12 +48,14 @@ class MultiLoraLinear:
         self.A: dict[int, Any] = {}  # slot -> [in, r]
         self.B: dict[int, Any] = {}  # slot -> [r, out], scaling folded in
         self.vec: dict[str, dict[int, Any]] = {k: {} for k in VECTORS}  # kind -> slot -> [out] / [in]
+        self.has_vectors = False  # any slot has a vector here (plain LoRA modules skip them)
         self.cached: tuple[tuple[int, ...], Any] | None = None  # (row slots, stacks)
         self.handle = module.register_forward_hook(self._hook)
         self.pre_handle: Any = None  # registered with the first input scale (IA3 feed-forward)
 
     def add_vector(self, kind: str, slot: int, v: Any) -> None:
         self.vec[kind][slot] = v
+        self.has_vectors = True
         self.cached = None
         if kind == "scale_in" and self.pre_handle is None:
             self.pre_handle = self.module.register_forward_pre_hook(self._pre)
@@ -69,6 +71,7 @@ class MultiLoraLinear:
         self.B.pop(slot, None)
         for d in self.vec.values():
             d.pop(slot, None)
+        self.has_vectors = any(self.vec.values())
         self.cached = None
 
     def _pre(self, module: Any, args: tuple) -> Any:
@@ -90,7 +93,7 @@ class MultiLoraLinear:
 
     def _hook(self, module: Any, args: tuple, y: Any) -> Any:
         rows = self.rows
-        if rows.slots is None or not self.slots():
+        if rows.slots is None or not (self.A or self.has_vectors):
             return y
         x = args[0]
         import torch
@@ -98,7 +101,8 @@ class MultiLoraLinear:
         if rows.uniform is not None:
             slot = rows.uniform
             a = self.A.get(slot)
-            vecs = {k: d[slot] for k, d in self.vec.items() if slot in d and k != "scale_in"}
+            vecs = {k: d[slot] for k, d in self.vec.items() if slot in d and k != "scale_in"} \
+                if self.has_vectors else {}
             if a is None and not vecs:
                 return y
             if not vecs and a is not None:

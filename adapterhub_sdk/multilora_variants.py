@@ -106,6 +106,10 @@ def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -
     if refused:  # PEFT would compute something this runtime does not: refuse, never approximate
         raise IncompatibleAdapterError(f"this runtime serves LoRA/rsLoRA/DoRA/IA3; the adapter {refused[0]}",
                                        reasons=refused, hint=_HINT)
+    for key in sorted(tensors):
+        if ".lora_embedding_" in key:
+            raise IncompatibleAdapterError(f"{strip_prefix(key).split('.lora_embedding_')[0]} is an nn.Embedding; "
+                                           "this runtime serves LoRA and IA3 on nn.Linear modules", hint=_HINT)
     parts: dict[str, dict[str, Any]] = {}
     saved: dict[str, dict[str, Any]] = {}
     for key, t in tensors.items():
@@ -118,9 +122,6 @@ def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -
             saved.setdefault(module, {})[param] = t
         elif rel.endswith(".lora_velora_embed"):
             continue  # VeLoRA's buffer for the backward pass; its forward is plain LoRA
-        elif ".lora_embedding_" in rel:
-            raise IncompatibleAdapterError(f"{rel.split('.lora_embedding_')[0]} is an nn.Embedding; this runtime "
-                                           "serves LoRA and IA3 on nn.Linear modules", hint=_HINT)
         else:
             kind = "an IA3 vector" if peft_type == "IA3" else "a LoRA weight"
             raise IncompatibleAdapterError(f"tensor {key!r} is not {kind} or a modules_to_save copy this runtime "
