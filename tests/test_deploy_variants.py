@@ -257,6 +257,23 @@ def test_swap_and_detach_leave_other_rows_exact(world):
     assert dep.memory()["adapter_bytes"] == sum(a.nbytes for a in dep.adapters.values())
 
 
+def test_directories_attach_the_same_way(world, tmp_path):
+    """attach_directory (the server's load endpoints): a pulled DoRA directory (pinned by its
+    manifest: exact) and a plain PEFT IA3+modules_to_save directory (unpinned: structural)."""
+    from adapterhub_sdk.deploy import StructuralMatchWarning
+    from adapterhub_sdk.deploy_dir import attach_directory
+
+    pulled = world["registry"].pull("variants/dora@1.0.0", tmp_path / "pulled")
+    dep = ah.Deployment(str(world["base"]))
+    assert attach_directory(dep, pulled, name="d").verdict == "exact"
+    with pytest.warns(StructuralMatchWarning):
+        assert attach_directory(dep, world["dirs"]["ia3-mts"], name="i").pinned is False
+    ids = ids_batch(3, seed=6)
+    got = dep.forward(ids, ["i", "d", None])
+    for i, kind in enumerate(["ia3-mts", "dora", None]):
+        assert diff(got[i:i + 1], peft_logits(world, kind, ids[i:i + 1])) < ATOL, kind
+
+
 # --------------------------------------------------------------------------- refused before loading
 
 
