@@ -20,8 +20,10 @@ Per round, order rotated, >= 5 rounds, medians reported:
 * pull, peer: ``skopeo copy --src-tls-verify=false docker://HOST/REPO:VER dir:DIR``
   (digests verified, blobs written by digest, nothing recorded).
 * the same push and pull in process (``OciRemote.push`` / ``.pull`` on an open
-  ``Registry``): the data path without the CLI's start (Python, SQLAlchemy, httpx imports),
-  which a Go binary such as skopeo does not pay.
+  ``Registry``): the data path without the CLI's start (Python, click, SQLAlchemy, the
+  plugins), which a Go binary such as skopeo does not pay.
+* the CLI's start alone, for context: ``adapterhub list`` in the puller's home, a fresh
+  process (``ours_cli_start``): the floor under every ``adapterhub`` figure above.
 
     .venv/bin/python benchmarks/bench_oci.py [--quick] [--rounds N]
 
@@ -59,7 +61,7 @@ def bench_size(label: str, adapter: Path, work: Path, env: dict[str, str], round
     run([*ah_cmd, "publish", str(adapter), "--name", name, "--version", ver], pub_env)
     variants = ["ours_push", "skopeo_push", "ours_api_push"]
     pulls = ["ours_pull", "skopeo_pull", "ours_api_pull"]
-    times: dict[str, list[float]] = {v: [] for v in variants + pulls}
+    times: dict[str, list[float]] = {v: [] for v in variants + pulls + ["ours_cli_start"]}
     loads: list[float] = []
 
     def one_round(r: int, record: bool) -> None:
@@ -90,6 +92,7 @@ def bench_size(label: str, adapter: Path, work: Path, env: dict[str, str], round
                                           f"docker://{peer}:{ver}"], env)
             home = {**env, "ADAPTERHUB_HOME": str(work / f"home-{label}-{r}")}
             run([*ah_cmd, "list"], home)  # the puller's registry exists, as on a machine in use
+            got["ours_cli_start"] = run([*ah_cmd, "list"], home)
             outs = work / f"out-{label}-{r}"
             outs.mkdir()
             for v in (pulls[k:] + pulls[:k]):
@@ -174,6 +177,7 @@ def main() -> None:
                  f"{rt['push_api_vs_skopeo']['median_ratio']:.2f}x"],
                 ["pull: OciRemote.pull (in process)", med["ours_api_pull"], mb / med["ours_api_pull"],
                  f"{rt['pull_api_vs_skopeo']['median_ratio']:.2f}x"],
+                ["start: adapterhub list (context)", med["ours_cli_start"], "", ""],
             ]))
         version = subprocess.run(["skopeo", "--version"], capture_output=True, text=True).stdout.strip()
         out = C.write_results("bench_oci_quick" if args.quick else "bench_oci", {

@@ -23,6 +23,8 @@ rounds (untimed), so every push uploads every byte:
   sha256-verified, written into a temp dir renamed into place).
 * pull, peer: ``python pull.py BUCKET PREFIX DIR``: ``download_file`` of each object
   (ranged GETs over 10 threads for large ones), no verification.
+* the CLI's start alone, for context: ``adapterhub --blobs s3://... list``, a fresh process
+  (``ours_cli_start``; the store is not contacted): the floor under every ``adapterhub`` figure.
 
     .venv/bin/python benchmarks/bench_s3.py [--quick] [--rounds N]
 
@@ -179,7 +181,7 @@ def bench_size(label: str, adapter: Path, work: Path, bucket: str, env: dict[str
 
     push_variants = ["ours_cli_s3", "peer_boto3_push", "ours_cli_file", "ours_api_s3", "ours_api_file"]
     pull_variants = ["ours_cli_pull", "peer_boto3_pull", "ours_api_pull"]
-    times: dict[str, list[float]] = {v: [] for v in push_variants + pull_variants}
+    times: dict[str, list[float]] = {v: [] for v in push_variants + pull_variants + ["ours_cli_start"]}
     loads: list[float] = []
 
     def one_round(r: int, record: bool) -> None:
@@ -200,6 +202,7 @@ def bench_size(label: str, adapter: Path, work: Path, bucket: str, env: dict[str
                 got[v] = api_publish(f"s3://{bucket}/api", ver)
             else:
                 got[v] = api_publish(str(files_dir / "api"), f"2.0.{r}")
+        got["ours_cli_start"] = run(cli("--registry", reg_cli_s3, "--blobs", s3_cli, "list"), env)
         k = r % len(pull_variants)
         outs = work / f"out-{r}"
         for v in pull_variants[k:] + pull_variants[:k]:
@@ -285,6 +288,7 @@ def main() -> None:
                 ["publish API, file:// blobs", med["ours_api_file"], mb / med["ours_api_file"],
                  f"s3/file {rt['publish_api_s3_vs_api_file']['median_ratio']:.2f}x"],
                 ["pull API, s3:// blobs", med["ours_api_pull"], mb / med["ours_api_pull"], ""],
+                ["start: adapterhub list (context)", med["ours_cli_start"], "", ""],
             ]))
         out = C.write_results("bench_s3_quick" if args.quick else "bench_s3", {
             "quick": args.quick, "rounds": rounds, "server": "moto_server on 127.0.0.1 (moto[server])",
