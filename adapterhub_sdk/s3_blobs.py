@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -450,16 +450,17 @@ class S3BlobStore:
         return int(head["ContentLength"])
 
     @_s3_errors
-    def clean_temp(self, older_than: float, *, dry_run: bool = False) -> int:
-        """Abort multipart uploads started more than ``older_than`` seconds ago, and put back
-        blobs an interrupted gc left in quarantine that long (the next gc judges them again
-        against the catalog, rather than deleting what a version may reference)."""
+    def clean_temp(self, older_than: float, *, dry_run: bool = False, keep: Collection[str] = ()) -> int:
+        """Abort multipart uploads started more than ``older_than`` seconds ago (except those of
+        the blobs in ``keep``: leased by publishes in progress), and put back blobs an
+        interrupted gc left in quarantine that long (the next gc judges them again against the
+        catalog, rather than deleting what a version may reference)."""
         now = time.time()
         n = 0
-        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
-                                                                                 Prefix=f"{self.prefix}sha256/"):
+        root = f"{self.prefix}sha256/"
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=root):
             for up in page.get("Uploads", ()):
-                if now - up["Initiated"].timestamp() < older_than:
+                if now - up["Initiated"].timestamp() < older_than or up["Key"][len(root):].replace("/", "", 1) in keep:
                     continue
                 n += 1
                 if not dry_run:

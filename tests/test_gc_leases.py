@@ -162,3 +162,27 @@ def test_a_lease_ends_when_the_publish_fails(registry, lora_dir, monkeypatch):
     monkeypatch.undo()
     assert registry.leases() == []
     assert registry.gc(grace_seconds=0).blobs_removed == len(_sizes(lora_dir))
+
+
+def test_gc_grace_0_leaves_the_multipart_uploads_of_leased_blobs(request, tmp_path, lora_dir):
+    """Server: moto_server on loopback. A multipart upload in progress (a blob over the part
+    size) of a leased blob is left alone by gc with no grace; once the lease ends, gc aborts
+    it as abandoned."""
+    from adapterhub_sdk.registry.lifecycle import end_lease, take_lease
+
+    blobs = _blobs(request, "s3", tmp_path)
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}", blobs=blobs) as reg:
+        s3, bucket = reg.blobs.client, reg.blobs.bucket
+        leased, abandoned = "a" * 64, "b" * 64
+        for d in (leased, abandoned):
+            s3.create_multipart_upload(Bucket=bucket, Key=reg.blobs.key(d))
+        lease = take_lease(reg, [leased])
+
+        def uploads() -> list[str]:
+            return sorted(u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", ()))
+
+        assert reg.gc(grace_seconds=0).temp_removed == 1
+        assert uploads() == [reg.blobs.key(leased)]
+        end_lease(reg, lease)
+        assert reg.gc(grace_seconds=0).temp_removed == 1
+        assert uploads() == []

@@ -68,11 +68,15 @@ def holder_gone(holder: str) -> bool:
         return False
     pid, _, start = holder[len(here) + 1:].partition(" ")
     try:
-        return _start_time(int(pid)) != start
-    except (OSError, IndexError):
+        os.kill(int(pid), 0)  # works where /proc hides other users' processes (hidepid)
+    except ProcessLookupError:
         return True
-    except ValueError:
-        return False
+    except (PermissionError, ValueError, OverflowError):
+        pass  # there (another user's), or not a pid we wrote
+    try:
+        return _start_time(int(pid)) != start  # the pid is another process's now
+    except (OSError, IndexError, ValueError):
+        return False  # hidden from us: taken for the holder
 
 
 def take_lease(core: RegistryCore, digests: Iterable[str]) -> str | None:
@@ -203,8 +207,21 @@ class LifecyclePart(RegistryCore):
             if not keep:
                 report.blobs_removed += 1
                 report.bytes_freed += freed
-        report.temp_removed = self.blobs.clean_temp(grace_seconds, dry_run=dry_run)
+        report.temp_removed = self.blobs.clean_temp(grace_seconds, dry_run=dry_run, **self._keep_uploads())
         return report
+
+    def _keep_uploads(self) -> dict[str, Any]:
+        """For a store whose temp data is named by digest (S3's multipart uploads): the blobs
+        leased now, whose uploads in progress clean_temp leaves alone."""
+        import inspect
+
+        try:
+            if "keep" not in inspect.signature(self.blobs.clean_temp).parameters:
+                return {}
+        except (TypeError, ValueError):
+            return {}
+        with self._read() as conn:
+            return {"keep": live_leases(conn)[0]}
 
     def _in_use(self, sha: str) -> bool:
         """Whether a version references blob ``sha`` or a live lease holds it, now."""
