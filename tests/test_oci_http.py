@@ -131,3 +131,37 @@ def test_a_refused_connection_is_a_transport_error():
         port = s.getsockname()[1]
     with pytest.raises(TransportError, match="ConnectionRefusedError"):
         Client(timeout=5).send("GET", f"http://127.0.0.1:{port}/v2/")
+
+
+def test_an_http_proxy_from_the_environment_is_used_and_no_proxy_honoured(monkeypatch):
+    import base64
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Proxy-Authorization")))
+            body = b"via proxy"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    proxy = _serve(Proxy)
+    try:
+        for k in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+            monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://al%40ice:pw@127.0.0.1:{proxy.server_address[1]}")
+        assert Client(timeout=10).send("GET", "http://registry.invalid:5000/v2/").content == b"via proxy"
+        assert seen == [("http://registry.invalid:5000/v2/", "Basic " + base64.b64encode(b"al@ice:pw").decode())]
+        monkeypatch.setenv("NO_PROXY", "registry.invalid")  # straight to the (unresolvable) host: not the proxy
+        with pytest.raises(TransportError):
+            Client(timeout=5).send("GET", "http://registry.invalid:5000/v2/")
+        assert len(seen) == 1
+    finally:
+        proxy.shutdown()

@@ -2,7 +2,8 @@
 connections per origin, streamed bodies (an iterator of chunks with a Content-Length),
 streamed responses, redirects followed for GET and HEAD (credentials never sent to another
 origin), TLS verified against the system's trust store, made only when an ``https://``
-origin is first contacted. A fresh ``adapterhub push`` or ``pull`` pays a few milliseconds
+origin is first contacted; a proxy from the standard environment (``HTTPS_PROXY`` and
+the rest, ``NO_PROXY`` honoured). A fresh ``adapterhub push`` or ``pull`` pays a few milliseconds
 of imports for this, not httpx's ~0.1 s (and an SSL context's ~0.05 s on a plain-HTTP
 registry)."""
 
@@ -12,6 +13,7 @@ import base64
 import functools
 import http.client
 import json
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -34,6 +36,24 @@ def tls_context() -> Any:
     import ssl
 
     return ssl.create_default_context()
+
+
+def _proxy_for(scheme: str, netloc: str) -> str | None:
+    """The proxy the standard environment names for this origin (``HTTPS_PROXY``,
+    ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``: as httpx and Docker read them), or None. The
+    environment is looked at first, so that without a proxy nothing more is imported."""
+    if not any(k.lower() in ("http_proxy", "https_proxy", "all_proxy") and v for k, v in os.environ.items()):
+        return None
+    import urllib.request
+
+    host = urlsplit(f"//{netloc}").hostname or netloc
+    if urllib.request.proxy_bypass(host) or urllib.request.proxy_bypass(netloc):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if proxy and "://" not in proxy:
+        proxy = "http://" + proxy
+    return proxy or None
 
 
 class Response:
@@ -118,11 +138,28 @@ class Client:
         conn = self._idle.pop((scheme, netloc), None)
         if conn is not None:
             return conn
-        if scheme == "https":
-            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=tls_context())
-        if scheme == "http":
+        if scheme not in ("http", "https"):
+            raise TransportError(f"unsupported URL scheme {scheme!r}")
+        proxy = _proxy_for(scheme, netloc)
+        if proxy is None:
+            if scheme == "https":
+                return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=tls_context())
             return http.client.HTTPConnection(netloc, timeout=self.timeout)
-        raise TransportError(f"unsupported URL scheme {scheme!r}")
+        p = urlsplit(proxy)
+        auth = {}
+        if p.username is not None:
+            from urllib.parse import unquote
+
+            raw = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()
+            auth = {"Proxy-Authorization": "Basic " + base64.b64encode(raw).decode()}
+        where = p.hostname + (f":{p.port}" if p.port else "") if p.hostname else p.netloc
+        if scheme == "https":  # a CONNECT tunnel through the proxy; TLS (verified) to the registry inside it
+            conn = http.client.HTTPSConnection(where, timeout=self.timeout, context=tls_context())
+            conn.set_tunnel(netloc, headers=auth)
+        else:  # plain HTTP: the proxy is sent the absolute URL
+            conn = http.client.HTTPConnection(where, timeout=self.timeout)
+            conn._adapterhub_proxy = (netloc, auth)  # type: ignore[attr-defined]
+        return conn
 
     def send(self, method: str, url: str, *, headers: dict[str, str] | None = None,
              content: bytes | Iterable[bytes] | None = None, params: dict[str, Any] | None = None,
@@ -150,13 +187,17 @@ class Client:
     def _once(self, method: str, url: str, headers: dict[str, str], content: Any) -> Response:
         parts = urlsplit(url)
         key = (parts.scheme, parts.netloc)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         replayable = content is None or isinstance(content, bytes)
         for attempt in range(2):
             reused = key in self._idle
             conn = self._connection(*key)
+            target, hdrs = path, headers
+            via = getattr(conn, "_adapterhub_proxy", None)
+            if via is not None:  # an HTTP proxy: the absolute URL, and the proxy's credentials
+                target, hdrs = f"http://{via[0]}{path}", {**headers, **via[1]}
             try:
-                conn.request(method, target, body=content, headers=headers)
+                conn.request(method, target, body=content, headers=hdrs)
                 raw = conn.getresponse()
             except AdapterHubError:  # the body's own check failed (the local bytes do not hash right)
                 conn.close()
