@@ -191,8 +191,11 @@ class Deployment:
             self._adapters[key] = attached  # a swap is one assignment: requests see old or new
             if old is not None:
                 self._drop_slot(old.slot)
-            if remerge:
-                self.merge(key)  # the name stays merged, now with the new version
+            if remerge:  # the name stays merged, now with the new version, where it can be merged
+                try:
+                    self.merge(key)
+                except IncompatibleAdapterError as exc:
+                    warnings.warn(f"{ref} is served unmerged: {exc}", stacklevel=3)
         return attached
 
     def replace(self, name: str, spec: str) -> AttachedAdapter:

@@ -242,6 +242,13 @@ def test_a_lora_bias_on_a_module_without_bias_is_served_but_not_merged(world, tm
         dep.merge("nb")
     assert dep.merged is None
     assert diff(dep.forward(ids, "nb"), peft_logits(world, "nb", ids)) < ATOL  # nothing half-merged
+    # a merged name swapped for it: the swap happens, served unmerged, with a warning
+    dep.attach("variants/lora", name="live")
+    dep.merge("live")
+    with pytest.warns(UserWarning, match="served unmerged"):
+        dep.replace("live", "variants/nb")
+    assert dep.merged is None and dep.adapters["live"].ref == "variants/nb@1.0.0"
+    assert diff(dep.forward(ids, "live"), peft_logits(world, "nb", ids)) < ATOL
 
 
 def test_swap_and_detach_leave_other_rows_exact(world):
