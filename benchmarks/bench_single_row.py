@@ -12,7 +12,8 @@ what a loaded machine inflates least), their ratios, and the load average around
 ``Deployment.generate`` per batch), a streamed and a whole request each. ``--profile``
 writes a cProfile of the continuous runs instead.
 
-    .venv/bin/python benchmarks/bench_single_row.py [--rounds 7] [--tokens 128] [--out NAME]
+    .venv/bin/python benchmarks/bench_single_row.py [--rounds 7] [--tokens 128] [--shape tiny]
+        [--http] [--compare-rev REV] [--profile] [--out NAME]
 """
 
 from __future__ import annotations
@@ -51,6 +52,27 @@ def run_worker(worker: Any, ids: list[int], adapter: str, tokens: int, stream: b
     event = out["event"]
     assert isinstance(event, DoneEvent), event
     return dt, event.completion_tokens
+
+
+def old_worker_class(rev: str) -> Any:
+    """``ContinuousWorker`` from ``adapterhub_sdk/server/continuous.py`` at git revision ``rev``."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    import adapterhub_sdk.server  # noqa: F401 - the parent package of the module loaded below
+
+    root = Path(__file__).resolve().parent.parent
+    text = subprocess.run(["git", "show", f"{rev}:adapterhub_sdk/server/continuous.py"], cwd=root, check=True,
+                          capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "continuous_rev.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("adapterhub_sdk.server._continuous_rev", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.ContinuousWorker
 
 
 def build_tiny(work: Path) -> tuple[Path, str, Any]:
@@ -94,6 +116,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--compare-rev", metavar="REV",
+                    help="also the continuous worker as it was at git revision REV (its continuous.py loaded "
+                         "beside today's), in this process: before/after under the same load")
     ap.add_argument("--http", action="store_true",
                     help="also over HTTP: `adapterhub serve` processes (static and continuous scheduler), "
                          "one streamed and one whole request at a time from this process")
@@ -140,6 +165,13 @@ def main() -> None:
     cases = {"generate": gen,
              "continuous": lambda: run_worker(worker, ids, "a0", args.tokens, False),
              "continuous_stream": lambda: run_worker(worker, ids, "a0", args.tokens, True)}
+    others: list[Any] = []
+    if args.compare_rev:
+        old = old_worker_class(args.compare_rev)(dep)
+        old.start()
+        others.append(old)
+        cases["rev_continuous"] = lambda: run_worker(old, ids, "a0", args.tokens, False)
+        cases["rev_continuous_stream"] = lambda: run_worker(old, ids, "a0", args.tokens, True)
     servers: list[Any] = []
 
     def cpu_of(pid: int | None) -> float:
@@ -205,6 +237,8 @@ def main() -> None:
             cpu[name].append((c1 - c0) / n * 1000)
     loads.append(os.getloadavg())
     worker.stop()
+    for other in others:
+        other.stop()
     for server in servers:
         server.stop()
     med = {k: C.median(v) for k, v in per.items()}
@@ -216,7 +250,11 @@ def main() -> None:
     print("wall ratios to generate (median of per-round):", {k: round(v, 3) for k, v in ratios.items()})
     print("CPU ratios to generate (median of per-round):", {k: round(v, 3) for k, v in cpu_ratios.items()})
     print("loadavg:", loads[0], "->", loads[-1])
-    C.write_results(args.out, {"benchmark": "bench_single_row", "settings": vars(args),
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True).stdout.strip()
+    C.write_results(args.out, {"benchmark": "bench_single_row", "settings": vars(args), "code": {"head": head},
                                "ms_per_token": med, "ratio_to_generate": ratios, "per_round_ms": per,
                                "cpu_ms_per_token": med_cpu, "cpu_ratio_to_generate": cpu_ratios,
                                "per_round_cpu_ms": cpu,
