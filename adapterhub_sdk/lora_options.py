@@ -133,6 +133,8 @@ def deployment_refusals(config: Mapping[str, Any]) -> list[str]:
     if peft_type_of(config) == "IA3":
         return unsupported_ia3_options(config, supported={"modules_to_save"})
     reasons = unsupported_options(config, supported=SERVED_LORA_OPTIONS)
+    if config.get("use_dora") and config.get("lora_bias"):  # PEFT's LoraConfig refuses it: no output to match
+        reasons.append("uses DoRA with lora_bias, which PEFT itself refuses to load")
     if config.get("modules_to_save") and config.get("ensure_weight_tying"):
         reasons.append("uses modules_to_save with ensure_weight_tying (PEFT ties the copies across modules)")
     return reasons

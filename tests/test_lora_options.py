@@ -85,6 +85,7 @@ def test_every_ia3_option_of_the_installed_peft_is_classified():
     ({"peft_type": "IA3", "feedforward_modules": ["down_proj"], "modules_to_save": ["lm_head"]}, None),
     ({"peft_type": "LORA", "r": 4, "modules_to_save": ["lm_head"], "ensure_weight_tying": True}, "ensure_weight_tying"),
     ({"peft_type": "LORA", "r": 4, "ensure_weight_tying": True}, None),  # nothing to tie: inert
+    ({"peft_type": "LORA", "r": 4, "use_dora": True, "lora_bias": True}, "PEFT itself refuses"),
     ({"peft_type": "LORA", "r": 4, "bias": "lora_only"}, "trained base biases"),
     ({"peft_type": "LORA", "r": 4, "trainable_token_indices": [1]}, "trained embedding rows"),
     ({"peft_type": "IA3", "fan_in_fan_out": True}, "fan_in_fan_out"),
