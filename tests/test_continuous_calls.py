@@ -95,9 +95,10 @@ def _loaded_gauge(client: httpx.Client) -> float:
 
 def test_control_calls_run_between_steps_while_long_streams_run(world):
     """While two 256-token streams run (on 'good' and 'other'): attaching a new name answers
-    within a few decode steps; replacing 'good' in place and unloading 'other' wait for the
-    rows that use them, which finish with the tokens each gives alone; afterwards 'good'
-    serves the new version, 'other' is gone, and /metrics counts what clients see."""
+    within a few decode steps; unloading 'other' answers at once too, the name gone while its
+    version stays attached for the stream on it; replacing 'good' in place waits for the row
+    that uses it. Both streams finish with the tokens each gives alone; afterwards 'good'
+    serves the new version, 'other' is detached, and /metrics counts what clients see."""
     dep = ah.Deployment(str(world["base"]), registry=world["registry"])
     dep.attach("acme/good", name="good")
     dep.attach("acme/other", name="other")
@@ -121,9 +122,14 @@ def test_control_calls_run_between_steps_while_long_streams_run(world):
                 marks["chunks_at_attach"] = {m: v["chunks"] for m, v in seen.items()}
                 replace = asyncio.create_task(client.post("/v1/load_lora_adapter", json={
                     "lora_name": "good", "lora_path": "acme/rs", "load_inplace": True}))
-                unload = asyncio.create_task(client.post("/v1/unload_lora_adapter", json={"lora_name": "other"}))
+                unload = await client.post("/v1/unload_lora_adapter", json={"lora_name": "other"})
+                marks["unloaded"] = fw.n  # answered at once, as vLLM does: the stream on it runs on
+                marks["models_at_unload"] = {m["id"] for m in (await client.get("/v1/models")).json()["data"]}
+                marks["other_at_unload"] = (await client.post("/v1/completions", json={
+                    **bodies["other"], "max_tokens": 2})).status_code
+                marks["attached_at_unload"] = sorted(dep.adapters)
                 words = {m: await t for m, t in streams.items()}
-                return {"words": words, "replace": await replace, "unload": await unload}
+                return {"words": words, "replace": await replace, "unload": unload}
 
         out = asyncio.run(main())
         after_good = _gather(s.url, [{**bodies["good"], "max_tokens": 12, "logprobs": 2}])[0]["choices"][0]
@@ -138,6 +144,10 @@ def test_control_calls_run_between_steps_while_long_streams_run(world):
         same_tokens(out["words"][m], solo[m])
     assert out["replace"].status_code == 200, out["replace"].text
     assert out["unload"].status_code == 200, out["unload"].text
+    # the unload answered while 'other' still ran: the name was gone, its version still attached
+    assert marks["unloaded"] - marks["sent"] < 128, marks
+    assert marks["models_at_unload"] == {"tiny", "good", "rs2"} and marks["other_at_unload"] == 404, marks
+    assert "other" in marks["attached_at_unload"], marks
     same_tokens(_tokens(after_good), rs2)  # 'good' is acme/rs now
     assert gone.status_code == 404
     assert set(dep.adapters) == {"good", "rs2"} and gauge == 2

@@ -17,7 +17,8 @@ leaves the old one serving, and its refusal is shown in ``/v1/models`` until the
 again. Moving the alias back is a rollback like any other move.
 
 The same leases make admin replacements safe: an adapter replaced or unloaded over HTTP while
-serving a followed name is retired the same way.
+serving a followed name is retired the same way. A plain name unloaded while requests hold it
+is hidden at once (:meth:`AliasFollower.unload`) and detached once they have finished.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +91,7 @@ class AliasFollower:
         self.follows: dict[str, Followed] = {}
         self.leases: Counter[str] = Counter()
         self.retiring: dict[str, int] = {}  # slot -> polls it was seen idle
+        self.unloading: set[str] = set()  # unloaded names whose detach waits for requests in flight
         self._seq = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
@@ -105,8 +108,8 @@ class AliasFollower:
     # ------------------------------------------------------------------ names and leases
 
     def hidden(self) -> set[str]:
-        """Deployment names no client addresses: followed slots and retiring ones."""
-        return {f.slot for f in self.follows.values()} | set(self.retiring)
+        """Deployment names no client addresses: followed slots, retiring and unloading ones."""
+        return {f.slot for f in self.follows.values()} | set(self.retiring) | self.unloading
 
     def public_names(self, attached: list[str]) -> list[str]:
         hidden = self.hidden()
@@ -118,9 +121,24 @@ class AliasFollower:
         f = self.follows.get(public)
         if f is not None:
             return f.slot
-        if public in self.retiring:
+        if public in self.retiring or public in self.unloading:
             return None
         return public if public in self.server.dep.adapters else None
+
+    def unload(self, name: str, detached: Future[Any]) -> None:
+        """Serve ``name`` no more from now on, while requests in flight finish on it; it stays
+        attached until ``detached`` (its detach, which the scheduler runs after them) is done.
+        vLLM's unload_lora_adapter does the same: the name goes at once, requests keep theirs."""
+        self.unloading.add(name)
+        loop = asyncio.get_running_loop()
+
+        def done(fut: Future[Any]) -> None:
+            if fut.exception() is not None:
+                log.warning("detaching %s after its requests: %s", name, fut.exception())
+            with contextlib.suppress(RuntimeError):  # the loop closed: the server is gone
+                loop.call_soon_threadsafe(self.unloading.discard, name)
+
+        detached.add_done_callback(done)
 
     def public_of(self, slot: str) -> str:
         for f in self.follows.values():

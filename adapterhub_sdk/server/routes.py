@@ -349,9 +349,12 @@ async def _detach(request: Request, name: str, param: str, *, missing: str | Non
     if await server.follower.unfollow(name):  # its slot is detached once no request holds it
         server.loaded_at.pop(name, None)
         return
-    try:
-        # the scheduler runs it once the requests running on it have finished
-        await asyncio.wrap_future(server.worker.call(lambda: dep.detach(name), names=[name]))
+    try:  # the scheduler runs it once the requests running on it have finished
+        detached = server.worker.call(lambda: dep.detach(name), names=[name])
+        if server.follower.leases.get(name, 0) > 0:  # as vLLM: the name goes now, they finish on it
+            server.follower.unload(name, detached)
+        else:
+            await asyncio.wrap_future(detached)
     except Exception as exc:  # noqa: BLE001
         raise api_error(exc, param=param) from None
     server.loaded_at.pop(name, None)
