@@ -107,8 +107,8 @@ class MultiLoraLinear:
                 return y
             if not vecs and a is not None:
                 b = self.B[slot]
-                if y.dtype != a.dtype:
-                    return y + ((x @ a) @ b).to(y.dtype)
+                if y.dtype != a.dtype:  # a half-precision base: PEFT runs the adapter in float32, adds, casts back
+                    return (y.to(a.dtype) + (x.to(a.dtype) @ a) @ b).to(y.dtype)
                 return torch.addmm(y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]) @ a, b).view(y.shape)
             return self._apply(x, y, a, self.B.get(slot), vecs)
         stacks = self._stacks(rows.key)
@@ -123,28 +123,29 @@ class MultiLoraLinear:
             return self._apply(x3, y3, a, b, out_vecs, batched=True).view(y.shape)
         if a is None:
             return y
-        h = torch.bmm(x3, a)  # [n, t, r]
-        if y.dtype != b.dtype:
-            return (y3 + torch.bmm(h, b).to(y.dtype)).view(y.shape)
-        return torch.baddbmm(y3, h, b).view(y.shape)
+        if y.dtype != a.dtype:
+            return (y3.to(a.dtype) + torch.bmm(torch.bmm(x3.to(a.dtype), a), b)).to(y.dtype).view(y.shape)
+        return torch.baddbmm(y3, torch.bmm(x3, a), b).view(y.shape)  # h = x A: [n, t, r]
 
     def _apply(self, x: Any, y: Any, a: Any, b: Any, vecs: dict[str, Any], batched: bool = False) -> Any:
-        """The update with vectors: IA3's output scale, DoRA's rescale, the low-rank term, the lora_B bias."""
+        """The update with vectors: IA3's output scale, DoRA's rescale, the low-rank term, the lora_B
+        bias; in the adapter's dtype (float32 on a half-precision base, as PEFT), cast back once."""
         import torch
 
-        out = y
+        cd = next(iter(vecs.values())).dtype  # vectors, A and B share it: at least float32
+        out = y.to(cd)
         if "scale_out" in vecs:
-            out = (out * vecs["scale_out"]).to(y.dtype)  # PEFT: (result * ia3_l).to(result dtype)
+            out = out * vecs["scale_out"]  # PEFT: (result * ia3_l).to(result dtype)
         if "dora" in vecs:
             bias = self.module.bias
-            base = y if bias is None else y - bias
-            out = out + (vecs["dora"] * base).to(y.dtype)
+            base = y if bias is None else y - bias  # PEFT subtracts in the base output's dtype
+            out = out + vecs["dora"] * base.to(cd)
         if a is not None:
-            lora = torch.bmm(torch.bmm(x, a), b) if batched else (x @ a) @ b
-            out = out + lora.to(y.dtype)
+            xc = x.to(cd)
+            out = out + (torch.bmm(torch.bmm(xc, a), b) if batched else (xc @ a) @ b)
         if "bias" in vecs:
-            out = out + vecs["bias"].to(y.dtype)
-        return out
+            out = out + vecs["bias"]
+        return out.to(y.dtype)
 
     def _stacks(self, key: tuple[int, ...]) -> tuple[Any, Any, dict[str, Any]] | None:
         cached = self.cached

@@ -173,8 +173,8 @@ def _lora(config: Mapping[str, Any], module_name: str, target: Any, p: dict[str,
     if tuple(w.shape) != (b.shape[0], a.shape[1]) or b.shape[1] != r:
         raise IncompatibleAdapterError(f"shape: {module_name} is {list(w.shape)}, the adapter needs "
                                        f"{[b.shape[0], a.shape[1]]}")
-    vd = _vec_dtype(w)
-    update = ModuleUpdate(a=a.t().contiguous().to(w.device, w.dtype))
+    vd = _vec_dtype(w)  # PEFT loads adapters in float32 on a half-precision base (autocast_adapter_dtype)
+    update = ModuleUpdate(a=a.t().contiguous().to(w.device, vd))
     magnitude = p.get("lora_magnitude_vector")
     if bool(config.get("use_dora")) != (magnitude is not None):
         raise AdapterFormatError(f"module {module_name!r}: use_dora is {bool(config.get('use_dora'))} but "
@@ -190,10 +190,10 @@ def _lora(config: Mapping[str, Any], module_name: str, target: Any, p: dict[str,
         if not bool(torch.isfinite(mns).all()):
             raise IncompatibleAdapterError(f"{module_name}: DoRA's weight norm ||W + s B A|| is zero for an output "
                                            "feature (PEFT would output NaN/Inf)")
-        update.b = (b.to(w.device, torch.float32) * (mns * scaling)[:, None]).t().contiguous().to(w.dtype)
+        update.b = (b.to(w.device, torch.float32) * (mns * scaling)[:, None]).t().contiguous().to(vd)
         update.vec["dora"] = (mns - 1).to(vd)
     else:
-        update.b = (b * scaling).t().contiguous().to(w.device, w.dtype)
+        update.b = (b.to(w.device, vd) * scaling).t().contiguous()
     if "lora_B.bias" in p:
         if not config.get("lora_bias"):
             raise AdapterFormatError(f"module {module_name!r} has a lora_B bias but lora_bias is off in its config")
