@@ -206,39 +206,40 @@ class ContinuousWorker(BatchWorker):
         in_use = {row.job.adapter for row in (*self.running, *self.prefilling)}
         held: set[str | None] = set()  # names items still waiting ahead use or change
         kept: deque[Any] = deque()
-        while self.backlog:
-            item = self.backlog.popleft()
-            if isinstance(item, _Call):
-                if item.names is None:  # it may change anything: once nothing runs or waits ahead
-                    if kept or self._busy():
+        try:
+            while self.backlog:
+                item = self.backlog.popleft()
+                if isinstance(item, _Call):
+                    if item.names is None:  # it may change anything: once nothing runs or waits ahead
+                        if kept or self._busy():
+                            kept.append(item)
+                            break
+                        self._run_call(item)
+                    elif item.names & (in_use | held):  # after the rows and jobs that use its names
                         kept.append(item)
-                        kept.extend(self.backlog)
-                        self.backlog.clear()
-                        break
-                    self._run_call(item)
-                elif item.names & (in_use | held):  # after the rows and jobs that use its names
+                        held |= item.names
+                    else:
+                        self._run_call(item)
+                    continue
+                if item.cancelled:
+                    continue
+                if item.adapter in held or len(self.running) + len(self.prefilling) >= self.max_batch:
                     kept.append(item)
-                    held |= item.names
-                else:
-                    self._run_call(item)
-                continue
-            if item.cancelled:
-                continue
-            if item.adapter in held or len(self.running) + len(self.prefilling) >= self.max_batch:
-                kept.append(item)
-                held.add(item.adapter)
-                continue
-            try:
-                self._prepare(item)
-            except Exception as exc:  # noqa: BLE001 - answered to its request
-                item.emit(ErrorEvent(item.index, api_error(exc, param="prompt")))
-                continue
-            generator = _generators([item.seed], [item.temperature], self.dep.device)[0]
-            self.prefilling.append(_Row(item, generator, IncrementalText(self._decode), Prefill(item.ids)))
-            in_use.add(item.adapter)
-            self.metrics.queue_wait.observe(time.monotonic() - item.enqueued)
-            item.emit(StartEvent(item.index))
-        self.backlog = kept
+                    held.add(item.adapter)
+                    continue
+                try:
+                    self._prepare(item)
+                except Exception as exc:  # noqa: BLE001 - answered to its request
+                    item.emit(ErrorEvent(item.index, api_error(exc, param="prompt")))
+                    continue
+                generator = _generators([item.seed], [item.temperature], self.dep.device)[0]
+                self.prefilling.append(_Row(item, generator, IncrementalText(self._decode), Prefill(item.ids)))
+                in_use.add(item.adapter)
+                self.metrics.queue_wait.observe(time.monotonic() - item.enqueued)
+                item.emit(StartEvent(item.index))
+        finally:  # whatever happened, nothing taken off the queue is lost
+            kept.extend(self.backlog)
+            self.backlog = kept
         if len(kept) != before:
             self.metrics.queue_depth.set(self.pending())
 
