@@ -133,7 +133,7 @@ class AliasFollower:
         loop = asyncio.get_running_loop()
 
         def done(fut: Future[Any]) -> None:
-            if fut.exception() is not None:
+            if not fut.cancelled() and fut.exception() is not None:
                 log.warning("detaching %s after its requests: %s", name, fut.exception())
             with contextlib.suppress(RuntimeError):  # the loop closed: the server is gone
                 loop.call_soon_threadsafe(self.unloading.discard, name)
