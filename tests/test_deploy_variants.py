@@ -275,6 +275,32 @@ def test_a_lora_bias_on_a_module_without_bias_is_served_but_not_merged(world, tm
     assert diff(dep.forward(ids, "live"), peft_logits(world, "nb", ids)) < ATOL
 
 
+def test_modules_to_save_on_a_base_with_tied_embeddings(tmp_path):
+    """lm_head tied to embed_tokens: PEFT's copy of lm_head is its own tensor (the embedding
+    keeps the base's); a row with the adapter gets the copy's logits, others the tied head's."""
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from conftest import save_base
+
+    base = save_base(tmp_path / "tied", tie=True)
+    path = make_adapter(base, tmp_path / "mts", LoraConfig(r=2, target_modules=["v_proj"],
+                                                           modules_to_save=["lm_head"]), seed=70)
+    reg = ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}", blobs=tmp_path / "blobs")
+    reg.publish(path, name="tied/mts", version="1.0.0", base=base)
+    dep = ah.Deployment(str(base), registry=reg)
+    dep.attach("tied/mts", name="m")
+    ids = ids_batch(2, seed=12)
+    got = dep.forward(ids, ["m", None])
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path).eval()(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(base).eval()(input_ids=ids).logits
+    assert diff(got[:1], want[:1]) < ATOL and diff(got[1:], plain[1:]) < ATOL
+    assert diff(want, plain) > 1e-3
+    assert dep.model.lm_head.weight is dep.model.model.embed_tokens.weight  # the base stays tied
+    reg.close()
+
+
 def test_swap_and_detach_leave_other_rows_exact(world):
     dep = deployment(world, ["lora", "dora", "ia3", "mts"])
     ids = ids_batch(4, seed=5)
