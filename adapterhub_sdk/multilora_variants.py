@@ -30,8 +30,6 @@ from .multilora import RowSlots, pattern_value
 _HINT = "load it with ah.load_adapter (PEFT) outside a Deployment"
 _LORA_PART = re.compile(r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector)")
 _IA3_PART = re.compile(r"(?P<module>.+)\.ia3_l")
-#: leaf modules called with one batch-first tensor, whose trained copy a row can use instead
-_COPYABLE = ("Linear", "Embedding", "LayerNorm", "RMSNorm")
 
 
 @dataclass
@@ -225,7 +223,9 @@ def _copy(model: Any, module_name: str, params: dict[str, Any]) -> Any:
         mod = model.get_submodule(module_name)
     except AttributeError:
         raise IncompatibleAdapterError(f"missing module: {module_name} (modules_to_save) not in the base") from None
-    if any(True for _ in mod.children()) or not type(mod).__name__.endswith(_COPYABLE):
+    copyable = isinstance(mod, (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)) or \
+        type(mod).__name__.endswith("RMSNorm")
+    if any(True for _ in mod.children()) or not copyable:
         raise IncompatibleAdapterError(f"{module_name} (modules_to_save) is a {type(mod).__name__}; this runtime "
                                        "serves trained copies of Linear, Embedding and norm layers", hint=_HINT)
     own = dict(mod.named_parameters(recurse=False))

@@ -83,7 +83,8 @@ def _configs() -> dict[str, Any]:
         "dora-rs": LoraConfig(r=8, lora_alpha=4, target_modules=["k_proj", "up_proj"], use_dora=True,
                               use_rslora=True, rank_pattern={"up_proj": 2}, alpha_pattern={"k_proj": 12}),
         "lora-bias": LoraConfig(r=4, lora_alpha=8, target_modules=[*qv, "o_proj"], lora_bias=True),
-        "mts": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head", "embed_tokens"]),
+        "mts": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
+                          modules_to_save=["lm_head", "embed_tokens", "norm"]),  # "norm": every *norm layer
         "ia3": IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]),
         "ia3-mts": IA3Config(target_modules=["q_proj", "up_proj"], feedforward_modules=["up_proj"],
                              modules_to_save=["lm_head"]),
@@ -168,7 +169,8 @@ def test_every_variant_is_served_and_resolve_says_so(world):
     assert hits == {f"variants/{k}" for k in KINDS}
     dep = deployment(world)
     assert set(dep.adapters) == set(KINDS)
-    assert dep.adapters["ia3"].rank == 0 and dep.adapters["mts"].modules == 4  # 2 q_proj + 2 copies
+    # mts: 2 q_proj + copies of lm_head, embed_tokens, model.norm and the 4 layer norms ("norm" ends them all)
+    assert dep.adapters["ia3"].rank == 0 and dep.adapters["mts"].modules == 9
 
 
 def test_mixed_batch_rows_equal_peft_alone(world):
