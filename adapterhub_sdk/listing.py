@@ -23,6 +23,8 @@ PAGE = 500  # versions per statement: a few hundred KB of rows at most
 
 _COLS = ("v.id, v.adapter_id, a.name, a.name_key, v.version, v.digest, v.method, v.variant, v.base_fingerprint, "
          "v.base_name, v.size, v.yanked, v.created_at, v.source")
+_VCOLS = ("v.id, v.adapter_id, v.version, v.digest, v.method, v.variant, v.base_fingerprint, v.base_name, v.size, "
+          "v.yanked, v.created_at, v.source")
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -33,18 +35,25 @@ def pyformat(sql: str) -> str:
 
 
 def page_sql(*, task: bool, method: bool, base: bool, name: bool, include_yanked: bool, first: bool,
-             collate_c: bool) -> str:
-    """One page: versions after the (name_key, id) position, in that order."""
-    # Unfiltered (or by task, method, yanked): adapters in name order drive the loop (SQLite
-    # takes CROSS JOIN as the join order), so a page reads its rows and stops; left to itself
-    # SQLite sorts every version first (0.7 s for a first page at 1M). By base or name the
-    # filter's own index is the better start.
-    where = ["v.adapter_id = a.id"]
-    join = "," if base or name else " CROSS JOIN"
-    if not first:  # the leading term lets the name_key index start at the position
-        where.append("a.name_key >= :after_key AND (a.name_key > :after_key OR v.id > :after_id)")
+             collate_c: bool, postgres: bool | None = None) -> str:
+    """One page: versions after the (name_key, id) position, in that order. ``collate_c``:
+    order names by ``COLLATE "C"`` (byte order, as Python sorts str) where the database's
+    own collation orders them otherwise; ``postgres`` (default: ``collate_c``) shapes the
+    statement for PostgreSQL's planner."""
+    postgres = collate_c if postgres is None else postgres
+    lateral = postgres and not (base or name)
+    # by base or name on PostgreSQL the filter's index drives and a few rows are sorted: in
+    # byte order then, or the planner walks the name index through every adapter instead
+    key = 'a.name_key COLLATE "C"' if collate_c or (postgres and not lateral) else "a.name_key"
+    where = []
+    after = f"({key} > :after_key OR v.id > :after_id)"
+    # a probe of the tasks' primary key per candidate row; on PostgreSQL OFFSET 0 keeps it
+    # one: as a semi-join it would be driven from every version carrying the task (10% of
+    # them), read and sorted on every page (60-80 ms at 100k versions, and growing)
+    exists = ("EXISTS (SELECT 1 FROM version_tasks t WHERE t.version_id = v.id AND t.task = :task"
+              + (" OFFSET 0)" if postgres else ")"))
     if task:
-        where.append("EXISTS (SELECT 1 FROM version_tasks t WHERE t.version_id = v.id AND t.task = :task)")
+        where.append(exists)
     if method:
         where.append("(v.method = :method OR v.variant = :method)")
     if base:
@@ -52,31 +61,81 @@ def page_sql(*, task: bool, method: bool, base: bool, name: bool, include_yanked
     if name:
         where.append("a.name_key = :name_key")
     if not include_yanked:
-        where.append("v.yanked = :no")
-    order = 'a.name_key COLLATE "C"' if collate_c else "a.name_key"  # byte order, as Python sorts str
-    return (f"SELECT {_COLS} FROM adapters a{join} versions v WHERE " + " AND ".join(where)
-            + f" ORDER BY {order}, v.id LIMIT :page")
+        # on PostgreSQL a test no index answers: without statistics the planner would take
+        # the resolve index (base first, yanked among its columns) for it, a full scan per adapter
+        where.append("v.yanked IS NOT TRUE" if postgres else "v.yanked = :no")
+    order = f" ORDER BY {key}, v.id LIMIT :page"
+    if lateral:
+        # adapters in name order drive a nested loop over each one's versions (OFFSET 0: a
+        # subquery of its own per adapter, on the adapter_id index), which stops at the page;
+        # in order from the name index where the database orders names as bytes, else from a
+        # sort of the adapters alone (narrow rows), never of every version joined to its adapter
+        start = f"{key} >= :after_key"
+        if collate_c:
+            adapters = (f"(SELECT a.id, a.name, a.name_key FROM adapters a{'' if first else ' WHERE ' + start} "
+                        f"ORDER BY {key} OFFSET 0) a")
+            outer = "" if first else f" WHERE {after}"
+        else:
+            adapters, outer = "adapters a", "" if first else f" WHERE {start} AND {after}"
+        return (f"SELECT {_COLS} FROM {adapters} CROSS JOIN LATERAL (SELECT {_VCOLS} FROM versions v WHERE "
+                + " AND ".join(["v.adapter_id = a.id", *where]) + " OFFSET 0) v" + outer + order)
+    # Unfiltered (or by task, method, yanked): adapters in name order drive the loop (SQLite
+    # takes CROSS JOIN as the join order), so a page reads its rows and stops; left to itself
+    # SQLite sorts every version first (0.7 s for a first page at 1M). By base or name the
+    # filter's own index is the better start.
+    join = "," if base or name else " CROSS JOIN"
+    lead = ["v.adapter_id = a.id"]
+    if not first:  # the leading term lets the name_key index start at the position
+        lead.append(f"{key} >= :after_key AND {after}")
+    return f"SELECT {_COLS} FROM adapters a{join} versions v WHERE " + " AND ".join(lead + where) + order
+
+
+#: whether PostgreSQL orders ``adapters.name_key`` as bytes (C, POSIX, C.UTF-8 under libc), so
+#: that its index serves ``ORDER BY name_key``; names are ASCII, where these orders agree
+COLLATION_SQL = ("SELECT d.datcollate, to_jsonb(d) ->> 'datlocprovider', (SELECT c.collname FROM pg_attribute t "
+                 "JOIN pg_collation c ON c.oid = t.attcollation WHERE t.attrelid = 'adapters'::regclass "
+                 "AND t.attname = 'name_key') FROM pg_database d WHERE d.datname = current_database()")
+
+
+def orders_as_bytes(row: Sequence[Any] | None) -> bool:
+    """From :data:`COLLATION_SQL`'s row: the column's collation orders as bytes."""
+    if not row:
+        return False
+    datcollate, provider, column = row
+    if column in ("C", "POSIX", "ucs_basic"):
+        return True
+    if column != "default" or provider not in (None, "c"):  # ICU, PG 17's builtin: not assumed
+        return False
+    return isinstance(datcollate, str) and (datcollate in ("C", "POSIX") or datcollate.lower() in ("c.utf-8", "c.utf8"))
 
 
 def _pyformat_fetch(fetch: Fetch, sql: str, params: dict[str, Any]) -> Sequence[tuple[Any, ...]]:
     return fetch(pyformat(sql), params)
 
 
-def _labels(fetch: Fetch, table: str, column: str, ids: Sequence[int]) -> dict[int, list[str]]:
+def _labels(fetch: Fetch, table: str, column: str, ids: Sequence[int], probe: bool = False) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for i in range(0, len(ids), PAGE):
         chunk = ids[i:i + PAGE]
         params = {f"i{k}": v for k, v in enumerate(chunk)}
-        sql = f"SELECT version_id, {column} FROM {table} WHERE version_id IN ({', '.join(':' + p for p in params)})"
+        if probe:
+            # one probe of the table's (version_id, ...) primary key per id: without statistics
+            # PostgreSQL reads ``version_id IN (...)`` as a scan of the whole table (17-24 ms
+            # at 100k versions)
+            values = ", ".join(f"(:{p})" for p in params)
+            sql = (f"SELECT x.id, t.{column} FROM (VALUES {values}) x(id) CROSS JOIN LATERAL "
+                   f"(SELECT {column} FROM {table} t WHERE t.version_id = x.id OFFSET 0) t")
+        else:
+            sql = f"SELECT version_id, {column} FROM {table} WHERE version_id IN ({', '.join(':' + p for p in params)})"
         for vid, label in fetch(sql, params):
             out.setdefault(vid, []).append(label)
     return out
 
 
-def _infos(fetch: Fetch, rows: Sequence[tuple[Any, ...]]) -> list[VersionInfo]:
+def _infos(fetch: Fetch, rows: Sequence[tuple[Any, ...]], postgres: bool = False) -> list[VersionInfo]:
     ids = [r[0] for r in rows]
-    tasks = _labels(fetch, "version_tasks", "task", ids)
-    aliases = _labels(fetch, "aliases", "alias", ids)
+    tasks = _labels(fetch, "version_tasks", "task", ids, postgres)
+    aliases = _labels(fetch, "aliases", "alias", ids)  # few rows, no index on version_id: one scan
     out = []
     for r in rows:
         created = r[12]
@@ -95,8 +154,11 @@ def iter_versions(fetch: Fetch, *, postgres: bool, task: str | None = None, meth
     at most ``limit``."""
     if offset < 0 or (limit is not None and limit < 0):
         raise ValueError("offset and limit must not be negative")
+    if postgres:
+        fetch = functools.partial(_pyformat_fetch, fetch)
+    collate_c = postgres and not orders_as_bytes(next(iter(fetch(COLLATION_SQL, {})), None))
     shape = {"task": bool(task), "method": bool(method), "base": base_fp is not None, "name": bool(name_key),
-             "include_yanked": include_yanked, "collate_c": postgres}
+             "include_yanked": include_yanked, "collate_c": collate_c, "postgres": postgres}
     # a first page of a few rows reads a few rows (one more: the next adapter's first row ends the last one)
     params: dict[str, Any] = {"page": PAGE if limit is None else max(2, min(PAGE, offset + limit + 1))}
     if task:
@@ -110,8 +172,6 @@ def iter_versions(fetch: Fetch, *, postgres: bool, task: str | None = None, meth
     if not include_yanked:
         params["no"] = False
     sql = {first: page_sql(first=first, **shape) for first in (True, False)}
-    if postgres:
-        fetch = functools.partial(_pyformat_fetch, fetch)
     skip, left = offset, limit
     pending: list[tuple[Any, ...]] = []  # rows read but not emitted: the last adapter may go on
     first = True
@@ -141,6 +201,6 @@ def iter_versions(fetch: Fetch, *, postgres: bool, task: str | None = None, meth
             rows = rows[:left]
             left -= len(rows)
         if rows:
-            yield from _infos(fetch, rows)
+            yield from _infos(fetch, rows, postgres)
         if last or left == 0:
             return
