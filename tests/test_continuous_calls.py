@@ -256,3 +256,47 @@ def test_a_call_on_a_name_in_use_waits_for_its_rows_and_jobs_behind_it_wait_for_
     assert order.index("long") < order.index("replace") < order.index("after"), order
     assert dep.tokenizer.encode(done["after"].text, add_special_tokens=False) == want["rs"]
     assert dep.tokenizer.encode(done["beside"].text, add_special_tokens=False) == want["other"]
+
+
+def test_an_unloaded_name_still_serves_the_requests_that_resolved_it_first(world):
+    """A request resolved to 'other' (holding it) but not submitted yet when 'other' is unloaded
+    runs on it, as vLLM lets requests that hold an adapter finish: the unload answers at once,
+    the name is gone for new requests, and the version is detached once that request is done."""
+    import time
+
+    from adapterhub_sdk.server import create_app
+    from adapterhub_sdk.server.worker import DoneEvent, ErrorEvent, Job, Prompt
+
+    dep = ah.Deployment(str(world["base"]), registry=world["registry"])
+    dep.attach("acme/good", name="good")
+    dep.attach("acme/other", name="other")
+    want = dep.generate([prompt(2)], "other", max_new_tokens=8)[0]["token_ids"]
+    app = create_app(dep, base_id="tiny", allow_adapter_updates=True, admin_key=ADMIN)
+    server = app.state.server
+    answered = threading.Event()
+    got: list[Any] = []
+
+    def emit(event: Any) -> None:
+        if isinstance(event, (DoneEvent, ErrorEvent)):
+            got.append(event)
+            answered.set()
+
+    with _Serving(app) as s, httpx.Client(base_url=s.url, timeout=120,
+                                          headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+        release = server.follower.acquire("other")  # what resolve_model's caller holds until answered
+        r = c.post("/v1/unload_lora_adapter", json={"lora_name": "other"})
+        assert r.status_code == 200, r.text
+        assert {m["id"] for m in c.get("/v1/models").json()["data"]} == {"tiny", "good"}
+        assert c.post("/v1/completions", json={"model": "other", "prompt": prompt(2), "max_tokens": 2}).status_code == 404
+        assert "other" in dep.adapters  # held
+        server.worker.submit(Job(prompt=Prompt("ids", prompt(2)), adapter="other", label="other", max_tokens=8,
+                                 temperature=0, top_p=1.0, seed=None, stop=[], stream=False, index=0, emit=emit))
+        assert answered.wait(60)
+        release()
+        deadline = time.monotonic() + 60
+        while "other" in dep.adapters:  # detached once nothing holds it
+            assert time.monotonic() < deadline, list(dep.adapters)
+            time.sleep(0.02)
+        assert c.get("/metrics").status_code == 200 and _loaded_gauge(c) == 1
+    assert isinstance(got[0], DoneEvent), got
+    assert dep.tokenizer.encode(got[0].text, add_special_tokens=False) == want

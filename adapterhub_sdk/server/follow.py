@@ -18,7 +18,7 @@ again. Moving the alias back is a rollback like any other move.
 
 The same leases make admin replacements safe: an adapter replaced or unloaded over HTTP while
 serving a followed name is retired the same way. A plain name unloaded while requests hold it
-is hidden at once (:meth:`AliasFollower.unload`) and detached once they have finished.
+is hidden at once (:meth:`AliasFollower.unload`) and detached once the last has released it.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ class AliasFollower:
         self.follows: dict[str, Followed] = {}
         self.leases: Counter[str] = Counter()
         self.retiring: dict[str, int] = {}  # slot -> polls it was seen idle
-        self.unloading: set[str] = set()  # unloaded names whose detach waits for requests in flight
+        self.unloading: dict[str, Any] = {}  # unloaded name -> its version, until no request holds it
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._seq = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
@@ -109,7 +110,7 @@ class AliasFollower:
 
     def hidden(self) -> set[str]:
         """Deployment names no client addresses: followed slots, retiring and unloading ones."""
-        return {f.slot for f in self.follows.values()} | set(self.retiring) | self.unloading
+        return {f.slot for f in self.follows.values()} | set(self.retiring) | set(self.unloading)
 
     def public_names(self, attached: list[str]) -> list[str]:
         hidden = self.hidden()
@@ -125,20 +126,44 @@ class AliasFollower:
             return None
         return public if public in self.server.dep.adapters else None
 
-    def unload(self, name: str, detached: Future[Any]) -> None:
-        """Serve ``name`` no more from now on, while requests in flight finish on it; it stays
-        attached until ``detached`` (its detach, which the scheduler runs after them) is done.
-        vLLM's unload_lora_adapter does the same: the name goes at once, requests keep theirs."""
-        self.unloading.add(name)
-        loop = asyncio.get_running_loop()
+    def unload(self, name: str) -> None:
+        """Serve ``name`` no more from now on, while the requests holding it (resolved to it,
+        running or not yet submitted) finish on it; it is detached once the last of them has
+        released it. vLLM's unload_lora_adapter does the same: the name goes at once,
+        requests keep theirs. Call on the event loop."""
+        self.unloading[name] = self.server.dep.adapters[name]
+        self._event_loop = asyncio.get_running_loop()
+        if self.leases.get(name, 0) <= 0:
+            self._detach_unloaded(name)
+
+    def _detach_unloaded(self, name: str) -> None:
+        """Detach ``name``'s unloaded version (through the scheduler: after any row on it), unless
+        the name was attached again meanwhile."""
+        victim = self.unloading.get(name)
+        if victim is None:
+            return
+        dep = self.server.dep
+
+        def detach() -> None:
+            if dep.adapters.get(name) is victim:  # not what a later attach put there
+                dep.detach(name)
 
         def done(fut: Future[Any]) -> None:
             if not fut.cancelled() and fut.exception() is not None:
                 log.warning("detaching %s after its requests: %s", name, fut.exception())
-            with contextlib.suppress(RuntimeError):  # the loop closed: the server is gone
-                loop.call_soon_threadsafe(self.unloading.discard, name)
+            loop = self._event_loop
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: the server is gone
+                    loop.call_soon_threadsafe(self._unloaded, name, victim)
 
-        detached.add_done_callback(done)
+        try:
+            self.server.worker.call(detach, names=[name]).add_done_callback(done)
+        except Exception as exc:  # noqa: BLE001 - stopping: nothing is served any more
+            log.debug("detaching %s: %s", name, exc)
+
+    def _unloaded(self, name: str, victim: Any) -> None:
+        if self.unloading.get(name) is victim:
+            del self.unloading[name]
 
     def public_of(self, slot: str) -> str:
         for f in self.follows.values():
@@ -160,6 +185,8 @@ class AliasFollower:
                 self.leases[slot] -= 1
                 if self.leases[slot] <= 0:
                     del self.leases[slot]
+                    if slot in self.unloading:  # the last request on an unloaded name is done
+                        self._detach_unloaded(slot)
 
         return release
 

@@ -313,6 +313,7 @@ async def _attach(request: Request, spec: str, name: str | None, spec_param: str
         raise APIError(400, f"'{attached.name}' is the base's id; pass another name", param=name_param,
                        code="invalid_value")
     follower.retiring.pop(attached.name, None)  # served again under its own name
+    follower.unloading.pop(attached.name, None)  # (an unloaded version still held is left alone)
     await follower.unfollow(attached.name)  # a followed name replaced by a fixed version
     server.loaded_at[attached.name] = int(time.time())
     label_adapter(request.scope, attached.name)
@@ -349,12 +350,12 @@ async def _detach(request: Request, name: str, param: str, *, missing: str | Non
     if await server.follower.unfollow(name):  # its slot is detached once no request holds it
         server.loaded_at.pop(name, None)
         return
-    try:  # the scheduler runs it once the requests running on it have finished
-        detached = server.worker.call(lambda: dep.detach(name), names=[name])
-        if server.follower.leases.get(name, 0) > 0:  # as vLLM: the name goes now, they finish on it
-            server.follower.unload(name, detached)
-        else:
-            await asyncio.wrap_future(detached)
+    if server.follower.leases.get(name, 0) > 0:  # as vLLM: the name goes now, its requests finish on it
+        server.follower.unload(name)
+        server.loaded_at.pop(name, None)
+        return
+    try:  # the scheduler runs it once no row in a step uses it
+        await asyncio.wrap_future(server.worker.call(lambda: dep.detach(name), names=[name]))
     except Exception as exc:  # noqa: BLE001
         raise api_error(exc, param=param) from None
     server.loaded_at.pop(name, None)
