@@ -17,7 +17,7 @@ interleave base / plain / variants step by step after one dropped warm-up round;
 followed, untimed, by ``cache.crop(-1)``. Reported: medians and the median per-round ratio
 to the base step. ``cat /proc/loadavg`` is recorded before and after.
 
-    .venv/bin/python benchmarks/bench_variants.py [--rounds N] [--threads N] [--out FILE]
+    .venv/bin/python benchmarks/bench_variants.py [--rounds N] [--threads N] [--sets plain,variants] [--out FILE]
 
 Run with ``PYTHONPATH`` at an older checkout to measure that code's ``plain`` (its
 ``variants`` are skipped when it refuses them).
@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--sets", default="plain,variants", help="compositions to attach and time (comma list)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
@@ -104,6 +105,8 @@ def main() -> None:
         served: dict[str, list[str]] = {}
         skipped: dict[str, str] = {}
         for label, adapters in sets.items():
+            if label not in args.sets.split(","):
+                continue
             try:
                 for name, path in adapters:
                     reg.publish(path, name=f"bench/{name}", version="1.0.0", base=base)
