@@ -217,20 +217,26 @@ def _hash_files(files: list[Path], label: str, *, workers: int | None, progress:
     return entries
 
 
+#: files held open at once while hashing (a checkpoint of thousands of shards stays under the fd limit)
+OPEN_FILES = 256
+
+
 def _hash_by_reads(todo: list[tuple[Path, str, list[TensorInfo]]], label: str, workers: int | None,
                    progress: bool | None) -> list[tuple[str, str, tuple[int, ...], bytes]]:
     """Each tensor of each file hashed from ``os.preadv`` reads (see :func:`hashing._hash_ranges`)."""
-    fds: dict[int, str] = {}
-    try:
-        ranges = []
-        for f, _, infos in todo:
-            fd = os.open(f, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            fds[fd] = f.name
-            ranges += [(fd, t.start, t.end) for t in infos]
-        contents = _hash_ranges(ranges, workers, progress, f"fingerprint {label}", fds)
-    finally:
-        for fd in fds:
-            os.close(fd)
+    contents: list[bytes] = []
+    for at in range(0, len(todo), OPEN_FILES):
+        fds: dict[int, str] = {}
+        try:
+            ranges = []
+            for f, _, infos in todo[at:at + OPEN_FILES]:
+                fd = os.open(f, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fds[fd] = f.name
+                ranges += [(fd, t.start, t.end) for t in infos]
+            contents += _hash_ranges(ranges, workers, progress, f"fingerprint {label}", fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
     infos_all = [t for _, _, infos in todo for t in infos]
     return [(t.name, t.dtype, t.shape, _entry_digest(t.name, t.dtype, t.shape, c)) for t, c in zip(infos_all, contents)]
 

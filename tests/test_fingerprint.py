@@ -136,6 +136,12 @@ def test_workers_and_chunking_do_not_change_the_digest(base_dir, monkeypatch):
         assert fingerprint(base_dir, workers=3, use_cache=False).digest == one.digest, read
 
 
+def test_shards_hashed_a_few_open_files_at_a_time(sharded_dir, base_fp, monkeypatch):
+    # a checkpoint of thousands of shards stays under the open-file limit: same digest
+    monkeypatch.setattr(fpmod, "OPEN_FILES", 1)
+    assert fingerprint(sharded_dir, workers=2, use_cache=False).digest == base_fp.digest
+
+
 def test_a_file_cut_short_while_it_is_hashed_is_refused(base_dir, tmp_path, monkeypatch):
     # the header promised more bytes than the file holds by the time they are read: an
     # error naming the file, never the digest of fewer bytes
