@@ -125,11 +125,17 @@ def _sample(logits: Any, temperature: float, top_p: float, generator: Any) -> in
 
     logits = logits.float()
     # shift the best logit to 0 before dividing: a tiny temperature then sends the others to
-    # -inf (greedy) instead of overflowing every logit to inf and the softmax to NaN
-    probs = torch.softmax((logits - logits.amax()) / temperature, dim=-1)
+    # -inf (greedy) instead of overflowing every logit to inf and the softmax to NaN; one
+    # below float32's smallest number (0 in float32: 0/0) is that limit itself, the best alone
+    shifted = logits - logits.amax()
+    if temperature < torch.finfo(torch.float32).tiny:
+        shifted = torch.where(shifted == 0, 0.0, float("-inf"))
+        temperature = 1.0
+    probs = torch.softmax(shifted / temperature, dim=-1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < top_p
+        keep[0] = True  # the most likely token always stays (a top_p that is 0 in float32 kept none)
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         probs = probs / probs.sum()

@@ -132,7 +132,7 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
             if is_remote(spec) and spec not in pulled:
                 pulled[spec] = _pulled(registry(ctx), spec, require_signed)
         dep = Deployment(base, registry=registry(ctx), device=device, strict=strict, require_signed=require_signed)
-        followed = []  # (public name, alias spec, attached under an internal slot)
+        followed: list[tuple[str, str, Any]] = []  # (public name, alias spec, attached under an internal slot)
         for item in adapters:
             name, spec = _split(item)
             spec = pulled.get(spec, spec)
@@ -141,9 +141,15 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
                 if follow_interval > 0 and is_alias(spec):  # served under a slot the alias can move
                     public = name or dep.registry.alias_target(spec)[0]
                     attached = dep.attach(spec, name=slot_name(public, 0))
+                    if public in dep.adapters:  # a fixed version given before for this name: replaced
+                        dep.detach(public)
+                    followed = [f for f in followed if f[0] != public]
                     followed.append((public, spec, attached))
                 else:
                     attached = dep.attach(spec, name=name or None)
+                    for f in [f for f in followed if f[0] == attached.name]:  # an alias before it: replaced
+                        followed.remove(f)
+                        dep.detach(f[2].name)
             for w in caught:
                 if issubclass(w.category, (StructuralMatchWarning, PluginWarning)):  # e.g. a failing after_pull
                     click.echo(f"warning: {w.message}", err=True)

@@ -122,7 +122,7 @@ class AliasFollower:
         f = self.follows.get(public)
         if f is not None:
             return f.slot
-        if public in self.retiring or public in self.unloading:
+        if public in self.hidden():  # an internal slot, retiring or unloading: no client's name
             return None
         return public if public in self.server.dep.adapters else None
 

@@ -1,0 +1,164 @@
+"""Adversarial review of the serving changes (issue 12): each test here failed before the fix
+named in its doc. Over HTTP on real uvicorn servers on loopback (and one real ``adapterhub
+serve`` subprocess), with test_continuous's small Llama, real PEFT-saved LoRA adapters and a
+real SQLite registry; outputs are compared with PEFT's greedy tokens or with the server's own
+temperature-0 answer, never timed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import adapterhub_sdk as ah
+
+from conftest import ADAPTERHUB, save_lora
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+from test_continuous import prompt, serving  # noqa: E402
+from test_row_isolation import _save_base, _Serving  # noqa: E402
+
+ADMIN = "review-admin"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("serving_review")
+    base = _save_base(d / "base", context=512)
+    dirs = {"v1": save_lora(base, d / "v1", seed=3), "v2": save_lora(base, d / "v2", seed=5)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADAPTERHUB_HOME", str(d / "home"))
+        reg = ah.Registry.open(f"sqlite:///{d / 'registry.db'}")
+        reg.publish(dirs["v1"], name="acme/sent", version="1.0.0", base=base)
+        reg.publish(dirs["v2"], name="acme/sent", version="1.1.0", base=base)
+        reg.alias("acme/sent@1.0.0", "prod")
+        yield {"base": base, "dirs": dirs, "registry": reg, "tmp": d}
+        reg.close()
+
+
+def _text(client: httpx.Client, model: str, **kw: Any) -> httpx.Response:
+    return client.post("/v1/completions", json={"model": model, "prompt": prompt(1), "max_tokens": 12, **kw})
+
+
+def test_a_tiny_temperature_or_top_p_is_the_greedy_answer_not_a_500(world):
+    """temperature and top_p are accepted anywhere in (0, 2] and (0, 1]; one below float32's
+    smallest positive number (1e-300) underflowed in the float32 logits: temperature made every
+    logit NaN, top_p kept no token, and a valid request was a 500 'sampling failed'. Fixed in
+    generation._sample: such a temperature is the greedy limit (the best logits alone), and
+    top_p always keeps the most likely token (as transformers' min_tokens_to_keep=1)."""
+    dep = ah.Deployment(str(world["base"]), registry=world["registry"])
+    dep.attach("acme/sent@1.0.0", name="v1")
+    with serving(dep) as s, httpx.Client(base_url=s.url, timeout=120) as c:
+        greedy = _text(c, "v1", temperature=0)
+        assert greedy.status_code == 200, greedy.text
+        want = greedy.json()["choices"][0]["text"]
+        for kw in ({"temperature": 1e-300, "seed": 1}, {"temperature": 1.0, "top_p": 1e-300, "seed": 1},
+                   {"temperature": 1e-300, "top_p": 1e-300}):
+            r = _text(c, "v1", **kw)
+            assert r.status_code == 200, (kw, r.text)
+            assert r.json()["choices"][0]["text"] == want, kw
+    # the same step serves Deployment.generate
+    tiny = dep.generate([prompt(1)], "v1", max_new_tokens=12, temperature=1e-300, top_p=1e-300, seed=1)
+    assert tiny[0]["text"] == dep.generate([prompt(1)], "v1", max_new_tokens=12, temperature=0)[0]["text"] == want
+
+
+def test_an_internal_slot_name_is_no_model_a_client_can_address(world):
+    """A followed alias is attached under an internal slot ('acme/sent#1'); the slot name was
+    answered as a model of its own (200, echoed as the response's model, a metrics label per
+    slot), though no client is meant to see or pick one. Fixed in AliasFollower.slot_of: a name
+    hidden from clients (a followed slot, retiring or unloading) resolves to nothing: 404."""
+    from adapterhub_sdk.server import create_app
+
+    dep = ah.Deployment(str(world["base"]), registry=world["registry"])
+    app = create_app(dep, base_id="tiny", follow_interval=30, allow_adapter_updates=True, admin_key=ADMIN)
+    with _Serving(app) as s, httpx.Client(base_url=s.url, timeout=120,
+                                          headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+        r = c.post("/v1/adapters", json={"spec": "acme/sent@prod"})
+        assert r.status_code == 201, r.text
+        (slot,) = list(dep.adapters)
+        assert "#" in slot
+        assert _text(c, "acme/sent", temperature=0).status_code == 200
+        r = _text(c, slot, temperature=0)
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "model_not_found" and "#" not in r.json()["error"]["message"].split(
+            "serves:")[1]
+        assert all("#" not in m["id"] for m in c.get("/v1/models").json()["data"])
+
+
+def _peft_text(base: Path, adapter: Path, max_tokens: int) -> str:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).eval()
+    ids = torch.tensor([prompt(1)])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    new = out[0, ids.shape[1]:].tolist()
+    if tok.eos_token_id in new:
+        new = new[:new.index(tok.eos_token_id)]
+    return str(tok.decode(new, skip_special_tokens=True))
+
+
+@pytest.mark.slow
+def test_serve_with_an_alias_then_a_fixed_version_of_the_same_name_serves_the_one_it_says(world, tmp_path):
+    """``serve --adapter acme/sent@prod --adapter acme/sent@1.1.0``: both serve as 'acme/sent'.
+    The server printed 'attached acme/sent (acme/sent@1.1.0, ...)' but answered with 1.0.0 (the
+    alias's version, whose follow was adopted after the fixed one was attached), the fixed
+    version attached and hidden. Fixed in serve: a later --adapter for the same name replaces
+    the earlier one whichever kind each is (as two fixed ones did, and as POST /v1/adapters
+    does), so what it prints is what it serves: PEFT's tokens for 1.1.0."""
+    from test_server import _free_port
+
+    base = world["base"]
+    want = _peft_text(base, world["dirs"]["v2"], 12)
+    assert want != _peft_text(base, world["dirs"]["v1"], 12)
+    env = {k: v for k, v in os.environ.items() if k not in ("ADAPTERHUB_REGISTRY_URL", "ADAPTERHUB_BLOBS")}
+    env.update(ADAPTERHUB_HOME=str(world["tmp"] / "home"), ADAPTERHUB_LOAD_PLUGINS="", HF_HUB_OFFLINE="1",
+               OMP_NUM_THREADS="1")
+    port = _free_port()
+    log = tmp_path / "server.log"
+    for order in (("acme/sent@prod", "acme/sent@1.1.0"), ("acme/sent@1.0.0", "acme/sent@prod")):
+        with log.open("wb") as out:
+            proc = subprocess.Popen([ADAPTERHUB, "--registry", f"sqlite:///{world['tmp'] / 'registry.db'}", "serve",
+                                     "--base", str(base), "--adapter", order[0], "--adapter", order[1],
+                                     "--follow-interval", "30", "--port", str(port)],
+                                    stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+                deadline = time.monotonic() + 180
+                while True:
+                    assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+                    with contextlib.suppress(httpx.HTTPError):
+                        if c.get("/health").status_code == 200:
+                            break
+                    assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                    time.sleep(0.2)
+                cards = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+                r = _text(c, "acme/sent", temperature=0)
+                health = c.get("/health").json()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        text = log.read_text(errors="replace")
+        if order[1] == "acme/sent@1.1.0":  # the fixed version last: it serves, not followed
+            assert "attached acme/sent (acme/sent@1.1.0" in text, text[-2000:]
+            assert cards["acme/sent"]["version"] == "1.1.0" and cards["acme/sent"]["alias"] is None, cards
+            assert r.status_code == 200 and r.json()["choices"][0]["text"] == want, (r.text, want)
+        else:  # the alias last: it is followed, the fixed one is gone
+            assert cards["acme/sent"]["version"] == "1.0.0" and cards["acme/sent"]["alias"] is not None, cards
+        assert len(cards) == 2 and health["adapters"] == 1, (cards, health)
+        assert "with 1 adapter(s)" in text, text[-2000:]  # the shadowed one is not attached beside it
