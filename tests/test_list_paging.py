@@ -134,7 +134,7 @@ def icu_registry_url():
     name = "ah_test_icu_" + __import__("uuid").uuid4().hex[:8]
     try:
         with admin.connect() as conn:
-            if conn.execute(sa.text("SHOW server_version_num")).scalar_one() < "150000":
+            if int(conn.execute(sa.text("SHOW server_version_num")).scalar_one()) < 150000:
                 pytest.skip("ICU database locales need PostgreSQL 15")
             conn.execute(sa.text(f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu "
                                  "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"))
