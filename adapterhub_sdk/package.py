@@ -41,6 +41,7 @@ from .safetensors_io import (
 )
 
 EXTRA_SUFFIXES = (".json", ".md", ".txt", ".model", ".jinja")
+PULLED_MANIFEST = "adapterhub_manifest.json"  # written by pull beside the files, never one of them
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 
@@ -280,7 +281,10 @@ def _pack_model(model: Any, adapter_name: str | None, stage: Callable[[Any], Any
 
 
 def _wanted(name: str) -> bool:
-    """Whether a file of an adapter directory is part of the package."""
+    """Whether a file of an adapter directory is part of the package: not the manifest a pull
+    wrote there (every pull writes its own over it, so a version listing it never loads)."""
+    if name == PULLED_MANIFEST:
+        return False
     return name in (CONFIG, WEIGHTS) or Path(name).suffix.lower() in EXTRA_SUFFIXES
 
 

@@ -427,3 +427,74 @@ def test_a_pull_killed_mid_way_leaves_nothing_half_written(oci, tmp_path, base_d
         assert got.version == "1.0.0" and r.verify().problems == []
     finally:
         r.close()
+
+
+def _forge(cl, repo: str, doc: dict, cfg: dict, tag: str, extra: dict[str, bytes] | None = None) -> None:
+    """Push a consistent artifact whose config is ``cfg`` (its digest recomputed), with extra
+    files added both to the config and as layers."""
+    from adapterhub_sdk.oci.client import sha256_digest
+
+    cfg = json.loads(json.dumps(cfg))
+    doc = json.loads(json.dumps(doc))
+    cfg.pop("digest", None)
+    for name, raw in (extra or {}).items():
+        cl.push_blob(repo, sha256_digest(raw), len(raw), raw)
+        cfg["files"].append({"path": name, "sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)})
+        doc["layers"].append({"mediaType": "application/vnd.adapterhub.adapter.file.v1", "digest": sha256_digest(raw),
+                              "size": len(raw), "annotations": {"org.opencontainers.image.title": name}})
+    body = json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
+    cl.push_blob(repo, sha256_digest(body), len(body), body)
+    doc["config"].update(digest=sha256_digest(body), size=len(body))
+    cl.put_manifest(repo, tag, json.dumps(doc).encode())
+
+
+@needs_oci
+def test_forged_names_and_reserved_file_names_in_an_artifact(oci, tmp_path, base_dir, lora_dir, request):
+    """A config naming an invalid adapter, or listing a signature file (a forged model.sig in
+    every directory pulled): refused, nothing recorded or written. A listed manifest file never
+    replaces the one the pull writes."""
+    from adapterhub_sdk.oci.client import OciClient
+    from adapterhub_sdk.oci.remote import OciRemote
+
+    repo = _repo(request)
+    a, c = _open(tmp_path, "a"), _open(tmp_path, "c")
+    try:
+        a.publish(lora_dir, name="acme/forge", version="1.0.0", base=base_dir)
+        OciRemote(insecure=True).push(a, "acme/forge@1.0.0", f"oci://{oci.host}/{repo}")
+        with OciClient(oci.host, insecure=True) as cl:
+            doc = json.loads(cl.get_manifest(repo, "1.0.0")[0])
+            cfg = json.loads(cl.fetch_small(repo, doc["config"]["digest"], 1 << 20))
+            _forge(cl, repo, doc, {**cfg, "name": "../../evil", "version": "2.0.0"}, "2.0.0")
+            _forge(cl, repo, doc, {**cfg, "version": "3.0.0"}, "3.0.0",
+                   {"adapterhub_manifest.json": b'{"schema": "forged"}'})
+            _forge(cl, repo, doc, {**cfg, "version": "4.0.0"}, "4.0.0", {"model.sig": b'{"forged": true}'})
+        with pytest.raises(AdapterHubError):
+            OciRemote(insecure=True).pull(c, f"oci://{oci.host}/{repo}:2.0.0", tmp_path / "o2")
+        assert not (tmp_path / "o2").exists() and c.list() == []
+        with pytest.raises(IntegrityError, match="writes that file itself"):  # never listed by our publish
+            OciRemote(insecure=True).pull(c, f"oci://{oci.host}/{repo}:4.0.0", tmp_path / "o4")
+        assert not (tmp_path / "o4").exists() and c.list() == []
+        # a listed adapterhub_manifest.json: the pull's own manifest is what the directory holds
+        got = OciRemote(insecure=True).pull(c, f"oci://{oci.host}/{repo}:3.0.0", tmp_path / "o3")
+        assert json.loads((tmp_path / "o3" / "adapterhub_manifest.json").read_bytes())["digest"] == got.digest
+    finally:
+        a.close(), c.close()
+
+
+def test_a_pulled_directory_published_again_pulls_into_a_directory_that_loads(tmp_path, base_dir, lora_dir):
+    """The adapterhub_manifest.json that pull wrote is not packed as one of the new version's
+    files (it was: every pull of that version then wrote its own manifest over it, and
+    load_adapter refused the directory as changed since it was pulled)."""
+    import transformers
+
+    r = _open(tmp_path, "r")
+    try:
+        r.publish(lora_dir, name="acme/first", version="1.0.0", base=base_dir)
+        r.pull("acme/first@1.0.0", tmp_path / "pulled")
+        res = r.publish(tmp_path / "pulled", name="acme/again", version="1.0.0", base=base_dir)
+        assert "adapterhub_manifest.json" not in [f.path for f in res.manifest.files]
+        out = r.pull("acme/again@1.0.0", tmp_path / "again")
+        model = transformers.AutoModelForCausalLM.from_pretrained(base_dir)
+        ah.load_adapter(model, out)
+    finally:
+        r.close()

@@ -223,9 +223,16 @@ class PublishPart(RegistryCore):
         from ..adapter_files import sha256_file
         from ..blobs import StagedBlob
         from ..plugins import call_hook
+        from ..signing.bundle import is_signature_file
 
         validate_name(manifest.name)
         Version.parse(manifest.version)
+        reserved = [f.path for f in manifest.files if is_signature_file(f.path)]
+        if reserved:  # never listed by a publish: a forged signature in every directory pulled
+            raise IntegrityError(f"{manifest.name}@{manifest.version}: its manifest lists {reserved[0]!r} as an "
+                                 "adapter file, but a pull writes that file itself (a signature); nothing was "
+                                 "recorded",
+                                 hint="publish the adapter's own files only; signatures travel beside a version")
         if dbmod.is_read_only(self.engine):
             raise dbmod.read_only_error(f"recording {manifest.name}@{manifest.version}")
         bad = []
