@@ -162,3 +162,32 @@ def test_serve_with_an_alias_then_a_fixed_version_of_the_same_name_serves_the_on
             assert cards["acme/sent"]["version"] == "1.0.0" and cards["acme/sent"]["alias"] is not None, cards
         assert len(cards) == 2 and health["adapters"] == 1, (cards, health)
         assert "with 1 adapter(s)" in text, text[-2000:]  # the shadowed one is not attached beside it
+
+
+def test_two_loads_of_one_new_name_at_once_are_one_load_and_one_400(world):
+    """vLLM's load_lora_adapter refuses a name already loaded (400 unless load_inplace). Two
+    loads of one new name sent together both passed that check before either had attached, so
+    both answered 'added successfully' and the later silently replaced the earlier: its caller
+    was told its adapter serves the name while another one did. Fixed in the route: a name
+    being loaded counts as loaded until its load has answered, so one of the two is the 400
+    and the name serves the digest the other one's answer gave."""
+    import asyncio
+
+    dep = ah.Deployment(str(world["base"]), registry=world["registry"])
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    with serving(dep, allow_adapter_updates=True, admin_key=ADMIN) as s:
+        for attempt in range(3):
+            name = f"twice{attempt}"
+
+            async def both(name: str = name) -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=s.url, timeout=120, headers=auth) as c:
+                    return list(await asyncio.gather(*[
+                        c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(world["dirs"][v])})
+                        for v in ("v1", "v2")]))
+
+            answers = asyncio.run(both())
+            assert sorted(r.status_code for r in answers) == [200, 400], [(r.status_code, r.text) for r in answers]
+            (ok,) = [r for r in answers if r.status_code == 200]
+            (refused,) = [r for r in answers if r.status_code == 400]
+            assert "has already been loaded" in refused.json()["error"]["message"]
+            assert dep.adapters[name].digest == ok.headers["X-AdapterHub-Digest"]

@@ -92,6 +92,7 @@ class AliasFollower:
         self.leases: Counter[str] = Counter()
         self.retiring: dict[str, int] = {}  # slot -> polls it was seen idle
         self.unloading: dict[str, Any] = {}  # unloaded name -> its version, until no request holds it
+        self.loading: set[str] = set()  # names load_lora_adapter is loading (not yet answered)
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._seq = itertools.count(1)
         self._task: asyncio.Task[None] | None = None

@@ -252,11 +252,18 @@ async def load_lora_adapter(request: Request) -> PlainTextResponse:
     server = _server(request)
     body = await _parse(request, p.LoraLoad)
     name = check_served_name(body.lora_name, "lora_name")
-    if server.follower.slot_of(name) is not None and not body.load_inplace:
+    loading = server.follower.loading  # a name being loaded counts as loaded until its load answers
+    if (server.follower.slot_of(name) is not None or name in loading) and not body.load_inplace:
         raise APIError(400, f"The lora adapter '{name}' has already been loaded. If you want to load the adapter "
                             "in place, set 'load_inplace' to True.", param="lora_name", code="invalid_value")
-    public, _, notes = await _attach(request, body.lora_path, name, "lora_path", "lora_name",
-                                     directory=_directory(body.lora_path))
+    fresh = name not in loading
+    loading.add(name)
+    try:
+        public, _, notes = await _attach(request, body.lora_path, name, "lora_path", "lora_name",
+                                         directory=_directory(body.lora_path))
+    finally:
+        if fresh:
+            loading.discard(name)
     a = server.dep.adapters[server.follower.slot_of(public) or public]
     text = f"Success: LoRA adapter '{name}' added successfully." + "".join(f"\nwarning: {n}" for n in notes)
     return PlainTextResponse(text, headers={"X-AdapterHub-Verdict": a.verdict, "X-AdapterHub-Digest": a.digest,
