@@ -185,12 +185,18 @@ def test_a_build_metadata_twin_tag_is_not_pulled_for_the_version_asked(oci, tmp_
         b.publish(lora_dir_b, name="acme/twin", version="1.0.0+b1", base=base_dir)
         OciRemote(insecure=True).push(a, "acme/twin@1.0.0", repo)
         OciRemote(insecure=True).push(b, "acme/twin@1.0.0+b1", repo)
-        want = b.show("acme/twin@1.0.0+b1").digest
-        try:
-            got = OciRemote(insecure=True).pull(c, f"{repo}@1.0.0+b1")
-        except AdapterHubError:
-            return  # refused: acceptable
-        assert (got.version, got.digest) == ("1.0.0+b1", want)
+        want = {"1.0.0+b1": b.show("acme/twin@1.0.0+b1").digest, "1.0.0": a.show("acme/twin@1.0.0").digest}
+        for spec, version in (("1.0.0+b1", "1.0.0+b1"), ("1.0.0", "1.0.0"), ("latest", None)):
+            fresh = _open(tmp_path, "fresh-" + spec.replace("+", "_"))
+            try:
+                got = OciRemote(insecure=True).pull(fresh, f"{repo}@{spec}")
+            except AdapterHubError:
+                continue  # refused: acceptable
+            finally:
+                fresh.close()
+            assert got.version == (version or got.version) and got.digest == want[got.version], spec
+        got = OciRemote(insecure=True).pull(c, f"{repo}@1.0.0+b1")
+        assert (got.version, got.digest) == ("1.0.0+b1", want["1.0.0+b1"])
     finally:
         a.close(), b.close(), c.close()
 
