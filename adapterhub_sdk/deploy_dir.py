@@ -25,6 +25,8 @@ from .errors import IncompatibleAdapterError, IntegrityError, InvalidNameError, 
 from .loading import MANIFEST_FILE, _check_directory_signed
 from .manifest import Manifest, canonical_json
 
+_MANIFEST_LIMIT = 16 * 1024 * 1024  # a manifest lists files and a fingerprint: far smaller
+
 
 def _files_digest(files: list[Any]) -> str:
     """A digest for an unpinned directory: its files' names and sha256, in name order."""
@@ -47,11 +49,26 @@ def _same_as_signed(pkg: Any, vs: Any, where: str) -> None:
                          "signature lists)", hint="load it again once nothing writes to the directory")
 
 
-def _pinned(dep: Deployment, pkg: Any, by_path: dict[str, Any], where: str) -> tuple[str, str, str, dict[str, Any]]:
+def _manifest_bytes(p: Path) -> bytes | None:
+    """The ``adapterhub_manifest.json`` a pull wrote in ``p`` (None: none). Not a package file
+    (``pack`` leaves it out), so it is read here, once: a regular file, not a link."""
+    f = p / MANIFEST_FILE
+    if f.is_symlink() or not f.exists():
+        return None
+    if not f.is_file() or f.stat().st_size > _MANIFEST_LIMIT:
+        raise IntegrityError(f"{p}: {MANIFEST_FILE} is not a manifest pull wrote",
+                             hint="pull it again: adapterhub pull NAME@VERSION --out DIR --overwrite")
+    return f.read_bytes()
+
+
+def _pinned(dep: Deployment, manifest_bytes: bytes, by_path: dict[str, Any],
+            where: str) -> tuple[str, str, str, dict[str, Any]]:
     """(ref, digest, verdict, method) of a directory carrying a manifest; its files verified."""
-    manifest = Manifest.from_json(by_path[MANIFEST_FILE].source.read_bytes())
+    manifest = Manifest.from_json(manifest_bytes)
     ref = f"{manifest.name}@{manifest.version}"
     for f in manifest.files:
+        if f.path == MANIFEST_FILE:  # listed by an older publish; every pull writes its own there
+            continue
         got = by_path.get(f.path)
         if got is None:
             raise IntegrityError(f"{where}: {f.path} of {ref} is missing",
@@ -94,9 +111,10 @@ def attach_directory(dep: Deployment, path: str | Path, *, name: str) -> Attache
         if signatures is not None:
             _same_as_signed(pkg, signatures, where)
         by_path = {f.path: f for f in pkg.files}
-        pinned = MANIFEST_FILE in by_path
-        if pinned:
-            ref, digest, verdict, method = _pinned(dep, pkg, by_path, where)
+        manifest_bytes = _manifest_bytes(p)
+        pinned = manifest_bytes is not None
+        if manifest_bytes is not None:
+            ref, digest, verdict, method = _pinned(dep, manifest_bytes, by_path, where)
             pinned = bool(verdict)
         else:
             ref, digest, verdict = where, _files_digest(pkg.files), ""
