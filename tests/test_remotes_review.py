@@ -72,6 +72,8 @@ def test_the_prefilter_and_count_agree_with_torch_isfinite(tmp_path, monkeypatch
     tensors["edge.bf16"] = torch.tensor([3.0e38, -3.0e38], dtype=torch.bfloat16)
     tensors["edge.e4m3"] = torch.tensor([448.0, -448.0], dtype=torch.float8_e4m3fn)
     tensors["edge.e5m2"] = torch.tensor([57344.0, -57344.0], dtype=torch.float8_e5m2)
+    tensors["edge.e8m0"] = torch.tensor([1.0, 2.0 ** 127, 2.0 ** -127], dtype=torch.float8_e8m0fnu)  # 0xFE: finite
+    tensors["e8m0.nan"] = torch.tensor([4.0] * (2 * seed + 3) + [float("nan")], dtype=torch.float8_e8m0fnu)
     tensors["ints"] = torch.full((9,), 0x7F, dtype=torch.uint8)
     path = tmp_path / "w.safetensors"
     save_file(tensors, str(path))
