@@ -506,3 +506,27 @@ def test_a_pulled_directory_published_again_pulls_into_a_directory_that_loads(tm
         ah.load_adapter(model, out)
     finally:
         r.close()
+
+
+@needs_oci
+def test_a_tag_naming_another_version_is_refused_with_nothing_recorded(oci, tmp_path, base_dir, lora_dir, request):
+    from adapterhub_sdk.oci.client import OciClient
+    from adapterhub_sdk.oci.remote import OciRemote
+
+    repo = _repo(request)
+    a, c = _open(tmp_path, "a"), _open(tmp_path, "c")
+    try:
+        a.publish(lora_dir, name="acme/retag", version="1.0.0", base=base_dir)
+        OciRemote(insecure=True).push(a, "acme/retag@1.0.0", f"oci://{oci.host}/{repo}")
+        with OciClient(oci.host, insecure=True) as cl:
+            body = cl.get_manifest(repo, "1.0.0")[0]
+            cl.put_manifest(repo, "2.0.0", body)
+            cl.put_manifest(repo, "2.0.0_b1", body)
+        for ref in (":2.0.0", "@2.0.0", ":2.0.0_b1", "@2.0.0+b1"):
+            with pytest.raises(AdapterHubError) as got:
+                OciRemote(insecure=True).pull(c, f"oci://{oci.host}/{repo}{ref}", tmp_path / "out")
+            assert "holds the manifest of version 1.0.0" in str(got.value) or ref == "@2.0.0"  # or: two tags
+            assert not (tmp_path / "out").exists() and c.list() == []
+        assert list(c.blobs.iter_digests()) == []
+    finally:
+        a.close(), c.close()
