@@ -391,6 +391,16 @@ if when == "before-commit":
         print("stored", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     PublishPart._commit_version = die
+if when == "paused":
+    import time
+    from adapterhub_sdk.registry.publish import PublishPart
+    commit = PublishPart._commit_version
+    def wait(*a, **k):
+        print("stored", flush=True)
+        while not os.path.exists(sys.argv[5]):
+            time.sleep(0.05)
+        return commit(*a, **k)
+    PublishPart._commit_version = wait
 reg.pull(sys.argv[3], None)
 print("done", flush=True)
 """
@@ -530,3 +540,52 @@ def test_a_tag_naming_another_version_is_refused_with_nothing_recorded(oci, tmp_
         assert list(c.blobs.iter_digests()) == []
     finally:
         a.close(), c.close()
+
+
+@needs_oci
+def test_gc_grace_0_keeps_the_blobs_of_a_pull_in_flight(oci, tmp_path, base_dir, lora_dir, request):
+    """A pull (a real process) that has stored every layer and not committed: a gc with no
+    grace in another process keeps them (the pull's lease); the pull then commits, the version
+    verifies, no lease is left, and a later gc keeps everything the version references."""
+    from adapterhub_sdk.oci.remote import OciRemote
+
+    from conftest import run_cli
+
+    repo = _repo(request)
+    a = _open(tmp_path, "a")
+    try:
+        a.publish(lora_dir, name="acme/inflight", version="1.0.0", base=base_dir)
+        OciRemote(insecure=True).push(a, "acme/inflight@1.0.0", f"oci://{oci.host}/{repo}")
+        n = len(a.show("acme/inflight@1.0.0").manifest.files)
+    finally:
+        a.close()
+    url, blobs, go = f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "c-blobs", tmp_path / "go"
+    ah.Registry.open(url, blobs=blobs).close()
+    proc = subprocess.Popen([sys.executable, "-c", _PULL, url, str(blobs), f"oci://{oci.host}/{repo}:1.0.0",
+                             "paused", str(go)], env={**os.environ, "ADAPTERHUB_OCI_INSECURE": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "stored"
+        r = ah.Registry.open(url, blobs=blobs)
+        try:
+            assert len(list(r.blobs.iter_digests())) == n and r.list() == []
+        finally:
+            r.close()
+        got = run_cli("--registry", url, "--blobs", str(blobs), "gc", "--grace", "0", "--json", check=True)
+        report = json.loads(got.stdout)
+        assert (report["blobs_removed"], report["kept_leased"]) == (0, n), report
+        go.touch()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "done" in out, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    r = ah.Registry.open(url, blobs=blobs)
+    try:
+        assert r.verify().ok and r.leases() == [] and [i.version for i in r.versions("acme/inflight")] == ["1.0.0"]
+        again = r.gc(grace_seconds=0)
+        assert (again.blobs_removed, again.kept_leased) == (0, 0)
+        assert r.verify().ok
+    finally:
+        r.close()
