@@ -401,7 +401,16 @@ if when == "paused":
             time.sleep(0.05)
         return commit(*a, **k)
     PublishPart._commit_version = wait
-reg.pull(sys.argv[3], None)
+dest = None
+if when == "mid-write":
+    from adapterhub_sdk.blobs import BlobStore
+    def half(self, digest, out, size):
+        out.write(b"x" * 10)
+        out.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    BlobStore.copy_fresh = half
+    dest = sys.argv[5]
+reg.pull(sys.argv[3], dest)
 print("done", flush=True)
 """
 
@@ -587,5 +596,38 @@ def test_gc_grace_0_keeps_the_blobs_of_a_pull_in_flight(oci, tmp_path, base_dir,
         again = r.gc(grace_seconds=0)
         assert (again.blobs_removed, again.kept_leased) == (0, 0)
         assert r.verify().ok
+    finally:
+        r.close()
+
+
+@needs_oci
+def test_a_pull_killed_while_writing_its_directory_leaves_no_directory(oci, tmp_path, base_dir, lora_dir, request):
+    """Killed in the middle of writing --out (the version is recorded by then): the
+    destination does not exist, the version verifies, and pulling again to the same path
+    writes it whole and clears what the killed writer left beside it."""
+    from adapterhub_sdk.oci.remote import OciRemote
+
+    repo = _repo(request)
+    a = _open(tmp_path, "a")
+    try:
+        a.publish(lora_dir, name="acme/midwrite", version="1.0.0", base=base_dir)
+        OciRemote(insecure=True).push(a, "acme/midwrite@1.0.0", f"oci://{oci.host}/{repo}")
+        want = {p.name: p.read_bytes() for p in a.pull("acme/midwrite@1.0.0", tmp_path / "want").iterdir()}
+    finally:
+        a.close()
+    url, blobs, dest = f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "c-blobs", tmp_path / "out" / "adapter"
+    dest.parent.mkdir()
+    ah.Registry.open(url, blobs=blobs).close()
+    proc = subprocess.run([sys.executable, "-c", _PULL, url, str(blobs), f"oci://{oci.host}/{repo}:1.0.0",
+                           "mid-write", str(dest)], env={**os.environ, "ADAPTERHUB_OCI_INSECURE": "1"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not dest.exists()
+    r = ah.Registry.open(url, blobs=blobs)
+    try:
+        assert r.verify().ok and [i.version for i in r.versions("acme/midwrite")] == ["1.0.0"]
+        OciRemote(insecure=True).pull(r, f"oci://{oci.host}/{repo}:1.0.0", dest)
+        assert {p.name: p.read_bytes() for p in dest.iterdir()} == want
+        assert [p.name for p in dest.parent.iterdir()] == ["adapter"]
     finally:
         r.close()
