@@ -120,7 +120,8 @@ def _write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int], byte
 def test_read_based_hashing_matches_the_definition_for_every_layout(tmp_path):
     rng = np.random.default_rng(7)
     tensors: dict[str, tuple[str, list[int], bytes]] = {}
-    for i, n in enumerate([0, 1, MiB8 - 1, MiB8, MiB8 + 1, 3 * MiB8 + 5]):
+    read = 1 << 20  # the engine's sub-read
+    for i, n in enumerate([0, 1, MiB8 - 1, MiB8, MiB8 + 1, 3 * MiB8 + 5, read - 1, read, read + 1, 3 * read + 7]):
         tensors[f"big.{i}"] = ("U8", [n], rng.bytes(n))
     tensors["f32.odd"] = ("F32", [3, 5, 7], rng.bytes(4 * 105))
     tensors["f32.empty"] = ("F32", [0, 4], b"")
