@@ -34,7 +34,7 @@ def _files_digest(files: list[Any]) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def _same_as_signed(pkg: Any, vs: Any, where: str) -> None:
+def _same_as_signed(pkg: Any, vs: Any, where: str, manifest_bytes: bytes | None = None) -> None:
     """Under a signing policy: the files packed (what will be loaded) are the ones a trusted
     signature lists, so a directory changed after its signature was checked is refused."""
     from .signing.bundle import Bundle
@@ -43,7 +43,10 @@ def _same_as_signed(pkg: Any, vs: Any, where: str) -> None:
         if check.status != "trusted":
             continue
         signed = Bundle.parse(text).resources()
-        if all(signed.get(f.path) == f.sha256 for f in pkg.files):
+        read = {f.path: f.sha256 for f in pkg.files}
+        if manifest_bytes is not None and MANIFEST_FILE in signed:  # read apart from the package files
+            read[MANIFEST_FILE] = hashlib.sha256(manifest_bytes).hexdigest()
+        if all(signed.get(path) == digest for path, digest in read.items()):
             return
     raise IntegrityError(f"{where}: its files changed while it was being loaded (they are not the ones its "
                          "signature lists)", hint="load it again once nothing writes to the directory")
@@ -108,10 +111,10 @@ def attach_directory(dep: Deployment, path: str | Path, *, name: str) -> Attache
     else:
         _check_directory_signed(p, None, dep.require_signed)
     with pack(p) as pkg:  # regular files only, copied aside: what is checked is what is loaded
-        if signatures is not None:
-            _same_as_signed(pkg, signatures, where)
-        by_path = {f.path: f for f in pkg.files}
         manifest_bytes = _manifest_bytes(p)
+        if signatures is not None:
+            _same_as_signed(pkg, signatures, where, manifest_bytes)
+        by_path = {f.path: f for f in pkg.files}
         pinned = manifest_bytes is not None
         if manifest_bytes is not None:
             ref, digest, verdict, method = _pinned(dep, manifest_bytes, by_path, where)

@@ -191,3 +191,40 @@ def test_two_loads_of_one_new_name_at_once_are_one_load_and_one_400(world):
             (refused,) = [r for r in answers if r.status_code == 400]
             assert "has already been loaded" in refused.json()["error"]["message"]
             assert dep.adapters[name].digest == ok.headers["X-AdapterHub-Digest"]
+
+
+def test_a_pulled_directory_keeps_its_pin_and_its_signed_manifest(base_dir, lora_dir, tmp_path):
+    """Since pack leaves a pull's adapterhub_manifest.json out of the package files, the
+    directory attach no longer found it: a pulled directory was served unpinned (verdict
+    structural), its files unchecked against the manifest, so a tampered pulled directory was
+    served. Fixed in attach_directory: the manifest is read from the directory; under a
+    signing policy it must be the one the trusted signature lists, like every file loaded."""
+    import json
+
+    from adapterhub_sdk.deploy_dir import _manifest_bytes, _same_as_signed, attach_directory
+    from adapterhub_sdk.errors import IntegrityError
+    from adapterhub_sdk.package import pack
+    from adapterhub_sdk.signing import generate_key
+
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}", blobs=tmp_path / "blobs") as reg:
+        reg.publish(lora_dir, name="acme/s", version="1.0.0", base=base_dir)
+        dep = ah.Deployment(base_dir, registry=reg)
+        pulled = reg.pull("acme/s@1.0.0", tmp_path / "pulled")
+        attached = attach_directory(dep, pulled, name="s")
+        assert attached.verdict == "exact" and attached.pinned and attached.ref == "acme/s@1.0.0"
+        config = json.loads((pulled / "adapter_config.json").read_text())
+        (pulled / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 99}))
+        with pytest.raises(IntegrityError, match="does not match the sha256"):
+            attach_directory(dep, pulled, name="t")
+        assert set(dep.adapters) == {"s"}
+
+        reg.trust_key("alice", generate_key("alice").public_pem)
+        reg.sign("acme/s@1.0.0", key="alice")
+        signed = reg.pull("acme/s@1.0.0", tmp_path / "signed")
+        checked = reg.check_signed_directory(signed, "alice")
+        with pack(signed) as pkg:
+            _same_as_signed(pkg, checked, str(signed), _manifest_bytes(signed))  # unchanged: accepted
+            manifest = json.loads((signed / "adapterhub_manifest.json").read_text())
+            forged = json.dumps({**manifest, "version": "9.9.9"}).encode()  # swapped after the check
+            with pytest.raises(IntegrityError, match="changed while it was being loaded"):
+                _same_as_signed(pkg, checked, str(signed), forged)
