@@ -211,7 +211,7 @@ def test_resolve_does_not_trust_annotations_that_lie_about_the_base(oci, tmp_pat
                                                                    lora_dir, request):
     """An artifact whose annotations claim another base than its manifest (the config blob)
     pins is not reported as an exact fit for that base."""
-    from adapterhub_sdk.oci.client import OciClient
+    from adapterhub_sdk.oci.client import OciClient, sha256_digest
     from adapterhub_sdk.oci.remote import OciRemote
 
     repo = _repo(request)
@@ -225,8 +225,17 @@ def test_resolve_does_not_trust_annotations_that_lie_about_the_base(oci, tmp_pat
             doc["annotations"]["io.adapterhub.base.fingerprint"] = other.digest
             doc["annotations"]["io.adapterhub.base.arch"] = other.arch_signature
             c.put_manifest(repo, "1.0.1", json.dumps(doc).encode())  # a tag of another version, too
-        hits = OciRemote(f"oci://{oci.host}/{repo}", insecure=True).resolve(other)
+            honest = c.get_manifest(repo, "1.0.0")[0]
+            c.put_manifest(repo, "1.0.3", honest)  # 1.0.0's artifact under another version's tag
+            junk = b'{"not": "a manifest"}'
+            c.push_blob(repo, sha256_digest(junk), len(junk), junk)
+            doc["config"].update(digest=sha256_digest(junk), size=len(junk))
+            c.put_manifest(repo, "1.0.2", json.dumps(doc).encode())  # good annotations, no manifest behind
+        remote = OciRemote(f"oci://{oci.host}/{repo}", insecure=True)
+        hits = remote.resolve(other)
         assert all(h["verdict"] == "incompatible" for h in hits), hits
+        mine = remote.resolve(a._as_base(str(base_dir)))
+        assert [(h["version"], h["verdict"]) for h in mine] == [("1.0.0", "exact")], mine
     finally:
         a.close()
 
