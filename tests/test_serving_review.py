@@ -228,3 +228,50 @@ def test_a_pulled_directory_keeps_its_pin_and_its_signed_manifest(base_dir, lora
             forged = json.dumps({**manifest, "version": "9.9.9"}).encode()  # swapped after the check
             with pytest.raises(IntegrityError, match="changed while it was being loaded"):
                 _same_as_signed(pkg, checked, str(signed), forged)
+
+
+def test_an_unload_sent_while_a_replace_waits_for_a_row_is_not_undone_by_it(world):
+    """A row runs on 'p'; a replace of 'p' (load_inplace) waits for it; an unload of 'p' sent
+    after the replace answers at once ('removed successfully'). When the row ended, the
+    replace ran, cleared the unload's mark and served its new version as 'p' again: the later
+    call answered success and was silently undone. Fixed in the route: an unload that came
+    while the attach ran wins, as the later call; the new version is hidden at once and
+    detached, and 'p' stays unloaded."""
+    import asyncio
+
+    from test_continuous_calls import _Forwards, _stream_words
+
+    from adapterhub_sdk.server import create_app
+
+    dep = ah.Deployment(str(world["base"]), registry=world["registry"])
+    dep.attach("acme/sent@1.0.0", name="p")
+    app = create_app(dep, base_id="tiny", allow_adapter_updates=True, admin_key=ADMIN)
+    server = app.state.server
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    body = {"model": "p", "prompt": prompt(1), "max_tokens": 256, "temperature": 0}
+    with _Serving(app) as s, _Forwards(dep):
+        async def main() -> dict[str, Any]:
+            async with httpx.AsyncClient(base_url=s.url, timeout=120, headers=auth) as c:
+                seen = {"chunks": 0}
+                stream = asyncio.create_task(_stream_words(c, body, seen))
+                while seen["chunks"] < 3:
+                    await asyncio.sleep(0.005)
+                replace = asyncio.create_task(c.post("/v1/load_lora_adapter", json={
+                    "lora_name": "p", "lora_path": str(world["dirs"]["v2"]), "load_inplace": True}))
+                while server.worker.pending() < 1:  # the replace is queued behind the row
+                    await asyncio.sleep(0.002)
+                unload = await c.post("/v1/unload_lora_adapter", json={"lora_name": "p"})
+                words = await stream
+                return {"unload": unload, "replace": await replace, "words": words}
+
+        out = asyncio.run(main())
+        assert out["unload"].status_code == 200 and out["replace"].status_code == 200, out
+        assert len(out["words"]) == 256
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            r = _text(c, "p", temperature=0)
+            assert r.status_code == 404, r.text
+            assert "p" not in {m["id"] for m in c.get("/v1/models").json()["data"]}
+        deadline = time.monotonic() + 60
+        while "p" in dep.adapters:  # its tensors freed too
+            assert time.monotonic() < deadline, list(dep.adapters)
+            time.sleep(0.02)

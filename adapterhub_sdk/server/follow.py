@@ -93,6 +93,7 @@ class AliasFollower:
         self.retiring: dict[str, int] = {}  # slot -> polls it was seen idle
         self.unloading: dict[str, Any] = {}  # unloaded name -> its version, until no request holds it
         self.loading: set[str] = set()  # names load_lora_adapter is loading (not yet answered)
+        self.unloads: Counter[str] = Counter()  # unload() calls per name (an attach running meanwhile yields)
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._seq = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
@@ -133,6 +134,7 @@ class AliasFollower:
         released it. vLLM's unload_lora_adapter does the same: the name goes at once,
         requests keep theirs. Call on the event loop."""
         self.unloading[name] = self.server.dep.adapters[name]
+        self.unloads[name] += 1
         self._event_loop = asyncio.get_running_loop()
         if self.leases.get(name, 0) <= 0:
             self._detach_unloaded(name)

@@ -308,6 +308,7 @@ async def _attach(request: Request, spec: str, name: str | None, spec_param: str
 
     try:
         key = name if name is not None else await _registry_name(dep, spec)
+        mark = follower.unloads[key] if key is not None else 0  # unloads of the name before this call
         attached, notes = await asyncio.wrap_future(server.worker.call(attach, names=None if key is None else [key]))
     except IntegrityError as exc:  # a directory's files differ from its manifest: the request's input
         if directory is None:
@@ -320,6 +321,12 @@ async def _attach(request: Request, spec: str, name: str | None, spec_param: str
         raise APIError(400, f"'{attached.name}' is the base's id; pass another name", param=name_param,
                        code="invalid_value")
     follower.retiring.pop(attached.name, None)  # served again under its own name
+    if key is not None and follower.unloads[key] != mark:  # unloaded while this ran: the
+        follower.unloading[attached.name] = attached  # later call wins; hidden now, detached once unheld
+        if follower.leases.get(attached.name, 0) <= 0:  # (after this answer is built from it)
+            asyncio.get_running_loop().call_soon(follower._detach_unloaded, attached.name)
+        server.loaded_at.pop(attached.name, None)
+        return attached.name, attached.name in before, notes
     follower.unloading.pop(attached.name, None)  # (an unloaded version still held is left alone)
     await follower.unfollow(attached.name)  # a followed name replaced by a fixed version
     server.loaded_at[attached.name] = int(time.time())
