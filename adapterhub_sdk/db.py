@@ -16,7 +16,19 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
@@ -159,6 +171,11 @@ def _alembic_config(conn: Connection | None = None):
     return cfg
 
 
+#: Alembic's version table, as ``alembic.runtime.migration`` defines it (create_fresh writes it)
+VERSION_TABLE = Table("alembic_version", MetaData(), Column("version_num", String(32), nullable=False),
+                      PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))
+
+
 @functools.lru_cache(maxsize=1)
 def _scripts():
     """The migration scripts, read once per process (every Registry.open asks for the head)."""
@@ -259,9 +276,12 @@ def create_fresh(engine: Engine) -> None:
 
     Every check runs inside that transaction, under a lock that the transaction itself holds
     (SQLite: ``BEGIN IMMEDIATE``'s write lock; PostgreSQL: ``pg_advisory_xact_lock``, released
-    at commit or when the process dies), so a racing opener sees no schema or all of it."""
-    from alembic.runtime.migration import MigrationContext
+    at commit or when the process dies), so a racing opener sees no schema or all of it.
 
+    The stamp is written as Alembic writes it (its ``alembic_version`` table, primary key
+    ``alembic_version_pkc``, one row: :data:`HEAD_REVISION`) without importing Alembic,
+    whose import (with Mako and Pygments) cost the first command in a new home ~0.2 s;
+    ``tests/test_migrations.py`` checks the result against Alembic's own stamp."""
     from .tables import metadata
 
     conn = engine.connect().execution_options(adapterhub_write=True)
@@ -269,14 +289,15 @@ def create_fresh(engine: Engine) -> None:
         with conn.begin():
             if engine.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
-            ctx = MigrationContext.configure(conn)
-            if ctx.get_current_revision() is not None:
+            tables = set(inspect(conn).get_table_names())
+            if "alembic_version" in tables and conn.execute(VERSION_TABLE.select()).first() is not None:
                 return  # another process created it meanwhile
-            if set(inspect(conn).get_table_names()) - {"alembic_version"}:
+            if tables - {"alembic_version"}:
                 raise RegistryError("the database has tables but no adapterhub schema version",
                                     hint="point --registry at an empty database or an adapterhub registry")
             metadata.create_all(conn)
-            ctx.stamp(_scripts(), "head")
+            VERSION_TABLE.create(conn, checkfirst=True)
+            conn.execute(VERSION_TABLE.insert(), {"version_num": HEAD_REVISION})
     finally:
         conn.close()
 

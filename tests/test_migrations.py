@@ -81,3 +81,45 @@ def test_migrations_and_models_agree(registry_url):
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     engine.dispose()
     assert diff == [], f"models and migrations disagree: {diff}"
+
+
+def test_a_new_database_is_stamped_as_alembic_stamps_it(registry_url, tmp_path):
+    """create_fresh writes the alembic_version table itself (importing Alembic cost the first
+    command in a new home ~0.2 s): the table, its key and its row must be what Alembic's own
+    stamp writes, so that Alembic upgrades it later."""
+    from alembic.runtime.migration import MigrationContext
+
+    ah.Registry.open(registry_url, blobs=tmp_path / "blobs").close()
+    engine = dbmod.make_engine(registry_url)
+    with engine.connect() as conn:
+        ours = inspect(conn)
+        ours_cols = [(c["name"], str(c["type"]), c["nullable"]) for c in ours.get_columns("alembic_version")]
+        ours_pk = ours.get_pk_constraint("alembic_version")
+        assert MigrationContext.configure(conn).get_current_revision() == dbmod.head_revision()
+        assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
+        # Alembic's own stamp, written into a scratch table name on the same database
+        ctx = MigrationContext.configure(conn, opts={"version_table": "alembic_version_ref"})
+        ctx.stamp(dbmod._scripts(), "head")
+        ref = inspect(conn)
+        ref_cols = [(c["name"], str(c["type"]), c["nullable"]) for c in ref.get_columns("alembic_version_ref")]
+        ref_pk = ref.get_pk_constraint("alembic_version_ref")
+        conn.rollback()
+    engine.dispose()
+    assert ours_cols == ref_cols
+    assert ours_pk["constrained_columns"] == ref_pk["constrained_columns"] == ["version_num"]
+    if registry_url.startswith("postgresql"):  # SQLite does not keep the constraint's name
+        assert ours_pk["name"] == "alembic_version_pkc"
+        assert ref_pk["name"] == "alembic_version_ref_pkc"
+
+
+def test_creating_a_registry_does_not_load_alembic(tmp_path):
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    code = (f"import sys\nfrom adapterhub_sdk import Registry\nRegistry.open({url!r}).close()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako', 'pygments')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    done = run_cli("--registry", url, "db", "current")  # and Alembic reads what it wrote
+    assert done.stdout.strip() == f"current {dbmod.head_revision()}, head {dbmod.head_revision()}"
