@@ -275,3 +275,42 @@ def test_an_unload_sent_while_a_replace_waits_for_a_row_is_not_undone_by_it(worl
         while "p" in dep.adapters:  # its tensors freed too
             assert time.monotonic() < deadline, list(dep.adapters)
             time.sleep(0.02)
+
+
+def test_an_alias_move_whose_attach_failed_for_the_moment_is_tried_again(world):
+    """The follower marked every failed attach of a moved alias as tried, so a failure of the
+    moment (an I/O error reading the blobs, memory, the database) left the old version serving
+    until the alias moved again, though nothing was wrong with the new one. Fixed in
+    AliasFollower._check: only a refusal (incompatible, signing policy, non-finite, integrity:
+    an AdapterHubError other than RegistryError) waits for the next move; any other failure
+    is shown in /v1/models and tried again at the next poll."""
+    from adapterhub_sdk.server import create_app
+
+    reg = world["registry"]
+    reg.alias("acme/sent@1.0.0", "prod")
+    dep = ah.Deployment(str(world["base"]), registry=reg)
+    real, failures = dep.attach, []
+
+    def flaky(spec: str, **kw: Any) -> Any:
+        if spec.endswith("@1.1.0") and not failures:
+            failures.append(spec)
+            raise OSError("Resource temporarily unavailable")
+        return real(spec, **kw)
+
+    dep.attach = flaky  # type: ignore[method-assign]
+    app = create_app(dep, base_id="tiny", follow_interval=0.1, allow_adapter_updates=True, admin_key=ADMIN)
+    with _Serving(app) as s, httpx.Client(base_url=s.url, timeout=60,
+                                          headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+        assert c.post("/v1/adapters", json={"spec": "acme/sent@prod"}).status_code == 201
+        try:
+            reg.alias("acme/sent@1.1.0", "prod")
+            deadline = time.monotonic() + 30
+            while True:
+                card = {m["id"]: m for m in c.get("/v1/models").json()["data"]}["acme/sent"]
+                if card["version"] == "1.1.0":
+                    break
+                assert time.monotonic() < deadline, card
+                time.sleep(0.05)
+            assert failures and card["alias"]["refusal"] is None, card
+        finally:
+            reg.alias("acme/sent@1.0.0", "prod")

@@ -311,7 +311,15 @@ class AliasFollower:
         try:
             attached, notes = await self._attach(f"{name}@{version}", slot)
         except Exception as exc:  # noqa: BLE001 - refused or failed: the old version keeps serving
-            self._refuse(f, version, digest, error_message(exc))
+            from ..errors import AdapterHubError, RegistryError
+
+            reason = error_message(exc)
+            if isinstance(exc, AdapterHubError) and not isinstance(exc, RegistryError):
+                self._refuse(f, version, digest, reason)  # refused: tried again after another move
+                return
+            f.tried = None  # a failure of the moment (I/O, memory, the database): tried at the next poll
+            if f.refusal is None or f.refusal["reason"] != reason or f.refusal["digest"] != digest:
+                self._refuse(f, version, digest, reason)
             return
         if self.follows.get(f.public) is not f:  # unfollowed meanwhile
             self.retire(slot)
