@@ -29,6 +29,7 @@ import hashlib
 import mmap
 import os
 import stat
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -293,6 +294,9 @@ def nonfinite_tensors(path: str | os.PathLike[str], *, display: str | os.PathLik
 
 
 _ITEMSIZE = {"F64": 8, "F32": 4, "C64": 4, "F16": 2, "BF16": 2, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1}
+#: prefilter before numpy counts: None = only where numpy is not imported yet (it then never is,
+#: for a clean file); numpy's count alone is ~1 ms faster per 17 MB once it is loaded
+_PREFILTER: bool | None = None
 _PREFILTER_STEP = 1 << 26  # bytes of a tensor looked at per strided slice
 
 
@@ -320,9 +324,10 @@ def _scan(path: str | os.PathLike[str], display: str | os.PathLike[str] | None) 
     if not todo:
         return
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        todo = [t for t in todo if _may_hold_nonfinite(mm, t.start, t.nbytes, t.dtype)]
-        if not todo:  # the common case: numpy is never imported
-            return
+        if _PREFILTER if _PREFILTER is not None else "numpy" not in sys.modules:  # numpy loaded: it counts faster
+            todo = [t for t in todo if _may_hold_nonfinite(mm, t.start, t.nbytes, t.dtype)]
+            if not todo:  # the common case: numpy is never imported
+                return
         import numpy as np
 
         for t in todo:

@@ -32,6 +32,7 @@ def test_a_clean_file_is_scanned_without_importing_numpy(tmp_path):
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
 def test_nonfinite_values_past_a_prefilter_slice_boundary_are_counted(tmp_path, monkeypatch, dtype):
     monkeypatch.setattr(adapter_files, "_PREFILTER_STEP", 64)  # many slices per tensor
+    monkeypatch.setattr(adapter_files, "_PREFILTER", True)  # this process has numpy: force the prefilter
     clean = np.linspace(-2, 2, 1000).astype(dtype)
     late = clean.copy()
     late[[777, 999]] = [np.nan, -np.inf]
