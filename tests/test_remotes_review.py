@@ -174,8 +174,6 @@ def _repo(request) -> str:
 
 
 @needs_oci
-@pytest.mark.xfail(strict=True, reason="defect: OciRemote._select matches an exact spec ignoring build metadata "
-                   "(fix proposed; oci/* is being edited until 15:05)")
 def test_a_build_metadata_twin_tag_is_not_pulled_for_the_version_asked(oci, tmp_path, base_dir, lora_dir,
                                                                        lora_dir_b, request):
     """1.0.0 and 1.0.0_b1 in one repository (pushed from two registries: here they could not
@@ -206,8 +204,6 @@ def test_a_build_metadata_twin_tag_is_not_pulled_for_the_version_asked(oci, tmp_
 
 
 @needs_oci
-@pytest.mark.xfail(strict=True, reason="defect: OciRemote.resolve takes the pin from annotations, unchecked "
-                   "(fix proposed; oci/* is being edited until 15:05)")
 def test_resolve_does_not_trust_annotations_that_lie_about_the_base(oci, tmp_path, base_dir, base_other_shape,
                                                                    lora_dir, request):
     """An artifact whose annotations claim another base than its manifest (the config blob)

@@ -174,12 +174,26 @@ class OciRemote:
         spec = VersionSpec.parse(ref.spec or "latest")
         if spec.kind == "alias":
             raise NotFoundError(f"{ref}: aliases are not stored in OCI registries; use a version, a range or a tag")
-        tags = self._tag_versions(c, ref)
-        chosen = next((v for v in tags if v == spec.exact), None) if spec.kind == "exact" else spec.best(tags)
+        named: dict[Version, list[str]] = {}  # tags differing only in build metadata: one version, listed together
+        for t in c.tags(ref.repo):
+            if (tv := tag_version(t)) is not None:
+                named.setdefault(tv, []).append(t)
+        chosen = next((v for v in named if v == spec.exact), None) if spec.kind == "exact" else \
+            spec.best({v: ts[0] for v, ts in named.items()})
         if chosen is None:
-            near = ", ".join(str(v) for v in sorted(tags)[-8:]) or "none"
+            near = ", ".join(str(v) for v in sorted(named)[-8:]) or "none"
             raise NotFoundError(f"{ref}: no version tag matches {spec.text!r} (version tags: {near})")
-        return tags[chosen], tags[chosen]
+        tags = named[chosen]
+        if spec.kind == "exact" and spec.exact is not None and spec.exact.build:  # that build, no other
+            tags = [t for t in tags if t == version_tag(str(spec.exact))]
+            if not tags:
+                raise NotFoundError(f"{ref}: no tag {version_tag(str(spec.exact))} (tags of {chosen}: "
+                                    f"{', '.join(named[chosen])})")
+        if len(tags) > 1:
+            raise VersionConflictError(f"{ref}: tags {', '.join(tags)} name the same version {spec.text!r} picks "
+                                       "(they differ only in build metadata)",
+                                       hint=f"pull one by its tag: {ref.repo_url}:{tags[0]}")
+        return tags[0], tags[0]
 
     def _not_found(self, c: OciClient, ref: OciRef, reference: str) -> NotFoundError:
         import difflib
@@ -408,11 +422,18 @@ class OciRemote:
                 notes = doc.get("annotations") or {}
                 if doc.get("artifactType") != ARTIFACT_TYPE and (doc["config"].get("mediaType") != CONFIG_TYPE):
                     continue
-                info = self._describe(c, r, doc, notes)
+                info = self._describe(c, r, doc, notes)  # the annotations: a cheap first filter only
                 if task and task not in info["tasks"]:
                     continue
                 if author and not info["name"].lower().startswith(author.lower() + "/"):
                     continue
+                try:  # the verdict from the manifest a pull records (the config blob), never the annotations
+                    info = self._describe(c, r, doc, {})
+                except AdapterHubError:
+                    continue  # not an adapter a pull would accept
+                if info["version"] != str(v) or (task and task not in info["tasks"]) or \
+                        (author and not info["name"].lower().startswith(author.lower() + "/")):
+                    continue  # a tag holding another version's manifest, or annotations that lied
                 pinned, parch = info["fingerprint"], info["arch"]
                 if pinned and pinned == fp:
                     verdict, reasons = "exact", []
@@ -436,9 +457,12 @@ class OciRemote:
             return {"name": str(notes.get(ANN + "name")), "fingerprint": str(notes.get(ANN + "base.fingerprint") or ""),
                     "arch": str(notes.get(ANN + "base.arch") or ""), "method": str(notes.get(ANN + "method") or ""),
                     "tasks": [t for t in str(notes.get(ANN + "tasks") or "").split(",") if t]}
-        m = Manifest.from_json(c.fetch_small(r.repo, doc["config"]["digest"], CONFIG_LIMIT))
+        digest = doc["config"].get("digest")
+        if not isinstance(digest, str):
+            raise IntegrityError(f"{r}: the artifact's config has no digest")
+        m = Manifest.from_json(c.fetch_small(r.repo, digest, CONFIG_LIMIT))
         return {"name": m.name, "fingerprint": m.base.fingerprint or "", "arch": m.base.arch_signature or "",
-                "method": m.method.get("type", ""), "tasks": list(m.tasks)}
+                "method": m.method.get("type", ""), "tasks": list(m.tasks), "version": m.version}
 
     # ------------------------------------------------------------------ bases
 
