@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlparse
 
+from ._copyhash import copy_and_hash
 from .adapter_files import open_regular
 from .errors import IntegrityError, NotFoundError
 from .hookspecs import hookimpl
@@ -102,12 +103,11 @@ class BlobStore:
                 if hasattr(source, "fileno"):
                     src_fd = source.fileno()
                     os.lseek(src_fd, 0, os.SEEK_SET)
-                    size = _copy_fd(src_fd, fd)
+                    size, digest = _copy_hashed(src_fd, fd)
                 else:
                     with open_regular(source, what="file") as src:
-                        size = _copy_fd(src.fileno(), fd)
+                        size, digest = _copy_hashed(src.fileno(), fd)
                 syncer = _Syncer(fd)
-                digest = _hash_fd(fd, size)
             finally:
                 os.close(fd)
             return StagedBlob(tmp, digest, size, syncer)
@@ -343,6 +343,17 @@ class BlobStore:
                 else:
                     f.unlink(missing_ok=True)
         return n
+
+
+def _copy_hashed(src: int, dst: int) -> tuple[int, str]:
+    """Copy ``src`` into ``dst`` and hash the copy: overlapped for big files
+    (:func:`~adapterhub_sdk._copyhash.copy_and_hash`), else a copy then a hash of it."""
+    done = copy_and_hash(src, dst)
+    if done is not None:
+        return done
+    os.ftruncate(dst, 0)
+    size = _copy_fd(src, dst)
+    return size, _hash_fd(dst, size)
 
 
 def _copy_fd(src: int, dst: int) -> int:
