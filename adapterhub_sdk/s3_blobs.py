@@ -24,9 +24,7 @@ profiles, ``AWS_ENDPOINT_URL``) through boto3, which is imported only when a sto
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 import os
 import re
 import sys
@@ -43,6 +41,7 @@ from urllib.parse import urlparse
 from .adapter_files import open_regular
 from .errors import IntegrityError, NotFoundError, RegistryError
 from .hookspecs import hookimpl
+from .s3_errors import _absent, _code, _precondition, _s3_errors
 
 if TYPE_CHECKING:
     from .interfaces import QuarantiningBlobStorage, StagingBlobStorage
@@ -59,71 +58,6 @@ def _check(digest: str) -> str:
     if not isinstance(digest, str) or not _HEX.fullmatch(digest):
         raise ValueError(f"not a sha256 hex digest: {digest!r}")
     return digest
-
-
-def _code(exc: BaseException) -> str:
-    resp = getattr(exc, "response", None) or {}
-    return str(resp.get("Error", {}).get("Code", "")) or str(resp.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-
-
-def _absent(exc: BaseException) -> bool:
-    return _code(exc) in ("404", "NoSuchKey", "NotFound")
-
-
-def _precondition(exc: BaseException) -> bool:
-    return _code(exc) in ("412", "PreconditionFailed", "ConditionalRequestConflict", "409")
-
-
-def _user_error(store: S3BlobStore, exc: BaseException) -> RegistryError:
-    """A botocore error as one line with what to do (the standard AWS configuration only)."""
-    code, name = _code(exc), type(exc).__name__
-    endpoint = getattr(getattr(store._client, "meta", None), "endpoint_url", None)
-    where = f"{store} (endpoint {endpoint})" if endpoint else str(store)
-    if code == "NoSuchBucket":
-        return RegistryError(f"the S3 bucket of {where} does not exist",
-                             hint=f"create it (aws s3 mb s3://{store.bucket}) or fix --blobs / ADAPTERHUB_BLOBS")
-    if name in ("NoCredentialsError", "PartialCredentialsError", "ProfileNotFound"):
-        return RegistryError(f"no usable AWS credentials for {where} ({exc})",
-                             hint="set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-    if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-        return RegistryError(f"S3 refused access to {where} ({code})",
-                             hint="the credentials need s3:GetObject, s3:PutObject, s3:DeleteObject and "
-                                  "s3:ListBucket on the bucket (pulling: GetObject and ListBucket)")
-    if code in ("501", "NotImplemented"):
-        return RegistryError(f"the S3 server of {where} does not implement a request this store needs ({exc})",
-                             hint="it must support conditional writes (If-None-Match on PutObject and "
-                                  "CompleteMultipartUpload); see docs/teams.md")
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"):
-        return RegistryError(f"cannot reach the S3 server of {where} ({name})",
-                             hint="check AWS_ENDPOINT_URL (or the profile's endpoint_url) and the network")
-    return RegistryError(f"S3 request to {where} failed: {exc}",
-                         hint="check the bucket, the credentials and AWS_ENDPOINT_URL")
-
-
-def _s3_errors(method: Any) -> Any:
-    """Turn botocore errors escaping ``method`` (a generator's too) into one-line RegistryErrors."""
-    def translate(self: S3BlobStore, exc: Exception) -> BaseException:
-        return _user_error(self, exc) if type(exc).__module__.split(".", 1)[0] in ("botocore", "boto3") else exc
-
-    if inspect.isgeneratorfunction(method):
-        @functools.wraps(method)
-        def gen(self: S3BlobStore, *args: Any, **kw: Any) -> Any:
-            try:
-                yield from method(self, *args, **kw)
-            except Exception as exc:
-                raise translate(self, exc) from exc
-        return gen
-
-    @functools.wraps(method)
-    def wrapper(self: S3BlobStore, *args: Any, **kw: Any) -> Any:
-        try:
-            return method(self, *args, **kw)
-        except Exception as exc:
-            err = translate(self, exc)
-            if err is exc:
-                raise
-            raise err from exc
-    return wrapper
 
 
 @dataclass
