@@ -216,16 +216,16 @@ class S3BlobStore:
         """Copy ``source`` (a regular file, not followed through a link, or a file opened for
         reading, from its start) into a private local temp file, hashing as it copies: what
         is uploaded later is exactly what was hashed."""
-        from .blobs import _copy_fd, _hash_fd
+        from .blobs import _copy_hashed
 
         self._warm_client()  # the first request will need it: made meanwhile, while this copies
         fd, name = tempfile.mkstemp(prefix="adapterhub-s3.", suffix=".incomplete")
         tmp = Path(name)
         try:
-            try:  # the kernel copies; the copy is hashed from the page cache (mmap): what is hashed is what goes up
+            try:  # the kernel copies; the copy is hashed as the local store hashes it: what is hashed is what goes up
                 if isinstance(source, (str, os.PathLike)):
                     with open_regular(source, what="file") as f:
-                        n = _copy_fd(f.fileno(), fd)
+                        n, digest = _copy_hashed(f.fileno(), fd)
                 else:
                     try:
                         src_fd = source.fileno()
@@ -233,12 +233,13 @@ class S3BlobStore:
                         src_fd = None
                     if src_fd is None:
                         source.seek(0)
+                        h = hashlib.sha256()
                         with open(fd, "wb", closefd=False) as dst:
-                            n = _copy_hash(source, dst, hashlib.sha256())
+                            n = _copy_hash(source, dst, h)  # each chunk hashed as it is written
+                        digest = h.hexdigest()
                     else:
                         os.lseek(src_fd, 0, os.SEEK_SET)
-                        n = _copy_fd(src_fd, fd)
-                digest = _hash_fd(fd, n)
+                        n, digest = _copy_hashed(src_fd, fd)
             finally:
                 os.close(fd)
             return S3StagedBlob(tmp, digest, n)

@@ -79,6 +79,18 @@ def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 
 
+def paired_ratio(times: dict[str, list[float]], a: str, b: str) -> dict[str, Any]:
+    """``a`` over ``b`` from interleaved rounds: the ratio of medians, each round's ratio, and
+    their median (the figure to quote: each pair ran under the same load)."""
+    per = [x / y for x, y in zip(times[a], times[b])]
+    return {"median_ratio": median(times[a]) / median(times[b]), "per_round": per, "per_round_median": median(per)}
+
+
+def dir_files(path: Path) -> dict[str, int]:
+    """The regular files directly in ``path`` and their sizes, by name."""
+    return {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
+
+
 def percentile(xs: Sequence[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100)."""
     s = sorted(xs)

@@ -235,10 +235,9 @@ def bench_size(label: str, adapter: Path, work: Path, bucket: str, env: dict[str
     med = {v: C.median(t) for v, t in times.items()}
 
     def ratio(a: str, b: str) -> dict:
-        per = [x / y for x, y in zip(times[a], times[b])]
-        return {"median_ratio": med[a] / med[b], "per_round": per, "per_round_median": C.median(per)}
+        return C.paired_ratio(times, a, b)
 
-    return {"adapter": {"dir_files": {p.name: p.stat().st_size for p in sorted(adapter.iterdir()) if p.is_file()},
+    return {"adapter": {"dir_files": C.dir_files(adapter),
                         "total_bytes": total},
             "seconds": times, "median_s": med, "load_1min_per_round": loads,
             "ratios": {"push_cli_s3_vs_boto3": ratio("ours_cli_s3", "peer_boto3_push"),

@@ -227,10 +227,7 @@ class ContinuousWorker(BatchWorker):
                     kept.append(item)
                     held.add(item.adapter)
                     continue
-                try:
-                    self._prepare(item)
-                except Exception as exc:  # noqa: BLE001 - answered to its request
-                    item.emit(ErrorEvent(item.index, api_error(exc, param="prompt")))
+                if not self._prepared(item):
                     continue
                 generator = _generators([item.seed], [item.temperature], self.dep.device)[0]
                 self.prefilling.append(_Row(item, generator, IncrementalText(self._decode), Prefill(item.ids)))

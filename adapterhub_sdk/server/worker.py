@@ -306,17 +306,17 @@ class BatchWorker:
         job.ids = ids
         job.limit = limit
 
+    def _prepared(self, job: Job) -> bool:
+        """:meth:`_prepare` ``job``; a failure is answered to its request alone (False)."""
+        try:
+            self._prepare(job)
+        except Exception as exc:  # noqa: BLE001 - answered to its request
+            job.emit(ErrorEvent(job.index, api_error(exc, param="prompt")))
+            return False
+        return True
+
     def _run_batch(self, jobs: list[Job]) -> None:
-        ready: list[Job] = []
-        for job in jobs:
-            if job.cancelled:
-                continue
-            try:
-                self._prepare(job)
-            except Exception as exc:  # noqa: BLE001 - answered to its request
-                job.emit(ErrorEvent(job.index, api_error(exc, param="prompt")))
-                continue
-            ready.append(job)
+        ready = [job for job in jobs if not job.cancelled and self._prepared(job)]
         if ready:  # one batch: every row samples with its own settings and generator
             self._generate(ready)
 
