@@ -334,11 +334,12 @@ class OciClient:
         except NotFoundError:
             return False
 
-    def push_blob(self, repo: str, digest: str, size: int, source: Path | bytes) -> bool:
-        """Upload a blob unless the repository has it; False when it was there already. The
-        bytes are hashed as they go: a source that does not hash to ``digest`` is not stored
-        (IntegrityError; the registry refuses the upload too)."""
-        if self.has_blob(repo, digest):
+    def push_blob(self, repo: str, digest: str, size: int, source: Path | bytes, *, missing: bool = False) -> bool:
+        """Upload a blob unless the repository has it; False when it was there already
+        (``missing``: the caller has just asked, so do not ask again). The bytes are hashed as
+        they go: a source that does not hash to ``digest`` is not stored (IntegrityError; the
+        registry refuses the upload too)."""
+        if not missing and self.has_blob(repo, digest):
             return False
         what = f"push blob {digest[:19]} to {self.host}/{repo}"
         scope = self._scope(repo, True)

@@ -247,7 +247,7 @@ class OciRemote:
                     src = Path(tmp) / f.sha256
                     with open(src, "wb") as out:
                         blobs.copy_verified(f.sha256, out)
-                c.push_blob(target.repo, digest, f.size, src)
+                c.push_blob(target.repo, digest, f.size, src, missing=True)
 
     def _push_signatures(self, c: OciClient, target: OciRef, digest: str, sigs: list[tuple[str, str]]) -> int:
         """Add this registry's signature bundles to the ``sha256-HEX.sig`` artifact (kept: what
