@@ -2,8 +2,9 @@
 
 A method turns an adapter's config and tensor shapes into *requirements*: the base
 tensors it touches and the shape each must have (``None`` for a dimension it does not
-constrain, ``[]`` for "must exist"). Checking requirements needs only the base's shape
-table, never its weights. A few facts that are not one tensor have ``@`` names:
+constrain, ``[]`` for "must exist", ``{"one_of": [shape, ...]}`` where the adapter's files
+admit a few exact shapes and only a base can say which). Checking requirements needs only
+the base's shape table, never its weights. A few facts that are not one tensor have ``@`` names:
 ``@input_embeddings`` (the input embedding matrix), ``@num_layers``, ``@kv_width``.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AdapterFormatError
@@ -21,8 +22,10 @@ if TYPE_CHECKING:
     from ..fingerprint import BaseFingerprint
 
 Shape = tuple[int, ...]
-#: base tensor name -> expected shape; ``None`` matches any size, ``[]`` only requires existence
-Requirements = dict[str, list[int | None]]
+#: base tensor name -> expected shape; ``None`` matches any size, ``[]`` only requires existence,
+#: ``{"one_of": [[...], ...]}`` one of these shapes exactly (see :func:`one_of`)
+Requirements = dict[str, Any]
+ONE_OF = "one_of"
 
 PEFT_PREFIX = "base_model.model."
 MAX_REASONS = 8  # shape mismatches listed one by one; the rest are counted
@@ -131,6 +134,31 @@ def split_full_copies(tensors: Mapping[str, Shape], adapter_parts: str) -> tuple
     return rest, req
 
 
+def one_of(shapes: Iterable[Sequence[int | None]]) -> Any:
+    """The requirement "exactly one of these shapes" (a parameter that may be stored in either
+    order, a kernel of either rank), in a canonical order so that its digest is stable; a
+    single shape is recorded as itself. Each is compared dimension by dimension, never as a
+    flattened kernel. Readers before it refuse it (no list of sizes matches a mapping)."""
+    distinct = sorted({json.dumps(list(s)): list(s) for s in shapes}.values(),
+                      key=lambda s: (len(s), [-1 if d is None else d for d in s]))
+    return distinct[0] if len(distinct) == 1 else {ONE_OF: distinct}
+
+
+def alternatives(want: Any) -> list[list[int | None]] | None:
+    """The shapes of a :func:`one_of` requirement; None for a plain shape (or ``[]``)."""
+    if isinstance(want, Mapping):
+        shapes = want.get(ONE_OF)
+        return [list(s) for s in shapes if isinstance(s, (list, tuple))] if isinstance(shapes, list) else []
+    return None
+
+
+def _shown(want: Any) -> str:
+    alts = alternatives(want)
+    if alts is not None:
+        return " or ".join(_shown(a) for a in alts) if alts else "a shape it cannot name"
+    return str([("*" if w is None else w) for w in want])
+
+
 def pin_flattened(req: Requirements, base: BaseFingerprint | None) -> Requirements:
     """PEFT's LyCORIS, OFT, BOFT and AdaLoRA layers see a convolution's kernel flattened to
     ``(out, in/groups * k...)``; their tensors give a 2-D ``[out, in_flat]``. With ``base`` in
@@ -142,31 +170,48 @@ def pin_flattened(req: Requirements, base: BaseFingerprint | None) -> Requiremen
     out: Requirements = {}
     for name, want in req.items():
         have = base.shape_of(name)
-        if (have is not None and len(have) > 2 and len(want) == 2 and want[1] is not None
-                and want[0] in (None, have[0]) and numel(have[1:]) == want[1]):
+        if (have is not None and alternatives(want) is None and len(have) > 2 and len(want) == 2
+                and want[1] is not None and want[0] in (None, have[0]) and numel(have[1:]) == want[1]):
             out[name] = [want[0], *have[1:]]
         else:
             out[name] = want
     return out
 
 
-def refines(derived: Mapping[str, list[int | None]], pinned: Mapping[str, list[int | None]]) -> bool:
+def refines(derived: Mapping[str, Any], pinned: Mapping[str, Any]) -> bool:
     """Whether ``pinned`` (requirements made with a base in hand) is ``derived`` (made from the
     adapter alone) or more precise: every derived entry is there with the same known sizes, or,
-    for a 2-D ``[out, in_flat]``, as the kernel shape :func:`pin_flattened` put in its place."""
+    for a 2-D ``[out, in_flat]``, as the kernel shape :func:`pin_flattened` put in its place,
+    or, for a :func:`one_of`, as one of its shapes (or some of them). A ``[]`` where the
+    adapter's files give a ``one_of`` is what an SDK before ``one_of`` recorded for them: the
+    claim is kept, and checks existence only, as it did."""
     for name, want in derived.items():
         have = pinned.get(name)
-        if have is None:
-            return False
-        if not want:
-            continue
-        if len(have) > 2 and len(want) == 2 and want[1] is not None and None not in have[1:]:
-            flat: list[int | None] = [have[0], numel([d for d in have[1:] if d is not None])]
-            if all(w is None or w == h for w, h in zip(want, flat)):
-                continue
-        if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have)):
+        if have is None or not _refines_one(want, have):
             return False
     return True
+
+
+def _refines_one(want: Any, have: Any) -> bool:
+    wants, haves = alternatives(want), alternatives(have)
+    if haves is not None:
+        return bool(haves) and all(_refines_one(want, h) for h in haves)
+    if wants is not None:
+        return not have or any(_same(w, have) for w in wants)
+    if not want:
+        return True
+    if not have:
+        return False
+    if len(have) > 2 and len(want) == 2 and want[1] is not None and None not in have[1:]:
+        flat: list[int | None] = [have[0], numel([d for d in have[1:] if d is not None])]
+        if all(w is None or w == h for w, h in zip(want, flat)):
+            return True
+    return _same(want, have)
+
+
+def _same(want: Sequence[int | None], have: Sequence[int | None]) -> bool:
+    """``have`` has ``want``'s rank and its known sizes."""
+    return len(want) == len(have) and all(w is None or w == h for w, h in zip(want, have))
 
 
 def selects(spec: Any, module: str) -> bool:
@@ -362,20 +407,24 @@ def _label(name: str) -> str:
     return PSEUDO_LABELS.get(name, name)
 
 
-def shape_fits(want: list[int | None], have: Shape | list[int]) -> bool:
+def shape_fits(want: Any, have: Shape | list[int]) -> bool:
     """Whether a base tensor of shape ``have`` has the required shape ``want`` (``None``: any
-    size). A 2-D ``[out, in_flat]`` also fits a kernel of more dimensions seen flattened,
+    size; a :func:`one_of`: one of its shapes, each dimension by dimension). A 2-D
+    ``[out, in_flat]`` also fits a kernel of more dimensions seen flattened,
     ``[out, in/groups, k...]`` with ``in/groups * k...`` = ``in_flat``: PEFT's LyCORIS, OFT,
     BOFT and AdaLoRA layers see a convolution so, and an adapter checked without its base
     (published unpinned) can only say ``[out, in_flat]``; with a base in hand,
     :func:`pin_flattened` records the kernel's own shape."""
+    alts = alternatives(want)
+    if alts is not None:
+        return any(_same(a, have) for a in alts)
     if len(have) == len(want):
         return all(w is None or w == h for w, h in zip(want, have))
     return (len(want) == 2 and len(have) > 2 and want[0] in (None, have[0]) and want[1] is not None
             and numel(have[1:]) == want[1])
 
 
-def check_requirements(req: Mapping[str, list[int | None]], base: BaseFingerprint) -> list[str]:
+def check_requirements(req: Mapping[str, Any], base: BaseFingerprint) -> list[str]:
     """Reasons why ``base`` cannot take an adapter with these requirements (empty: it fits)."""
     reasons: list[str] = []
     missing: list[str] = []
@@ -388,13 +437,12 @@ def check_requirements(req: Mapping[str, list[int | None]], base: BaseFingerprin
         if not want:  # existence is all the method could check
             continue
         if not shape_fits(want, have):
-            shown = [("*" if w is None else w) for w in want]
             vocab = ("embed" in name or "lm_head" in name or "wte" in name) and not name.startswith("@")
-            if vocab and want and want[0] not in (None, have[0]):
+            if vocab and alternatives(want) is None and want[0] not in (None, have[0]):
                 reasons.append(f"vocabulary size: {name} has {have[0]} rows in the base, "
                                f"the adapter expects {want[0]}")
             else:
-                reasons.append(f"shape: {_label(name)} is {list(have)} in the base, the adapter needs {shown}")
+                reasons.append(f"shape: {_label(name)} is {list(have)} in the base, the adapter needs {_shown(want)}")
     if len(reasons) > MAX_REASONS:
         reasons = reasons[:MAX_REASONS] + [f"(+{len(reasons) - MAX_REASONS} more shape mismatches)"]
     if missing:

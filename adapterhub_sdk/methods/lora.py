@@ -17,6 +17,7 @@ from .base import (
     check_targets,
     group_by_module,
     numel,
+    one_of,
     pin_flattened,
     split_full_copies,
 )
@@ -138,14 +139,58 @@ def _param_target(config: Mapping[str, Any], module: str) -> list[str]:
     return found
 
 
+def _param_ranks(config: Mapping[str, Any], param: str) -> set[int] | None:
+    """The ranks PEFT may give the parameter target ``param`` (``r``, or the ``rank_pattern``
+    entry matched against the parameter's full name: the current rule and the one before PEFT
+    0.14); None when the config cannot say (a malformed ``r`` or pattern)."""
+    r, pattern = config.get("r"), config.get("rank_pattern") or {}
+    if not isinstance(r, int) or isinstance(r, bool) or not isinstance(pattern, dict):
+        return None
+    ranks: set[int] = set()
+    for rule in (lambda k: rf"(.*\.)?({k})$", lambda k: rf".*\.{k}$"):
+        try:
+            key = next((k for k in pattern if re.match(rule(k), param)), None)
+        except (re.error, TypeError):
+            return None
+        want = r if key is None else pattern[key]
+        if not isinstance(want, int) or isinstance(want, bool) or want <= 0:
+            return None
+        ranks.add(want)
+    return ranks
+
+
+def _param_shapes(config: Mapping[str, Any], module: str, param: str, a: Shape, b: Shape) -> list[list[int | None]]:
+    """Every shape of the parameter ``param`` that PEFT's ``ParamWrapper`` gives these
+    tensors: A is ``[r * experts, in]`` and B ``[out, r * experts]``; the parameter is
+    ``[out, in]`` (one expert), or ``[experts, out, in]``, or ``[experts, in, out]`` where the
+    module says ``is_transposed`` (model code, which neither the adapter nor the base's shapes
+    show). Raise AdapterFormatError where no rank the config gives fits A."""
+    rows, in_f, out_f = a[0], a[1], b[0]
+    ranks = _param_ranks(config, param)
+    if ranks is None:  # the config cannot say: any rank that divides A's rows
+        ranks = {r for r in range(1, rows + 1) if rows % r == 0}
+    counts = sorted({rows // r for r in ranks if rows > 0 and rows % r == 0})
+    if not counts:
+        raise AdapterFormatError(f"LoRA module {module!r} has a rank mismatch: lora_A has {rows} rows for "
+                                 f"{param!r}, not a multiple of its rank ({', '.join(map(str, sorted(ranks)))})",
+                                 hint=_INCONSISTENT)
+    shapes: list[list[int | None]] = []
+    for experts in counts:
+        if experts == 1:
+            shapes.append([out_f, in_f])
+        shapes += [[experts, out_f, in_f], [experts, in_f, out_f]]
+    return shapes
+
+
 def _special_weight(config: Mapping[str, Any], module: str, modules: Mapping[str, Any], a: Shape, b: Shape,
                     base: Any) -> Requirements | None:
     """Requirements of a LoRA pair whose base tensor is not ``<module>.weight``: an
     ``nn.MultiheadAttention`` (its packed ``in_proj_weight``; PEFT wraps its ``out_proj``
     too, saved as ``<module>.base_layer.out_proj``), or a parameter named by
     ``target_parameters`` (LoRA on an ``nn.Parameter``: ``[out, in]``, or for a 3-D expert
-    tensor ``[experts, in, out]`` with A ``[r * experts, in]``, in either order since it
-    depends on the model's code; the base settles which)."""
+    tensor ``[experts, out, in]`` with A ``[r * experts, in]``, in either order since it
+    depends on the model's code; the base settles which, and without it every shape these
+    tensors admit is recorded, :func:`_param_shapes`)."""
     have = (lambda n: base.shape_of(n)) if base is not None else (lambda n: None)
     mha = f"{module}.base_layer.out_proj" in modules or (
         have(f"{module}.weight") is None and have(f"{module}.in_proj_weight") is not None)
@@ -155,17 +200,14 @@ def _special_weight(config: Mapping[str, Any], module: str, modules: Mapping[str
     if len(params) != 1 or len(a) != 2 or len(b) != 2:
         return {p: [] for p in params} or None
     [param] = params
+    shapes = _param_shapes(config, module, param, a, b)
     shape = have(param)
-    if shape is not None and len(shape) == 3:
-        experts = shape[0]
-        if experts > 0 and a[0] % experts == 0:
-            for pair in ((a[1], b[0]), (b[0], a[1])):
-                if list(shape[1:]) == list(pair):
-                    return {param: [experts, *pair]}
-        return {param: [None, a[1], b[0]]}  # refused, naming the parameter
-    if shape is None and base is None:
-        return {param: []}  # 2-D or 3-D: only the base can tell
-    return {param: [b[0], a[1]]}
+    if base is None:
+        return {param: one_of(shapes)}
+    if shape is not None and list(shape) in shapes:
+        return {param: list(shape)}
+    # refused (or missing), naming the shapes of the base's rank that would fit
+    return {param: one_of([s for s in shapes if shape is not None and len(s) == len(shape)] or shapes)}
 
 
 class LoraMethod(AdapterMethod):
