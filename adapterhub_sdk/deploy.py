@@ -3,9 +3,9 @@
 A :class:`Deployment` loads the base once and attaches LoRA adapters from the registry by
 spec (``acme/sentiment@^1``, ``acme/sentiment@prod``). Each is resolved, its blobs read
 and digest-verified in memory, and checked against the base fingerprint before any tensor
-touches the model. Target ``nn.Linear`` modules are wrapped once; adapters live beside
-them as small per-adapter tensors, so attaching, detaching or swapping one costs the
-same however many are resident, and a batch may mix adapters row by row (two batched
+touches the model. Target ``nn.Linear`` modules (and ``nn.Embedding`` ones) are wrapped
+once; adapters live beside them as small per-adapter tensors, so attaching, detaching or
+swapping one costs the same however many are resident, and a batch may mix adapters row by row (two batched
 matmuls per module over per-row stacks, kept while the same batch runs on). A single hot
 adapter can be merged into the base weights for zero overhead and unmerged exactly.
 """
@@ -28,7 +28,7 @@ from .errors import AdapterFormatError, IncompatibleAdapterError, InvalidNameErr
 from .fingerprint import fingerprint
 from .generation import GenerationError
 from .methods.base import check_requirements
-from .multilora import MultiLoraLinear, RowSlots
+from .multilora import MultiLoraEmbedding, MultiLoraLinear, RowSlots
 from .multilora_variants import ModuleCopies, Prepared, merge_slot, prepare
 
 
@@ -81,6 +81,7 @@ class Deployment:
         self._rows = RowSlots()
         self._wrapped: dict[str, MultiLoraLinear] = {}
         self._copies: dict[str, ModuleCopies] = {}  # modules some adapters replace (modules_to_save)
+        self._embeddings: dict[str, MultiLoraEmbedding] = {}  # nn.Embedding modules with LoRA
         self._adapters: dict[str, AttachedAdapter] = {}
         self._next_slot = 0
         self._merged: tuple[str, list[tuple[Any, Any]]] | None = None
@@ -176,6 +177,15 @@ class Deployment:
                     wrapper.add_vector(kind, slot, v)
                 wrapper.cached = None
                 nbytes += wrapper.nbytes(slot)
+            for module_name, e in prepared.embeddings.items():
+                emb = self._embeddings.get(module_name)
+                if emb is None:
+                    emb = self._embeddings[module_name] = MultiLoraEmbedding(self.model.get_submodule(module_name),
+                                                                             self._rows)
+                emb.A[slot], emb.B[slot], emb.scaling[slot] = e.a, e.b, e.scaling
+                if e.weight is not None:
+                    emb.weight[slot] = e.weight
+                nbytes += emb.nbytes(slot)
             for module_name, dup in prepared.copies.items():
                 copies = self._copies.get(module_name)
                 if copies is None:
@@ -217,6 +227,8 @@ class Deployment:
     def _drop_slot(self, slot: int) -> None:
         for w in self._wrapped.values():
             w.drop(slot)
+        for e in self._embeddings.values():
+            e.drop(slot)
         for c in self._copies.values():
             c.copies.pop(slot, None)
 
@@ -268,7 +280,7 @@ class Deployment:
                 if self._merged[0] == name:
                     return
                 self.unmerge()
-            self._merged = (name, merge_slot(self._slot(name), self._wrapped, self._copies))
+            self._merged = (name, merge_slot(self._slot(name), self._wrapped, self._copies, self._embeddings))
 
     def unmerge(self) -> None:
         import torch

@@ -1,4 +1,5 @@
-"""The runtime half of a deployment: per-row LoRA-family updates on wrapped ``nn.Linear`` modules.
+"""The runtime half of a deployment: per-row LoRA-family updates on wrapped ``nn.Linear`` modules
+(and LoRA on ``nn.Embedding``: :class:`MultiLoraEmbedding`).
 
 Each wrapped module keeps its adapters' A and B (scaling, and DoRA's magnitude / norm, folded
 into B) by slot, and per-slot vectors for what else PEFT computes on that module (a lora_B bias,
@@ -191,6 +192,94 @@ class MultiLoraLinear:
         return sum(t.numel() * t.element_size() for t in ts)
 
 
+class MultiLoraEmbedding:
+    """Forward hook state for one wrapped ``nn.Embedding`` (PEFT's ``lora.Embedding``); row i with slot s:
+
+    ``y = embed_W_s(x) + (embed(x, A_s) @ B_s) * scaling_s * embed_scale``
+
+    A_s is ``lora_embedding_A`` transposed ([vocab, r]), looked up with the base module's own
+    ``padding_idx`` / ``max_norm`` / ``norm_type`` as PEFT's ``_embed`` does; B_s is
+    ``lora_embedding_B`` transposed ([r, dim]); ``embed_scale`` only where the base module has a
+    scalar one (a scaled word embedding); W_s the adapter's saved copy of the base weights where
+    it differs from the base's (PEFT loads that copy), else the base's. Adapter tensors are in
+    float32 on a half-precision base and the sum is cast back once, as PEFT. Rows of one slot
+    are computed together (PEFT's sub-batches), so a mixed batch costs one lookup per adapter."""
+
+    def __init__(self, module: Any, rows: RowSlots):
+        self.module = module
+        self.rows = rows
+        self.A: dict[int, Any] = {}  # slot -> [vocab, r]
+        self.B: dict[int, Any] = {}  # slot -> [r, dim]
+        self.scaling: dict[int, float] = {}
+        self.weight: dict[int, Any] = {}  # slot -> the adapter's copy of the base weights (where it differs)
+        self._inner = False  # running the base forward on a copy: this hook stays out of it
+        self.handle = module.register_forward_hook(self._hook)
+
+    def slots(self) -> set[int]:
+        return set(self.A)
+
+    def drop(self, slot: int) -> None:
+        for d in (self.A, self.B, self.scaling, self.weight):
+            d.pop(slot, None)
+
+    def delta(self, slot: int, x: Any) -> Any:
+        """PEFT's ``(_embed(x, A^T) @ B^T) * scaling`` (times the module's embed_scale) for slot ``slot``."""
+        import torch.nn.functional as F
+
+        m = self.module
+        h = F.embedding(x, self.A[slot], padding_idx=m.padding_idx, max_norm=m.max_norm, norm_type=m.norm_type,
+                        scale_grad_by_freq=m.scale_grad_by_freq, sparse=m.sparse)
+        out = (h @ self.B[slot]) * self.scaling[slot]
+        scale = embed_scale(m)
+        return out if scale is None else out * scale.to(out.dtype)
+
+    def _rows(self, slot: int, x: Any, y: Any) -> Any:
+        w = self.weight.get(slot)
+        if w is not None:
+            from torch.func import functional_call
+
+            self._inner = True
+            try:  # the module's own forward (scaling and lookup options included) on the adapter's copy
+                y = functional_call(self.module, {"weight": w}, (x,))
+            finally:
+                self._inner = False
+        return (y + self.delta(slot, x)).to(y.dtype)
+
+    def _hook(self, module: Any, args: tuple, y: Any) -> Any:
+        rows = self.rows
+        if rows.slots is None or not self.A or self._inner:
+            return y
+        x = args[0]
+        if rows.uniform is not None:
+            return self._rows(rows.uniform, x, y) if rows.uniform in self.A else y
+        import torch
+
+        for slot in sorted(set(rows.slots) & set(self.A)):
+            at = torch.tensor([i for i, s in enumerate(rows.slots) if s == slot], device=y.device)
+            y = y.index_copy(0, at, self._rows(slot, x.index_select(0, at), y.index_select(0, at)))
+        return y
+
+    def cached_bytes(self) -> int:
+        return 0
+
+    def nbytes(self, slot: int) -> int:
+        ts = [d[slot] for d in (self.A, self.B, self.weight) if slot in d]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+
+def embed_scale(module: Any) -> Any:
+    """The scale a scaled word embedding applies in its forward, as PEFT reads it (``embed_scale``:
+    a number, or a one-element tensor; anything else PEFT ignores), else None."""
+    import torch
+
+    s = getattr(module, "embed_scale", None)
+    if isinstance(s, (int, float)):
+        return torch.tensor(s, device=module.weight.device, dtype=module.weight.dtype)
+    if isinstance(s, torch.Tensor) and s.numel() == 1:
+        return s
+    return None
+
+
 def _size(stacks: tuple[Any, Any, dict[str, Any]]) -> int:
     a, b, vecs = stacks
     ts = [t for t in (a, b, *vecs.values()) if t is not None]
@@ -204,4 +293,5 @@ def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return default
 
 
-__all__ = ["LORA_KEY", "VECTORS", "MultiLoraLinear", "RowSlots", "pattern_value"]
+__all__ = ["LORA_KEY", "VECTORS", "MultiLoraEmbedding", "MultiLoraLinear", "RowSlots", "embed_scale",
+           "pattern_value"]

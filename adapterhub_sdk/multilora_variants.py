@@ -12,6 +12,11 @@
 - IA3: ``y * l`` (the bias scaled too), or ``base(x * l)`` for a feed-forward module (l of
   shape ``(1, in)``, as PEFT saved it).
 - ``modules_to_save``: the row's output is the adapter's trained copy of the module's.
+- LoRA / rsLoRA on an ``nn.Embedding``: ``y + s (embed(x, A^T) B^T)`` (times a scaled
+  embedding's ``embed_scale``), the lookup with the base module's ``padding_idx`` / ``max_norm``;
+  a saved copy of the base embedding (PEFT's ``save_embedding_layers``) is what PEFT loads into
+  the base, so where it differs from the base's weights the row uses it. DoRA, ``lora_bias`` and
+  ``ensure_weight_tying`` on an embedding are refused (:func:`embedding_refusals`).
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ from typing import Any
 
 from .errors import AdapterFormatError, IncompatibleAdapterError
 from .methods.base import strip_prefix
-from .multilora import RowSlots, pattern_value
+from .multilora import MultiLoraEmbedding, RowSlots, pattern_value
 
 _HINT = "load it with ah.load_adapter (PEFT) outside a Deployment"
 _LORA_PART = re.compile(r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector)")
 _IA3_PART = re.compile(r"(?P<module>.+)\.ia3_l")
+_EMBED_PART = re.compile(r"(?P<module>.+)\.(?P<part>lora_embedding_A|lora_embedding_B|base_layer\.weight)")
 
 
 @dataclass
@@ -42,19 +48,32 @@ class ModuleUpdate:
 
 
 @dataclass
+class EmbeddingUpdate:
+    """One adapter's LoRA on one ``nn.Embedding``: A [vocab, r], B [r, dim], PEFT's scaling apart
+    (PEFT multiplies after the matmul), and the adapter's copy of the base weights where it differs."""
+
+    a: Any
+    b: Any
+    scaling: float
+    weight: Any = None
+
+
+@dataclass
 class Prepared:
     """Everything one adapter puts on a deployment's modules, checked and on the model's device."""
 
     linear: dict[str, ModuleUpdate] = field(default_factory=dict)
     copies: dict[str, Any] = field(default_factory=dict)  # module name -> trained copy (nn.Module)
+    embeddings: dict[str, EmbeddingUpdate] = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
-        return max((u.a.shape[1] for u in self.linear.values() if u.a is not None), default=0)
+        ranks = [u.a.shape[1] for u in self.linear.values() if u.a is not None]
+        return max([*ranks, *(u.a.shape[1] for u in self.embeddings.values())], default=0)
 
     @property
     def modules(self) -> int:
-        return len(set(self.linear) | set(self.copies))
+        return len(set(self.linear) | set(self.copies) | set(self.embeddings))
 
 
 class ModuleCopies:
@@ -104,16 +123,22 @@ def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -
     if refused:  # PEFT would compute something this runtime does not: refuse, never approximate
         raise IncompatibleAdapterError(f"this runtime serves LoRA/rsLoRA/DoRA/IA3; the adapter {refused[0]}",
                                        reasons=refused, hint=_HINT)
-    for key in sorted(tensors):
-        if ".lora_embedding_" in key:
-            raise IncompatibleAdapterError(f"{strip_prefix(key).split('.lora_embedding_')[0]} is an nn.Embedding; "
-                                           "this runtime serves LoRA and IA3 on nn.Linear modules", hint=_HINT)
+    embedded = sorted({strip_prefix(k).split(".lora_embedding_")[0] for k in tensors if ".lora_embedding_" in k})
+    why = [r for module in embedded for r in embedding_refusals(config, module)]
+    if why:
+        raise IncompatibleAdapterError(f"runtime 'transformers' does not serve it as PEFT computes it: {why[0]}",
+                                       reasons=[f"runtime 'transformers' does not serve it as PEFT computes it: {r}"
+                                                for r in why], hint=_HINT)
     parts: dict[str, dict[str, Any]] = {}
     saved: dict[str, dict[str, Any]] = {}
+    emb: dict[str, dict[str, Any]] = {}
     for key, t in tensors.items():
         rel = strip_prefix(key)
         m = part.fullmatch(rel)
-        if m is not None:
+        e = _EMBED_PART.fullmatch(rel)
+        if e is not None and e["module"] in embedded:
+            emb.setdefault(e["module"], {})[e["part"]] = t
+        elif m is not None:
             parts.setdefault(m["module"], {})[m["part"] if peft_type != "IA3" else "l"] = t
         elif "." in rel and saved_module(config, rel.rsplit(".", 1)[0]) == rel.rsplit(".", 1)[0]:
             module, param = rel.rsplit(".", 1)
@@ -125,6 +150,11 @@ def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -
             raise IncompatibleAdapterError(f"tensor {key!r} is not {kind} or a modules_to_save copy this runtime "
                                            "can serve", hint=_HINT)
     out = Prepared()
+    for module_name, p in emb.items():
+        if module_name in parts or saved_module(config, module_name) is not None:
+            raise IncompatibleAdapterError(f"{module_name} has both LoRA on the embedding and other tensors "
+                                           "(modules_to_save, a Linear LoRA); PEFT cannot load that either", hint=_HINT)
+        out.embeddings[module_name] = _embedding(model, config, module_name, p)
     for module_name, p in parts.items():
         target = _linear(model, module_name)
         out.linear[module_name] = _ia3(module_name, target, p["l"]) if peft_type == "IA3" else \
@@ -148,6 +178,60 @@ def _linear(model: Any, module_name: str) -> Any:
         raise IncompatibleAdapterError(f"{module_name} is a {type(mod).__name__}; this runtime serves LoRA and "
                                        "IA3 on nn.Linear modules", hint=_HINT)
     return mod
+
+
+def embedding_refusals(config: Mapping[str, Any], module: str) -> list[str]:
+    """Why LoRA on the ``nn.Embedding`` ``module`` is not computed here as PEFT does (empty: it is).
+    Attach asks it of the adapter's tensors, ``resolve --runtime transformers`` of the manifest."""
+    out = []
+    if config.get("use_dora"):
+        out.append(f"{module} is an nn.Embedding and the adapter uses DoRA there (PEFT's DoRA on embeddings), "
+                   "which this runtime does not compute")
+    if config.get("lora_bias"):
+        out.append(f"{module} is an nn.Embedding and the adapter uses lora_bias there, which PEFT itself refuses")
+    if config.get("ensure_weight_tying"):
+        out.append(f"{module} is an nn.Embedding and the adapter ties its LoRA to the tied output layer's "
+                   "(ensure_weight_tying), which this runtime does not do")
+    return out
+
+
+def _embedding(model: Any, config: Mapping[str, Any], module_name: str, p: dict[str, Any]) -> EmbeddingUpdate:
+    import torch
+
+    from .lora_options import lora_alpha
+
+    try:
+        mod = model.get_submodule(module_name)
+    except AttributeError:
+        raise IncompatibleAdapterError(f"missing module: {module_name} not in the base") from None
+    if not isinstance(mod, torch.nn.Embedding):
+        raise IncompatibleAdapterError(f"{module_name} is a {type(mod).__name__}; the adapter has LoRA for an "
+                                       "nn.Embedding there", hint=_HINT)
+    if "lora_embedding_A" not in p or "lora_embedding_B" not in p:
+        raise AdapterFormatError(f"module {module_name!r} lacks lora_embedding_A or lora_embedding_B")
+    a, b, w = p["lora_embedding_A"], p["lora_embedding_B"], mod.weight
+    r = a.shape[0]
+    if a.dim() != 2 or b.dim() != 2 or tuple(w.shape) != (a.shape[1], b.shape[0]) or b.shape[1] != r:
+        raise IncompatibleAdapterError(f"shape: {module_name} is {list(w.shape)}, the adapter needs "
+                                       f"{[a.shape[1], b.shape[0]] if a.dim() == b.dim() == 2 else 'other'}")
+    alpha = float(pattern_value(config.get("alpha_pattern") or {}, module_name, lora_alpha(config)))
+    vd = _vec_dtype(w)  # PEFT loads adapters in float32 on a half-precision base (autocast_adapter_dtype)
+    update = EmbeddingUpdate(a=a.t().contiguous().to(w.device, vd), b=b.t().contiguous().to(w.device, vd),
+                             scaling=alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r)
+    copy_w = p.get("base_layer.weight")
+    if copy_w is not None:  # PEFT's save_embedding_layers: from_pretrained loads it into the base module
+        if tuple(copy_w.shape) != tuple(w.shape):
+            raise IncompatibleAdapterError(f"shape: {module_name} is {list(w.shape)}, the adapter's copy of it "
+                                           f"is {list(copy_w.shape)}")
+        copy_w = copy_w.to(w.device, w.dtype)
+        if not torch.equal(copy_w, w):
+            tied = [n for n, q in model.named_parameters(remove_duplicate=False) if q is w and n != f"{module_name}.weight"]
+            if tied:
+                raise IncompatibleAdapterError(f"{module_name}: the adapter's saved copy of the embedding differs from "
+                                               f"this base's, and PEFT would load it into {tied[0]} too (tied)",
+                                               hint="attach it to the base it was trained on")
+            update.weight = copy_w
+    return update
 
 
 def _vec_dtype(w: Any) -> Any:
@@ -241,7 +325,8 @@ def _copy(model: Any, module_name: str, params: dict[str, Any]) -> Any:
     return dup.eval().requires_grad_(False)
 
 
-def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, ModuleCopies]) -> list[tuple[Any, Any]]:
+def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, ModuleCopies],
+               embeddings: Mapping[str, MultiLoraEmbedding] | None = None) -> list[tuple[Any, Any]]:
     """Fold slot ``slot`` into the base weights as PEFT's ``merge`` does; returns (tensor,
     original) pairs to restore. Checks everything before it changes anything."""
     import torch
@@ -250,8 +335,19 @@ def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, Modu
         if slot in w.vec["bias"] and w.module.bias is None:
             raise IncompatibleAdapterError(f"{name} has no bias to merge the adapter's lora_B bias into "
                                            "(PEFT cannot merge it either)", hint="serve it unmerged")
+    for name, e in (embeddings or {}).items():
+        if slot in e.A and e.module.max_norm is not None:  # the lookup renormalises rows: merged is not unmerged
+            raise IncompatibleAdapterError(f"{name} renormalises looked-up rows (max_norm), so the merged embedding "
+                                           "would not give the unmerged output", hint="serve it unmerged")
     backup: list[tuple[Any, Any]] = []
     with torch.no_grad():
+        for e in (embeddings or {}).values():
+            if slot not in e.A:
+                continue
+            weight = e.module.weight  # PEFT: W (or the adapter's copy) + (s B A)^T in the adapter's dtype, cast
+            backup.append((weight, weight.detach().clone()))
+            start = e.weight.get(slot, weight)
+            weight.copy_(start + ((e.A[slot] @ e.B[slot]) * e.scaling[slot]).to(weight.dtype))
         for w in wrappers.values():
             if slot not in w.slots():
                 continue
@@ -287,4 +383,5 @@ def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, Modu
     return backup
 
 
-__all__ = ["ModuleCopies", "ModuleUpdate", "Prepared", "merge_slot", "prepare"]
+__all__ = ["EmbeddingUpdate", "ModuleCopies", "ModuleUpdate", "Prepared", "embedding_refusals", "merge_slot",
+           "prepare"]

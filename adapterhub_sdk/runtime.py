@@ -81,7 +81,8 @@ class TransformersRuntime(RuntimeBackend):
             devices=("cpu", "cuda"),
             mixed_batch_methods=frozenset({"lora", "ia3"}),
             notes=("Deployment serves LoRA, rsLoRA, DoRA, lora_bias, modules_to_save and IA3 on nn.Linear "
-                   "(copies: Linear, Embedding, norm layers), mixed in one batch, mergeable",
+                   "(copies: Linear, Embedding, norm layers), and LoRA / rsLoRA on nn.Embedding, mixed in one "
+                   "batch, mergeable",
                    "other methods load with ah.load_adapter (PEFT or the method plugin's apply)"),
         ))
 
@@ -98,14 +99,29 @@ class TransformersRuntime(RuntimeBackend):
             reasons += [f"runtime {self.name!r} does not serve it as PEFT computes it: the adapter {why}"
                         for why in deployment_refusals(config)]
             if not reasons:
-                reasons += self._layer_kinds(config, method.get("requirements") or {})
+                reasons += self._layer_kinds(config, method.get("requirements") or {},
+                                             (method.get("summary") or {}).get("embedding_modules") or ())
         return reasons
 
-    def _layer_kinds(self, config: Mapping[str, Any], requirements: Mapping[str, Any]) -> list[str]:
+    def _layer_kinds(self, config: Mapping[str, Any], requirements: Mapping[str, Any],
+                     embeddings: Any = ()) -> list[str]:
         """What the manifest's requirements (the base tensors the adapter touches) show that a
         Deployment does not serve: a convolution (an N-D kernel), an ``nn.MultiheadAttention``
-        or a bare parameter (not ``<module>.weight``), a ``modules_to_save`` copy of a block."""
+        or a bare parameter (not ``<module>.weight``), a ``modules_to_save`` copy of a block, a
+        LoRA option on an embedding that the embedding path does not compute (DoRA). The manifest
+        does not tell an embedding's 2-D weight from a Linear's, so embeddings are the modules its
+        summary lists as such (``embedding_modules``, where a method plugin records them) and those
+        named as transformers names them (:data:`EMBEDDING_NAMES`); attach checks the module itself."""
         from .lora_options import saved_module
+        from .multilora_variants import embedding_refusals
+
+        listed = {m for m in embeddings if isinstance(m, str)} if isinstance(embeddings, (list, tuple)) else set()
+        why = [r for name in sorted(requirements)
+               if (_embedding_name(name) or name.rsplit(".", 1)[0] in listed)
+               and saved_module(config, name.rsplit(".", 1)[0]) is None
+               for r in embedding_refusals(config, name.rsplit(".", 1)[0])]
+        if why:
+            return [f"runtime {self.name!r} does not serve it as PEFT computes it: {r}" for r in why]
 
         for name, shape in sorted(requirements.items()):
             module = name.rsplit(".", 1)[0]
@@ -121,6 +137,19 @@ class TransformersRuntime(RuntimeBackend):
                 return [f"runtime {self.name!r} serves LoRA and IA3 on nn.Linear modules; {name} is "
                         + (f"a {dims}-D kernel (a convolution)" if dims > 2 else "not a Linear weight")]
         return []
+
+
+#: the last part of an ``nn.Embedding``'s module name in transformers' models (token, position
+#: and token-type embeddings)
+EMBEDDING_NAMES = frozenset({"embed_tokens", "wte", "wpe", "word_embeddings", "position_embeddings",
+                             "token_type_embeddings", "embed_in", "tok_embeddings", "shared", "embed_positions",
+                             "embeddings", "embedding", "tok_embedding", "pos_embedding", "token_embedding",
+                             "emb", "tok_emb", "pos_emb", "word_emb"})
+
+
+def _embedding_name(tensor: str) -> bool:
+    parts = tensor.split(".")
+    return len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in EMBEDDING_NAMES
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,8 @@ biases, so DoRA's ``y - bias`` and IA3's scaled bias are exercised), every train
 perturbed, saved with ``save_pretrained``, published to a real SQLite registry and attached
 through the registry path; the reference is ``PeftModel.from_pretrained`` of that directory
 alone. What the runtime still does not compute is refused before loading, and
-``check_method`` (what ``resolve --runtime transformers`` asks) says the same as attach."""
+``check_method`` (what ``resolve --runtime transformers`` asks) says the same as attach.
+LoRA on an ``nn.Embedding``: ``test_deploy_embedding``."""
 
 from __future__ import annotations
 
@@ -358,20 +359,6 @@ def test_what_is_not_computed_as_peft_does_is_refused_with_the_reason(world, tmp
         assert exc.value.reasons == expected
         assert f"refused/{name}" not in {h.name for h in reg.resolve(world["base"], runtime="transformers")}
     assert dep.adapters == {}
-
-
-def test_lora_on_an_embedding_is_refused_by_attach_before_loading(world, tmp_path):
-    # the one layer kind the manifest does not tell from a Linear (its weight is 2-D too):
-    # resolve lists it for the runtime, attach refuses it by name before any tensor is used
-    from peft import LoraConfig
-
-    path = make_adapter(world["base"], tmp_path / "emb", LoraConfig(r=2, target_modules=["embed_tokens", "q_proj"]),
-                        seed=55)
-    world["registry"].publish(path, name="refused/emb", version="1.0.0", base=world["base"])
-    dep = ah.Deployment(str(world["base"]), registry=world["registry"])
-    with pytest.raises(IncompatibleAdapterError, match="embed_tokens is an nn.Embedding"):
-        dep.attach("refused/emb")
-    assert dep.adapters == {} and not dep._wrapped
 
 
 def test_a_dora_norm_of_zero_is_refused_where_peft_gives_non_finite_output(world, tmp_path):
