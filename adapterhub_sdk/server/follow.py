@@ -1,24 +1,30 @@
-"""Aliases that move live, and the internal slots that let a switch be atomic.
+"""Binding at receipt: the public name -> deployment name table, the leases, and the alias
+poller.
 
-An adapter served from an alias spec (``acme/sentiment@prod``) is attached to the deployment
-under an internal slot name (``acme/sentiment#1``); its public name (``acme/sentiment``, what
-requests send as ``model``) points at that slot. A background task re-reads where the alias
-points every ``interval`` seconds (one indexed query, :meth:`Registry.alias_target`). When it
-has moved, the new version is attached under a new slot at the next decode step boundary
-(``Scheduler.call`` naming only the new slot, so it never waits for the requests running:
-a switch takes the poll interval plus the attach, however long the running requests are),
-with every check an attach makes (fingerprint, signing policy, non-finite weights,
-loading); only then does the public name point at the new slot, in one
-assignment on the event loop. A request holds the slot it was resolved to (a lease) until its
-answer is complete, so requests in flight finish on the version they started with; the old
-slot is detached once no lease holds it (at a later poll; the detach names the slot, so the
-scheduler also runs it only once no row in a step uses it). A version that cannot be served
-leaves the old one serving, and its refusal is shown in ``/v1/models`` until the alias moves
-again. Moving the alias back is a rollback like any other move.
+A request is bound when it is received (its body read): its ``model`` is resolved to the
+deployment name serving it then (:meth:`AliasFollower.slot_of`), and the request holds that
+name (a lease, :meth:`AliasFollower.acquire`) until its answer is complete. A deployment name
+is never given another version while the server serves: a version that takes over a public
+name that is served already (an alias that moved, ``load_inplace``, ``POST /v1/adapters``
+over a served name, a load after an unload whose requests still run) is attached under a
+new internal slot (``acme/sentiment#1``: '#' is in no served name, so no client can pick one),
+and the public name points at it from then on, in one assignment on the event loop. What
+served it before is hidden at once and detached once the last request holding it is
+answered (the detach names it, so the scheduler also runs it only once no row in a step uses
+it). So a request runs on the version served when it was received, whatever moves before it
+is tokenized, queued or admitted; a request received after a move was reported runs on the
+new version; and one for a name unloaded before it was received is a 404.
 
-The same leases make admin replacements safe: an adapter replaced or unloaded over HTTP while
-serving a followed name is retired the same way. A plain name unloaded while requests hold it
-is hidden at once (:meth:`AliasFollower.unload`) and detached once the last has released it.
+Aliases: an adapter served from an alias spec (``acme/sentiment@prod``) is followed. A
+background task re-reads where the alias points every ``interval`` seconds (one indexed
+query, :meth:`Registry.alias_target`). When it has moved, the new version is attached under a
+new slot at the next decode step boundary (``Scheduler.call`` naming only the new slot, so it
+never waits for the requests running: a switch takes the poll interval plus the attach,
+however long the running requests are), with every check an attach makes (fingerprint,
+signing policy, non-finite weights, loading); only then does the public name point at the new
+slot. A version that cannot be served leaves the old one serving, and its refusal is shown in
+``/v1/models`` until the alias moves again. Moving the alias back is a rollback like any other
+move.
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ class Followed:
 
 
 class AliasFollower:
-    """The public name -> slot table, the leases, and the poller (see the module's doc)."""
+    """The public name -> deployment name table, the leases, and the poller (see the module's doc)."""
 
     def __init__(self, server: Server, interval: float = DEFAULT_INTERVAL):
         if interval < 0:
@@ -89,11 +95,11 @@ class AliasFollower:
         self.server = server
         self.interval = float(interval)
         self.follows: dict[str, Followed] = {}
+        self.routes: dict[str, str] = {}  # public name -> the internal slot of the fixed version serving it
         self.leases: Counter[str] = Counter()
-        self.retiring: dict[str, int] = {}  # slot -> polls it was seen idle
-        self.unloading: dict[str, Any] = {}  # unloaded name -> its version, until no request holds it
+        self.leaving: dict[str, Any] = {}  # deployment name served no more -> its version, until none holds it
         self.loading: set[str] = set()  # names load_lora_adapter is loading (not yet answered)
-        self.unloads: Counter[str] = Counter()  # unload() calls per name (an attach running meanwhile yields)
+        self.unloads: Counter[str] = Counter()  # unloads per public name (an attach running meanwhile yields)
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._seq = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
@@ -111,45 +117,85 @@ class AliasFollower:
     # ------------------------------------------------------------------ names and leases
 
     def hidden(self) -> set[str]:
-        """Deployment names no client addresses: followed slots, retiring and unloading ones."""
-        return {f.slot for f in self.follows.values()} | set(self.retiring) | set(self.unloading)
+        """Deployment names no client addresses: internal slots and versions on their way out."""
+        return {f.slot for f in self.follows.values()} | set(self.routes.values()) | set(self.leaving)
 
     def public_names(self, attached: list[str]) -> list[str]:
         hidden = self.hidden()
-        names = [n for n in attached if n not in hidden and n not in self.follows]
-        return names + [p for p in self.follows if self.follows[p].slot in attached]
+        names = [n for n in attached if n not in hidden and n not in self.follows and n not in self.routes]
+        names += [p for p, f in self.follows.items() if f.slot in attached]
+        return names + [p for p, slot in self.routes.items() if slot in attached and p not in self.follows]
 
     def slot_of(self, public: str) -> str | None:
-        """The deployment name a request for ``public`` runs on (None: not served)."""
+        """The deployment name a request for ``public`` received now is bound to (None: not served)."""
         f = self.follows.get(public)
         if f is not None:
             return f.slot
-        if public in self.hidden():  # an internal slot, retiring or unloading: no client's name
+        slot = self.routes.get(public)
+        if slot is not None:
+            return slot
+        if public in self.hidden():  # an internal slot or a version on its way out: no client's name
             return None
         return public if public in self.server.dep.adapters else None
 
-    def unload(self, name: str) -> None:
-        """Serve ``name`` no more from now on, while the requests holding it (resolved to it,
-        running or not yet submitted) finish on it; it is detached once the last of them has
-        released it. vLLM's unload_lora_adapter does the same: the name goes at once,
-        requests keep theirs. Call on the event loop."""
-        self.unloading[name] = self.server.dep.adapters[name]
-        self.unloads[name] += 1
-        self._event_loop = asyncio.get_running_loop()
-        if self.leases.get(name, 0) <= 0:
-            self._detach_unloaded(name)
+    def target_for(self, public: str) -> str:
+        """The deployment name to attach a version of ``public`` under: the name itself when
+        nothing is attached as it, else a new internal slot (a name requests may hold never
+        gets another version)."""
+        return public if public not in self.server.dep.adapters else self.next_slot(public)
 
-    def _detach_unloaded(self, name: str) -> None:
-        """Detach ``name``'s unloaded version (through the scheduler: after any row on it), unless
-        the name was attached again meanwhile."""
-        victim = self.unloading.get(name)
+    def serve(self, public: str, name: str) -> None:
+        """Serve ``public`` from the deployment name ``name`` (just attached) from now on; what
+        served it before serves no new request and is detached once none holds it. Call on the
+        event loop: the switch is one step there."""
+        before = self.slot_of(public)
+        self.follows.pop(public, None)  # a followed name given a fixed version is no longer followed
+        if name == public:
+            self.routes.pop(public, None)
+        else:
+            self.routes[public] = name
+        if before is not None and before != name:
+            self.retire(before)
+
+    def retire(self, name: str) -> Future[Any] | None:
+        """Serve the deployment name ``name`` to no new request; detach it once no request holds
+        it (now, when none does: the detach's future, else None). Call on the event loop."""
+        adapter = self.server.dep.adapters.get(name)
+        if adapter is None:
+            return None
+        self.leaving[name] = adapter
+        with contextlib.suppress(RuntimeError):  # (called off the loop: the detach cannot report back)
+            self._event_loop = asyncio.get_running_loop()
+        if self.leases.get(name, 0) <= 0:
+            return self._detach_leaving(name)
+        return None
+
+    async def unload(self, public: str) -> Future[Any] | None:
+        """Serve ``public`` no more from now on, while the requests bound to it (running, queued
+        or still being tokenized) finish on its version, which is detached once the last of them
+        is answered (vLLM's unload_lora_adapter does the same: the name goes at once, requests
+        keep theirs). Returns the detach's future when it runs at once (no request held it)."""
+        self.unloads[public] += 1
+        if public in self.follows:
+            async with self._guard():  # not while the poller switches it
+                f = self.follows.pop(public, None)
+                if f is not None:
+                    log.info("no longer serving %s (%s, following %s)", public, f.version, f.spec)
+                    return self.retire(f.slot)
+        return self.retire(self.routes.pop(public, public))
+
+    def _detach_leaving(self, name: str) -> Future[Any] | None:
+        """Detach ``name``'s leaving version through the scheduler (after any row on it), unless
+        another version was attached as ``name`` meanwhile."""
+        victim = self.leaving.get(name)
         if victim is None:
-            return
+            return None
         dep = self.server.dep
 
         def detach() -> None:
             if dep.adapters.get(name) is victim:  # not what a later attach put there
                 dep.detach(name)
+                log.info("detached %s (%s; no request holds it)", name, getattr(victim, "ref", "?"))
 
         def done(fut: Future[Any]) -> None:
             if not fut.cancelled() and fut.exception() is not None:
@@ -157,21 +203,29 @@ class AliasFollower:
             loop = self._event_loop
             if loop is not None:
                 with contextlib.suppress(RuntimeError):  # the loop closed: the server is gone
-                    loop.call_soon_threadsafe(self._unloaded, name, victim)
+                    loop.call_soon_threadsafe(self._left, name, victim)
 
         try:
-            self.server.worker.call(detach, names=[name]).add_done_callback(done)
+            fut = self.server.worker.call(detach, names=[name])
         except Exception as exc:  # noqa: BLE001 - stopping: nothing is served any more
             log.debug("detaching %s: %s", name, exc)
+            return None
+        fut.add_done_callback(done)
+        return fut
 
-    def _unloaded(self, name: str, victim: Any) -> None:
-        if self.unloading.get(name) is victim:
-            del self.unloading[name]
+    def _left(self, name: str, victim: Any) -> None:
+        if self.leaving.get(name) is victim:
+            del self.leaving[name]
+            if "#" in name:
+                self.server.loaded_at.pop(name, None)
 
     def public_of(self, slot: str) -> str:
         for f in self.follows.values():
             if f.slot == slot:
                 return f.public
+        for public, name in self.routes.items():
+            if name == slot:
+                return public
         return slot
 
     def acquire(self, slot: str | None) -> Callable[[], None]:
@@ -188,15 +242,10 @@ class AliasFollower:
                 self.leases[slot] -= 1
                 if self.leases[slot] <= 0:
                     del self.leases[slot]
-                    if slot in self.unloading:  # the last request on an unloaded name is done
-                        self._detach_unloaded(slot)
+                    if slot in self.leaving:  # the last request bound to a retired version is done
+                        self._detach_leaving(slot)
 
         return release
-
-    def retire(self, slot: str) -> None:
-        """Detach ``slot`` once no request holds it (checked at the polls that follow)."""
-        if slot in self.server.dep.adapters:
-            self.retiring.setdefault(slot, 0)
 
     # ------------------------------------------------------------------ following
 
@@ -220,12 +269,11 @@ class AliasFollower:
         async with self._guard():
             slot = self.next_slot(public)
             attached, notes = await self._attach(spec, slot)
-            old = self.follows.get(public)
+            before = self.slot_of(public)
             self.adopt(public, spec, attached)
-            if old is not None:
-                self.retire(old.slot)
-            elif public in self.server.dep.adapters:
-                self.retire(public)
+            self.routes.pop(public, None)
+            if before is not None:
+                self.retire(before)
             log.info("serving %s as %s (%s, %s), following %s", attached.ref, public, attached.digest[:19],
                      attached.verdict, spec)
             return attached, notes
@@ -275,11 +323,10 @@ class AliasFollower:
                 log.exception("following aliases failed")
 
     async def poll(self) -> None:
-        """One round: re-read every followed alias, switch what moved, detach idle slots."""
+        """One round: re-read every followed alias and switch what moved."""
         async with self._guard():
             for f in list(self.follows.values()):
                 await self._check(f)
-            await self._reap()
 
     def _refuse(self, f: Followed, version: str | None, digest: str | None, reason: str) -> None:
         f.refusal = {"version": version, "digest": digest, "reason": reason, "at": int(time.time())}
@@ -332,29 +379,6 @@ class AliasFollower:
             log.warning("%s: %s", f.public, note)
         log.info("%s: %s moved from %s to %s; switched to %s (%s, %s) after %.2f s to attach", f.public, f.spec,
                  was, version, attached.ref, attached.digest[:19], attached.verdict, time.monotonic() - started)
-
-    async def _reap(self) -> None:
-        """Detach retired slots no request holds (idle at two polls in a row; a cancelled row
-        still in a scheduler step holds the detach back until it has left)."""
-        dep = self.server.dep
-        for slot in list(self.retiring):
-            if slot not in dep.adapters:
-                self.retiring.pop(slot, None)
-                continue
-            if self.leases.get(slot, 0) > 0:
-                self.retiring[slot] = 0
-                continue
-            self.retiring[slot] += 1
-            if self.retiring[slot] < 2:
-                continue
-            try:
-                await asyncio.wrap_future(self.server.worker.call(  # after any row still on it
-                    lambda s=slot: dep.detach(s), names=[slot]))  # type: ignore[misc]
-            except Exception as exc:  # noqa: BLE001 - gone already
-                log.debug("detaching %s: %s", slot, exc)
-            self.retiring.pop(slot, None)
-            self.server.loaded_at.pop(slot, None)
-            log.info("detached %s (no request uses it)", slot)
 
 
 __all__ = ["DEFAULT_INTERVAL", "AliasFollower", "Followed", "is_alias", "slot_name"]

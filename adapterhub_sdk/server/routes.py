@@ -213,8 +213,8 @@ async def list_adapters(request: Request) -> JSONResponse:
 async def load_adapter(request: Request) -> JSONResponse:
     server = _server(request)
     body = await _parse(request, p.AdapterLoad)
-    public, replaced, notes = await _attach(request, body.spec, body.name, "spec", "name")
-    return JSONResponse({**server.adapter_object(public), "replaced": replaced, "warnings": notes},
+    public, replaced, notes, attached = await _attach(request, body.spec, body.name, "spec", "name")
+    return JSONResponse({**server.adapter_object(public, attached), "replaced": replaced, "warnings": notes},
                         status_code=200 if replaced else 201)
 
 
@@ -259,12 +259,11 @@ async def load_lora_adapter(request: Request) -> PlainTextResponse:
     fresh = name not in loading
     loading.add(name)
     try:
-        public, _, notes = await _attach(request, body.lora_path, name, "lora_path", "lora_name",
-                                         directory=_directory(body.lora_path))
+        _, _, notes, a = await _attach(request, body.lora_path, name, "lora_path", "lora_name",
+                                       directory=_directory(body.lora_path))
     finally:
         if fresh:
             loading.discard(name)
-    a = server.dep.adapters[server.follower.slot_of(public) or public]
     text = f"Success: LoRA adapter '{name}' added successfully." + "".join(f"\nwarning: {n}" for n in notes)
     return PlainTextResponse(text, headers={"X-AdapterHub-Verdict": a.verdict, "X-AdapterHub-Digest": a.digest,
                                             "X-AdapterHub-Pinned": "true" if a.pinned else "false"})
@@ -282,9 +281,11 @@ async def unload_lora_adapter(request: Request) -> PlainTextResponse:
 
 
 async def _attach(request: Request, spec: str, name: str | None, spec_param: str, name_param: str, *,
-                  directory: str | None = None) -> tuple[str, bool, list[str]]:
+                  directory: str | None = None) -> tuple[str, bool, list[str], Any]:
     """Attach ``spec`` (or ``directory``) as ``name`` between scheduler steps: (the public name,
-    whether it replaced one, warnings). An alias spec is followed when the server follows aliases."""
+    whether it replaced one, warnings, the attached version). A served name gets its new
+    version under a new internal slot (see :mod:`.follow`): requests received before the
+    switch finish on the old one. An alias spec is followed when the server follows aliases."""
     server = _server(request)
     dep, base_id, follower = server.dep, server.base_id, server.follower
     if name is not None:
@@ -297,45 +298,47 @@ async def _attach(request: Request, spec: str, name: str | None, spec_param: str
     if directory is None and follower.enabled and is_alias(spec):
         return await _follow(request, spec, name, before, spec_param, name_param)
 
-    def attach() -> tuple[Any, list[str]]:
+    def attach(key: str, target: str) -> tuple[Any, list[str]]:
+        if target in dep.adapters:  # attached meanwhile: a new slot, never a name requests may hold
+            target = follower.next_slot(key)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", StructuralMatchWarning)
             if directory is not None:
-                attached = attach_directory(dep, directory, name=name or "")
+                attached = attach_directory(dep, directory, name=target)
             else:
-                attached = dep.attach(spec, name=name)
+                attached = dep.attach(spec, name=target)
         return attached, [str(w.message) for w in caught if issubclass(w.category, StructuralMatchWarning)]
 
     try:
         key = name if name is not None else await _registry_name(dep, spec)
-        mark = follower.unloads[key] if key is not None else 0  # unloads of the name before this call
-        attached, notes = await asyncio.wrap_future(server.worker.call(attach, names=None if key is None else [key]))
+        if key is None:  # the registry does not know it: the attach says why
+            key = str((await run_in_threadpool(dep.registry.show, spec)).name)
+        if key == base_id:  # named after the base by its registry name: refuse to shadow it
+            raise APIError(400, f"'{key}' is the base's id; pass another name", param=name_param,
+                           code="invalid_value")
+        mark = follower.unloads[key]  # unloads of the name before this call
+        target = follower.target_for(key)
+        attached, notes = await asyncio.wrap_future(server.worker.call(lambda: attach(key, target), names=[target]))
+    except APIError:
+        raise
     except IntegrityError as exc:  # a directory's files differ from its manifest: the request's input
         if directory is None:
             raise api_error(exc, param=spec_param) from None
         raise APIError(400, error_message(exc), param=spec_param, code="integrity_error") from None
     except Exception as exc:  # noqa: BLE001 - every failure is an error object
         raise api_error(exc, param=spec_param) from None
-    if attached.name == base_id:  # named after the base by its registry name: refuse to shadow it
-        await asyncio.wrap_future(server.worker.call(lambda: dep.detach(attached.name), names=[attached.name]))
-        raise APIError(400, f"'{attached.name}' is the base's id; pass another name", param=name_param,
-                       code="invalid_value")
-    follower.retiring.pop(attached.name, None)  # served again under its own name
-    if key is not None and follower.unloads[key] != mark:  # unloaded while this ran: the
-        follower.unloading[attached.name] = attached  # later call wins; hidden now, detached once unheld
-        if follower.leases.get(attached.name, 0) <= 0:  # (after this answer is built from it)
-            asyncio.get_running_loop().call_soon(follower._detach_unloaded, attached.name)
-        server.loaded_at.pop(attached.name, None)
-        return attached.name, attached.name in before, notes
-    follower.unloading.pop(attached.name, None)  # (an unloaded version still held is left alone)
-    await follower.unfollow(attached.name)  # a followed name replaced by a fixed version
-    server.loaded_at[attached.name] = int(time.time())
-    label_adapter(request.scope, attached.name)
-    return attached.name, attached.name in before, notes
+    label_adapter(request.scope, key)
+    if follower.unloads[key] != mark:  # unloaded while this ran: the later call wins; what this
+        follower.retire(attached.name)  # attached is hidden now, detached once unheld
+        server.loaded_at.pop(key, None)
+        return key, key in before, notes, attached
+    follower.serve(key, attached.name)  # from now on requests for it are bound to this version
+    server.loaded_at[key] = int(time.time())
+    return key, key in before, notes, attached
 
 
 async def _follow(request: Request, spec: str, name: str | None, before: set[str], spec_param: str,
-                  name_param: str) -> tuple[str, bool, list[str]]:
+                  name_param: str) -> tuple[str, bool, list[str], Any]:
     """Attach the alias ``spec`` under an internal slot and serve it as ``name`` (default: the
     adapter's name), following the alias from now on."""
     server = _server(request)
@@ -344,35 +347,29 @@ async def _follow(request: Request, spec: str, name: str | None, before: set[str
         if public == server.base_id:
             raise APIError(400, f"'{public}' is the base's id; pass another name", param=name_param,
                            code="invalid_value")
-        _, notes = await server.follower.follow(public, spec)
+        attached, notes = await server.follower.follow(public, spec)
     except Exception as exc:  # noqa: BLE001
         raise api_error(exc, param=spec_param) from None
     server.loaded_at[public] = int(time.time())
     label_adapter(request.scope, public)
-    return public, public in before, notes
+    return public, public in before, notes, attached
 
 
 async def _detach(request: Request, name: str, param: str, *, missing: str | None = None) -> None:
     server = _server(request)
-    dep = server.dep
     if name == server.base_id:
         raise APIError(400, "the base cannot be unloaded", param=param, code="invalid_value")
     check_served_name(name, param)
     if server.follower.slot_of(name) is None:
         raise APIError(404, missing or f"no adapter '{name}' is loaded", param=param, code="model_not_found")
     label_adapter(request.scope, name)
-    if await server.follower.unfollow(name):  # its slot is detached once no request holds it
-        server.loaded_at.pop(name, None)
-        return
-    if server.follower.leases.get(name, 0) > 0:  # as vLLM: the name goes now, its requests finish on it
-        server.follower.unload(name)
-        server.loaded_at.pop(name, None)
-        return
-    try:  # the scheduler runs it once no row in a step uses it
-        await asyncio.wrap_future(server.worker.call(lambda: dep.detach(name), names=[name]))
-    except Exception as exc:  # noqa: BLE001
-        raise api_error(exc, param=param) from None
+    detach = await server.follower.unload(name)  # the name goes now; requests bound to it finish on it
     server.loaded_at.pop(name, None)
+    if detach is not None:  # no request held it: detached before this answers
+        try:
+            await asyncio.wrap_future(detach)
+        except Exception as exc:  # noqa: BLE001
+            raise api_error(exc, param=param) from None
 
 
 async def _registry_name(dep: Any, spec: str) -> str | None:

@@ -90,8 +90,9 @@ class Server:
                 "adapter": {**a.to_dict(), "name": name},
                 "alias": followed.to_dict() if followed is not None else None}
 
-    def adapter_object(self, name: str) -> dict[str, Any]:
-        a = self.dep.adapters[self.follower.slot_of(name) or name]
+    def adapter_object(self, name: str, attached: Any = None) -> dict[str, Any]:
+        """``name``'s adapter card: of the version serving it, or of ``attached`` when given."""
+        a = attached if attached is not None else self.dep.adapters[self.follower.slot_of(name) or name]
         return {"id": name, "object": "adapter", "parent": self.base_id, **a.to_dict(), "name": name}
 
     def resolve_model(self, model: str, request: Request) -> str | None:
