@@ -216,3 +216,28 @@ def test_dora_on_an_embedding_is_refused_and_resolve_says_so(world, tmp_path):
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     assert rows["refused/dora-emb"]["verdict"] == "incompatible" and rows["refused/dora-emb"]["reasons"][0] == reasons[0]
     assert all(rows[f"emb/{k}"]["verdict"] == "exact" for k in KINDS)
+
+
+def test_a_base_embedding_with_max_norm_renormalises_as_peft_and_is_not_merged(world):
+    """PEFT looks the LoRA rows up with the base module's max_norm (renormalising them in place,
+    as the base's own lookup does): served the same; merging would change that, so it is refused."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    def base() -> Any:
+        model = AutoModelForCausalLM.from_pretrained(world["base"]).eval()
+        model.model.embed_tokens.max_norm = 0.05  # below the rows' norms (base ~0.11, A ~0.14)
+        return model
+
+    dep = ah.Deployment(base(), registry=world["registry"])
+    dep.attach("emb/emb-only", name="e")
+    ids = ids_batch(3, seed=26)
+    got = dep.forward(ids, ["e", None, "e"])
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(base(), world["dirs"]["emb-only"]).eval()(input_ids=ids).logits
+        plain = base()(input_ids=ids).logits
+    assert diff(got[0::2], want[0::2]) < ATOL and diff(got[1:2], plain[1:2]) < ATOL
+    assert diff(want, peft_logits(world, "emb-only", ids)) > 1e-3  # max_norm matters here
+    with pytest.raises(IncompatibleAdapterError, match="max_norm"):
+        dep.merge("e")
+    assert dep.merged is None
