@@ -241,3 +241,22 @@ def test_a_base_embedding_with_max_norm_renormalises_as_peft_and_is_not_merged(w
     with pytest.raises(IncompatibleAdapterError, match="max_norm"):
         dep.merge("e")
     assert dep.merged is None
+
+
+def test_embedding_rows_in_one_continuous_batch_over_http(world):
+    """The server's continuous scheduler (rows joining and leaving at each decode step) drives the
+    same per-row selection: each request gets the tokens PEFT gives its adapter alone."""
+    pytest.importorskip("uvicorn")
+    from test_continuous import _gather, _tokens, serving
+
+    dep = deployment(world)
+    g = torch.Generator().manual_seed(27)
+    kinds = ["emb", "lora", None, "emb-rs", "emb-only", "emb", "lora", "emb-only"]
+    prompts = [torch.randint(2, VOCAB, (3 + i % 5,), generator=g).tolist() for i in range(len(kinds))]
+    bodies = [{"model": kind or "tiny", "prompt": p, "max_tokens": 6, "temperature": 0, "logprobs": 1}
+              for kind, p in zip(kinds, prompts, strict=True)]
+    with serving(dep) as s:
+        replies = _gather(s.url, bodies)
+    for kind, p, reply in zip(kinds, prompts, replies, strict=True):
+        got = [t.strip() for t in _tokens(reply["choices"][0])]
+        assert got == [f"w{t}" for t in peft_greedy(world, kind, p, 6)], kind
