@@ -10,11 +10,11 @@ leave it the step they finish.
    call declares the deployment names it attaches, replaces or detaches
    (``Scheduler.call(fn, names)``): it runs at once unless a row in flight, or a job queued
    before it, uses one of them; then it waits for those rows (so they finish on the version
-   they started with) and the jobs queued after it for those names wait behind it. Attaching
-   a new name, or a follower's new internal slot, never waits; unloading or replacing in
-   place a name that running rows use frees its old version once they have finished (vLLM's
-   unload removes the name and lets requests in flight finish too). A call that declares
-   nothing waits until no row runs, and everything queued behind it waits for it;
+   they started with) and the jobs queued after it for those names wait behind it. The
+   HTTP side never replaces a name in place (a served name's new version gets a new internal
+   slot, :mod:`.follow`), so its attaches never wait, and its detaches come once the last
+   request bound to the version is answered. A call that declares nothing waits until no
+   row runs, and everything queued behind it waits for it;
 3. prefill newcomers alone, at most ``max_prefill_tokens`` prompt tokens per step (long
    prompts in chunks), so running decodes are never held up by more than that; a newcomer
    whose prompt is in its cache samples its first token and joins the shared cache

@@ -1,7 +1,7 @@
 """Binding at receipt: the public name -> deployment name table, the leases, and the alias
 poller.
 
-A request is bound when it is received (its body read): its ``model`` is resolved to the
+A request is bound when it is received (its body read and parsed): its ``model`` is resolved to the
 deployment name serving it then (:meth:`AliasFollower.slot_of`), and the request holds that
 name (a lease, :meth:`AliasFollower.acquire`) until its answer is complete. A deployment name
 is never given another version while the server serves: a version that takes over a public
