@@ -90,11 +90,13 @@ def _check_fit(model: Any, manifest: Any, strict: bool, stacklevel: int = 3) -> 
         return None
     ref = f"{manifest.name}@{manifest.version}"
     fp = fingerprint(_base_state(model), progress=False)
-    if fp.digest == manifest.base.fingerprint:
-        return "exact"
+    # the requirements first, even where the fingerprints agree: a version imported with a pin
+    # its files do not bear out (claimed before the base was known here) is a misfit, told so
     reasons = check_requirements(manifest.requirements, fp)
     if reasons:
         raise IncompatibleAdapterError(f"{ref} does not fit this model: {reasons[0]}", reasons=reasons)
+    if fp.digest == manifest.base.fingerprint:
+        return "exact"
     if strict:
         raise IncompatibleAdapterError(f"{ref} was trained on other base weights (strict)",
                                        reasons=["base weights differ from the ones the adapter was trained on"],

@@ -448,3 +448,60 @@ def test_the_remote_is_a_builtin_plugin_found_by_scheme():
         r.fetch_base("oci://registry.example.com/team/x")
 
 
+
+
+def _repinned(oci, repo: str, src_repo: str, tag: str, base: ah.BaseFingerprint) -> None:
+    """Copy ``src_repo:tag`` to ``repo:tag`` with its config (our manifest) and annotations
+    claiming ``base`` as the pinned base: what a crafted or buggy push would hold."""
+    from adapterhub_sdk.oci.refs import ANN
+
+    with OciClient(oci.host, insecure=True) as c:
+        doc = json.loads(c.get_manifest(src_repo, tag)[0])
+        cfg = json.loads(c.fetch_small(src_repo, doc["config"]["digest"], 1 << 20))
+        cfg["base"].update(fingerprint=base.digest, arch_signature=base.arch_signature)
+        cfg.pop("digest", None)  # optional; it would no longer match
+        raw = json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
+        for layer in doc["layers"]:
+            data = c.fetch_small(src_repo, layer["digest"], 1 << 30)
+            c.push_blob(repo, layer["digest"], layer["size"], data)
+        c.push_blob(repo, sha256_digest(raw), len(raw), raw)
+        doc["config"] = {**doc["config"], "digest": sha256_digest(raw), "size": len(raw)}
+        doc["annotations"].update({ANN + "base.fingerprint": base.digest, ANN + "base.arch": base.arch_signature})
+        doc["annotations"].pop(ANN + "manifest.digest", None)
+        c.put_manifest(repo, tag, json.dumps(doc).encode())
+
+
+def test_a_pin_the_files_do_not_fit_is_refused_by_pull_and_resolve(oci, reg, other, tmp_path, base_dir,
+                                                                     base_other_shape, lora_dir, request):
+    """An artifact whose manifest pins a base its files do not fit (crafted, or pushed by a
+    buggy tool): where that base is known here, the pull refuses it before anything is
+    recorded (as a Hub pull does), and resolve against the repository calls it incompatible
+    with the shape that differs, never exact."""
+    src, repo = _repo(request) + "-src", _repo(request)
+    reg.publish(lora_dir, name="acme/pin", version="1.0.0", base=base_dir, tasks=["sentiment"])
+    OciRemote(insecure=True).push(reg, "acme/pin@1.0.0", f"oci://{oci.host}/{src}")
+    wrong = other.register_base(base_other_shape)
+    _repinned(oci, repo, src, "1.0.0", wrong)
+    url = f"oci://{oci.host}/{repo}"
+    (hit,) = OciRemote(url, insecure=True).resolve(wrong)
+    assert hit["verdict"] == "incompatible" and hit["reasons"][0].startswith("shape:"), hit
+    with pytest.raises(ah.IncompatibleAdapterError, match="do not fit that base"):
+        OciRemote(insecure=True).pull(other, f"{url}:1.0.0", tmp_path / "out")
+    assert other.list() == [] and not (tmp_path / "out").exists()
+    assert list(other.blobs.iter_digests()) == []
+    out = run_cli("pull", f"{url}:1.0.0", "--insecure", env={"ADAPTERHUB_HOME": str(tmp_path / "cli-home")})
+    assert out.returncode == 0  # the base is unknown in that home: the claim is recorded, as a Hub pull does
+    from transformers import AutoModelForCausalLM
+
+    claimed = ah.Registry.open(f"sqlite:///{tmp_path / 'cli-home' / 'registry.db'}",
+                               blobs=tmp_path / "cli-home" / "blobs")
+    try:  # ... and loading it on that base is refused by our check (before PEFT's size mismatch)
+        with pytest.raises(ah.IncompatibleAdapterError, match="does not fit this model: shape"):
+            ah.load_adapter(AutoModelForCausalLM.from_pretrained(base_other_shape), "acme/pin@1.0.0",
+                            registry=claimed)
+    finally:
+        claimed.close()
+    home = {"ADAPTERHUB_HOME": str(tmp_path / "cli-home2")}
+    assert run_cli("fingerprint", str(base_other_shape), "--register", env=home).returncode == 0
+    out = run_cli("pull", f"{url}:1.0.0", "--insecure", env=home)
+    assert out.returncode == 1 and "do not fit that base" in out.stderr and out.stderr.count("\n") <= 2, out.stderr

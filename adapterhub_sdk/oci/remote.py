@@ -386,14 +386,17 @@ class OciRemote:
     @staticmethod
     def _check_files(registry: Any, r: OciRef, manifest: Manifest, sources: dict[str, Path], tmp: str, *,
                      scan: bool, stage: Callable[[Any], Any] | None = None) -> None:
-        """The files are the adapter the manifest describes; NaN/Inf weights are imported with a
+        """The files are the adapter the manifest describes, and fit the base it pins where this
+        registry knows that base (as a Hub pull checks); NaN/Inf weights are imported with a
         warning (``scan``; with a destination, the directory's write warns instead)."""
         from ..adapter_files import NonFiniteWarning, nonfinite_message
+        from ..hub_checks import check_claimed_base
         from ..methods.base import refines
 
         with registry.pack_files(sources, root=tmp or None, stage=stage) as pkg:
             if not refines(pkg.requirements, manifest.requirements):
                 raise IntegrityError(f"{r}: the manifest's requirements do not match its adapter files")
+            check_claimed_base(r, manifest, pkg, registry)  # a pin to a base known here: the files must fit it
             bad = pkg.nonfinite() if scan else []
             if bad:
                 warnings.warn(f"{r}: " + nonfinite_message("adapter_model.safetensors", bad)
@@ -405,7 +408,10 @@ class OciRemote:
                 limit: int = 50) -> list[dict[str, Any]]:
         """Versions in this repository for a base, newest first, from each tag's manifest
         annotations (our manifest, the config blob, only where they are missing; never a
-        layer): exact (same fingerprint), structural (same arch signature), incompatible."""
+        layer): exact (same fingerprint), structural (same arch signature), incompatible (and
+        so where the manifest's requirements do not fit a base given with its shapes)."""
+        from ..methods.base import check_requirements
+
         if self.url is None:
             raise NotFoundError("resolve needs the repository: oci://HOST/REPOSITORY")
         r = parse_oci_ref(self.url)
@@ -435,7 +441,11 @@ class OciRemote:
                         (author and not info["name"].lower().startswith(author.lower() + "/")):
                     continue  # a tag holding another version's manifest, or annotations that lied
                 pinned, parch = info["fingerprint"], info["arch"]
-                if pinned and pinned == fp:
+                misfit = check_requirements(info["requirements"], base) \
+                    if not isinstance(base, str) and (pinned == fp or (arch and parch == arch)) else []
+                if misfit:  # a pin or a signature the files do not bear out: what a pull would refuse
+                    verdict, reasons = "incompatible", misfit
+                elif pinned and pinned == fp:
                     verdict, reasons = "exact", []
                 elif arch and parch == arch:
                     verdict, reasons = "structural", ["base weights differ from the ones the adapter was trained on",
@@ -462,7 +472,8 @@ class OciRemote:
             raise IntegrityError(f"{r}: the artifact's config has no digest")
         m = Manifest.from_json(c.fetch_small(r.repo, digest, CONFIG_LIMIT))
         return {"name": m.name, "fingerprint": m.base.fingerprint or "", "arch": m.base.arch_signature or "",
-                "method": m.method.get("type", ""), "tasks": list(m.tasks), "version": m.version}
+                "method": m.method.get("type", ""), "tasks": list(m.tasks), "version": m.version,
+                "requirements": m.requirements}
 
     # ------------------------------------------------------------------ bases
 
