@@ -450,7 +450,7 @@ def test_the_remote_is_a_builtin_plugin_found_by_scheme():
 
 
 
-def _repinned(oci, repo: str, src_repo: str, tag: str, base: ah.BaseFingerprint) -> None:
+def _repinned(oci, repo: str, src_repo: str, tag: str, base: ah.BaseFingerprint, keep_digest: bool = False) -> None:
     """Copy ``src_repo:tag`` to ``repo:tag`` with its config (our manifest) and annotations
     claiming ``base`` as the pinned base: what a crafted or buggy push would hold."""
     from adapterhub_sdk.oci.refs import ANN
@@ -459,7 +459,8 @@ def _repinned(oci, repo: str, src_repo: str, tag: str, base: ah.BaseFingerprint)
         doc = json.loads(c.get_manifest(src_repo, tag)[0])
         cfg = json.loads(c.fetch_small(src_repo, doc["config"]["digest"], 1 << 20))
         cfg["base"].update(fingerprint=base.digest, arch_signature=base.arch_signature)
-        cfg.pop("digest", None)  # optional; it would no longer match
+        if not keep_digest:
+            cfg.pop("digest", None)  # optional; it would no longer match
         raw = json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
         for layer in doc["layers"]:
             data = c.fetch_small(src_repo, layer["digest"], 1 << 30)
@@ -505,3 +506,15 @@ def test_a_pin_the_files_do_not_fit_is_refused_by_pull_and_resolve(oci, reg, oth
     assert run_cli("fingerprint", str(base_other_shape), "--register", env=home).returncode == 0
     out = run_cli("pull", f"{url}:1.0.0", "--insecure", env=home)
     assert out.returncode == 1 and "do not fit that base" in out.stderr and out.stderr.count("\n") <= 2, out.stderr
+
+
+def test_a_config_that_is_no_valid_manifest_is_refused_naming_the_artifact(oci, reg, other, tmp_path, base_dir,
+                                                                           base_other_shape, lora_dir, request):
+    src, repo = _repo(request) + "-src", _repo(request)
+    reg.publish(lora_dir, name="acme/cfg", version="1.0.0", base=base_dir)
+    OciRemote(insecure=True).push(reg, "acme/cfg@1.0.0", f"oci://{oci.host}/{src}")
+    _repinned(oci, repo, src, "1.0.0", ah.fingerprint(base_other_shape), keep_digest=True)  # its digest now lies
+    url = f"oci://{oci.host}/{repo}:1.0.0"
+    with pytest.raises(IntegrityError, match=f"{repo}.*config.*not valid: manifest digest does not match.*nothing was"):
+        OciRemote(insecure=True).pull(other, url, tmp_path / "out")
+    assert other.list() == [] and not (tmp_path / "out").exists()

@@ -112,6 +112,17 @@ def _parse_oci(body: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
+def _config_manifest(raw: bytes, what: str) -> Manifest:
+    """Our manifest from an artifact's config blob; a malformed one is refused naming the
+    artifact (nothing is recorded from it)."""
+    try:
+        return Manifest.from_json(raw)
+    except (ValueError, AdapterHubError) as exc:
+        msg = exc.message if isinstance(exc, AdapterHubError) else str(exc)
+        raise IntegrityError(f"{what}: the artifact's config (its adapterhub manifest) is not valid: {msg}; "
+                             "nothing was recorded", hint="push it again with 'adapterhub push'") from None
+
+
 def _layers(doc: dict[str, Any], what: str) -> list[tuple[str, str, int]]:
     """(title, digest, size) of each layer, titles checked as file names (never paths)."""
     out = []
@@ -328,7 +339,7 @@ class OciRemote:
             if cfg.get("mediaType") != CONFIG_TYPE or not isinstance(cfg.get("digest"), str):
                 raise NotFoundError(f"{r} is not an adapter pushed by adapterhub (config type "
                                     f"{cfg.get('mediaType')!r}, not {CONFIG_TYPE})")
-            manifest = Manifest.from_json(c.fetch_small(r.repo, cfg["digest"], CONFIG_LIMIT))
+            manifest = _config_manifest(c.fetch_small(r.repo, cfg["digest"], CONFIG_LIMIT), what)
             if tag is not None and tag_version(tag) is not None and str(tag_version(tag)) != manifest.version:
                 raise IntegrityError(f"{r}: tag {tag} holds the manifest of version {manifest.version}")
             check_pull_name(registry, str(r), r.repo_url, manifest, name,
@@ -470,7 +481,7 @@ class OciRemote:
         digest = doc["config"].get("digest")
         if not isinstance(digest, str):
             raise IntegrityError(f"{r}: the artifact's config has no digest")
-        m = Manifest.from_json(c.fetch_small(r.repo, digest, CONFIG_LIMIT))
+        m = _config_manifest(c.fetch_small(r.repo, digest, CONFIG_LIMIT), f"{r}")
         return {"name": m.name, "fingerprint": m.base.fingerprint or "", "arch": m.base.arch_signature or "",
                 "method": m.method.get("type", ""), "tasks": list(m.tasks), "version": m.version,
                 "requirements": m.requirements}
