@@ -42,7 +42,7 @@ LOGIN_HINT = ("log in with 'docker login {host}' (or put credentials for {host} 
 class OciUnavailableError(AdapterHubError, ConnectionError):
     """The registry cannot be reached, or did not answer as an OCI registry."""
 
-    hint = "check the host and port; a plain-HTTP registry (one on loopback) needs --insecure"
+    hint = "check the host and port"
 
 
 class OciAuthError(AdapterHubError, PermissionError):
@@ -155,7 +155,10 @@ class OciClient:
             tls = "SSL" in str(exc) or "ssl" in str(exc)
             raise OciUnavailableError(
                 f"{what}: the registry at {self.host} is not reachable ({name}"
-                + (": TLS failed, is it a plain-HTTP registry?" if tls and not self.insecure else "") + ")") from exc
+                + (": TLS failed, is it a plain-HTTP registry?" if tls and not self.insecure else "") + ")",
+                hint="check the host and port" + ("" if self.insecure else
+                                                  "; a plain-HTTP registry (one on loopback) needs --insecure"),
+            ) from exc
 
     def _auth_headers(self, scope: str) -> dict[str, str]:
         if scope in self._tokens:
@@ -246,7 +249,8 @@ class OciClient:
         if code == 404:
             raise NotFoundError(f"{what}: not found on {self.host} (404{': ' + detail if detail else ''})")
         if code >= 500:
-            raise OciUnavailableError(f"{what}: the registry at {self.host} answered {code}")
+            raise OciUnavailableError(f"{what}: the registry at {self.host} answered {code}",
+                                      hint="the registry failed on its side; retry, or see its logs")
         raise AdapterHubError(f"{what}: the registry refused the request ({code}{': ' + detail if detail else ''})")
 
     @staticmethod
