@@ -1,7 +1,8 @@
 """The OCI client's standard-library HTTP (adapterhub_sdk/oci/http.py) against real loopback
 servers: a redirect to another origin (a registry's storage) is followed without the
 credentials, a kept-alive connection the server closed is replaced, a response not read to
-its end is not reused, and a refused connection is one TransportError."""
+its end is not reused, a refused connection is one TransportError, and a body the connection
+cut short is a BodyCutError (bytes received, bytes announced), never a short body returned whole."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from adapterhub_sdk.oci.http import Client, TransportError
+from adapterhub_sdk.oci.http import BodyCutError, Client, TransportError
 
 
 def _serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
@@ -65,6 +66,16 @@ def registry(storage):
                 self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(body)
+                self.close_connection = True
+            elif self.path in ("/cut", "/chunked-cut"):  # the connection dies 1 MiB into a 3 MiB body
+                self.send_response(200)
+                if self.path == "/cut":
+                    self.send_header("Content-Length", str(3 << 20))
+                else:
+                    self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                body = b"x" * (1 << 20)
+                self.wfile.write(body if self.path == "/cut" else b"%x\r\n%s\r\n" % (len(body), body))
                 self.close_connection = True
             else:
                 body = b"x" * (3 << 20)
@@ -120,6 +131,26 @@ def test_connections_are_reused_replaced_and_never_reused_half_read(registry):
         assert c._idle == {}
         head = c.send("HEAD", base + "/big")  # no body read for a HEAD, whatever its Content-Length
         assert head.status_code == 200 and head.headers.get("content-length") == str(3 << 20)
+        assert c.send("GET", base + "/close").content == b"bye"
+    finally:
+        c.close()
+
+
+def test_a_body_cut_short_is_a_body_cut_error_saying_how_much_arrived(registry):
+    c = Client(timeout=10)
+    base = f"http://127.0.0.1:{registry.server_address[1]}"
+    origin = f"127.0.0.1:{registry.server_address[1]}"
+    try:
+        with pytest.raises(BodyCutError, match=f"the connection to {origin} closed after {1 << 20} of {3 << 20}") \
+                as exc:
+            b"".join(c.send("GET", base + "/cut", stream=True).iter_raw())
+        assert (exc.value.received, exc.value.expected, exc.value.cause) == (1 << 20, 3 << 20, "IncompleteRead")
+        with pytest.raises(BodyCutError, match=f"closed after {1 << 20} of {3 << 20} bytes"):
+            c.send("GET", base + "/cut")  # read whole
+        with pytest.raises(BodyCutError, match=f"closed after {1 << 20} bytes") as exc:  # no length announced
+            b"".join(c.send("GET", base + "/chunked-cut", stream=True).iter_raw())
+        assert exc.value.expected is None
+        assert c._idle == {}
         assert c.send("GET", base + "/close").content == b"bye"
     finally:
         c.close()

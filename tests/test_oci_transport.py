@@ -6,12 +6,133 @@ only where it was not given."""
 
 from __future__ import annotations
 
+import http.client
+import socket
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 from ociserver import REGISTRY, SKIP_REASON, free_port
+from test_oci import oci, other, reg  # noqa: F401 - the registry, publisher and puller fixtures
+
+from adapterhub_sdk.errors import IntegrityError
+from adapterhub_sdk.oci.client import OciUnavailableError
+from adapterhub_sdk.oci.remote import OciRemote
 
 from conftest import run_cli
 
 pytestmark = pytest.mark.skipif(REGISTRY is None, reason=SKIP_REASON)
+
+K = 1000  # body bytes the proxy lets through before it cuts
+
+
+class CuttingProxy:
+    """Forwards GET and HEAD to a registry; the GET of blob ``target`` is answered per ``mode``:
+    ``fin`` (its Content-Length, K bytes, then closed), ``reset`` (K bytes, then a TCP reset),
+    ``unlength`` (no Content-Length, K bytes, then closed), ``short`` (a whole response of the
+    blob's first K bytes: what a registry with a truncated blob in storage sends)."""
+
+    def __init__(self, upstream: str):
+        proxy = self
+        self.target, self.mode, self.cuts = "", "fin", 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_HEAD(self):
+                self._forward()
+
+            def do_GET(self):
+                self._forward()
+
+            def _forward(self):
+                conn = http.client.HTTPConnection(upstream, timeout=10)
+                conn.request(self.command, self.path, headers={k: v for k, v in self.headers.items()
+                                                                if k.lower() != "host"})
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                cut = self.command == "GET" and self.path.endswith("/blobs/" + proxy.target)
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                        self.send_header(k, v)
+                if not cut:
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                proxy.cuts += 1
+                mode = proxy.mode
+                if mode == "fin" or mode == "reset":
+                    self.send_header("Content-Length", str(len(body)))
+                elif mode == "short":
+                    self.send_header("Content-Length", str(K))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body[:K])
+                self.wfile.flush()
+                self.close_connection = True
+                if mode == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy(oci):  # noqa: F811
+    p = CuttingProxy(oci.host)
+    yield p
+    p.stop()
+
+
+def _nothing_recorded(puller, tmp_path) -> None:
+    assert not (tmp_path / "out").exists()
+    assert puller.list() == []
+    assert list(puller.blobs.iter_digests()) == []
+    assert list((tmp_path / "other-blobs" / "tmp").iterdir()) == []
+
+
+def test_a_body_cut_short_is_a_transport_failure_with_nothing_recorded(oci, reg, other, proxy, tmp_path,  # noqa: F811
+                                                                       base_dir, lora_dir):
+    reg.publish(lora_dir, name="acme/cut", version="1.0.0", base=base_dir)
+    OciRemote(insecure=True).push(reg, "acme/cut@1.0.0", f"oci://{oci.host}/acme/cut")
+    weights = next(f for f in reg.show("acme/cut@1.0.0").manifest.files if f.path == "adapter_model.safetensors")
+    assert weights.size > K
+    proxy.target = "sha256:" + weights.sha256
+    ref = f"oci://{proxy.host}/acme/cut:1.0.0"
+    for mode, cause in (("fin", "IncompleteRead"), ("reset", "ConnectionResetError"), ("unlength", None)):
+        proxy.mode = mode
+        with pytest.raises(OciUnavailableError) as exc:
+            OciRemote(insecure=True).pull(other, ref, tmp_path / "out")
+        msg = str(exc.value)
+        assert "\n" not in msg and "tamper" not in msg + exc.value.hint
+        assert f"the connection to {proxy.host} closed after " in msg and f" of {weights.size} bytes" in msg
+        if mode != "reset":  # a reset may discard bytes the kernel held for the reader
+            assert f"closed after {K} of {weights.size} bytes" in msg
+        if cause:
+            assert f"({cause})" in msg
+        assert exc.value.hint == "nothing was recorded; retry"
+        _nothing_recorded(other, tmp_path)
+    proxy.mode = "short"  # a whole response, shorter than the layer: the registry's storage, not the wire
+    with pytest.raises(IntegrityError, match=f"the registry sent {K} bytes for a blob of {weights.size}") as exc:
+        OciRemote(insecure=True).pull(other, ref, tmp_path / "out")
+    assert "tampered" in exc.value.hint
+    _nothing_recorded(other, tmp_path)
+    assert proxy.cuts == 4
+    proxy.target = ""  # the same pull, uncut: the retry the message asks for works
+    assert OciRemote(insecure=True).pull(other, ref, tmp_path / "out").version == "1.0.0"
 
 
 def test_the_insecure_hint_only_where_insecure_was_not_given(tmp_path):

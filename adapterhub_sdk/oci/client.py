@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
 from ..errors import AdapterHubError, IntegrityError, NotFoundError
-from .http import Client, TransportError, tls_context
+from .http import BodyCutError, Client, TransportError, tls_context
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CHUNK = 1 << 20  # read/write granularity
@@ -150,6 +150,9 @@ class OciClient:
     def _errors(self, what: str) -> Iterator[None]:
         try:
             yield
+        except BodyCutError as exc:
+            raise OciUnavailableError(f"{what}: {exc.detail} ({exc.cause})", hint="nothing was recorded; retry") \
+                from exc
         except TransportError as exc:
             name = str(exc).split(":", 1)[0]
             tls = "SSL" in str(exc) or "ssl" in str(exc)
@@ -389,8 +392,9 @@ class OciClient:
 
     def fetch_blob(self, repo: str, digest: str, out: BinaryIO, *, size: int | None = None,
                    limit: int | None = None) -> int:
-        """Stream a blob into ``out``, hashing it; IntegrityError if it does not match ``digest``
-        (or ``size``, or is longer than ``limit``). The bytes written."""
+        """Stream a blob into ``out``, hashing it; IntegrityError if a whole body does not match
+        ``digest`` (or ``size``, or is longer than ``limit``), OciUnavailableError if the connection
+        ends before the body does (a transport failure: retry). The bytes written."""
         if not _DIGEST.fullmatch(digest):
             raise IntegrityError(f"{digest!r} is not a sha256 digest")
         what = f"{self.host}/{repo}@{digest[:19]}"
@@ -410,7 +414,13 @@ class OciClient:
                     out.write(chunk)
         finally:
             resp.close()
-        if "sha256:" + h.hexdigest() != digest or (size is not None and n != size):
+        if size is not None and n < size and resp.close_delimited:  # no length said: the connection just ended
+            raise OciUnavailableError(f"{what}: the connection to {resp.origin} closed after {n} of {size} bytes",
+                                      hint="nothing was recorded; retry")
+        if size is not None and n != size:
+            raise IntegrityError(f"{what}: the registry sent {n} bytes for a blob of {size}",
+                                 hint="nothing was recorded; the registry's storage is damaged or tampered with")
+        if "sha256:" + h.hexdigest() != digest:
             raise IntegrityError(f"{what}: the blob's bytes do not match its digest",
                                  hint="nothing was recorded; the registry's storage is damaged or tampered with")
         return n

@@ -29,6 +29,17 @@ class TransportError(Exception):
     """The connection failed (refused, reset, timed out, TLS): the caller names the registry."""
 
 
+class BodyCutError(TransportError):
+    """The connection ended before the response's body did (fewer bytes than its Content-Length,
+    a chunked body left unfinished, a reset mid-body): a transport failure, never the content's."""
+
+    def __init__(self, origin: str, received: int, expected: int | None, cause: str):
+        self.origin, self.received, self.expected, self.cause = origin, received, expected, cause
+        of = f" of {expected}" if expected is not None else ""
+        self.detail = f"the connection to {origin} closed after {received}{of} bytes"
+        super().__init__(f"{cause}: {self.detail}")
+
+
 @functools.lru_cache(maxsize=1)
 def tls_context() -> Any:
     """The system's trust store (where a company's CA is installed, as Docker uses it;
@@ -69,11 +80,12 @@ class Response:
 
     def read(self) -> bytes:
         if self._content is None:
+            expected = self._raw.length
             try:
                 self._content = self._raw.read()
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
-                raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+                raise self._cut(exc, 0, expected) from exc
             self._release()
         return self._content
 
@@ -92,19 +104,41 @@ class Response:
         if self._content is not None:
             yield self._content
             return
+        expected, got = self._raw.length, 0  # Content-Length (None: chunked, or until the connection closes)
         while True:
             try:
                 chunk = self._raw.read(size)
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
-                raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+                raise self._cut(exc, got, expected) from exc
             if not chunk:
                 break
+            got += len(chunk)
             yield chunk
         self._content = b""
+        if self._raw.length:  # http.client ends a body cut short of its Content-Length without a word
+            self._drop()
+            raise BodyCutError(self.origin, got, expected, "IncompleteRead")
         self._release()
 
     iter_bytes = iter_raw
+
+    @property
+    def origin(self) -> str:
+        """``host[:port]`` of the server that answered (a redirect's target, such as a registry's storage)."""
+        return self._key[1]
+
+    @property
+    def close_delimited(self) -> bool:
+        """The body has neither a Content-Length nor chunks: only the connection's end ends it,
+        so a body cut short cannot be told from a whole one."""
+        return self._raw.length is None and not self._raw.chunked
+
+    def _cut(self, exc: Exception, got: int, expected: int | None) -> BodyCutError:
+        """A failure while the body was read (reset, timeout, a chunked body cut short)."""
+        if isinstance(exc, http.client.IncompleteRead):
+            got += len(exc.partial)
+        return BodyCutError(self.origin, got, expected, type(exc).__name__)
 
     def close(self) -> None:
         if self._content is None:  # not read to its end: the connection cannot be reused
