@@ -41,7 +41,7 @@ from urllib.parse import urlparse
 from .adapter_files import open_regular
 from .errors import IntegrityError, NotFoundError, RegistryError
 from .hookspecs import hookimpl
-from .s3_errors import _absent, _code, _precondition, _s3_errors
+from .s3_errors import _absent, _code, _no_bucket, _precondition, _s3_errors, _store_error
 
 if TYPE_CHECKING:
     from .interfaces import QuarantiningBlobStorage, StagingBlobStorage
@@ -79,6 +79,7 @@ class S3BlobStore:
         self._client = client
         self._warming: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._bucket_seen = False
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -133,8 +134,24 @@ class S3BlobStore:
             return dict(self.client.head_object(Bucket=self.bucket, Key=key))
         except Exception as exc:
             if _absent(exc):
+                self._check_bucket()
                 return None
             raise
+
+    def _check_bucket(self) -> None:
+        """After a 404: RegistryError if the bucket itself does not exist. A HEAD's 404 has no
+        body, so it does not say whether the object or the bucket is missing; the bucket is
+        asked (once per store, when it answers; a refusal, e.g. 403 without s3:ListBucket, is
+        no "missing": the object is then reported missing as before)."""
+        if self._bucket_seen:
+            return
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            if _absent(exc) or _code(exc) == "NoSuchBucket":
+                raise _no_bucket(self) from exc
+            return  # not known to be missing: asked again after the next 404
+        self._bucket_seen = True
 
     # reads
 
@@ -144,6 +161,7 @@ class S3BlobStore:
             body = self.client.get_object(Bucket=self.bucket, Key=self.key(digest))["Body"]
         except Exception as exc:
             if _absent(exc):
+                self._check_bucket()
                 return None
             raise
         h = hashlib.sha256()
@@ -176,10 +194,15 @@ class S3BlobStore:
         return buf.getvalue()
 
     def verify(self, digest: str) -> str | None:
-        """None if the blob is intact, else what is wrong."""
+        """None if the blob is intact, else what is wrong. A missing bucket, missing credentials
+        or an unreachable endpoint concern every blob: raised (one line), not reported per blob."""
         try:
             got = self._stream(digest, None)
+        except RegistryError:
+            raise
         except Exception as exc:
+            if (err := _store_error(self, exc)) is not None:
+                raise err from exc
             return f"unreadable ({_code(exc) or exc})"
         if got is None:
             return "missing"

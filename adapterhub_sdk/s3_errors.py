@@ -26,14 +26,36 @@ def _precondition(exc: BaseException) -> bool:
     return _code(exc) in ("412", "PreconditionFailed", "ConditionalRequestConflict", "409")
 
 
+#: botocore errors that concern the whole store, not one object
+_STORE_WIDE = ("NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "EndpointConnectionError",
+               "ConnectTimeoutError")
+
+
+def _store_error(store: S3BlobStore, exc: BaseException) -> RegistryError | None:
+    """An error that concerns the whole store (its bucket, credentials or endpoint) as
+    :func:`_user_error` words it, to be raised once rather than reported once per blob; None
+    for an error about one object."""
+    if _code(exc) == "NoSuchBucket" or type(exc).__name__ in _STORE_WIDE:
+        return _user_error(store, exc)
+    return None
+
+
+def _where(store: S3BlobStore) -> str:
+    endpoint = getattr(getattr(store._client, "meta", None), "endpoint_url", None)
+    return f"{store} (endpoint {endpoint})" if endpoint else str(store)
+
+
+def _no_bucket(store: S3BlobStore) -> RegistryError:
+    return RegistryError(f"the S3 bucket of {_where(store)} does not exist",
+                         hint=f"create it (aws s3 mb s3://{store.bucket}) or fix --blobs / ADAPTERHUB_BLOBS")
+
+
 def _user_error(store: S3BlobStore, exc: BaseException) -> RegistryError:
     """A botocore error as one line with what to do (the standard AWS configuration only)."""
     code, name = _code(exc), type(exc).__name__
-    endpoint = getattr(getattr(store._client, "meta", None), "endpoint_url", None)
-    where = f"{store} (endpoint {endpoint})" if endpoint else str(store)
+    where = _where(store)
     if code == "NoSuchBucket":
-        return RegistryError(f"the S3 bucket of {where} does not exist",
-                             hint=f"create it (aws s3 mb s3://{store.bucket}) or fix --blobs / ADAPTERHUB_BLOBS")
+        return _no_bucket(store)
     if name in ("NoCredentialsError", "PartialCredentialsError", "ProfileNotFound"):
         return RegistryError(f"no usable AWS credentials for {where} ({exc})",
                              hint="set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
