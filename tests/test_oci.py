@@ -518,3 +518,37 @@ def test_a_config_that_is_no_valid_manifest_is_refused_naming_the_artifact(oci, 
     with pytest.raises(IntegrityError, match=f"{repo}.*config.*not valid: manifest digest does not match.*nothing was"):
         OciRemote(insecure=True).pull(other, url, tmp_path / "out")
     assert other.list() == [] and not (tmp_path / "out").exists()
+
+
+def test_pulling_a_version_held_here_with_intact_blobs_downloads_no_layer(tmp_path, reg, other, base_dir,
+                                                                           lora_dir):
+    """A second pull of a version recorded here (same manifest digest, blobs re-hashed
+    intact) fetches the manifests but no layer: a layer damaged in the registry meanwhile
+    does not matter, and the files written are ours, verified."""
+    srv = start_registry(tmp_path / "oci-again")
+    try:
+        repo = f"oci://{srv.host}/acme/again"
+        reg.publish(lora_dir, name="acme/again", version="1.0.0", base=base_dir)
+        OciRemote(insecure=True).push(reg, "acme/again@1.0.0", repo)
+        OciRemote(insecure=True).pull(other, f"{repo}:1.0.0")
+        big = next(f.sha256 for f in reg.show("acme/again@1.0.0").manifest.files
+                   if f.path == "adapter_model.safetensors")
+        blob = srv.blob_path("sha256:" + big)
+        os.chmod(blob, stat.S_IRUSR | stat.S_IWUSR)
+        data = bytearray(blob.read_bytes())
+        data[-1] ^= 1
+        blob.write_bytes(bytes(data))  # a download of it now fails its digest
+        OciRemote(insecure=True).pull(other, f"{repo}:1.0.0", tmp_path / "out")
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            assert (tmp_path / "out" / name).read_bytes() == (lora_dir / name).read_bytes()
+        assert hashlib.sha256((tmp_path / "out" / "adapter_model.safetensors").read_bytes()).hexdigest() == big
+        # the local copy damaged too: it is downloaded again, and the registry's damage is found
+        (other.blobs.path(big)).chmod(0o644)
+        local = bytearray(other.blobs.path(big).read_bytes())
+        local[-1] ^= 1
+        other.blobs.path(big).write_bytes(bytes(local))
+        with pytest.raises(IntegrityError):
+            OciRemote(insecure=True).pull(other, f"{repo}:1.0.0", tmp_path / "out2")
+        assert not (tmp_path / "out2").exists()
+    finally:
+        srv.stop()

@@ -342,8 +342,8 @@ class OciRemote:
             manifest = _config_manifest(c.fetch_small(r.repo, cfg["digest"], CONFIG_LIMIT), what)
             if tag is not None and tag_version(tag) is not None and str(tag_version(tag)) != manifest.version:
                 raise IntegrityError(f"{r}: tag {tag} holds the manifest of version {manifest.version}")
-            check_pull_name(registry, str(r), r.repo_url, manifest, name,
-                            own=registry._existing_digest(manifest.name, manifest.version) == manifest.digest)
+            own = registry._existing_digest(manifest.name, manifest.version) == manifest.digest
+            check_pull_name(registry, str(r), r.repo_url, manifest, name, own=own)
             layers = {t: (d, s) for t, d, s in _layers(doc, what)}
             listed = {f.path: ("sha256:" + f.sha256, f.size) for f in manifest.files}
             if layers != listed:
@@ -353,7 +353,10 @@ class OciRemote:
             registry.check_incoming_signatures(manifest, found, require_signed)  # refused before anything is stored
             receive = getattr(registry.blobs, "receive", None)
             fresh: set[str] = set()
-            if callable(receive):  # a local store: each layer is hashed once, as it arrives, and stored by rename
+            if own and callable(getattr(registry.blobs, "path", None)) and \
+                    all(registry.blobs.verify(f.sha256) is None for f in manifest.files):
+                pass  # recorded here, its blobs in the local store re-hashed intact: nothing to download
+            elif callable(receive):  # a local store: each layer is hashed once, as it arrives, and stored by rename
                 self._receive(c, r, registry, manifest, listed, receive, origin=f"{r.repo_url}@{digest}",
                               scan=dest is None)
                 fresh = {f.sha256 for f in manifest.files}
