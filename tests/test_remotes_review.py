@@ -291,7 +291,7 @@ def test_a_huge_declared_size_is_refused_without_filling_the_disk(oci, tmp_path,
                 cl.put_manifest(repo, "1.0.1", json.dumps(doc).encode())
             except AdapterHubError:
                 pytest.skip("the registry itself refuses a layer size that differs from its blob's")
-        with pytest.raises(IntegrityError, match="longer than|do not match"):
+        with pytest.raises(IntegrityError, match=r"longer than|do not match|sent \d+ bytes for a blob of"):
             OciRemote(insecure=True).pull(c, f"oci://{oci.host}/{repo}:1.0.1")
         assert c.list() == [] and list(c.blobs.iter_digests()) == []
         tmp = tmp_path / "c-blobs" / "tmp"

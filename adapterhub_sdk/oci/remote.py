@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
 from ..hookspecs import hookimpl
-from ..manifest import Manifest, canonical_json, check_file_path
+from ..manifest import Manifest, canonical_json
 from ..remote_names import check_pull_name
 from ..versions import Version, VersionSpec
+from .artifact import OCI_MANIFEST, artifact_layers, artifact_manifest, config_manifest, parse_oci
 from .refs import (
     ANN,
     ARTIFACT_TYPE,
@@ -41,7 +42,6 @@ from .refs import (
     TITLE,
     OciRef,
     insecure_for,
-    layer_type,
     parse_oci_ref,
     signature_tag,
     tag_version,
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from ..interfaces import Remote
     from .client import OciClient
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 EMPTY = b"{}"
 
 
@@ -75,73 +74,6 @@ class OciPushResult:
         state = "pushed" if self.created else "already there, unchanged:"
         sigs = f", {self.signatures} signature(s)" if self.signatures else ""
         return f"{state} oci://{self.repo}:{self.tag} ({self.commit[:19]}{sigs})"
-
-
-def artifact_manifest(manifest: Manifest, config_digest: str, config_size: int) -> bytes:
-    """The OCI image manifest of a version: deterministic bytes (a second push of the same
-    version writes the same digest)."""
-    m = manifest
-    notes = {ANN + "name": m.name, ANN + "version": m.version, ANN + "manifest.digest": m.digest,
-             ANN + "method": m.method.get("type", ""), ANN + "variant": m.method.get("variant") or "",
-             ANN + "tasks": ",".join(m.tasks), ANN + "base.name": m.base.name or "",
-             ANN + "base.fingerprint": m.base.fingerprint or "", ANN + "base.arch": m.base.arch_signature or "",
-             "org.opencontainers.image.version": m.version, "org.opencontainers.image.title": m.name}
-    if m.description:
-        notes["org.opencontainers.image.description"] = m.description[:1000]
-    if m.license:
-        notes["org.opencontainers.image.licenses"] = m.license
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": ARTIFACT_TYPE,
-           "config": {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": config_size},
-           "layers": [{"mediaType": layer_type(f.path), "digest": "sha256:" + f.sha256, "size": f.size,
-                       "annotations": {TITLE: f.path}} for f in m.files],
-           "annotations": {k: v for k, v in notes.items() if v}}
-    return canonical_json(doc)
-
-
-def _parse_oci(body: bytes, what: str) -> dict[str, Any]:
-    from ..jsontext import loads_bounded
-
-    try:
-        doc = loads_bounded(body)
-    except (ValueError, AdapterHubError) as exc:
-        raise IntegrityError(f"{what}: the registry's manifest is not JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2 or not isinstance(doc.get("layers"), list) \
-            or not isinstance(doc.get("config"), dict):
-        raise NotFoundError(f"{what} is not an OCI image manifest (schemaVersion 2)",
-                            hint="push it with 'adapterhub push'; other artifacts are not adapters")
-    return doc
-
-
-def _config_manifest(raw: bytes, what: str) -> Manifest:
-    """Our manifest from an artifact's config blob; a malformed one is refused naming the
-    artifact (nothing is recorded from it)."""
-    try:
-        return Manifest.from_json(raw)
-    except (ValueError, AdapterHubError) as exc:
-        msg = exc.message if isinstance(exc, AdapterHubError) else str(exc)
-        raise IntegrityError(f"{what}: the artifact's config (its adapterhub manifest) is not valid: {msg}; "
-                             "nothing was recorded", hint="push it again with 'adapterhub push'") from None
-
-
-def _layers(doc: dict[str, Any], what: str) -> list[tuple[str, str, int]]:
-    """(title, digest, size) of each layer, titles checked as file names (never paths)."""
-    out = []
-    for layer in doc["layers"]:
-        if not isinstance(layer, dict):
-            raise IntegrityError(f"{what}: a layer of the manifest is not an object")
-        title = (layer.get("annotations") or {}).get(TITLE)
-        try:
-            check_file_path(title if isinstance(title, str) else "")
-        except AdapterHubError:
-            raise IntegrityError(f"{what}: layer title {title!r} is not a plain file name; nothing was written",
-                                 hint="an adapter's files are plain names (adapter_model.safetensors)") from None
-        digest, size = layer.get("digest"), layer.get("size")
-        if not isinstance(digest, str) or not isinstance(size, int) or size < 0:
-            raise IntegrityError(f"{what}: layer {title} has no valid digest and size")
-        out.append((str(title), digest, size))
-    if len({t for t, _, _ in out}) != len(out):
-        raise IntegrityError(f"{what}: two layers have the same title")
-    return out
 
 
 class OciRemote:
@@ -306,11 +238,11 @@ class OciRemote:
         if got is None:
             return []
         what = f"{ref.repo_url}:{tag}"
-        doc = _parse_oci(got[0], what)
+        doc = parse_oci(got[0], what)
         if doc.get("artifactType") != SIG_ARTIFACT_TYPE:
             return None
         out = []
-        for title, digest, size in _layers(doc, what):
+        for title, digest, size in artifact_layers(doc, what):
             if not is_signature_file(title) or size > SIG_LIMIT:
                 continue
             out.append((title, c.fetch_small(ref.repo, digest, SIG_LIMIT).decode("utf-8", errors="replace")))
@@ -334,17 +266,17 @@ class OciRemote:
                 raise self._not_found(c, r, reference)
             body, digest = got
             what = f"{r.repo_url}@{digest[:19]}"
-            doc = _parse_oci(body, what)
+            doc = parse_oci(body, what)
             cfg = doc["config"]
             if cfg.get("mediaType") != CONFIG_TYPE or not isinstance(cfg.get("digest"), str):
                 raise NotFoundError(f"{r} is not an adapter pushed by adapterhub (config type "
                                     f"{cfg.get('mediaType')!r}, not {CONFIG_TYPE})")
-            manifest = _config_manifest(c.fetch_small(r.repo, cfg["digest"], CONFIG_LIMIT), what)
+            manifest = config_manifest(c.fetch_small(r.repo, cfg["digest"], CONFIG_LIMIT), what)
             if tag is not None and tag_version(tag) is not None and str(tag_version(tag)) != manifest.version:
                 raise IntegrityError(f"{r}: tag {tag} holds the manifest of version {manifest.version}")
             own = registry._existing_digest(manifest.name, manifest.version) == manifest.digest
             check_pull_name(registry, str(r), r.repo_url, manifest, name, own=own)
-            layers = {t: (d, s) for t, d, s in _layers(doc, what)}
+            layers = {t: (d, s) for t, d, s in artifact_layers(doc, what)}
             listed = {f.path: ("sha256:" + f.sha256, f.size) for f in manifest.files}
             if layers != listed:
                 raise IntegrityError(f"{what}: the layers do not match the files its manifest lists; nothing written",
@@ -438,7 +370,7 @@ class OciRemote:
                 if got is None:
                     continue
                 what = f"{r.repo_url}:{tag}"
-                doc = _parse_oci(got[0], what)
+                doc = parse_oci(got[0], what)
                 notes = doc.get("annotations") or {}
                 if doc.get("artifactType") != ARTIFACT_TYPE and (doc["config"].get("mediaType") != CONFIG_TYPE):
                     continue
@@ -484,7 +416,7 @@ class OciRemote:
         digest = doc["config"].get("digest")
         if not isinstance(digest, str):
             raise IntegrityError(f"{r}: the artifact's config has no digest")
-        m = _config_manifest(c.fetch_small(r.repo, digest, CONFIG_LIMIT), f"{r}")
+        m = config_manifest(c.fetch_small(r.repo, digest, CONFIG_LIMIT), f"{r}")
         return {"name": m.name, "fingerprint": m.base.fingerprint or "", "arch": m.base.arch_signature or "",
                 "method": m.method.get("type", ""), "tasks": list(m.tasks), "version": m.version,
                 "requirements": m.requirements}
