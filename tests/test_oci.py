@@ -500,6 +500,10 @@ def test_a_pin_the_files_do_not_fit_is_refused_by_pull_and_resolve(oci, reg, oth
         with pytest.raises(ah.IncompatibleAdapterError, match="does not fit this model: shape"):
             ah.load_adapter(AutoModelForCausalLM.from_pretrained(base_other_shape), "acme/pin@1.0.0",
                             registry=claimed)
+        claimed.register_base(base_other_shape)  # the base known now: a second pull refuses what the first took
+        with pytest.raises(ah.IncompatibleAdapterError, match="do not fit that base"):
+            OciRemote(insecure=True).pull(claimed, f"{url}:1.0.0", tmp_path / "again")
+        assert not (tmp_path / "again").exists()
     finally:
         claimed.close()
     home = {"ADAPTERHUB_HOME": str(tmp_path / "cli-home2")}

@@ -287,7 +287,10 @@ class OciRemote:
             fresh: set[str] = set()
             if own and callable(getattr(registry.blobs, "path", None)) and \
                     all(registry.blobs.verify(f.sha256) is None for f in manifest.files):
-                pass  # recorded here, its blobs in the local store re-hashed intact: nothing to download
+                # recorded here, its blobs in the local store re-hashed intact: nothing to download,
+                # but every check a first pull makes (the pin against a base known here since)
+                self._check_files(registry, r, manifest, {f.path: Path(registry.blobs.path(f.sha256))
+                                                          for f in manifest.files}, "", scan=False)
             elif callable(receive):  # a local store: each layer is hashed once, as it arrives, and stored by rename
                 self._receive(c, r, registry, manifest, listed, receive, origin=f"{r.repo_url}@{digest}",
                               scan=dest is None)
