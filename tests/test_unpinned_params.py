@@ -152,3 +152,31 @@ def test_records_from_before_keep_their_verdict(built):
     assert refines(derived, old)
     assert check_requirements(old, ah.fingerprint(b.other)) == []  # as before: it exists
     assert check_requirements(derived, ah.fingerprint(b.other)) != []  # what is recorded now
+
+
+def test_a_rank_pattern_applies_to_a_parameter_target_as_peft_applies_it(tmp_path):
+    """PEFT picks a parameter target's rank with its current pattern rule only (parameter
+    targets postdate the pre-0.14 rule): the rank r the old rule would give is no shape PEFT
+    builds, so a base with twice the experts (A's rows / r) must not be called structural."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    def net(experts: int) -> ExpertsNet:
+        torch.manual_seed(0)
+        n = ExpertsNet()
+        n.experts = Experts(experts, 8, 6)
+        return n.eval()
+
+    conf = LoraConfig(r=2, lora_alpha=4, target_modules=[], target_parameters=["experts.w"],
+                      rank_pattern={"experts.w": 4})
+    get_peft_model(net(3), conf).save_pretrained(tmp_path / "ad")
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}", blobs=tmp_path / "b") as reg:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reg.publish(tmp_path / "ad", name="acme/rp", version="1.0.0")
+        six = _save_base(net(6), tmp_path / "six", False)
+        with pytest.raises(Exception, match="size mismatch"):  # what PEFT says on that base
+            PeftModel.from_pretrained(net(6), tmp_path / "ad")
+        (hit,) = reg.resolve(six, include_incompatible=True)
+        assert hit.verdict == "incompatible", hit
+        three = _save_base(net(3), tmp_path / "three", False)
+        assert [m.verdict for m in reg.resolve(three)] == ["structural"]

@@ -140,14 +140,15 @@ def _param_target(config: Mapping[str, Any], module: str) -> list[str]:
 
 
 def _param_ranks(config: Mapping[str, Any], param: str) -> set[int] | None:
-    """The ranks PEFT may give the parameter target ``param`` (``r``, or the ``rank_pattern``
-    entry matched against the parameter's full name: the current rule and the one before PEFT
-    0.14); None when the config cannot say (a malformed ``r`` or pattern)."""
+    """The rank PEFT gives the parameter target ``param`` (``r``, or the ``rank_pattern``
+    entry matched against the parameter's full name by PEFT's current rule only: parameter
+    targets came with PEFT 0.17, after the pre-0.14 rule was gone); None when the config
+    cannot say (a malformed ``r`` or pattern)."""
     r, pattern = config.get("r"), config.get("rank_pattern") or {}
     if not isinstance(r, int) or isinstance(r, bool) or not isinstance(pattern, dict):
         return None
     ranks: set[int] = set()
-    for rule in (lambda k: rf"(.*\.)?({k})$", lambda k: rf".*\.{k}$"):
+    for rule in (lambda k: rf"(.*\.)?({k})$",):
         try:
             key = next((k for k in pattern if re.match(rule(k), param)), None)
         except (re.error, TypeError):
