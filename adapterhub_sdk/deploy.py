@@ -280,7 +280,8 @@ class Deployment:
                 if self._merged[0] == name:
                     return
                 self.unmerge()
-            self._merged = (name, merge_slot(self._slot(name), self._wrapped, self._copies, self._embeddings))
+            self._merged = (name, merge_slot(self._slot(name), self._wrapped, self._copies, self._embeddings,
+                                             model=self.model))
 
     def unmerge(self) -> None:
         import torch

@@ -326,10 +326,27 @@ def _copy(model: Any, module_name: str, params: dict[str, Any]) -> Any:
 
 
 def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, ModuleCopies],
-               embeddings: Mapping[str, MultiLoraEmbedding] | None = None) -> list[tuple[Any, Any]]:
+               embeddings: Mapping[str, MultiLoraEmbedding] | None = None,
+               model: Any = None) -> list[tuple[Any, Any]]:
     """Fold slot ``slot`` into the base weights as PEFT's ``merge`` does; returns (tensor,
-    original) pairs to restore. Checks everything before it changes anything."""
+    original) pairs to restore. Checks everything before it changes anything: a weight tied
+    to another module's (``model``: an LM head sharing the input embedding) is refused, since
+    folding the update into it would change that module too, which the unmerged adapter does
+    not (PEFT merges it anyway, with a warning, and its output changes)."""
     import torch
+
+    if model is not None:
+        names: dict[int, list[str]] = {}
+        for n, q in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(q), []).append(n)
+        changed = [(n, e.module.weight) for n, e in (embeddings or {}).items() if slot in e.A]
+        changed += [(n, w.module.weight) for n, w in wrappers.items() if slot in w.slots()]
+        for n, weight in changed:
+            others = [m for m in names.get(id(weight), []) if m != f"{n}.weight" and not m.startswith(f"{n}.")]
+            if others:
+                raise IncompatibleAdapterError(f"{n}'s weight is tied to {others[0]}: merging the adapter into it "
+                                               f"would change {others[0]} too, so the merged model would not give "
+                                               "the unmerged output", hint="serve it unmerged")
 
     for name, w in wrappers.items():
         if slot in w.vec["bias"] and w.module.bias is None:

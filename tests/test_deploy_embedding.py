@@ -260,3 +260,36 @@ def test_embedding_rows_in_one_continuous_batch_over_http(world):
     for kind, p, reply in zip(kinds, prompts, replies, strict=True):
         got = [t.strip() for t in _tokens(reply["choices"][0])]
         assert got == [f"w{t}" for t in peft_greedy(world, kind, p, 6)], kind
+
+
+def test_merge_refuses_a_weight_tied_to_another_module(world, tmp_path):
+    """On a base whose LM head shares the input embedding's weight, folding an embedding LoRA
+    (or an LM-head LoRA) into that weight would change the other module too: the merged model
+    would not give the unmerged output (PEFT merges it anyway and its logits move). Merge is
+    refused with the reason; the adapter keeps serving unmerged, exactly as PEFT runs it."""
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from conftest import save_base
+
+    tied = save_base(tmp_path / "tied", tie=True, seed=6)
+    reg = world["registry"]
+    for kind, targets in (("emb", ["embed_tokens"]), ("head", ["lm_head", "q_proj"])):
+        path = make_adapter(tied, tmp_path / kind, LoraConfig(r=2, lora_alpha=8, target_modules=targets), seed=92)
+        reg.publish(path, name=f"tied/{kind}", version="1.0.0", base=tied)
+    dep = ah.Deployment(str(tied), registry=reg)
+    assert dep.model.lm_head.weight is dep.model.model.embed_tokens.weight
+    ids = ids_batch(2, seed=26)
+    for kind in ("emb", "head"):
+        try:
+            dep.attach(f"tied/{kind}", name=kind)
+        except IncompatibleAdapterError:
+            continue  # an LM-head LoRA PEFT saved with its copy of the head: refused at attach already
+        with pytest.raises(IncompatibleAdapterError, match="tied to"):
+            dep.merge(kind)
+        assert dep.merged is None
+        with torch.no_grad():
+            want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tied),
+                                             tmp_path / kind).eval()(input_ids=ids).logits
+        assert diff(dep.forward(ids, kind), want) < ATOL, kind
+    assert "emb" in dep.adapters
