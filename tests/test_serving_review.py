@@ -230,14 +230,16 @@ def test_a_pulled_directory_keeps_its_pin_and_its_signed_manifest(base_dir, lora
                 _same_as_signed(pkg, checked, str(signed), forged)
 
 
-def test_an_unload_sent_while_a_replace_waits_for_a_row_is_not_undone_by_it(world):
-    """A row runs on 'p'; a replace of 'p' (load_inplace) waits for it; an unload of 'p' sent
-    after the replace answers at once ('removed successfully'). When the row ended, the
-    replace ran, cleared the unload's mark and served its new version as 'p' again: the later
-    call answered success and was silently undone. Fixed in the route: an unload that came
-    while the attach ran wins, as the later call; the new version is hidden at once and
-    detached, and 'p' stays unloaded."""
+def test_an_unload_sent_while_a_replace_is_attaching_is_not_undone_by_it(world):
+    """A row runs on 'p'; a replace of 'p' (load_inplace) attaches its new version under a new
+    internal slot (held here inside its attach, on the worker thread, until the unload has
+    answered); an unload of 'p' sent meanwhile answers at once. The replace, when it ended,
+    served its new version as 'p' again: the later call answered success and was silently
+    undone. Fixed in routes._attach: of two calls on one name the later wins; what the replace
+    attached is hidden at once and detached, 'p' stays unloaded, and the running row, bound to
+    the old version at receipt, finishes on it."""
     import asyncio
+    import threading
 
     from test_continuous_calls import _Forwards, _stream_words
 
@@ -245,8 +247,17 @@ def test_an_unload_sent_while_a_replace_waits_for_a_row_is_not_undone_by_it(worl
 
     dep = ah.Deployment(str(world["base"]), registry=world["registry"])
     dep.attach("acme/sent@1.0.0", name="p")
+    old = dep.generate([prompt(1)], "p", max_new_tokens=256, temperature=0)[0]["text"].split()
+    entered, release = threading.Event(), threading.Event()
+    prepare = dep._prepare
+
+    def held_prepare(*args: Any) -> Any:  # the real preparation, once the unload has answered
+        entered.set()
+        release.wait(120)
+        return prepare(*args)
+
+    dep._prepare = held_prepare  # type: ignore[method-assign]
     app = create_app(dep, base_id="tiny", allow_adapter_updates=True, admin_key=ADMIN)
-    server = app.state.server
     auth = {"Authorization": f"Bearer {ADMIN}"}
     body = {"model": "p", "prompt": prompt(1), "max_tokens": 256, "temperature": 0}
     with _Serving(app) as s, _Forwards(dep):
@@ -254,25 +265,33 @@ def test_an_unload_sent_while_a_replace_waits_for_a_row_is_not_undone_by_it(worl
             async with httpx.AsyncClient(base_url=s.url, timeout=120, headers=auth) as c:
                 seen = {"chunks": 0}
                 stream = asyncio.create_task(_stream_words(c, body, seen))
+                deadline = time.monotonic() + 60
                 while seen["chunks"] < 3:
+                    assert time.monotonic() < deadline and not stream.done(), seen
                     await asyncio.sleep(0.005)
                 replace = asyncio.create_task(c.post("/v1/load_lora_adapter", json={
                     "lora_name": "p", "lora_path": str(world["dirs"]["v2"]), "load_inplace": True}))
-                while server.worker.pending() < 1:  # the replace is queued behind the row
-                    await asyncio.sleep(0.002)
-                unload = await c.post("/v1/unload_lora_adapter", json={"lora_name": "p"})
-                words = await stream
-                return {"unload": unload, "replace": await replace, "words": words}
+                try:
+                    while not entered.is_set():  # the replace is attaching its new version
+                        assert time.monotonic() < deadline, "the replace never reached its attach"
+                        assert not replace.done(), replace.result().text
+                        await asyncio.sleep(0.005)
+                    unload = await c.post("/v1/unload_lora_adapter", json={"lora_name": "p"})
+                    assert not replace.done()  # answered while the replace was still attaching
+                finally:
+                    release.set()
+                return {"unload": unload, "replace": await asyncio.wait_for(replace, 60),
+                        "words": await asyncio.wait_for(stream, 120)}
 
         out = asyncio.run(main())
         assert out["unload"].status_code == 200 and out["replace"].status_code == 200, out
-        assert len(out["words"]) == 256
+        assert out["words"] == old  # the row finished on the version it was received for
         with httpx.Client(base_url=s.url, timeout=60) as c:
             r = _text(c, "p", temperature=0)
             assert r.status_code == 404, r.text
             assert "p" not in {m["id"] for m in c.get("/v1/models").json()["data"]}
         deadline = time.monotonic() + 60
-        while "p" in dep.adapters:  # its tensors freed too
+        while any(n == "p" or n.startswith("p#") for n in dep.adapters):  # both versions' tensors freed
             assert time.monotonic() < deadline, list(dep.adapters)
             time.sleep(0.02)
 
