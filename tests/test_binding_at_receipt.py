@@ -235,3 +235,50 @@ def test_requests_queued_behind_a_long_batch_when_the_swap_happens_finish_on_the
         assert second.status_code == 200, second.text
         assert second.json()["choices"][0]["text"] == out["want"]["old"]
     assert out["after"] == out["want"]["new"]
+
+
+def test_an_internal_slot_is_never_a_clients_name_while_a_replace_attaches_it(tmp_path, monkeypatch):
+    """Between a replace's attach of the new version (under an internal ``NAME#N`` slot) and
+    the switch of the public name to it, the slot is already in the deployment: it must not
+    be listed in /v1/models, found by GET /v1/models/ID or served to a request naming it."""
+    monkeypatch.setenv("ADAPTERHUB_HOME", str(tmp_path / "home"))
+    base = _save_base(tmp_path / "base", context=512)
+    v1, v2 = save_lora(base, tmp_path / "v1", seed=3), save_lora(base, tmp_path / "v2", seed=5, r=8)
+    reg = ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}", blobs=tmp_path / "blobs")
+    reg.publish(v1, name="acme/ver", version="1.0.0", base=base)
+    reg.publish(v2, name="acme/ver", version="1.1.0", base=base)
+    dep = ah.Deployment(str(base), registry=reg)
+    dep.attach("acme/ver@1.0.0", name="p")
+    app = create_app(dep, base_id="tiny", allow_adapter_updates=True, admin_key=ADMIN, follow_interval=0)
+    seen: list[tuple[int, str, int, bool, int]] = []
+    watched = 0
+
+    async def replace(c: httpx.AsyncClient, rnd: int, state: dict[str, bool]) -> None:
+        spec = "acme/ver@1.1.0" if rnd % 2 == 0 else "acme/ver@1.0.0"
+        r = await c.post("/v1/adapters", json={"spec": spec, "name": "p"}, headers=AUTH)
+        assert r.status_code in (200, 201), r.text
+        state["done"] = True
+
+    async def probe(c: httpx.AsyncClient, rnd: int, state: dict[str, bool]) -> None:
+        nonlocal watched
+        while not state["done"]:
+            for n in [n for n in dep.adapters if "#" in n]:
+                watched += 1
+                one = await c.get(f"/v1/models/{n.replace('#', '%23')}")
+                ids = [m["id"] for m in (await c.get("/v1/models")).json()["data"]]
+                run = await c.post("/v1/completions", json={"model": n, "prompt": [3, 4], "max_tokens": 1})
+                if one.status_code == 200 or n in ids or run.status_code == 200:
+                    seen.append((rnd, n, one.status_code, n in ids, run.status_code))
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app), \
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            for rnd in range(12):
+                state = {"done": False}
+                await asyncio.gather(replace(c, rnd, state), probe(c, rnd, state))
+
+    asyncio.run(main())
+    reg.close()
+    assert watched > 0  # the window was seen: the test looked at slots while they were attached
+    assert seen == []

@@ -122,7 +122,8 @@ class AliasFollower:
 
     def public_names(self, attached: list[str]) -> list[str]:
         hidden = self.hidden()
-        names = [n for n in attached if n not in hidden and n not in self.follows and n not in self.routes]
+        names = [n for n in attached if n not in hidden and n not in self.follows and n not in self.routes
+                 and "#" not in n]  # an internal slot still being attached is in none of those yet
         names += [p for p, f in self.follows.items() if f.slot in attached]
         return names + [p for p, slot in self.routes.items() if slot in attached and p not in self.follows]
 
@@ -134,8 +135,8 @@ class AliasFollower:
         slot = self.routes.get(public)
         if slot is not None:
             return slot
-        if public in self.hidden():  # an internal slot or a version on its way out: no client's name
-            return None
+        if "#" in public or public in self.hidden():  # an internal slot (attached, not yet switched to,
+            return None  # or retired) or a version on its way out: no client's name
         return public if public in self.server.dep.adapters else None
 
     def target_for(self, public: str) -> str:
