@@ -552,8 +552,8 @@ def _served_output(dep: Any, row: Row, name: str) -> Any:
 def test_the_transformers_runtime_verdict_is_what_attach_does(row, reg, built):
     """``resolve --runtime transformers`` (the backend's ``check_method`` on the manifest) and
     ``Deployment.attach`` agree on every row: refused by both with the same reasons, or served
-    with PEFT's output (the one exception: LoRA on an ``nn.Embedding``, which the manifest does
-    not tell from a Linear; attach refuses it before loading, naming the module)."""
+    with PEFT's output. LoRA on an ``nn.Embedding`` is served like any other row; DoRA,
+    ``lora_bias`` or ``ensure_weight_tying`` on one are refused by both, naming the module."""
     from adapterhub_sdk.plugins import get_runtime
 
     b = built(row)
