@@ -331,7 +331,9 @@ async def _attach(request: Request, spec: str, name: str | None, spec_param: str
     if follower.unloads[key] != mark:  # unloaded while this ran: the later call wins; what this
         follower.retire(attached.name)  # attached is hidden now, detached once unheld
         server.loaded_at.pop(key, None)
-        return key, key in before, notes, attached
+        raise APIError(409, f"the load of '{key}' was superseded by an unload of it received while it was "
+                            f"attaching (the later call wins); nothing is served as '{key}': load it again to "
+                            "serve it", param=name_param, code="superseded")
     follower.serve(key, attached.name)  # from now on requests for it are bound to this version
     server.loaded_at[key] = int(time.time())
     return key, key in before, notes, attached
