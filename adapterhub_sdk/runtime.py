@@ -110,8 +110,9 @@ class TransformersRuntime(RuntimeBackend):
         or a bare parameter (not ``<module>.weight``), a ``modules_to_save`` copy of a block, a
         LoRA option on an embedding that the embedding path does not compute (DoRA). The manifest
         does not tell an embedding's 2-D weight from a Linear's, so embeddings are the modules its
-        summary lists as such (``embedding_modules``, where a method plugin records them) and those
-        named as transformers names them (:data:`EMBEDDING_NAMES`); attach checks the module itself."""
+        summary lists as such (``embedding_modules``: the LoRA method records those holding
+        ``lora_embedding_A/B``; another plugin may too) and those named as transformers names them
+        (:data:`EMBEDDING_NAMES`, for manifests made before); attach checks the module itself."""
         from .lora_options import saved_module
         from .multilora_variants import embedding_refusals
 

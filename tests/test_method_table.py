@@ -246,6 +246,10 @@ ROWS = [
                                                   use_dora=True), "lora", "conv1d"),
     # other layer kinds
     Row("oft-embedding", EMB, cfg("OFTConfig", r=0, oft_block_size=4, target_modules=["table"]), "oft", "table"),
+    # an nn.Embedding under a name transformers does not use: resolve knows it from the summary
+    Row("lora-embedding", EMB, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["table"]), "lora", "table"),
+    Row("dora-embedding", EMB, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["table"], use_dora=True),
+        "lora", "table"),
     Row("lora-mha", MHA, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["attn"]), "lora", "attn"),
     Row("lora-mha-and-linear", MHA_MLP, cfg("LoraConfig", r=2, lora_alpha=4, target_modules=["mha", "lin0"]),
         "lora", "mha"),
@@ -573,3 +577,22 @@ def test_the_transformers_runtime_verdict_is_what_attach_does(row, reg, built):
         return
     dep.attach(name, name="x")
     assert torch.allclose(_served_output(dep, row, "x"), b.reference, atol=1e-5, rtol=0), row.id
+
+
+def test_cli_resolve_refuses_dora_on_an_embedding_by_any_name(built, tmp_path):
+    """``resolve --runtime transformers --all --json`` lists a DoRA on an ``nn.Embedding`` named
+    ``table`` (no name transformers gives an embedding) not runnable, with attach's reason: the
+    LoRA method records the modules holding ``lora_embedding_A/B`` in the summary
+    (``embedding_modules``), so the verdict does not hang on the module's name."""
+    row = next(r for r in ROWS if r.id == "dora-embedding")
+    b = built(row)
+    args = ("--registry", f"sqlite:///{tmp_path / 'r.db'}", "--blobs", str(tmp_path / "blobs"))
+    run_cli(*args, "publish", str(b.adapter), "--name", "acme/emb", "--version", "1.0.0",
+            "--base", str(b.base), check=True)
+    proc = run_cli(*args, "resolve", "--base", str(b.base), "--runtime", "transformers", "--all", "--json",
+                   check=True)
+    [hit] = json.loads(proc.stdout)
+    assert (hit["name"], hit["verdict"]) == ("acme/emb", "incompatible"), hit
+    assert any("table is an nn.Embedding" in r and "DoRA" in r for r in hit["reasons"]), hit["reasons"]
+    proc = run_cli(*args, "resolve", "--base", str(b.base), "--runtime", "transformers", "--json", check=True)
+    assert json.loads(proc.stdout) == []

@@ -264,7 +264,7 @@ class LoraMethod(AdapterMethod):
 
     def describe(self, config: Mapping[str, Any], tensors: Mapping[str, Shape]) -> dict[str, Any]:
         targets = config.get("target_modules")
-        return {
+        summary = {
             "trainable_params": sum(numel(s) for s in tensors.values()),
             "rank": config.get("r"),
             "ranks": _ranks(tensors, "lora_A.weight", "lora_embedding_A"),
@@ -276,6 +276,23 @@ class LoraMethod(AdapterMethod):
             "rank_pattern": config.get("rank_pattern") or {},
             "alpha_pattern": config.get("alpha_pattern") or {},
         }
+        if embeddings := _embedding_modules(tensors):  # (absent otherwise: other manifests unchanged)
+            summary["embedding_modules"] = embeddings
+        return summary
+
+
+def _embedding_modules(tensors: Mapping[str, Shape]) -> list[str]:
+    """The base modules that are ``nn.Embedding``s: those PEFT saved ``lora_embedding_A/B`` for
+    (its ``lora.Embedding``), named as in the requirements. The runtimes' verdict reads them
+    (``embedding_modules``): a 2-D weight in the requirements does not tell an embedding from a
+    Linear, and a module's name need not say."""
+    own, _ = split_full_copies(tensors, _LORA_PARTS)
+    try:
+        modules = group_by_module(own, _LORA_PARTS)
+    except AdapterFormatError:  # (requirements, computed first, says what is wrong)
+        return []
+    return sorted({_unwrapped(m) for m, parts in modules.items()
+                   if "lora_embedding_A" in parts or "lora_embedding_B" in parts})
 
 
 class AdaLoraMethod(AdapterMethod):
