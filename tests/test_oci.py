@@ -500,7 +500,12 @@ def test_a_pin_the_files_do_not_fit_is_refused_by_pull_and_resolve(oci, reg, oth
         with pytest.raises(ah.IncompatibleAdapterError, match="does not fit this model: shape"):
             ah.load_adapter(AutoModelForCausalLM.from_pretrained(base_other_shape), "acme/pin@1.0.0",
                             registry=claimed)
-        claimed.register_base(base_other_shape)  # the base known now: a second pull refuses what the first took
+        assert [m.verdict for m in claimed.resolve(fingerprint=wrong.digest)] == ["exact"]  # the bare claim
+        with pytest.warns(UserWarning, match=r"acme/pin@1.0.0 \(pulled from .*\) claims base .*yanked"):
+            claimed.register_base(base_other_shape)  # the base known now: the claim is checked, and fails
+        assert claimed.resolve(base_other_shape, include_incompatible=True) == []
+        assert claimed.show("acme/pin@1.0.0").yanked
+        # ... and a second pull refuses what the first took
         with pytest.raises(ah.IncompatibleAdapterError, match="do not fit that base"):
             OciRemote(insecure=True).pull(claimed, f"{url}:1.0.0", tmp_path / "again")
         assert not (tmp_path / "again").exists()

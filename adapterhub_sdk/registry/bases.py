@@ -18,7 +18,7 @@ from ..fingerprint import BaseFingerprint, fingerprint
 from ..remotes import remote_for
 from ..resolving import HEXPREFIX, lookup_base
 from ..tables import utcnow
-from ._core import T_BASES, T_SOURCES, RegistryCore, _fetch
+from ._core import T_ADAPTERS, T_BASES, T_REQS, T_SOURCES, T_VERSIONS, RegistryCore, _fetch
 
 _HEXPREFIX = HEXPREFIX
 
@@ -89,10 +89,38 @@ class BasesPart(RegistryCore):
                         else:
                             conn.execute(insert(T_SOURCES).values(fingerprint=fp.digest, kind=kind, locator=loc,
                                                                   revision=rev, details=details, seen_at=utcnow()))
+                if not known:
+                    self._yank_unborne_claims(fp)
                 return
             except SAIntegrityError:
                 if attempt == 2:
                     raise
+
+    def _yank_unborne_claims(self, fp: BaseFingerprint) -> None:
+        """A base recorded for the first time: versions imported from a remote (a Hub or OCI
+        pull) while it was unknown here carry its fingerprint as their manifest's claim, which
+        nothing could check then. Those whose files' requirements do not fit it are yanked
+        (resolve and ranges no longer offer them; load and attach refuse them anyway), with a
+        warning naming them: the claimed pin is not borne out by the files."""
+        import warnings
+
+        from ..methods.base import check_requirements
+
+        with self._write() as conn:
+            rows = conn.execute(
+                select(T_VERSIONS.c.id, T_VERSIONS.c.version, T_VERSIONS.c.source, T_ADAPTERS.c.name, T_REQS.c.body)
+                .join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
+                .join(T_REQS, T_REQS.c.digest == T_VERSIONS.c.req_digest)
+                .where(T_VERSIONS.c.base_fingerprint == fp.digest, T_VERSIONS.c.source.isnot(None),
+                       T_VERSIONS.c.yanked.is_(False))).all()
+            for row in rows:
+                reasons = check_requirements(json.loads(row.body), fp)
+                if not reasons:
+                    continue
+                conn.execute(update(T_VERSIONS).where(T_VERSIONS.c.id == row.id).values(yanked=True))
+                warnings.warn(f"{row.name}@{row.version} (pulled from {row.source}) claims base {fp.short}, but its "
+                              f"files do not fit it ({reasons[0]}): yanked, so that resolve does not offer it",
+                              UserWarning, stacklevel=4)
 
     def find_base(self, *, files: Mapping[str, str] | None = None, hub: tuple[str, str] | None = None
                   ) -> BaseFingerprint | None:
