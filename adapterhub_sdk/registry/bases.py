@@ -104,6 +104,7 @@ class BasesPart(RegistryCore):
         warning naming them: the claimed pin is not borne out by the files."""
         import warnings
 
+        from ..adapter_files import AdapterContentWarning
         from ..methods.base import check_requirements
 
         with self._write() as conn:
@@ -120,7 +121,7 @@ class BasesPart(RegistryCore):
                 conn.execute(update(T_VERSIONS).where(T_VERSIONS.c.id == row.id).values(yanked=True))
                 warnings.warn(f"{row.name}@{row.version} (pulled from {row.source}) claims base {fp.short}, but its "
                               f"files do not fit it ({reasons[0]}): yanked, so that resolve does not offer it",
-                              UserWarning, stacklevel=4)
+                              AdapterContentWarning, stacklevel=4)
 
     def find_base(self, *, files: Mapping[str, str] | None = None, hub: tuple[str, str] | None = None
                   ) -> BaseFingerprint | None:
