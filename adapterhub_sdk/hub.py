@@ -28,6 +28,7 @@ from .fingerprint import BaseFingerprint
 from .hub_cache import _cached_file, _check_cached_files, _snapshot_files
 from .hub_checks import check_claimed_base, read_manifest, refuse_missing
 from .manifest import BaseRef, Manifest
+from .methods.base import tightened
 from .names import validate_name
 from .signing.bundle import is_signature_file
 from .versions import Version, VersionSpec
@@ -310,7 +311,7 @@ class HubClient:
         if not (snap / MANIFEST).is_file():
             _check_cached_files(ref, snap)  # nothing else checks the bytes of a manifest-less repo
         try:
-            manifest = self._manifest_for(ref, version, commit, snap, registry, base)
+            manifest, reqs = self._manifest_for(ref, version, commit, snap, registry, base)
         except AdapterHubError:
             _check_cached_files(ref, snap)  # a damaged cache gets its own message, with the way out
             raise
@@ -338,7 +339,7 @@ class HubClient:
         # what the signatures and a policy in force would refuse, refused before anything is recorded
         registry.check_incoming_signatures(manifest, found, require_signed)
         try:
-            registry.import_version(manifest, sources, origin=f"{here}@{commit}")
+            registry.import_version(manifest, sources, origin=f"{here}@{commit}", requirements=reqs)
         except IntegrityError:
             _check_cached_files(ref, snap)  # files that differ from the manifest: the cache, or the repo?
             raise
@@ -358,7 +359,7 @@ class HubClient:
         return registry.show(f"{manifest.name}@{manifest.version}")
 
     def _manifest_for(self, ref: HubRef, version: Version | None, commit: str, snap: Path, registry: Any,
-                      base: Any) -> Manifest:
+                      base: Any) -> tuple[Manifest, dict[str, Any] | None]:
         raw = _cached_file(snap, MANIFEST)
         if raw is not None:
             manifest = read_manifest(ref, raw, snap / MANIFEST)
@@ -378,7 +379,8 @@ class HubClient:
                     raise IntegrityError(f"{ref}: the manifest's requirements do not match its adapter files")
                 check_claimed_base(ref, manifest, pkg, registry)
                 _warn_nonfinite(ref, pkg)
-            return manifest
+                reqs = tightened(manifest.requirements, pkg.requirements)  # never looser than the files
+            return manifest, reqs
         # a repo PEFT pushed without our manifest: build one on the way
         with registry.pack_files(_snapshot_files(ref, snap), root=snap, select=True) as pkg:
             _warn_nonfinite(ref, pkg)
@@ -394,7 +396,7 @@ class HubClient:
             v = str(version) if version is not None else f"0.0.0-rev.g{commit[:12]}"
             return pkg.manifest(name=name, version=v, base=base_ref, tasks=(),
                                 description=f"imported from hf://{ref.repo} at {commit}",
-                                provenance={"source": f"hf://{ref.repo}", "commit": commit})
+                                provenance={"source": f"hf://{ref.repo}", "commit": commit}), None
 
     # ------------------------------------------------------------------ bases
 

@@ -180,3 +180,47 @@ def test_a_rank_pattern_applies_to_a_parameter_target_as_peft_applies_it(tmp_pat
         assert hit.verdict == "incompatible", hit
         three = _save_base(net(3), tmp_path / "three", False)
         assert [m.verdict for m in reg.resolve(three)] == ["structural"]
+
+
+def test_an_imported_claim_looser_than_its_files_is_checked_by_the_files(tmp_path):
+    """An OCI artifact whose manifest claims existence only (``[]``, as an SDK before
+    ``one_of`` wrote it) where its files give the expert shapes is still imported (refines
+    keeps old claims importable), but the catalog checks it by what the files say: resolve on
+    a base with another number of experts says incompatible, not structural."""
+    from ociserver import REGISTRY, SKIP_REASON, start_registry
+
+    from adapterhub_sdk.oci.client import OciClient, sha256_digest
+    from adapterhub_sdk.oci.remote import OciRemote
+
+    if REGISTRY is None:
+        pytest.skip(SKIP_REASON)
+    b = build(ROW["lora-target-parameters-3d"], tmp_path / "b")
+    srv = start_registry(tmp_path / "oci")
+    pub = ah.Registry.open(f"sqlite:///{tmp_path / 'pub.db'}", blobs=tmp_path / "pb")
+    other = ah.Registry.open(f"sqlite:///{tmp_path / 'o.db'}", blobs=tmp_path / "ob")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            honest = pub.publish(b.adapter, name="acme/moe", version="1.0.0").manifest.requirements
+        assert any(isinstance(v, dict) for v in honest.values()), honest
+        OciRemote(insecure=True).push(pub, "acme/moe@1.0.0", f"oci://{srv.host}/t/src")
+        with OciClient(srv.host, insecure=True) as c:  # the same artifact, its config claiming [] everywhere
+            doc = json.loads(c.get_manifest("t/src", "1.0.0")[0])
+            conf = json.loads(c.fetch_small("t/src", doc["config"]["digest"], 1 << 20))
+            conf["requirements"] = {k: [] for k in conf["requirements"]}
+            conf.pop("digest", None)
+            raw = json.dumps(conf, sort_keys=True, separators=(",", ":")).encode()
+            for layer in doc["layers"]:
+                c.push_blob("t/loose", layer["digest"], layer["size"], c.fetch_small("t/src", layer["digest"], 1 << 30))
+            c.push_blob("t/loose", sha256_digest(raw), len(raw), raw)
+            doc["config"] = {**doc["config"], "digest": sha256_digest(raw), "size": len(raw)}
+            doc["annotations"].pop("io.adapterhub.manifest.digest", None)
+            c.put_manifest("t/loose", "1.0.0", json.dumps(doc).encode())
+        OciRemote(insecure=True).pull(other, f"oci://{srv.host}/t/loose:1.0.0")
+        assert all(v == [] for v in other.show("acme/moe@1.0.0").manifest.requirements.values())  # kept as claimed
+        misfit = _more_experts(tmp_path / "misfit")
+        (hit,) = other.resolve(misfit, include_incompatible=True)
+        assert hit.verdict == "incompatible", hit
+        assert [m.verdict for m in other.resolve(b.base)] == ["structural"]
+    finally:
+        pub.close(), other.close(), srv.stop()

@@ -192,6 +192,16 @@ def refines(derived: Mapping[str, Any], pinned: Mapping[str, Any]) -> bool:
     return True
 
 
+def tightened(claimed: Mapping[str, Any], derived: Mapping[str, Any]) -> dict[str, Any]:
+    """The requirements to check an imported version by: its manifest's (``claimed``), where
+    an entry is ``[]`` (existence only) but the files give more (``derived``: a shape or a
+    :func:`one_of`), the files' entry instead. :func:`refines` keeps such a claim importable (an
+    SDK before ``one_of`` wrote it), but what resolve decides by must not be looser than what the
+    files themselves say."""
+    return {name: (derived[name] if want == [] and derived.get(name) not in (None, []) else want)
+            for name, want in claimed.items()}
+
+
 def _refines_one(want: Any, have: Any) -> bool:
     wants, haves = alternatives(want), alternatives(have)
     if haves is not None:

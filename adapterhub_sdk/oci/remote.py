@@ -303,8 +303,8 @@ class OciRemote:
                         with open(out, "xb") as fh:
                             c.fetch_blob(r.repo, ldigest, fh, size=size)
                         sources[path] = out
-                    self._check_files(registry, r, manifest, sources, tmp, scan=dest is None)
-                    registry.import_version(manifest, sources, origin=f"{r.repo_url}@{digest}")
+                    reqs = self._check_files(registry, r, manifest, sources, tmp, scan=dest is None)
+                    registry.import_version(manifest, sources, origin=f"{r.repo_url}@{digest}", requirements=reqs)
         got_ref = f"{manifest.name}@{manifest.version}"
         if found:
             registry.import_signatures(got_ref, found)
@@ -324,9 +324,9 @@ class OciRemote:
                 staged[path] = receive(lambda fh, d=ldigest, n=size: c.fetch_blob(r.repo, d, fh, size=n),
                                        ldigest.removeprefix("sha256:"), size)
             by_inode = {os.stat(s.path).st_ino: s for s in staged.values()}
-            self._check_files(registry, r, manifest, {p: s.path for p, s in staged.items()}, "", scan=scan,
+            reqs = self._check_files(registry, r, manifest, {p: s.path for p, s in staged.items()}, "", scan=scan,
                               stage=lambda f: by_inode[os.fstat(f.fileno()).st_ino])  # the copies themselves
-            registry.import_version(manifest, staged, origin=origin)
+            registry.import_version(manifest, staged, origin=origin, requirements=reqs)
         finally:
             for s in staged.values():
                 if s.path.exists():  # not stored: a failure, or a blob the store held already
@@ -334,13 +334,13 @@ class OciRemote:
 
     @staticmethod
     def _check_files(registry: Any, r: OciRef, manifest: Manifest, sources: dict[str, Path], tmp: str, *,
-                     scan: bool, stage: Callable[[Any], Any] | None = None) -> None:
+                     scan: bool, stage: Callable[[Any], Any] | None = None) -> dict[str, Any]:
         """The files are the adapter the manifest describes, and fit the base it pins where this
         registry knows that base (as a Hub pull checks); NaN/Inf weights are imported with a
         warning (``scan``; with a destination, the directory's write warns instead)."""
         from ..adapter_files import NonFiniteWarning, nonfinite_message
         from ..hub_checks import check_claimed_base
-        from ..methods.base import refines
+        from ..methods.base import refines, tightened
 
         with registry.pack_files(sources, root=tmp or None, stage=stage) as pkg:
             if not refines(pkg.requirements, manifest.requirements):
@@ -350,6 +350,7 @@ class OciRemote:
             if bad:
                 warnings.warn(f"{r}: " + nonfinite_message("adapter_model.safetensors", bad)
                               + "; a deployment will refuse to attach it", NonFiniteWarning, stacklevel=4)
+            return tightened(manifest.requirements, pkg.requirements)
 
     # ------------------------------------------------------------------ resolve
 

@@ -214,7 +214,7 @@ class PublishPart(RegistryCore):
         return result
 
     def import_version(self, manifest: Manifest, sources: Mapping[str, Any], *,
-                       origin: str | None = None) -> PublishResult:
+                       origin: str | None = None, requirements: Mapping[str, Any] | None = None) -> PublishResult:
         """Record a version whose manifest was made elsewhere (a Hub pull), keeping the manifest
         and its digest as they are. Every file is verified against the manifest first; a file
         that differs is named in the error and nothing is recorded. A source is a path, or a
@@ -268,7 +268,8 @@ class PublishPart(RegistryCore):
                 else:
                     written += self.blobs.put_staged(src)  # type: ignore[attr-defined]
             if existing is None:
-                created = self._commit_version(manifest, sum(f.size for f in manifest.files), source=origin)
+                created = self._commit_version(manifest, sum(f.size for f in manifest.files), source=origin,
+                                               requirements=requirements)
                 # a gc that ran before the commit may have taken one away
                 written += self._put_back([PackedFile(f.path, Path(sources[f.path]), f.sha256, f.size)
                                            for f in manifest.files if not isinstance(sources[f.path], StagedBlob)])
@@ -329,9 +330,13 @@ class PublishPart(RegistryCore):
                     _refuse_precedence_twin(conn, adapter.id, name, Version.parse(version))
         return row.digest if row else None
 
-    def _commit_version(self, manifest: Manifest, size: int, *, source: str | None = None) -> bool:
+    def _commit_version(self, manifest: Manifest, size: int, *, source: str | None = None,
+                        requirements: Mapping[str, Any] | None = None) -> bool:
+        """``requirements``: what the catalog checks the version by, where not its manifest's
+        (an import whose claim is looser than its files: see methods.base.tightened)."""
         ver = Version.parse(manifest.version)
-        req_digest = requirements_digest(manifest.requirements)
+        reqs = dict(manifest.requirements if requirements is None else requirements)
+        req_digest = requirements_digest(reqs)
         for attempt in range(5):
             try:
                 with self._write() as conn:
@@ -354,8 +359,8 @@ class PublishPart(RegistryCore):
                             .returning(T_ADAPTERS.c.id)).scalar_one()
                     if not conn.execute(select(T_REQS.c.digest).where(T_REQS.c.digest == req_digest)).first():
                         conn.execute(insert(T_REQS).values(
-                            digest=req_digest, body=json.dumps(manifest.requirements, sort_keys=True),
-                            probe=requirement_probe(manifest.requirements)))
+                            digest=req_digest, body=json.dumps(reqs, sort_keys=True),
+                            probe=requirement_probe(reqs)))
                     vid = conn.execute(insert(T_VERSIONS).values(
                         adapter_id=adapter_id, version=manifest.version, major=ver.major, minor=ver.minor,
                         patch=ver.patch, prerelease=".".join(ver.prerelease), digest=manifest.digest,
