@@ -24,6 +24,9 @@ Per round, order rotated, >= 5 rounds, medians reported:
   plugins), which a Go binary such as skopeo does not pay.
 * the CLI's start alone, for context: ``adapterhub list`` in the puller's home, a fresh
   process (``ours_cli_start``): the floor under every ``adapterhub`` figure above.
+* a floor for any Python CLI push (``floor_push``): a fresh ``python`` process that imports
+  only our OCI client (standard library HTTP) and pushes the same manifest and blobs, with no
+  registry database, no plugins and no click: what a push costs in Python at the least.
 
     .venv/bin/python benchmarks/bench_oci.py [--quick] [--rounds N]
 
@@ -33,6 +36,7 @@ Per round, order rotated, >= 5 rounds, medians reported:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -45,6 +49,23 @@ from bench_s3 import SIZES, build, run, sha256_dir
 
 sys.path.insert(0, str(C.ROOT / "tests"))
 from ociserver import REGISTRY, start_registry  # noqa: E402
+
+FLOOR = """import json, pathlib, sys
+from adapterhub_sdk.manifest import Manifest
+from adapterhub_sdk.oci.artifact import artifact_manifest
+from adapterhub_sdk.oci.client import OciClient, sha256_digest
+from adapterhub_sdk.oci.refs import version_tag
+host, repo, spec = sys.argv[1:4]
+job = json.loads(pathlib.Path(spec).read_text())
+m = Manifest.from_json(job["manifest"].encode())
+cfg = m.to_json()
+with OciClient(host, insecure=True) as c:
+    for f in m.files:
+        if not c.has_blob(repo, "sha256:" + f.sha256):
+            c.push_blob(repo, "sha256:" + f.sha256, f.size, pathlib.Path(job["paths"][f.sha256]), missing=True)
+    c.push_blob(repo, sha256_digest(cfg), len(cfg), cfg)
+    c.put_manifest(repo, version_tag(m.version), artifact_manifest(m, sha256_digest(cfg), len(cfg)))
+"""
 
 
 def bench_size(label: str, adapter: Path, work: Path, env: dict[str, str], rounds: int) -> dict:
@@ -59,7 +80,13 @@ def bench_size(label: str, adapter: Path, work: Path, env: dict[str, str], round
     pub_env = {**env, "ADAPTERHUB_HOME": str(work / f"home-pub-{label}")}
     pub_url = f"sqlite:///{work / f'home-pub-{label}' / 'registry.db'}"
     run([*ah_cmd, "publish", str(adapter), "--name", name, "--version", ver], pub_env)
-    variants = ["ours_push", "skopeo_push", "ours_api_push"]
+    floor_job = work / f"floor-{label}.json"
+    with ah.Registry.open(pub_url, blobs=work / f"home-pub-{label}" / "blobs") as reg:
+        shown = reg.show(f"{name}@{ver}").manifest
+        floor_job.write_text(json.dumps({"manifest": shown.to_json().decode(),
+                                         "paths": {f.sha256: str(reg.blobs.path(f.sha256)) for f in shown.files}}))
+    (work / "floor.py").write_text(FLOOR)
+    variants = ["ours_push", "skopeo_push", "ours_api_push", "floor_push"]
     pulls = ["ours_pull", "skopeo_pull", "ours_api_pull"]
     times: dict[str, list[float]] = {v: [] for v in variants + pulls + ["ours_cli_start"]}
     loads: list[float] = []
@@ -76,6 +103,8 @@ def bench_size(label: str, adapter: Path, work: Path, env: dict[str, str], round
                     with ah.Registry.open(pub_url, blobs=work / f"home-pub-{label}" / "blobs") as reg:
                         got[v] = C.timed(OciRemote(insecure=True).push, reg, f"{name}@{ver}",
                                          f"oci://{srv.host}/bench/api")[0]
+                elif v == "floor_push":
+                    got[v] = run([sys.executable, str(work / "floor.py"), srv.host, "bench/floor", str(floor_job)], env)
                 elif v == "ours_push":
                     got[v] = run([*ah_cmd, "push", f"{name}@{ver}", "--to", f"oci://{ours}", "--insecure"], pub_env)
                     if not skdir.exists():  # skopeo's own copy of exactly what we pushed (untimed, once)
@@ -139,7 +168,8 @@ def bench_size(label: str, adapter: Path, work: Path, env: dict[str, str], round
             "ratios": {"push_vs_skopeo": ratio("ours_push", "skopeo_push"),
                        "pull_vs_skopeo": ratio("ours_pull", "skopeo_pull"),
                        "push_api_vs_skopeo": ratio("ours_api_push", "skopeo_push"),
-                       "pull_api_vs_skopeo": ratio("ours_api_pull", "skopeo_pull")}}
+                       "pull_api_vs_skopeo": ratio("ours_api_pull", "skopeo_pull"),
+                       "floor_push_vs_skopeo": ratio("floor_push", "skopeo_push")}}
 
 
 def main() -> None:
@@ -176,6 +206,8 @@ def main() -> None:
                  f"{rt['push_api_vs_skopeo']['median_ratio']:.2f}x"],
                 ["pull: OciRemote.pull (in process)", med["ours_api_pull"], mb / med["ours_api_pull"],
                  f"{rt['pull_api_vs_skopeo']['median_ratio']:.2f}x"],
+                ["push floor: bare Python + our OCI client", med["floor_push"], mb / med["floor_push"],
+                 f"{rt['floor_push_vs_skopeo']['median_ratio']:.2f}x"],
                 ["start: adapterhub list (context)", med["ours_cli_start"], "", ""],
             ]))
         version = subprocess.run(["skopeo", "--version"], capture_output=True, text=True).stdout.strip()
