@@ -267,7 +267,7 @@ class BlobStore:
 
     def copy_fresh(self, digest: str, out: BinaryIO, size: int) -> int:
         """Copy a blob that this process has just stored from bytes it verified as they
-        arrived (:meth:`receive`: a remote pull's layers) into ``out``, a new file, inside
+        arrived (:meth:`receive`: a remote pull's layers), or has just re-hashed, into ``out``, a new file, inside
         the kernel and without hashing it a second time; its size is checked. Every other
         read goes through :meth:`copy_verified`."""
         try:

@@ -167,17 +167,28 @@ def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -
     return out
 
 
-def _linear(model: Any, module_name: str) -> Any:
-    import torch
-
+def _module(model: Any, module_name: str, kind: type, wrong: str) -> Any:
+    """The base's module ``module_name``, which must be a ``kind`` (else ``wrong`` says why)."""
     try:
         mod = model.get_submodule(module_name)
     except AttributeError:
         raise IncompatibleAdapterError(f"missing module: {module_name} not in the base") from None
-    if not isinstance(mod, torch.nn.Linear):
-        raise IncompatibleAdapterError(f"{module_name} is a {type(mod).__name__}; this runtime serves LoRA and "
-                                       "IA3 on nn.Linear modules", hint=_HINT)
+    if not isinstance(mod, kind):
+        raise IncompatibleAdapterError(f"{module_name} is a {type(mod).__name__}; {wrong}", hint=_HINT)
     return mod
+
+
+def _linear(model: Any, module_name: str) -> Any:
+    import torch
+
+    return _module(model, module_name, torch.nn.Linear, "this runtime serves LoRA and IA3 on nn.Linear modules")
+
+
+def tied_to(model: Any, weight: Any, module_name: str) -> list[str]:
+    """The other parameters of ``model`` that are the tensor ``weight`` of ``module_name``
+    (an LM head tied to the input embedding)."""
+    return [n for n, q in model.named_parameters(remove_duplicate=False)
+            if q is weight and n != f"{module_name}.weight"]
 
 
 def embedding_refusals(config: Mapping[str, Any], module: str) -> list[str]:
@@ -200,13 +211,7 @@ def _embedding(model: Any, config: Mapping[str, Any], module_name: str, p: dict[
 
     from .lora_options import lora_alpha
 
-    try:
-        mod = model.get_submodule(module_name)
-    except AttributeError:
-        raise IncompatibleAdapterError(f"missing module: {module_name} not in the base") from None
-    if not isinstance(mod, torch.nn.Embedding):
-        raise IncompatibleAdapterError(f"{module_name} is a {type(mod).__name__}; the adapter has LoRA for an "
-                                       "nn.Embedding there", hint=_HINT)
+    mod = _module(model, module_name, torch.nn.Embedding, "the adapter has LoRA for an nn.Embedding there")
     if "lora_embedding_A" not in p or "lora_embedding_B" not in p:
         raise AdapterFormatError(f"module {module_name!r} lacks lora_embedding_A or lora_embedding_B")
     a, b, w = p["lora_embedding_A"], p["lora_embedding_B"], mod.weight
@@ -225,7 +230,7 @@ def _embedding(model: Any, config: Mapping[str, Any], module_name: str, p: dict[
                                            f"is {list(copy_w.shape)}")
         copy_w = copy_w.to(w.device, w.dtype)
         if not torch.equal(copy_w, w):
-            tied = [n for n, q in model.named_parameters(remove_duplicate=False) if q is w and n != f"{module_name}.weight"]
+            tied = tied_to(model, w, module_name)
             if tied:
                 raise IncompatibleAdapterError(f"{module_name}: the adapter's saved copy of the embedding differs from "
                                                f"this base's, and PEFT would load it into {tied[0]} too (tied)",
@@ -336,13 +341,10 @@ def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, Modu
     import torch
 
     if model is not None:
-        names: dict[int, list[str]] = {}
-        for n, q in model.named_parameters(remove_duplicate=False):
-            names.setdefault(id(q), []).append(n)
         changed = [(n, e.module.weight) for n, e in (embeddings or {}).items() if slot in e.A]
         changed += [(n, w.module.weight) for n, w in wrappers.items() if slot in w.slots()]
         for n, weight in changed:
-            others = [m for m in names.get(id(weight), []) if m != f"{n}.weight" and not m.startswith(f"{n}.")]
+            others = [m for m in tied_to(model, weight, n) if not m.startswith(f"{n}.")]
             if others:
                 raise IncompatibleAdapterError(f"{n}'s weight is tied to {others[0]}: merging the adapter into it "
                                                f"would change {others[0]} too, so the merged model would not give "

@@ -35,6 +35,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class LoopbackHTTP:
+    """A ThreadingHTTPServer on a free loopback port, served from a daemon thread (the tests'
+    proxies in front of a registry): ``host`` is ``127.0.0.1:PORT``."""
+
+    def _serve(self, handler: type) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @dataclass
 class OciServer:
     host: str

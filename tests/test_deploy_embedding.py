@@ -19,6 +19,7 @@ from test_deploy_variants import (
     ATOL,
     VOCAB,
     _save_base,
+    assert_bf16_rows_equal_peft,
     diff,
     ids_batch,
     make_adapter,
@@ -111,20 +112,8 @@ def test_left_padded_generation_equals_peft_greedy(world):
 def test_a_bfloat16_base_runs_the_embedding_update_in_float32_as_peft_does(world):
     """PEFT keeps the adapter in float32 on a bfloat16 base and adds the embedding update to the
     bfloat16 lookup in float32, cast back once: rows match within a quarter bfloat16 step."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    dep = deployment(world, dtype=torch.bfloat16)
     names: list[str | None] = [*KINDS, None]
-    ids = ids_batch(len(names), seed=23)
-    got = dep.forward(ids, names).float()
-    for i, kind in enumerate(names):
-        model = AutoModelForCausalLM.from_pretrained(world["base"], dtype=torch.bfloat16)
-        ref = (model if kind is None else PeftModel.from_pretrained(model, world["dirs"][kind])).eval()
-        with torch.no_grad():
-            want = ref(input_ids=ids[i:i + 1]).logits.float()
-        tol = 2.0 ** -7 * float(want.abs().max()) / 4
-        assert diff(got[i:i + 1], want) <= tol, (kind, diff(got[i:i + 1], want), tol)
+    assert_bf16_rows_equal_peft(world, deployment(world, dtype=torch.bfloat16), names, ids_batch(len(names), seed=23))
 
 
 def test_merge_of_an_embedding_lora_equals_peft_and_unmerges_exactly(world):

@@ -214,22 +214,28 @@ def test_a_bfloat16_base_runs_the_adapters_in_float32_as_peft_does(world):
     """PEFT loads adapters in float32 on a half-precision base (``autocast_adapter_dtype``) and
     casts each adapted output back once; the deployment does the same, so rows match PEFT's
     bfloat16 logits up to float32 noise (bit for bit on this machine)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     dep = ah.Deployment(str(world["base"]), registry=world["registry"], dtype=torch.bfloat16)
     names: list[str | None] = [*KINDS, None]
     for kind in KINDS:
         dep.attach(f"variants/{kind}", name=kind)
-    ids = ids_batch(len(names), seed=11)
+    # a quarter of one bfloat16 step at the largest logit: 0 here; adding the update in
+    # bfloat16 (what this runtime did before) was 0.016-0.035 off, 1/3-3/4 of a step
+    assert_bf16_rows_equal_peft(world, dep, names, ids_batch(len(names), seed=11))
+
+
+def assert_bf16_rows_equal_peft(world: dict[str, Any], dep: Any, names: list[str | None], ids: Any) -> None:
+    """Each row of one mixed bfloat16 forward against PEFT serving that row's adapter (None:
+    the base) alone on a bfloat16 base, within a quarter of one bfloat16 step."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     got = dep.forward(ids, names).float()
     for i, kind in enumerate(names):
         model = AutoModelForCausalLM.from_pretrained(world["base"], dtype=torch.bfloat16)
         ref = (model if kind is None else PeftModel.from_pretrained(model, world["dirs"][kind])).eval()
         with torch.no_grad():
             want = ref(input_ids=ids[i:i + 1]).logits.float()
-        # a quarter of one bfloat16 step at the largest logit: 0 here; adding the update in
-        # bfloat16 (what this runtime did before) was 0.016-0.035 off, 1/3-3/4 of a step
         tol = 2.0 ** -7 * float(want.abs().max()) / 4
         assert diff(got[i:i + 1], want) <= tol, (kind, diff(got[i:i + 1], want), tol)
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import http.client
 import socket
 import struct
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
-from ociserver import REGISTRY, SKIP_REASON, free_port
+from ociserver import REGISTRY, SKIP_REASON, LoopbackHTTP, free_port
 from test_oci import oci, other, reg  # noqa: F401 - the registry, publisher and puller fixtures
 
 from adapterhub_sdk.errors import IntegrityError
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.skipif(REGISTRY is None, reason=SKIP_REASON)
 K = 1000  # body bytes the proxy lets through before it cuts
 
 
-class CuttingProxy:
+class CuttingProxy(LoopbackHTTP):
     """Forwards GET and HEAD to a registry; the GET of blob ``target`` is answered per ``mode``:
     ``fin`` (its Content-Length, K bytes, then closed), ``reset`` (K bytes, then a TCP reset),
     ``unlength`` (no Content-Length, K bytes, then closed), ``short`` (a whole response of the
@@ -81,13 +80,7 @@ class CuttingProxy:
             def log_message(self, *a):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 @pytest.fixture

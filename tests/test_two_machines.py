@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ociserver import REGISTRY, SKIP_REASON, start_registry
+from ociserver import REGISTRY, SKIP_REASON, LoopbackHTTP, start_registry
 
 from conftest import ADAPTERHUB, POSTGRES_URL, _pg_database, _pg_drop, save_lora
 
@@ -273,7 +273,7 @@ def test_machine_b_serves_and_the_vllm_resolver_caches_an_oci_url_that_machine_a
         srv.stop()
 
 
-class _PagingProxy:
+class _PagingProxy(LoopbackHTTP):
     """A loopback proxy in front of the registry for reads (GET, HEAD) that pages tag lists
     as the distribution spec says and as distribution 3, Harbor or GHCR do: ``?n=N&last=T``,
     sorted, with a ``Link: <...>; rel="next"`` header while tags remain. Debian's
@@ -282,9 +282,8 @@ class _PagingProxy:
 
     def __init__(self, upstream: str, page: int):
         import http.client
-        import threading
         import urllib.parse
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         proxy = self
         self.pages: list[str] = []  # tag-list URLs answered
@@ -337,13 +336,7 @@ class _PagingProxy:
                 self._send(200, [(k, v) for k, v in headers if k.lower() != "content-type"]
                            + [("Content-Type", "application/json")], json.dumps(doc).encode())
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 @NEEDS_OCI

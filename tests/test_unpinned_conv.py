@@ -14,6 +14,7 @@ import json
 import warnings
 
 import pytest
+import test_method_table
 import torch
 from test_method_table import (
     CONV1,
@@ -26,7 +27,6 @@ from test_method_table import (
     _out,
     _save_base,
     _x,
-    build,
     cfg,
 )
 
@@ -36,17 +36,7 @@ from conftest import run_cli
 
 FLATTENED = ["loha-conv1d", "loha-conv2d", "loha-conv1d-grouped", "oft-conv2d", "boft-conv2d", "adalora-conv2d"]
 ROW = {r.id: r for r in ROWS}
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    cache = {}
-
-    def get(row: Row):
-        if row.id not in cache:
-            cache[row.id] = build(row, tmp_path_factory.mktemp(row.id))
-        return cache[row.id]
-    return get
+built = test_method_table.built  # the fixture: each row's base and adapter, built once per module
 
 
 def _same_out_other_in(row: Row, path):

@@ -14,6 +14,7 @@ import json
 import warnings
 
 import pytest
+import test_method_table
 import torch
 from test_method_table import (
     ROWS,
@@ -35,6 +36,7 @@ from adapterhub_sdk.methods.base import check_requirements, refines
 from conftest import run_cli
 
 ROW = {r.id: r for r in ROWS}
+built = test_method_table.built  # the fixture: each row's base and adapter, built once per module
 
 
 def _gpt_oss(experts: int = 4):
@@ -66,17 +68,6 @@ def _more_experts(path):
 def _wider_param(path):
     torch.manual_seed(2)
     return _save_base(ParamNet(cin=12).eval(), path, False)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    cache = {}
-
-    def get(row: Row):
-        if row.id not in cache:
-            cache[row.id] = build(row, tmp_path_factory.mktemp(row.id))
-        return cache[row.id]
-    return get
 
 
 @pytest.mark.parametrize(("row_id", "param", "misfit"), [

@@ -291,6 +291,7 @@ class OciRemote:
                 # but every check a first pull makes (the pin against a base known here since)
                 self._check_files(registry, r, manifest, {f.path: Path(registry.blobs.path(f.sha256))
                                                           for f in manifest.files}, "", scan=False)
+                fresh = {f.sha256 for f in manifest.files}  # just re-hashed: ``dest`` needs no third pass
             elif callable(receive):  # a local store: each layer is hashed once, as it arrives, and stored by rename
                 self._receive(c, r, registry, manifest, listed, receive, origin=f"{r.repo_url}@{digest}",
                               scan=dest is None)
