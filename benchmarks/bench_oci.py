@@ -24,6 +24,10 @@ Per round, order rotated, >= 5 rounds, medians reported:
   plugins), which a Go binary such as skopeo does not pay.
 * the CLI's start alone, for context: ``adapterhub list`` in the puller's home, a fresh
   process (``ours_cli_start``): the floor under every ``adapterhub`` figure above.
+* the same push and pull with ``oras`` (oras-py, the Python OCI client on PyPI that the
+  issue names beside skopeo), each a fresh ``python`` process as a user's script would be:
+  ``OrasClient(insecure=True).push(target, files=[...])`` of the adapter directory's files, and
+  ``.pull(target, outdir=DIR)`` of what we pushed. The Python peer, as boto3 is for S3.
 * a floor for any Python CLI push (``floor_push``): a fresh ``python`` process that imports
   only our OCI client (standard library HTTP) and pushes the same manifest and blobs, with no
   registry database, no plugins and no click: what a push costs in Python at the least.
@@ -67,6 +71,20 @@ with OciClient(host, insecure=True) as c:
     c.put_manifest(repo, version_tag(m.version), artifact_manifest(m, sha256_digest(cfg), len(cfg)))
 """
 
+ORAS_PUSH = """import os, sys
+import oras.client
+target, src = sys.argv[1:3]
+os.chdir(src)
+files = sorted(f for f in os.listdir(".") if os.path.isfile(f))
+oras.client.OrasClient(insecure=True).push(target=target, files=files, disable_path_validation=True)
+"""
+
+ORAS_PULL = """import sys
+import oras.client
+target, out = sys.argv[1:3]
+oras.client.OrasClient(insecure=True).pull(target=target, outdir=out)
+"""
+
 
 def bench_size(label: str, adapter: Path, work: Path, env: dict[str, str], rounds: int) -> dict:
     exe = Path(sys.executable).with_name("adapterhub")
@@ -86,8 +104,10 @@ def bench_size(label: str, adapter: Path, work: Path, env: dict[str, str], round
         floor_job.write_text(json.dumps({"manifest": shown.to_json().decode(),
                                          "paths": {f.sha256: str(reg.blobs.path(f.sha256)) for f in shown.files}}))
     (work / "floor.py").write_text(FLOOR)
-    variants = ["ours_push", "skopeo_push", "ours_api_push", "floor_push"]
-    pulls = ["ours_pull", "skopeo_pull", "ours_api_pull"]
+    (work / "oras_push.py").write_text(ORAS_PUSH)
+    (work / "oras_pull.py").write_text(ORAS_PULL)
+    variants = ["ours_push", "skopeo_push", "ours_api_push", "floor_push", "oras_push"]
+    pulls = ["ours_pull", "skopeo_pull", "ours_api_pull", "oras_pull"]
     times: dict[str, list[float]] = {v: [] for v in variants + pulls + ["ours_cli_start"]}
     loads: list[float] = []
 
@@ -105,6 +125,9 @@ def bench_size(label: str, adapter: Path, work: Path, env: dict[str, str], round
                                          f"oci://{srv.host}/bench/api")[0]
                 elif v == "floor_push":
                     got[v] = run([sys.executable, str(work / "floor.py"), srv.host, "bench/floor", str(floor_job)], env)
+                elif v == "oras_push":
+                    got[v] = run([sys.executable, str(work / "oras_push.py"), f"{srv.host}/bench/oras:{ver}",
+                                  str(adapter)], env)
                 elif v == "ours_push":
                     got[v] = run([*ah_cmd, "push", f"{name}@{ver}", "--to", f"oci://{ours}", "--insecure"], pub_env)
                     if not skdir.exists():  # skopeo's own copy of exactly what we pushed (untimed, once)
@@ -131,6 +154,10 @@ def bench_size(label: str, adapter: Path, work: Path, env: dict[str, str], round
                         reg.list()  # the schema exists, as on a machine in use
                         got[v] = C.timed(OciRemote(insecure=True).pull, reg, f"oci://{ours}:{ver}", outs / v)[0]
                     shutil.rmtree(work / f"api-blobs-{label}-{r}", ignore_errors=True)
+                elif v == "oras_pull":
+                    got[v] = run([sys.executable, str(work / "oras_pull.py"), f"{ours}:{ver}", str(outs / v)], env)
+                    got_files = sha256_dir(outs / v)
+                    assert {f: got_files.get(f) for f in want} == want, v
                 elif v == "ours_pull":
                     got[v] = run([*ah_cmd, "pull", f"oci://{ours}:{ver}", "--out", str(outs / v), "--insecure"],
                                  home)
@@ -169,7 +196,9 @@ def bench_size(label: str, adapter: Path, work: Path, env: dict[str, str], round
                        "pull_vs_skopeo": ratio("ours_pull", "skopeo_pull"),
                        "push_api_vs_skopeo": ratio("ours_api_push", "skopeo_push"),
                        "pull_api_vs_skopeo": ratio("ours_api_pull", "skopeo_pull"),
-                       "floor_push_vs_skopeo": ratio("floor_push", "skopeo_push")}}
+                       "floor_push_vs_skopeo": ratio("floor_push", "skopeo_push"),
+                       "push_vs_oras": ratio("ours_push", "oras_push"),
+                       "pull_vs_oras": ratio("ours_pull", "oras_pull")}}
 
 
 def main() -> None:
@@ -202,6 +231,10 @@ def main() -> None:
                 ["pull: adapterhub pull oci:// --out", med["ours_pull"], mb / med["ours_pull"],
                  f"{rt['pull_vs_skopeo']['median_ratio']:.2f}x"],
                 ["pull: skopeo copy docker:// dir:", med["skopeo_pull"], mb / med["skopeo_pull"], "1.00x"],
+                ["push: oras-py, fresh python process", med["oras_push"], mb / med["oras_push"],
+                 f"ours {rt['push_vs_oras']['median_ratio']:.2f}x"],
+                ["pull: oras-py, fresh python process", med["oras_pull"], mb / med["oras_pull"],
+                 f"ours {rt['pull_vs_oras']['median_ratio']:.2f}x"],
                 ["push: OciRemote.push (in process)", med["ours_api_push"], mb / med["ours_api_push"],
                  f"{rt['push_api_vs_skopeo']['median_ratio']:.2f}x"],
                 ["pull: OciRemote.pull (in process)", med["ours_api_pull"], mb / med["ours_api_pull"],

@@ -120,3 +120,68 @@ def test_builtin_command_loads_no_plugin(tmp_path):
                            capture_output=True, text=True, env=env)
     assert named.returncode == 0, named.stderr
     assert "sqlalchemy" not in set(json.loads(named.stderr.strip().splitlines()[-1]))
+
+
+# ---------------------------------------------------------------- the end of a command
+
+_ENDS = """import atexit, os, sys, threading, time
+class Torn:
+    def __del__(self):
+        os.write(2, b"teardown ran\\n")
+keep = Torn()  # freed only by the interpreter's teardown
+atexit.register(lambda: print("atexit ran", file=sys.stderr, flush=True))
+if os.environ.get("WORKER"):
+    def late():
+        time.sleep(2.0)  # still running when the command ends
+        print("worker finished", file=sys.stderr, flush=True)
+    threading.Thread(target=late).start()  # non-daemon: Python waits for it
+sys.argv = ["adapterhub", *sys.argv[1:]]
+from adapterhub_sdk.cli import main
+main()
+"""
+
+
+def _end(tmp_path, *args: str, worker: bool = False) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "ADAPTERHUB_HOME": str(tmp_path / "home"), **({"WORKER": "1"} if worker else {})}
+    return subprocess.run([sys.executable, "-c", _ENDS, *args], capture_output=True, text=True, env=env)
+
+
+def test_a_command_ends_without_the_interpreters_teardown_but_runs_atexit(tmp_path):
+    """``adapterhub`` ends its process once the command is done, without freeing every module
+    (about 0.1 s after SQLAlchemy and the plugins loaded: bench_oci.py / bench_s3.py), but with
+    what an exit must do: the output complete, atexit handlers run, the status kept."""
+    ok = _end(tmp_path, "list", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == []
+    assert "atexit ran" in ok.stderr and "teardown ran" not in ok.stderr
+    usage = _end(tmp_path, "list", "--no-such-option")
+    assert usage.returncode == 2 and "no such option" in usage.stderr.lower()
+    assert "atexit ran" in usage.stderr and "teardown ran" not in usage.stderr
+    failed = _end(tmp_path, "show", "acme/none")
+    assert failed.returncode == 1 and failed.stderr.startswith("error: ")
+    assert "teardown ran" not in failed.stderr
+
+
+def test_a_command_with_a_running_thread_ends_as_python_does(tmp_path):
+    """A thread Python would wait for (a plugin's, a library's) is waited for: the normal exit."""
+    out = _end(tmp_path, "list", worker=True)
+    assert out.returncode == 0, out.stderr
+    assert "worker finished" in out.stderr and "atexit ran" in out.stderr and "teardown ran" in out.stderr
+
+
+def test_a_large_output_is_complete_when_the_process_ends(tmp_path, lora_dir, base_dir):
+    """Everything printed reaches a pipe before the process ends: here a manifest of ~200 KB
+    (a long description), several times a pipe's buffer."""
+    import warnings
+
+    from adapterhub_sdk import Registry
+
+    text = "".join(f"line {i}: " + "x" * 60 + "\n" for i in range(3000))
+    with Registry.open(f"sqlite:///{tmp_path / 'home' / 'registry.db'}") as reg, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg.publish(lora_dir, name="acme/long", version="1.0.0", base=base_dir, description=text)
+    out = _end(tmp_path, "show", "acme/long@1.0.0", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["manifest"]["description"] == text
