@@ -218,6 +218,33 @@ def version_rows(fetch: Fetch, fp: str, fitting: Sequence[str], name_key: str | 
     return rows, verdicts
 
 
+_REQS_OF_IN = ("SELECT v.id, r.body FROM versions v JOIN requirement_sets r ON r.digest = v.req_digest "
+               "WHERE v.id IN ({in})")
+
+
+def unborne_exact(fetch: Fetch, base: BaseFingerprint, kept: list[tuple[Any, ...]], verdicts: dict[int, str],
+                  fit_reasons: dict[int, list[str]], include_incompatible: bool = False) -> list[tuple[Any, ...]]:
+    """An exact pin finds a yanked version. One pinned to ``base`` whose files do not fit it
+    (an import whose claim nothing could check then, yanked when the base was recorded:
+    registry/bases.py) is no exact match for it: incompatible, with the reason, and left out
+    unless ``include_incompatible``. Only yanked exact rows are checked: every other one's
+    files were checked against this base when it was published or imported with it known."""
+    from .methods.base import check_requirements
+
+    ids = [r[0] for r in kept if r[8] and r[0] not in verdicts]
+    if not ids:
+        return kept
+    unborne = {}
+    for vid, body in fetch_in(fetch, _REQS_OF_IN, ids):
+        reasons = check_requirements(json.loads(body), base)
+        if reasons:
+            unborne[vid] = reasons
+    for vid, reasons in unborne.items():
+        verdicts[vid] = "incompatible"
+        fit_reasons[vid] = ["its manifest claims this base, but its files do not fit it", *reasons]
+    return kept if include_incompatible else [r for r in kept if r[0] not in unborne]
+
+
 def keep(rows: Sequence[tuple[Any, ...]], spec: VersionSpec | None, alias_vid: int | None
          ) -> tuple[list[tuple[Any, ...]], dict[str, Version]]:
     """The rows ``spec`` admits (no spec: not yanked; an exact pin finds a yanked version)
@@ -369,11 +396,14 @@ def resolve_read_only(fetch: Fetch, fingerprint: str, *, task: str | None = None
         key = name_key(ref.name)
     rows, verdicts = version_rows(fetch, fp, fitting, key, task, method.lower() if method else None)
     kept, parsed = keep(rows, spec, None)
+    fit_reasons: dict[int, list[str]] = {}
+    if row is not None and any(r[8] and r[0] not in verdicts for r in kept):  # the base's shapes: only then
+        kept = unborne_exact(fetch, base_from_row(row), kept, verdicts, fit_reasons)
     names = adapter_names(fetch, {}, {r[1] for r in kept})
     rank(kept, verdicts, parsed, names)
     if limit is not None:
         kept = kept[:limit]
-    return matches(kept, verdicts, {}, names, task_lists(fetch, {}, {}, kept, snapshot=True))
+    return matches(kept, verdicts, fit_reasons, names, task_lists(fetch, {}, {}, kept, snapshot=True))
 
 
 def resolve_sqlite_file(url: str, fingerprint: str, **options: Any) -> list[Match] | None:

@@ -505,6 +505,15 @@ def test_a_pin_the_files_do_not_fit_is_refused_by_pull_and_resolve(oci, reg, oth
             claimed.register_base(base_other_shape)  # the base known now: the claim is checked, and fails
         assert claimed.resolve(base_other_shape, include_incompatible=True) == []
         assert claimed.show("acme/pin@1.0.0").yanked
+        # an exact pin finds a yanked version, but not as an exact match for a base it does not fit
+        assert claimed.resolve(base_other_shape, name="acme/pin@1.0.0") == []
+        (m,) = claimed.resolve(base_other_shape, name="acme/pin@1.0.0", include_incompatible=True)
+        assert m.verdict == "incompatible" and "files do not fit it" in m.reasons[0] and \
+            m.reasons[1].startswith("shape:"), m
+        # ... and it cannot be un-yanked into resolve's exact matches
+        with pytest.raises(ah.IncompatibleAdapterError, match="stays yanked.*do not fit it"):
+            claimed.yank("acme/pin@1.0.0", undo=True)
+        assert claimed.show("acme/pin@1.0.0").yanked
         # ... and a second pull refuses what the first took
         with pytest.raises(ah.IncompatibleAdapterError, match="do not fit that base"):
             OciRemote(insecure=True).pull(claimed, f"{url}:1.0.0", tmp_path / "again")
@@ -515,6 +524,11 @@ def test_a_pin_the_files_do_not_fit_is_refused_by_pull_and_resolve(oci, reg, oth
     assert run_cli("fingerprint", str(base_other_shape), "--register", env=home).returncode == 0
     out = run_cli("pull", f"{url}:1.0.0", "--insecure", env=home)
     assert out.returncode == 1 and "do not fit that base" in out.stderr and out.stderr.count("\n") <= 2, out.stderr
+    pinned = run_cli("resolve", "--fingerprint", wrong.digest, "--name", "acme/pin@1.0.0", "--json",
+                     env={"ADAPTERHUB_HOME": str(tmp_path / "cli-home")})  # the CLI's SQLite read path
+    assert pinned.returncode == 0 and json.loads(pinned.stdout) == [], pinned.stdout + pinned.stderr
+    undo = run_cli("yank", "acme/pin@1.0.0", "--undo", env={"ADAPTERHUB_HOME": str(tmp_path / "cli-home")})
+    assert undo.returncode == 1 and "stays yanked" in undo.stderr and undo.stderr.count("\n") == 1, undo.stderr
 
 
 def test_a_config_that_is_no_valid_manifest_is_refused_naming_the_artifact(oci, reg, other, tmp_path, base_dir,

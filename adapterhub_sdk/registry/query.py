@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from .. import db as dbmod
-from ..errors import InvalidVersionError, NotFoundError
+from ..errors import IncompatibleAdapterError, InvalidVersionError, NotFoundError
 from ..listing import iter_versions
 from ..manifest import Manifest
 from ..names import did_you_mean, name_key, parse_ref, typo_window, validate_alias, validate_name
 from ..package import base_fraction
 from ..tables import utcnow
 from ..versions import Version, VersionSpec
-from ._core import T_ADAPTERS, T_ALIASES, T_BASES, T_TASKS, T_VERSIONS, RegistryCore
+from ._core import T_ADAPTERS, T_ALIASES, T_BASES, T_REQS, T_TASKS, T_VERSIONS, RegistryCore, _fetch
 from .resolve import _fetch_tuples
 from .results import VersionInfo, _iso
 
@@ -201,5 +202,29 @@ class QueryPart(RegistryCore):
             raise InvalidVersionError(f"{ref!r}: yank needs an exact version (NS/NAME@1.2.3)")
         with self._write() as conn:
             row = self._select_version(conn, r.name, r.spec)
+            if undo and row.yanked:
+                self._refuse_unborne(conn, r.name, row)
             conn.execute(update(T_VERSIONS).where(T_VERSIONS.c.id == row.id).values(yanked=not undo))
         return self.show(f"{r.name}@{row.version}")
+
+    def _refuse_unborne(self, conn: Connection, name: str, row: Any) -> None:
+        """A version pinned to a base known here whose files do not fit it (an import yanked
+        when the base was recorded: registry/bases.py) stays yanked: un-yanked, resolve would
+        offer it as an exact match for that base."""
+        from ..methods.base import check_requirements
+        from ..resolving import lookup_base
+
+        fp = conn.execute(select(T_VERSIONS.c.base_fingerprint, T_REQS.c.body)
+                          .join(T_REQS, T_REQS.c.digest == T_VERSIONS.c.req_digest)
+                          .where(T_VERSIONS.c.id == row.id)).first()
+        if fp is None or not fp.base_fingerprint:
+            return
+        try:
+            base = lookup_base(_fetch(conn), fp.base_fingerprint)  # in this transaction
+        except NotFoundError:
+            return  # the base is not known here: nothing to check the claim against
+        reasons = check_requirements(json.loads(fp.body), base)
+        if reasons:
+            raise IncompatibleAdapterError(
+                f"{name}@{row.version} stays yanked: its manifest claims base {base.short}, but its files do not "
+                f"fit it ({reasons[0]})", hint="publish a version whose files fit the base it is pinned to")

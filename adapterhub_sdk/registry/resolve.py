@@ -156,6 +156,9 @@ class ResolvePart(RegistryCore):
             if include_incompatible:
                 self._add_incompatible(conn, b, shape, values, rows, verdicts, fit_reasons)
             kept, parsed = rs.keep(rows, spec, alias_vid)
+            if arch is not None:
+                kept = rs.unborne_exact(fetch, b, kept, verdicts, fit_reasons,  # type: ignore[arg-type]
+                                        include_incompatible)
             if backend is not None and kept:
                 kept = self._runtime_check(conn, backend, kept, verdicts, fit_reasons, include_incompatible)
             names = rs.adapter_names(fetch, self._name_memo, {r[1] for r in kept})
