@@ -3,8 +3,11 @@
 
 A directory written by ``pull`` carries the version's manifest: its files are checked
 against their digests and the model's weights against the base fingerprint the adapter is
-pinned to before anything is loaded, exactly as ``Deployment.attach`` does. A plain PEFT
-directory has no pin, and loads as PEFT loads it."""
+pinned to before anything is loaded, exactly as ``Deployment.attach`` does. A directory
+that carries no base fingerprint (a plain PEFT directory, one whose manifest was removed, or
+a version published without a base) has no pin: ``strict=True`` refuses it, as a strict
+``Deployment`` refuses it; otherwise it loads as PEFT loads it, with an
+:class:`UnpinnedAdapterWarning` saying that nothing pins it to the model's weights."""
 
 from __future__ import annotations
 
@@ -22,6 +25,28 @@ from .methods.base import check_requirements
 from .plugins import detect_method
 
 MANIFEST_FILE = "adapterhub_manifest.json"
+
+#: why a directory has no pin, in the words ``Deployment``'s directory path (deploy_dir) uses
+NO_MANIFEST = f"it carries no base fingerprint (no {MANIFEST_FILE})"
+NO_BASE = "it carries no base fingerprint (published without a base)"
+
+
+class UnpinnedAdapterWarning(UserWarning):
+    """An adapter carrying no base fingerprint was loaded (without ``strict``): nothing ties it
+    to the model's weights, so no verdict could be made; PEFT loaded it as it loads any."""
+
+
+def _unpinned(where: str, why: str, strict: bool, stacklevel: int) -> None:
+    """No pin to check: ``strict`` refuses (one line, what to do), otherwise a warning
+    (``stacklevel`` as the caller would give it to ``warnings.warn``)."""
+    if strict:
+        raise IncompatibleAdapterError(
+            f"{where}: {why}, so nothing pins it to these weights (strict)", reasons=[why],
+            hint="publish it pinned to the base it was trained on (adapterhub publish DIR --name NS/NAME "
+                 "--version VER --base PATH) and load the directory pull writes, or load it without strict=True "
+                 "to load it as PEFT does")
+    warnings.warn(f"{where}: {why}, so nothing pins it to these weights; loaded as PEFT loads it, unchecked "
+                  "(publish it with a base to have it checked)", UnpinnedAdapterWarning, stacklevel=stacklevel + 1)
 
 
 def _read(reader: Any, name: str) -> bytes:
@@ -86,9 +111,10 @@ def _verify_files(path: Path, copy_to: Path | None = None) -> Any:
 def _check_fit(model: Any, manifest: Any, strict: bool, stacklevel: int = 3) -> str | None:
     from .fingerprint import fingerprint
 
-    if not manifest.base.fingerprint:
-        return None
     ref = f"{manifest.name}@{manifest.version}"
+    if not manifest.base.fingerprint:  # published unpinned
+        _unpinned(ref, NO_BASE, strict, stacklevel)
+        return None
     fp = fingerprint(_base_state(model), progress=False)
     # the requirements first, even where the fingerprints agree: a version imported with a pin
     # its files do not bear out (claimed before the base was known here) is a misfit, told so
@@ -110,10 +136,14 @@ def _check_fit(model: Any, manifest: Any, strict: bool, stacklevel: int = 3) -> 
 def check_pulled(model: Any, path: str | Path, *, strict: bool = False) -> str | None:
     """For a directory written by ``pull``: verify its files against the manifest, then the
     model's weights against the pinned base fingerprint. Returns the verdict (``exact``,
-    ``structural``; None when the directory has no manifest or the version is not pinned);
-    raises IntegrityError for changed files, IncompatibleAdapterError when it does not fit."""
+    ``structural``; None, with an UnpinnedAdapterWarning, when the directory has no manifest or
+    the version is not pinned); raises IntegrityError for changed files,
+    IncompatibleAdapterError when it does not fit, or under ``strict`` when nothing pins it."""
     manifest = _verify_files(Path(path))
-    return None if manifest is None else _check_fit(model, manifest, strict, stacklevel=4)
+    if manifest is None:
+        _unpinned(str(path), NO_MANIFEST, strict, stacklevel=2)
+        return None
+    return _check_fit(model, manifest, strict, stacklevel=3)
 
 
 def _check_directory_signed(path: Path, registry: Any, require_signed: Any) -> None:
@@ -235,7 +265,10 @@ def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default",
 
     A pulled directory is checked first (files against the manifest's digests, the model
     against the pinned base fingerprint): an adapter that does not fit is refused, one that
-    fits only structurally warns (``strict=True`` refuses it). Under a signing policy
+    fits only structurally warns (``strict=True`` refuses it). A directory that carries no base
+    fingerprint (no manifest: a plain PEFT directory; or a version published without a base)
+    is refused under ``strict=True`` (IncompatibleAdapterError); without it, it loads as PEFT
+    loads it, with an UnpinnedAdapterWarning. Under a signing policy
     (``require_signed``, ADAPTERHUB_REQUIRE_SIGNED, or ``registry``'s policy; ``registry``
     defaults to the default registry when one exists) the directory needs a ``model.sig``
     (or ``model.NAME.sig``) by a key the policy names, over exactly the files present.
@@ -252,13 +285,23 @@ def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default",
         raise AdapterFormatError(f"{p}: no readable adapter_config.json ({exc})") from exc
     with tempfile.TemporaryDirectory(prefix="adapterhub-load-") as private:
         manifest = _verify_files(p, Path(private))
-        if manifest is not None:  # pinned: check and load the private copy just hashed, nothing else
-            _check_fit(model, manifest, strict)
+        unpinned = None  # (where, why) when nothing pins it: strict refuses now, else a warning before PEFT
+        if manifest is None:
+            unpinned = (str(p), NO_MANIFEST)
+        elif not manifest.base.fingerprint:
+            unpinned = (f"{manifest.name}@{manifest.version}", NO_BASE)
+        if unpinned is not None and strict:
+            _unpinned(*unpinned, strict=True, stacklevel=2)
+        if manifest is not None:  # as pulled: check and load the private copy just hashed, nothing else
+            if unpinned is None:
+                _check_fit(model, manifest, strict)
             config = loads_bounded((Path(private) / "adapter_config.json").read_text(encoding="utf-8"))
             source = Path(private)
         else:
             source = p
         _check_finite(source, allow_nonfinite, p, manifest)
+        if unpinned is not None:
+            _unpinned(*unpinned, strict=False, stacklevel=2)
         return _load(model, source, config, adapter_name)
 
 
