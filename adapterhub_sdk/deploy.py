@@ -29,7 +29,7 @@ from .fingerprint import fingerprint
 from .generation import GenerationError
 from .methods.base import check_requirements
 from .multilora import MultiLoraEmbedding, MultiLoraLinear, RowSlots
-from .multilora_variants import ModuleCopies, Prepared, merge_slot, prepare
+from .multilora_variants import ModuleCopies, Prepared, merge_refusals, merge_slot, prepare
 
 
 class StructuralMatchWarning(UserWarning):
@@ -260,8 +260,14 @@ class Deployment:
 
     def _prepare(self, config: dict[str, Any], tensors: dict[str, Any]) -> Prepared:
         """Per target module, what the adapter adds there (:mod:`.multilora_variants`), on the
-        model's device and dtype; refuses what this runtime would not compute as PEFT does."""
-        return prepare(self.model, config, tensors)
+        model's device and dtype; refuses what this runtime would not compute as PEFT does.
+        Computed from the base's own weights: where an adapter is merged, what its backup holds
+        (under the lock, so no merge or unmerge runs meanwhile)."""
+        with self._lock:
+            own: dict[int, Any] = {}
+            for tensor, original in self._merged[1] if self._merged is not None else ():
+                own.setdefault(id(tensor), original)  # the first backup of a tensor is the base's own
+            return prepare(self.model, config, tensors, base_value=lambda t: own.get(id(t), t))
 
     def _wrap(self, module_name: str) -> MultiLoraLinear:
         w = self._wrapped.get(module_name)
@@ -276,12 +282,13 @@ class Deployment:
         """Fold one adapter into the base weights: zero overhead while it is the only one used.
         A batch using anything else unmerges it first (exactly: the base weights are restored)."""
         with self._lock:
-            if self._merged is not None:
-                if self._merged[0] == name:
-                    return
-                self.unmerge()
-            self._merged = (name, merge_slot(self._slot(name), self._wrapped, self._copies, self._embeddings,
-                                             model=self.model))
+            if self._merged is not None and self._merged[0] == name:
+                return
+            slot = self._slot(name)
+            # a refusal leaves everything as it was (the adapter merged before stays merged)
+            merge_refusals(slot, self._wrapped, self._copies, self._embeddings, model=self.model)
+            self.unmerge()
+            self._merged = (name, merge_slot(slot, self._wrapped, self._copies, self._embeddings, model=self.model))
 
     def unmerge(self) -> None:
         import torch

@@ -24,13 +24,13 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import AdapterFormatError, IncompatibleAdapterError
 from .methods.base import strip_prefix
-from .multilora import MultiLoraEmbedding, RowSlots, pattern_value
+from .multilora import MultiLoraEmbedding, MultiLoraLinear, RowSlots, pattern_value
 
 _HINT = "load it with ah.load_adapter (PEFT) outside a Deployment"
 _LORA_PART = re.compile(r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector)")
@@ -108,10 +108,15 @@ class ModuleCopies:
         return 0 if c is None else sum(t.numel() * t.element_size() for t in c.state_dict().values())
 
 
-def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -> Prepared:
+def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any],
+            base_value: Callable[[Any], Any] | None = None) -> Prepared:
     """Per-module updates of an adapter whose pin, digests and values were checked already.
-    Raises IncompatibleAdapterError (what this runtime would not compute as PEFT does) or
-    AdapterFormatError."""
+    ``base_value(t)``: the base's own value of the model's tensor ``t`` (where an adapter is
+    merged into it, what it held before; default ``t``): everything computed from the base's
+    weights (DoRA's norm, an embedding copy's comparison, a trained copy's other parameters)
+    reads it, never a merged weight. Raises IncompatibleAdapterError (what this runtime would
+    not compute as PEFT does) or AdapterFormatError."""
+    own: Callable[[Any], Any] = base_value or (lambda t: t)
     from .lora_options import deployment_refusals, peft_type_of, saved_module
 
     peft_type = peft_type_of(config)
@@ -154,16 +159,16 @@ def prepare(model: Any, config: Mapping[str, Any], tensors: Mapping[str, Any]) -
         if module_name in parts or saved_module(config, module_name) is not None:
             raise IncompatibleAdapterError(f"{module_name} has both LoRA on the embedding and other tensors "
                                            "(modules_to_save, a Linear LoRA); PEFT cannot load that either", hint=_HINT)
-        out.embeddings[module_name] = _embedding(model, config, module_name, p)
+        out.embeddings[module_name] = _embedding(model, config, module_name, p, own)
     for module_name, p in parts.items():
         target = _linear(model, module_name)
         out.linear[module_name] = _ia3(module_name, target, p["l"]) if peft_type == "IA3" else \
-            _lora(config, module_name, target, p)
+            _lora(config, module_name, target, p, own)
     for module_name, params in saved.items():
         if module_name in parts:
             raise IncompatibleAdapterError(f"{module_name} is both adapted and saved whole (modules_to_save); "
                                            "this runtime serves one or the other", hint=_HINT)
-        out.copies[module_name] = _copy(model, module_name, params)
+        out.copies[module_name] = _copy(model, module_name, params, own)
     return out
 
 
@@ -184,11 +189,11 @@ def _linear(model: Any, module_name: str) -> Any:
     return _module(model, module_name, torch.nn.Linear, "this runtime serves LoRA and IA3 on nn.Linear modules")
 
 
-def tied_to(model: Any, weight: Any, module_name: str) -> list[str]:
-    """The other parameters of ``model`` that are the tensor ``weight`` of ``module_name``
-    (an LM head tied to the input embedding)."""
+def tied_to(model: Any, weight: Any, module_name: str, param: str = "weight") -> list[str]:
+    """The other parameters of ``model`` that are the tensor ``weight`` (``module_name``'s
+    ``param``): an LM head tied to the input embedding."""
     return [n for n, q in model.named_parameters(remove_duplicate=False)
-            if q is weight and n != f"{module_name}.weight"]
+            if q is weight and n != f"{module_name}.{param}"]
 
 
 def embedding_refusals(config: Mapping[str, Any], module: str) -> list[str]:
@@ -206,7 +211,8 @@ def embedding_refusals(config: Mapping[str, Any], module: str) -> list[str]:
     return out
 
 
-def _embedding(model: Any, config: Mapping[str, Any], module_name: str, p: dict[str, Any]) -> EmbeddingUpdate:
+def _embedding(model: Any, config: Mapping[str, Any], module_name: str, p: dict[str, Any],
+               own: Callable[[Any], Any]) -> EmbeddingUpdate:
     import torch
 
     from .lora_options import lora_alpha
@@ -229,7 +235,7 @@ def _embedding(model: Any, config: Mapping[str, Any], module_name: str, p: dict[
             raise IncompatibleAdapterError(f"shape: {module_name} is {list(w.shape)}, the adapter's copy of it "
                                            f"is {list(copy_w.shape)}")
         copy_w = copy_w.to(w.device, w.dtype)
-        if not torch.equal(copy_w, w):
+        if not torch.equal(copy_w, own(w)):  # the base's own weights, not a merged adapter's
             tied = tied_to(model, w, module_name)
             if tied:
                 raise IncompatibleAdapterError(f"{module_name}: the adapter's saved copy of the embedding differs from "
@@ -245,7 +251,8 @@ def _vec_dtype(w: Any) -> Any:
     return torch.promote_types(w.dtype, torch.float32)  # PEFT runs an adapter's vectors in float32
 
 
-def _lora(config: Mapping[str, Any], module_name: str, target: Any, p: dict[str, Any]) -> ModuleUpdate:
+def _lora(config: Mapping[str, Any], module_name: str, target: Any, p: dict[str, Any],
+          own: Callable[[Any], Any]) -> ModuleUpdate:
     import torch
 
     from .lora_options import lora_alpha
@@ -272,7 +279,7 @@ def _lora(config: Mapping[str, Any], module_name: str, target: Any, p: dict[str,
                                            f"module has {w.shape[0]} outputs")
         with torch.no_grad():
             lw = b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)  # PEFT: lora_B(lora_A(I)).T
-            norm = torch.linalg.norm(w.to(torch.float32) + scaling * lw, dim=1)
+            norm = torch.linalg.norm(own(w).to(torch.float32) + scaling * lw, dim=1)  # W: the base's own
             mns = magnitude.to(w.device, torch.float32) / norm
         if not bool(torch.isfinite(mns).all()):
             raise IncompatibleAdapterError(f"{module_name}: DoRA's weight norm ||W + s B A|| is zero for an output "
@@ -305,7 +312,7 @@ def _ia3(module_name: str, target: Any, vec: Any) -> ModuleUpdate:
     return ModuleUpdate(vec={kind: vec.flatten().to(w.device, _vec_dtype(w))})
 
 
-def _copy(model: Any, module_name: str, params: dict[str, Any]) -> Any:
+def _copy(model: Any, module_name: str, params: dict[str, Any], own: Callable[[Any], Any]) -> Any:
     import torch
 
     try:
@@ -317,29 +324,34 @@ def _copy(model: Any, module_name: str, params: dict[str, Any]) -> Any:
     if any(True for _ in mod.children()) or not copyable:
         raise IncompatibleAdapterError(f"{module_name} (modules_to_save) is a {type(mod).__name__}; this runtime "
                                        "serves trained copies of Linear, Embedding and norm layers", hint=_HINT)
-    own = dict(mod.named_parameters(recurse=False))
-    dup = copy.deepcopy(mod)  # PEFT's ModulesToSaveWrapper: a copy of the base module, then the saved tensors
+    base = dict(mod.named_parameters(recurse=False))
+    for name, t in params.items():
+        have = base.get(name)
+        if have is None or tuple(have.shape) != tuple(t.shape):
+            raise IncompatibleAdapterError(f"shape: {module_name}.{name} (modules_to_save) is "
+                                           f"{list(have.shape) if have is not None else 'missing'} in the base, "
+                                           f"the adapter's copy is {list(t.shape)}")
+    # PEFT's ModulesToSaveWrapper: a copy of the base module, then the saved tensors; without this
+    # deployment's hooks on it (a deep copy would carry every other adapter's copy or LoRA there)
+    ours = (ModuleCopies, MultiLoraLinear, MultiLoraEmbedding)
+    memo: dict[int, Any] = {id(v): type(v)((i, h) for i, h in v.items() if not isinstance(getattr(h, "__self__", None),
+                                                                                          ours))
+                            for k, v in vars(mod).items() if k.endswith("hooks") and isinstance(v, dict)}
+    dup = copy.deepcopy(mod, memo)
     with torch.no_grad():
-        for name, t in params.items():
-            have = own.get(name)
-            if have is None or tuple(have.shape) != tuple(t.shape):
-                raise IncompatibleAdapterError(f"shape: {module_name}.{name} (modules_to_save) is "
-                                               f"{list(have.shape) if have is not None else 'missing'} in the base, "
-                                               f"the adapter's copy is {list(t.shape)}")
-            getattr(dup, name).copy_(t.to(have.dtype))
+        for name, have in base.items():
+            t = params.get(name)
+            getattr(dup, name).copy_(own(have) if t is None else t.to(have.dtype))  # the base's own, not merged
     return dup.eval().requires_grad_(False)
 
 
-def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, ModuleCopies],
-               embeddings: Mapping[str, MultiLoraEmbedding] | None = None,
-               model: Any = None) -> list[tuple[Any, Any]]:
-    """Fold slot ``slot`` into the base weights as PEFT's ``merge`` does; returns (tensor,
-    original) pairs to restore. Checks everything before it changes anything: a weight tied
-    to another module's (``model``: an LM head sharing the input embedding) is refused, since
-    folding the update into it would change that module too, which the unmerged adapter does
-    not (PEFT merges it anyway, with a warning, and its output changes)."""
-    import torch
-
+def merge_refusals(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, ModuleCopies],
+                   embeddings: Mapping[str, MultiLoraEmbedding] | None = None, model: Any = None) -> None:
+    """Raise IncompatibleAdapterError where folding slot ``slot`` into the base weights would not
+    give its unmerged output; changes nothing. A weight tied to another module's (``model``: an
+    LM head sharing the input embedding) is refused, since folding the update, or copying a
+    trained copy (``modules_to_save``), into it would change that module too, which the unmerged
+    adapter does not (PEFT merges a LoRA there anyway, with a warning, and its output changes)."""
     if model is not None:
         changed = [(n, e.module.weight) for n, e in (embeddings or {}).items() if slot in e.A]
         changed += [(n, w.module.weight) for n, w in wrappers.items() if slot in w.slots()]
@@ -349,7 +361,14 @@ def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, Modu
                 raise IncompatibleAdapterError(f"{n}'s weight is tied to {others[0]}: merging the adapter into it "
                                                f"would change {others[0]} too, so the merged model would not give "
                                                "the unmerged output", hint="serve it unmerged")
-
+        tied = [(n, pn, m) for n, c in copies.items() if slot in c.copies
+                for pn, p in c.module.named_parameters(recurse=False)
+                for m in tied_to(model, p, n, pn) if not m.startswith(f"{n}.")]
+        if tied:
+            reasons = [f"{n}.{pn} is tied to {m}: merging the adapter's trained copy of {n} (modules_to_save) "
+                       f"would change {m} too, so the merged model would not give the unmerged output"
+                       for n, pn, m in tied]
+            raise IncompatibleAdapterError(reasons[0], reasons=reasons, hint="serve it unmerged")
     for name, w in wrappers.items():
         if slot in w.vec["bias"] and w.module.bias is None:
             raise IncompatibleAdapterError(f"{name} has no bias to merge the adapter's lora_B bias into "
@@ -358,6 +377,17 @@ def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, Modu
         if slot in e.A and e.module.max_norm is not None:  # the lookup renormalises rows: merged is not unmerged
             raise IncompatibleAdapterError(f"{name} renormalises looked-up rows (max_norm), so the merged embedding "
                                            "would not give the unmerged output", hint="serve it unmerged")
+
+
+def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, ModuleCopies],
+               embeddings: Mapping[str, MultiLoraEmbedding] | None = None,
+               model: Any = None) -> list[tuple[Any, Any]]:
+    """Fold slot ``slot`` into the base weights as PEFT's ``merge`` does; returns (tensor,
+    original) pairs to restore. Checks everything before it changes anything
+    (:func:`merge_refusals`)."""
+    import torch
+
+    merge_refusals(slot, wrappers, copies, embeddings, model)
     backup: list[tuple[Any, Any]] = []
     with torch.no_grad():
         for e in (embeddings or {}).values():
@@ -402,5 +432,5 @@ def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, Modu
     return backup
 
 
-__all__ = ["EmbeddingUpdate", "ModuleCopies", "ModuleUpdate", "Prepared", "embedding_refusals", "merge_slot",
-           "prepare"]
+__all__ = ["EmbeddingUpdate", "ModuleCopies", "ModuleUpdate", "Prepared", "embedding_refusals", "merge_refusals",
+           "merge_slot", "prepare"]
