@@ -85,6 +85,7 @@ class Deployment:
         self._adapters: dict[str, AttachedAdapter] = {}
         self._next_slot = 0
         self._merged: tuple[str, list[tuple[Any, Any]]] | None = None
+        self._merge_exact: dict[int, dict[str, tuple[Any, float]]] = {}  # slot -> module -> (B, scaling)
         self.base_path: Path | None = None
         self._loaded: Any = None
         if isinstance(base, (str, Path)):
@@ -177,6 +178,9 @@ class Deployment:
                     wrapper.add_vector(kind, slot, v)
                 wrapper.cached = None
                 nbytes += wrapper.nbytes(slot)
+                if update.merge is not None:  # what merge needs to compute PEFT's delta bit for bit
+                    self._merge_exact.setdefault(slot, {})[module_name] = update.merge
+                    nbytes += update.merge[0].numel() * update.merge[0].element_size()
             for module_name, e in prepared.embeddings.items():
                 emb = self._embeddings.get(module_name)
                 if emb is None:
@@ -231,6 +235,7 @@ class Deployment:
             e.drop(slot)
         for c in self._copies.values():
             c.copies.pop(slot, None)
+        self._merge_exact.pop(slot, None)
 
     def _verdict(self, manifest: Any) -> tuple[str, list[str]]:
         if manifest.base.fingerprint == self.fingerprint.digest:
@@ -288,7 +293,8 @@ class Deployment:
             # a refusal leaves everything as it was (the adapter merged before stays merged)
             merge_refusals(slot, self._wrapped, self._copies, self._embeddings, model=self.model)
             self.unmerge()
-            self._merged = (name, merge_slot(slot, self._wrapped, self._copies, self._embeddings, model=self.model))
+            self._merged = (name, merge_slot(slot, self._wrapped, self._copies, self._embeddings, model=self.model,
+                                             exact=self._merge_exact.get(slot)))
 
     def unmerge(self) -> None:
         import torch

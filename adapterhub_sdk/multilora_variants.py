@@ -45,6 +45,9 @@ class ModuleUpdate:
     a: Any = None
     b: Any = None
     vec: dict[str, Any] = field(default_factory=dict)  # kind (multilora.VECTORS) -> [out] or [in]
+    #: LoRA's B [out, r] unscaled and its scaling, for a merge that computes PEFT's delta
+    #: ``(B @ A) * s`` bit for bit (the forward's B has the scaling folded in)
+    merge: tuple[Any, float] | None = None
 
 
 @dataclass
@@ -288,6 +291,7 @@ def _lora(config: Mapping[str, Any], module_name: str, target: Any, p: dict[str,
         update.vec["dora"] = (mns - 1).to(vd)
     else:
         update.b = (b.to(w.device, vd) * scaling).t().contiguous()
+        update.merge = (b.to(w.device, vd).contiguous(), scaling)
     if "lora_B.bias" in p:
         if not config.get("lora_bias"):
             raise AdapterFormatError(f"module {module_name!r} has a lora_B bias but lora_bias is off in its config")
@@ -381,13 +385,22 @@ def merge_refusals(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, 
 
 def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, ModuleCopies],
                embeddings: Mapping[str, MultiLoraEmbedding] | None = None,
-               model: Any = None) -> list[tuple[Any, Any]]:
+               model: Any = None, exact: Mapping[str, tuple[Any, float]] | None = None) -> list[tuple[Any, Any]]:
     """Fold slot ``slot`` into the base weights as PEFT's ``merge`` does; returns (tensor,
     original) pairs to restore. Checks everything before it changes anything
-    (:func:`merge_refusals`)."""
+    (:func:`merge_refusals`). ``exact``: per module, LoRA's unscaled B and scaling
+    (:attr:`ModuleUpdate.merge`), so the delta is PEFT's ``(B @ A) * s`` and is added into the
+    weight in place as PEFT's default merge does (one rounding on a half-precision base)."""
     import torch
 
     merge_refusals(slot, wrappers, copies, embeddings, model)
+
+    def delta(name: str, w: Any) -> Any:  # [out, in], in the adapter's dtype
+        raw = (exact or {}).get(name)
+        if raw is None:
+            return (w.A[slot] @ w.B[slot]).t()
+        b, scaling = raw
+        return (b @ w.A[slot].t().contiguous()) * scaling  # PEFT's get_delta_weight
     backup: list[tuple[Any, Any]] = []
     with torch.no_grad():
         for e in (embeddings or {}).values():
@@ -397,7 +410,7 @@ def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, Modu
             backup.append((weight, weight.detach().clone()))
             start = e.weight.get(slot, weight)
             weight.copy_(start + ((e.A[slot] @ e.B[slot]) * e.scaling[slot]).to(weight.dtype))
-        for w in wrappers.values():
+        for name, w in wrappers.items():
             if slot not in w.slots():
                 continue
             weight, bias = w.module.weight, w.module.bias
@@ -405,8 +418,8 @@ def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, Modu
             if bias is not None:
                 backup.append((bias, bias.detach().clone()))
             v = {k: d[slot] for k, d in w.vec.items() if slot in d}
-            if not v:  # plain LoRA: W += s B A, in the weight's dtype
-                weight += (w.A[slot] @ w.B[slot]).t().to(weight.dtype)
+            if not v:  # plain LoRA: PEFT's W += (B A) s, the float32 delta added in place (one rounding)
+                weight += delta(name, w)
                 continue
             new = weight.to(torch.float32)
             if "dora" in v:  # (m/n) (W + s B A); the bias stays
@@ -418,7 +431,7 @@ def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, Modu
             if "scale_in" in v:
                 new = new * v["scale_in"].to(torch.float32)[None, :]
             if slot in w.A:
-                new = new + (w.A[slot] @ w.B[slot]).t().to(torch.float32)
+                new = new + delta(name, w).to(torch.float32)
             weight.copy_(new.to(weight.dtype))
             if "bias" in v:
                 bias.copy_((bias + v["bias"]).to(bias.dtype))

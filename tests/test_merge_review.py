@@ -224,3 +224,36 @@ def test_an_http_load_while_an_adapter_is_merged_equals_peft(world):
     want = {f"w{i}": float(lp[i]) for i in lp.topk(5).indices.tolist()}
     assert set(got) == set(want), json.dumps([got, want])
     assert max(abs(got[k] - want[k]) for k in want) < 1e-4
+
+
+# --------------------------------------------------------------------------- 3. half-precision merge
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_a_lora_merged_on_a_half_precision_base_is_peft_merge_and_unload_bit_for_bit(tmp_path, dtype):
+    """PEFT's default merge adds the float32 delta ``(B @ A) * s`` into the weight in place (one
+    rounding); casting the delta to bfloat16 first and adding in bfloat16 put ~30% of the
+    elements one step off. Merged: every weight and the logits equal merge_and_unload's
+    exactly; unmerged: the base's weights exactly again."""
+    from peft import LoraConfig
+
+    base = save_base(tmp_path / "base", hidden=64, seed=8)
+    path = make_adapter(base, tmp_path / "a", LoraConfig(r=8, lora_alpha=8, use_rslora=True,  # s = 2.83
+                                                          target_modules=["q_proj", "v_proj", "down_proj"]), seed=71)
+    reg = _registry(tmp_path)
+    reg.publish(path, name="h/a", version="1.0.0", base=base)
+    dep = ah.Deployment(str(base), registry=reg, dtype=dtype)
+    dep.attach("h/a", name="a")
+    plain = _state(dep)
+    dep.merge("a")
+    merged = _peft(base, path, dtype).merge_and_unload()
+    want = dict(merged.named_parameters(remove_duplicate=False))
+    got = dict(dep.model.named_parameters(remove_duplicate=False))
+    assert set(got) == set(want)
+    assert [n for n in got if not torch.equal(got[n], want[n])] == []
+    ids = ids_batch(3, seed=35)
+    with torch.no_grad():
+        assert torch.equal(dep.forward(ids, "a"), merged(input_ids=ids).logits)
+    dep.unmerge()
+    assert all(torch.equal(p, plain[n]) for n, p in dep.model.named_parameters(remove_duplicate=False))
+    reg.close()
