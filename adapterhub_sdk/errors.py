@@ -73,6 +73,10 @@ class VersionConflictError(AdapterHubError, FileExistsError):
     differences: tuple[str, ...] = ()
 
 
+#: the hint of a refusal of what a remote registry sent (its manifest, files or tags disagree)
+DISTRUST = "the remote's copy is not what it claims; do not use it, and tell its publisher"
+
+
 class IntegrityError(AdapterHubError, OSError):
     """Stored bytes do not match their digest (tampering or disk corruption)."""
 

@@ -23,10 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapter_files import NonFiniteWarning, nonfinite_message
-from .errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
+from .errors import DISTRUST, AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
 from .fingerprint import BaseFingerprint
 from .hub_cache import _cached_file, _check_cached_files, _snapshot_files
-from .hub_checks import check_claimed_base, read_manifest, refuse_missing
+from .hub_checks import (
+    check_claimed_base,
+    check_method_as_claimed,
+    read_manifest,
+    refuse_missing,
+)
 from .manifest import BaseRef, Manifest
 from .methods.base import tightened
 from .names import validate_name
@@ -364,7 +369,8 @@ class HubClient:
         if raw is not None:
             manifest = read_manifest(ref, raw, snap / MANIFEST)
             if version is not None and Version.parse(manifest.version) != version:
-                raise IntegrityError(f"{ref}: tag {version} holds the manifest of version {manifest.version}")
+                raise IntegrityError(f"{ref}: tag {version} holds the manifest of version {manifest.version}",
+                                     hint=DISTRUST)
             bad = []
             found = {}
             for f in manifest.files:  # the package as published: README.md back in place
@@ -376,7 +382,9 @@ class HubClient:
             refuse_missing(ref, bad)
             with registry.pack_files(found, root=snap) as pkg:
                 if not _consistent(pkg.requirements, manifest.requirements):
-                    raise IntegrityError(f"{ref}: the manifest's requirements do not match its adapter files")
+                    raise IntegrityError(f"{ref}: the manifest's requirements do not match its adapter files",
+                                         hint=DISTRUST)
+                check_method_as_claimed(ref, manifest, pkg)
                 check_claimed_base(ref, manifest, pkg, registry)
                 _warn_nonfinite(ref, pkg)
                 reqs = tightened(manifest.requirements, pkg.requirements)  # never looser than the files

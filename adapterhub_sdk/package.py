@@ -232,17 +232,19 @@ def pack_files(files: Mapping[str, str | os.PathLike[str]], *, root: str | os.Pa
                select: bool = False) -> AdapterPackage:
     """Pack the files named explicitly (package name -> path of a regular file), e.g. the
     blobs a huggingface_hub cache snapshot links to. Each path is opened without following
-    a link; ``root`` is what messages call the package's folder. With ``select``, the
-    files are chosen as in a directory: pickles refused, only the adapter's files kept."""
+    a link; ``root`` is what messages call the package's folder. A pickle among them is
+    refused, as publish refuses one in a directory (a manifest may list any file: a remote's
+    must not bring one in). With ``select``, the files are chosen as in a directory: only the
+    adapter's files kept."""
     shown = Path(root) if root is not None else Path(".")
+    for name, path in files.items():
+        if name.lower().endswith(PICKLE_SUFFIXES):
+            refuse_pickle(shown / name, "adapter file")
+        if name.endswith(".safetensors"):
+            with open_regular(path, display=shown / name) as f:
+                if _is_pickle_head(f):
+                    refuse_pickle(shown / name, "adapter file")
     if select:
-        for name, path in files.items():
-            if name.lower().endswith(PICKLE_SUFFIXES):
-                refuse_pickle(shown / name, "adapter file")
-            if name.endswith(".safetensors"):
-                with open_regular(path, display=shown / name) as f:
-                    if _is_pickle_head(f):
-                        refuse_pickle(shown / name, "adapter file")
         files = {n: p for n, p in files.items() if _wanted(n)}
     opened: list[tuple[str, BinaryIO]] = []
     try:

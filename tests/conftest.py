@@ -163,3 +163,37 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: f
 
 # One local Hub server (olah) per test session, shared by every module that uses it.
 from hubserver import hub_env, hub_server  # noqa: E402, F401
+
+
+# One CNCF distribution registry per test module that pushes or pulls ``oci://`` (Debian's
+# docker-registry on loopback, tests/ociserver.py), and the two machines' registries those
+# tests move artifacts between.
+@pytest.fixture(scope="module")
+def oci(tmp_path_factory):
+    from ociserver import REGISTRY, SKIP_REASON, start_registry
+
+    if REGISTRY is None:
+        pytest.skip(SKIP_REASON)
+    srv = start_registry(tmp_path_factory.mktemp("oci"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def reg(tmp_path):
+    """A publisher's registry: its own catalog and blobs."""
+    import adapterhub_sdk as ah
+
+    r = ah.Registry.open(f"sqlite:///{tmp_path / 'pub.db'}", blobs=tmp_path / "pub-blobs")
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def other(tmp_path):
+    """A second machine's registry: its own catalog and blobs, nothing shared."""
+    import adapterhub_sdk as ah
+
+    r = ah.Registry.open(f"sqlite:///{tmp_path / 'other.db'}", blobs=tmp_path / "other-blobs")
+    yield r
+    r.close()

@@ -230,3 +230,30 @@ def test_a_readme_pretending_to_be_a_manifest_is_only_a_readme(hub_env, genuine,
     assert not out.exists()
     with ah.Registry.open() as reg:
         assert [i.name for i in reg.list()] == [item.name]
+
+
+def test_a_manifest_claiming_another_method_config_than_its_files_is_refused(hub_env, genuine, tmp_path):
+    """show, export's limits and the runtimes' verdicts read the manifest's method: a manifest
+    claiming another scaling (lora_alpha), DoRA off, or another summary over the genuine
+    files is refused before anything is recorded (the files are what PEFT would load)."""
+    for i, change in enumerate(({"config": {"lora_alpha": 64}}, {"config": {"use_dora": True}},
+                                {"summary": {"rank": 64}}, {"variant": "dora"})):
+        m = json.loads(json.dumps(genuine["manifest"]))
+        for key, value in change.items():
+            if isinstance(value, dict):
+                m["method"][key].update(value)
+            else:
+                m["method"][key] = value
+        repo = hostile_repo(hub_env, genuine, manifest=m)
+        refused(repo, tmp_path / str(i) / "out", "the manifest's method does not match its adapter files",
+                next(iter(change)))
+
+
+def test_a_manifest_listing_a_pickle_is_refused(hub_env, genuine, tmp_path):
+    """A pickle is never stored, however a remote's manifest lists it (publish refuses one too)."""
+    import hashlib
+
+    blob = b"\x80\x04\x95fake pickle"
+    m = _with_file(genuine, "adapter_model.bin", sha256=hashlib.sha256(blob).hexdigest(), size=len(blob))
+    repo = hostile_repo(hub_env, genuine, manifest=m, extra={"adapter_model.bin": blob})
+    refused(repo, tmp_path / "p" / "out", "adapter_model.bin", "pickle")

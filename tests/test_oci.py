@@ -32,26 +32,7 @@ from conftest import run_cli
 pytestmark = pytest.mark.skipif(REGISTRY is None, reason=SKIP_REASON)
 
 
-@pytest.fixture(scope="module")
-def oci(tmp_path_factory):
-    srv = start_registry(tmp_path_factory.mktemp("oci"))
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def reg(tmp_path):
-    r = ah.Registry.open(f"sqlite:///{tmp_path / 'pub.db'}", blobs=tmp_path / "pub-blobs")
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def other(tmp_path):
-    """A second machine's registry: its own catalog and blobs, nothing shared."""
-    r = ah.Registry.open(f"sqlite:///{tmp_path / 'other.db'}", blobs=tmp_path / "other-blobs")
-    yield r
-    r.close()
+# the fixtures oci (the registry server), reg (the publisher) and other (the puller): conftest.py
 
 
 def _repo(request) -> str:

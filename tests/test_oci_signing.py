@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from ociserver import REGISTRY, SKIP_REASON, start_registry
+from ociserver import REGISTRY, SKIP_REASON
 
 import adapterhub_sdk as ah
 from adapterhub_sdk.oci.client import OciClient
@@ -21,13 +21,6 @@ from adapterhub_sdk.signing import generate_key
 from conftest import run_cli
 
 pytestmark = pytest.mark.skipif(REGISTRY is None, reason=SKIP_REASON)
-
-
-@pytest.fixture(scope="module")
-def oci(tmp_path_factory):
-    srv = start_registry(tmp_path_factory.mktemp("oci"))
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 from ociserver import REGISTRY, SKIP_REASON, LoopbackHTTP, free_port
-from test_oci import oci, other, reg  # noqa: F401 - the registry, publisher and puller fixtures
 
 from adapterhub_sdk.errors import IntegrityError
 from adapterhub_sdk.oci.client import OciUnavailableError
@@ -84,7 +83,7 @@ class CuttingProxy(LoopbackHTTP):
 
 
 @pytest.fixture
-def proxy(oci):  # noqa: F811
+def proxy(oci):
     p = CuttingProxy(oci.host)
     yield p
     p.stop()
@@ -97,7 +96,7 @@ def _nothing_recorded(puller, tmp_path) -> None:
     assert list((tmp_path / "other-blobs" / "tmp").iterdir()) == []
 
 
-def test_a_body_cut_short_is_a_transport_failure_with_nothing_recorded(oci, reg, other, proxy, tmp_path,  # noqa: F811
+def test_a_body_cut_short_is_a_transport_failure_with_nothing_recorded(oci, reg, other, proxy, tmp_path,
                                                                        base_dir, lora_dir):
     reg.publish(lora_dir, name="acme/cut", version="1.0.0", base=base_dir)
     OciRemote(insecure=True).push(reg, "acme/cut@1.0.0", f"oci://{oci.host}/acme/cut")

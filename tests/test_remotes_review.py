@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ociserver import REGISTRY, SKIP_REASON, start_registry
+from ociserver import REGISTRY, SKIP_REASON
 from safetensors.torch import save_file
 
 import adapterhub_sdk as ah
@@ -154,15 +154,6 @@ def test_read_based_hashing_matches_the_definition_for_every_layout(tmp_path):
 
 
 # ---------------------------------------------------------------------------- OCI: lying artifacts
-
-
-@pytest.fixture(scope="module")
-def oci(tmp_path_factory):
-    if REGISTRY is None:
-        pytest.skip(SKIP_REASON)
-    srv = start_registry(tmp_path_factory.mktemp("oci-review"))
-    yield srv
-    srv.stop()
 
 
 def _open(tmp_path: Path, name: str) -> ah.Registry:

@@ -369,6 +369,24 @@ def base_modules(base: BaseFingerprint) -> set[str]:
     return out
 
 
+def _untargeted(select: TargetMatcher, modules: Iterable[str]) -> list[str]:
+    return sorted(m for m in modules if select(m) is False)
+
+
+def refuse_untargeted(config: Mapping[str, Any], wrapped: Iterable[str]) -> None:
+    """Refuse adapter weights on modules the config's ``target_modules`` does not select
+    (``wrapped``: the adapter's modules, named as in the base). PEFT ignores them when it
+    loads the adapter, so nothing may apply them: they are refused however the adapter
+    arrives (published with or without a base, pulled from a remote), before any base is
+    in hand; :func:`check_targets` finds the same modules with a base."""
+    select = peft_target_matcher(config)
+    bad = _untargeted(select, wrapped) if select is not None else []
+    if bad:
+        raise AdapterFormatError(f"unexpected adapter weights: {few(bad)} not selected by target_modules "
+                                 "(PEFT would ignore them)",
+                                 hint="PEFT did not write these files as they are; save the adapter again with PEFT")
+
+
 def check_targets(config: Mapping[str, Any], wrapped: Iterable[str], base: BaseFingerprint,
                   parts: str = "lora_A/lora_B") -> list[str]:
     """Reasons why the adapter's modules (``wrapped``) are not exactly those PEFT puts it on in
@@ -387,7 +405,7 @@ def check_targets(config: Mapping[str, Any], wrapped: Iterable[str], base: BaseF
         return len(_NUMBERED.findall(f".{m}.")) < 2 or _NUMBERED.sub(".N", f".{m}.") in kinds
 
     missing = sorted(m for m in base_modules(base) - have if select(m) is True and expected(m))
-    unexpected = sorted(m for m in have if select(m) is False)
+    unexpected = _untargeted(select, have)
     reasons = []
     if missing:
         reasons.append(f"missing adapter weights: {few(missing)} selected by target_modules "

@@ -19,6 +19,7 @@ from .base import (
     numel,
     one_of,
     pin_flattened,
+    refuse_untargeted,
     split_full_copies,
 )
 
@@ -230,6 +231,7 @@ class LoraMethod(AdapterMethod):
         fan_in_fan_out = bool(config.get("fan_in_fan_out"))
         own, req = split_full_copies(tensors, _LORA_PARTS)
         modules = group_by_module(own, _LORA_PARTS)
+        refuse_untargeted(config, _wrapped(modules))
         for module, parts in modules.items():
             _check_lora_module(config, module, parts)
             a, b = parts.get("lora_A"), parts.get("lora_B")
@@ -302,6 +304,7 @@ class AdaLoraMethod(AdapterMethod):
     def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
                      base: Any = None) -> Requirements:
         own, req = split_full_copies(tensors, _ADALORA_PARTS)
+        refuse_untargeted(config, group_by_module(own, _ADALORA_PARTS))
         for module, parts in group_by_module(own, _ADALORA_PARTS).items():
             a, b, e = parts.get("lora_A"), parts.get("lora_B"), parts.get("lora_E")
             if a is None or b is None or len(a) != 2 or len(b) != 2:

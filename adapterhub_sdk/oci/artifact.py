@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import AdapterHubError, IntegrityError, NotFoundError
+from ..errors import DISTRUST, AdapterHubError, IntegrityError, NotFoundError
 from ..manifest import Manifest, canonical_json, check_file_path
 from .refs import ANN, ARTIFACT_TYPE, CONFIG_TYPE, TITLE, layer_type
 
@@ -41,7 +41,7 @@ def parse_oci(body: bytes, what: str) -> dict[str, Any]:
     try:
         doc = loads_bounded(body)
     except (ValueError, AdapterHubError) as exc:
-        raise IntegrityError(f"{what}: the registry's manifest is not JSON ({exc})") from None
+        raise IntegrityError(f"{what}: the registry's manifest is not JSON ({exc})", hint=DISTRUST) from None
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2 or not isinstance(doc.get("layers"), list) \
             or not isinstance(doc.get("config"), dict):
         raise NotFoundError(f"{what} is not an OCI image manifest (schemaVersion 2)",
@@ -65,7 +65,7 @@ def artifact_layers(doc: dict[str, Any], what: str) -> list[tuple[str, str, int]
     out = []
     for layer in doc["layers"]:
         if not isinstance(layer, dict):
-            raise IntegrityError(f"{what}: a layer of the manifest is not an object")
+            raise IntegrityError(f"{what}: a layer of the manifest is not an object", hint=DISTRUST)
         title = (layer.get("annotations") or {}).get(TITLE)
         try:
             check_file_path(title if isinstance(title, str) else "")
@@ -74,8 +74,8 @@ def artifact_layers(doc: dict[str, Any], what: str) -> list[tuple[str, str, int]
                                  hint="an adapter's files are plain names (adapter_model.safetensors)") from None
         digest, size = layer.get("digest"), layer.get("size")
         if not isinstance(digest, str) or not isinstance(size, int) or size < 0:
-            raise IntegrityError(f"{what}: layer {title} has no valid digest and size")
+            raise IntegrityError(f"{what}: layer {title} has no valid digest and size", hint=DISTRUST)
         out.append((str(title), digest, size))
     if len({t for t, _, _ in out}) != len(out):
-        raise IntegrityError(f"{what}: two layers have the same title")
+        raise IntegrityError(f"{what}: two layers have the same title", hint=DISTRUST)
     return out

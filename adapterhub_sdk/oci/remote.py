@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
+from ..errors import DISTRUST, AdapterHubError, IntegrityError, NotFoundError, VersionConflictError
 from ..hookspecs import hookimpl
 from ..manifest import Manifest, canonical_json
 from ..remote_names import check_pull_name
@@ -273,7 +273,8 @@ class OciRemote:
                                     f"{cfg.get('mediaType')!r}, not {CONFIG_TYPE})")
             manifest = config_manifest(c.fetch_small(r.repo, cfg["digest"], CONFIG_LIMIT), what)
             if tag is not None and tag_version(tag) is not None and str(tag_version(tag)) != manifest.version:
-                raise IntegrityError(f"{r}: tag {tag} holds the manifest of version {manifest.version}")
+                raise IntegrityError(f"{r}: tag {tag} holds the manifest of version {manifest.version}",
+                                     hint=DISTRUST)
             own = registry._existing_digest(manifest.name, manifest.version) == manifest.digest
             check_pull_name(registry, str(r), r.repo_url, manifest, name, own=own)
             layers = {t: (d, s) for t, d, s in artifact_layers(doc, what)}
@@ -340,12 +341,14 @@ class OciRemote:
         registry knows that base (as a Hub pull checks); NaN/Inf weights are imported with a
         warning (``scan``; with a destination, the directory's write warns instead)."""
         from ..adapter_files import NonFiniteWarning, nonfinite_message
-        from ..hub_checks import check_claimed_base
+        from ..hub_checks import check_claimed_base, check_method_as_claimed
         from ..methods.base import refines, tightened
 
         with registry.pack_files(sources, root=tmp or None, stage=stage) as pkg:
             if not refines(pkg.requirements, manifest.requirements):
-                raise IntegrityError(f"{r}: the manifest's requirements do not match its adapter files")
+                raise IntegrityError(f"{r}: the manifest's requirements do not match its adapter files",
+                                     hint=DISTRUST)
+            check_method_as_claimed(r, manifest, pkg)
             check_claimed_base(r, manifest, pkg, registry)  # a pin to a base known here: the files must fit it
             bad = pkg.nonfinite() if scan else []
             if bad:
