@@ -34,7 +34,7 @@ _WHERE = {
     "AmbiguousCheckpointError": "layouts",
     "BaseFingerprint": "fingerprint", "fingerprint": "fingerprint",
     "hookimpl": "hookspecs",
-    "load_adapter": "loading",
+    "load_adapter": "loading", "UnpinnedAdapterWarning": "loading",
     "BaseRef": "manifest", "FileEntry": "manifest", "Manifest": "manifest",
     "AdapterMethod": "methods.base",
     "AdapterPackage": "package", "pack": "package",
@@ -88,6 +88,7 @@ __all__ = [
     "fingerprint",
     "hookimpl",
     "load_adapter",
+    "UnpinnedAdapterWarning",
     "pack",
 ]
 
@@ -141,7 +142,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     )
     from .fingerprint import BaseFingerprint, fingerprint
     from .hookspecs import hookimpl
-    from .loading import load_adapter
+    from .loading import UnpinnedAdapterWarning, load_adapter
     from .manifest import BaseRef, FileEntry, Manifest
     from .methods.base import AdapterMethod
     from .package import AdapterPackage, pack
