@@ -236,11 +236,14 @@ class MultiLoraEmbedding:
     def _rows(self, slot: int, x: Any, y: Any) -> Any:
         w = self.weight.get(slot)
         if w is not None:
-            from torch.func import functional_call
+            from torch.nn.utils.stateless import _reparametrize_module
 
             self._inner = True
-            try:  # the module's own forward (scaling and lookup options included) on the adapter's copy
-                y = functional_call(self.module, {"weight": w}, (x,))
+            try:  # the module's own forward (scaling and lookup options included) on the adapter's copy;
+                # ``forward`` itself, not ``__call__``: no hook of the module (another adapter's
+                # modules_to_save copy, this one) runs on these rows, which are a subset of the batch
+                with _reparametrize_module(self.module, {"weight": w}):
+                    y = self.module.forward(x)
             finally:
                 self._inner = False
         return (y + self.delta(slot, x)).to(y.dtype)
