@@ -126,3 +126,14 @@ def test_a_copy_lora_dora_and_ia3_on_one_linear_beside_embedding_rows_equal_peft
         if worst > ATOL:
             bad[tuple(rows)] = worst
     assert not bad, bad
+
+
+def test_a_bfloat16_base_mixes_a_copy_and_a_saved_base_embedding_lora_as_peft(world):
+    """The same mix on a bfloat16 base: each row within a quarter of one bfloat16 step of PEFT's."""
+    from test_deploy_variants import assert_bf16_rows_equal_peft
+
+    dep = ah.Deployment(str(world["base"]), registry=world["registry"], dtype=torch.bfloat16)
+    for kind in EMBEDDING[:4]:
+        dep.attach(f"rows/{kind}", name=kind)
+    names: list[str | None] = ["saved", "copy", None, "emb", "saved", "lora", "copy"]
+    assert_bf16_rows_equal_peft(world, dep, names, ids_batch(len(names), seed=13))
