@@ -198,12 +198,17 @@ def test_missing_module_is_refused_with_a_base(lora_dir, base_dir, registry, tmp
     registry.publish(bad, name="acme/bad", version="1.0.0")
 
 
-def test_unexpected_module_is_refused_with_a_base(lora_dir, fp_base, tmp_path):
+def test_unexpected_module_is_refused_with_or_without_a_base(lora_dir, fp_base, tmp_path):
     """Layer-1 v_proj's pair renamed to k_proj (same shape): PEFT would ignore k_proj's
-    tensors and leave v_proj without any."""
+    tensors and leave v_proj without any. The untargeted k_proj is refused as the files are
+    packed, before any base is in hand; with a base both halves are named."""
     k1 = V1.replace("v_proj", "k_proj")
     bad = tampered(lora_dir, tmp_path / "bad", lambda t: {k.replace(V1, k1): v for k, v in t.items()})
-    reasons = pack(bad).check_base(fp_base)
+    with pytest.raises(AdapterFormatError, match=f"unexpected adapter weights: {k1}.*PEFT would ignore them"):
+        pack(bad)
+    config = json.loads((bad / "adapter_config.json").read_text())
+    wrapped = {f"model.layers.{i}.self_attn.{m}" for i in (0, 1) for m in ("q_proj", "v_proj")} - {V1} | {k1}
+    reasons = check_targets(config, wrapped, fp_base)
     assert len(reasons) == 2
     assert "missing adapter weights" in reasons[0] and V1 in reasons[0]
     assert "unexpected adapter weights" in reasons[1] and k1 in reasons[1]
