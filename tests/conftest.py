@@ -197,3 +197,15 @@ def other(tmp_path):
     r = ah.Registry.open(f"sqlite:///{tmp_path / 'other.db'}", blobs=tmp_path / "other-blobs")
     yield r
     r.close()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one intra-op thread is faster, and much faster on a busy machine. A module
+    opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

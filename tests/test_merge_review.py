@@ -27,13 +27,7 @@ from adapterhub_sdk.errors import IncompatibleAdapterError
 
 from conftest import save_base
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _registry(d: Path) -> ah.Registry:
