@@ -32,3 +32,11 @@ def default_blob_root() -> str | Path:
     if env and "://" in env:
         return env
     return Path(env).expanduser().absolute() if env else home_dir() / "blobs"
+
+
+def sqlite_blob_root(db_file: str | os.PathLike[str]) -> str | Path:
+    """Where a SQLite registry's blobs are when none is given: ``blobs/`` beside its database
+    file, unless ADAPTERHUB_BLOBS names a store."""
+    if os.environ.get("ADAPTERHUB_BLOBS"):
+        return default_blob_root()
+    return Path(db_file).parent / "blobs"

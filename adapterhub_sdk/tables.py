@@ -6,8 +6,6 @@ and PostgreSQL."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -23,6 +21,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from .catalog import utcnow  # noqa: F401 - the columns' default, re-exported
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -34,8 +34,6 @@ NAMING = {
 metadata = MetaData(naming_convention=NAMING)
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _digest(name: str, *args: object, **kw: object) -> Column:

@@ -1,4 +1,5 @@
-"""What a listing returns for one version (:class:`VersionInfo`), apart from the registry so
+"""What a listing returns for one version (:class:`VersionInfo`) and what recording one returns
+(:class:`PublishResult`), apart from the registry so
 that a read-only command can build it without loading the database layer."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 
 from .manifest import Manifest
 
-__all__ = ["VersionInfo"]
+__all__ = ["PublishResult", "VersionInfo"]
 
 
 @dataclass(frozen=True)
@@ -60,3 +61,18 @@ def _iso(ts: Any) -> str:
         return ts.astimezone(timezone.utc).isoformat(timespec="seconds")
     return str(ts)
 
+
+@dataclass(frozen=True)
+class PublishResult:
+    name: str
+    version: str
+    digest: str
+    created: bool
+    bytes_written: int
+    files: int
+    manifest: Manifest = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "digest": self.digest,
+                "created": self.created, "bytes_written": self.bytes_written, "files": self.files,
+                "base_fingerprint": self.manifest.base.fingerprint}

@@ -178,6 +178,27 @@ def registry(ctx: click.Context) -> Registry:
     return reg
 
 
+def catalog_registry(ctx: click.Context) -> Any:
+    """For a command that records, pulls or pushes through the registry's catalog statements
+    alone (a pull from or a push to an OCI registry): the registry opened with sqlite3
+    (:class:`~adapterhub_sdk.sqlite_registry.SqliteRegistry`, no SQLAlchemy import) when the
+    global options name an existing SQLite file at the current schema; else :func:`registry`."""
+    from ..home import default_registry_url
+    from ..sqlite_registry import SqliteRegistry
+
+    obj = ctx.find_root().obj
+    reg = obj.get("registry")
+    if reg is None:
+        # the URL as given: a plain sqlite:///PATH is a valid one, anything else gets the full
+        # path (which checks it with SQLAlchemy, the import this path exists to avoid)
+        reg = SqliteRegistry.open(obj.get("registry_url") or default_registry_url(), blobs=obj.get("blobs"))
+        if reg is None:
+            return registry(ctx)
+        obj["registry"] = reg
+        ctx.call_on_close(reg.close)
+    return reg
+
+
 def registry_url(ctx: click.Context) -> str:
     """The registry database URL, for commands that work on the schema rather than a registry."""
     from ..home import default_registry_url

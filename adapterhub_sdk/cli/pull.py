@@ -7,9 +7,16 @@ from collections.abc import Iterator
 
 import click
 
-from ._app import BASE, cli, examples, registry
+from ._app import BASE, catalog_registry, cli, examples, registry
 from ._output import Result, emits
-from .remote import allow_insecure, checked_remote, insecure_option, is_remote, pull_remote
+from .remote import (
+    allow_insecure,
+    checked_remote,
+    insecure_option,
+    is_remote,
+    on_catalog,
+    pull_remote,
+)
 
 
 @cli.command(epilog=examples("adapterhub pull acme/sentiment@^1 --out ./sentiment",
@@ -38,11 +45,12 @@ def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str |
     manifest and recorded in the local registry, so it resolves offline afterwards; the same
     with oci://HOST/REPO from an OCI registry (a tag, @sha256:DIGEST, @latest or a range)."""
     allow_insecure(insecure)
-    reg = registry(ctx)
     if is_remote(ref):
         from ..registry.transfer import takes_require_signed
 
-        if require_signed is None or takes_require_signed(checked_remote(ref, "'REF'")):
+        remote = checked_remote(ref, "'REF'")
+        reg = catalog_registry(ctx) if on_catalog(remote) else registry(ctx)
+        if require_signed is None or takes_require_signed(remote):
             return pull_remote(reg, ref, out, force=force, base=base, accept_name=accept_name,
                                require_signed=require_signed)
         res = pull_remote(reg, ref, None, force=force, base=base, accept_name=accept_name)  # recorded, not written
@@ -55,6 +63,7 @@ def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str |
         return res
     if accept_name is not None:
         raise click.UsageError("--name applies to hf://ORG/REPO pulls only")
+    reg = registry(ctx)
     if out is None:
         raise click.UsageError("give --out DIR: where to write the adapter")
     info = reg.show(ref)

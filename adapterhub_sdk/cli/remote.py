@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._app import base_arg, cli, examples, registry
+from ._app import base_arg, catalog_registry, cli, examples, registry
 from ._output import Result, emits
 
 if TYPE_CHECKING:
@@ -46,6 +46,14 @@ def hub_model_id(base: str) -> str | None:
 
     remote = remote_for(base)
     return remote.model_id(base) if remote is not None else None
+
+
+def on_catalog(remote: Remote) -> bool:
+    """Whether ``remote`` pulls and pushes through the registry's catalog statements alone (the
+    built-in OCI remote), so that a SQLite home opened with sqlite3 serves it."""
+    from ..oci.remote import OciRemote
+
+    return type(remote) is OciRemote
 
 
 def checked_remote(url: str, param_hint: str) -> Remote:
@@ -109,7 +117,7 @@ def push(ctx: click.Context, ref: str, to: str, private: bool | None, insecure: 
     tagged with the version. To an OCI registry: an artifact tagged with the version (the
     manifest as its config, one layer per file), its signatures beside it."""
     allow_insecure(insecure)
-    checked_remote(to, "'--to'")
-    res = registry(ctx).push(ref, to=to, private=private)
+    remote = checked_remote(to, "'--to'")
+    res = (catalog_registry(ctx) if on_catalog(remote) else registry(ctx)).push(ref, to=to, private=private)
     summary = getattr(res, "summary", None)
     return Result(res.to_dict, summary or f"pushed {ref} to hf://{res.repo}@{res.version} (commit {res.commit[:12]})")

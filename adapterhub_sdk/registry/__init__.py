@@ -8,47 +8,61 @@ references is stored, so a version is whole or absent whatever process dies when
 :mod:`.bases` (bases and what identifies them), :mod:`.publish` (the publish
 transaction), :mod:`.query` (show, versions, list, aliases, yank), :mod:`.resolve`,
 :mod:`.transfer` (pull, push) and :mod:`.lifecycle` (verify, gc).
+
+Importing the package loads nothing else: each name below is imported when first used, so
+that the parts written on :mod:`adapterhub_sdk.catalog`'s plain SQL (publish, transfer,
+signatures) load without SQLAlchemy for :mod:`adapterhub_sdk.sqlite_registry`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
-from pathlib import Path
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from .. import db as dbmod
-from ..errors import RegistryError
-from ._core import (
-    T_ADAPTERS,
-    T_ALIASES,
-    T_BASES,
-    T_FILES,
-    T_FITS,
-    T_REQS,
-    T_SOURCES,
-    T_TASKS,
-    T_VERSIONS,
-)
-from .bases import BasesPart
-from .lifecycle import LifecyclePart
-from .publish import PublishPart, UnpinnedPublishWarning  # noqa: F401 - re-exported
-from .query import QueryPart
-from .resolve import ResolvePart
-from .results import (
-    MANIFEST_FILE,
-    VERDICTS,
-    GcReport,
-    Match,
-    PublishResult,
-    VerifyReport,
-    VersionInfo,
-)
-from .signatures import SignaturesPart
-from .transfer import TransferPart
-
 if TYPE_CHECKING:
-    from ..package import AdapterPackage
+    from ._core import (
+        T_ADAPTERS,
+        T_ALIASES,
+        T_BASES,
+        T_FILES,
+        T_FITS,
+        T_REQS,
+        T_SOURCES,
+        T_TASKS,
+        T_VERSIONS,
+    )
+    from ._registry import Registry
+    from .publish import UnpinnedPublishWarning
+    from .results import (
+        MANIFEST_FILE,
+        VERDICTS,
+        GcReport,
+        Match,
+        PublishResult,
+        VerifyReport,
+        VersionInfo,
+    )
+
+_WHERE = {
+    "MANIFEST_FILE": "results",
+    "T_ADAPTERS": "_core",
+    "T_ALIASES": "_core",
+    "T_BASES": "_core",
+    "T_FILES": "_core",
+    "T_FITS": "_core",
+    "T_REQS": "_core",
+    "T_SOURCES": "_core",
+    "T_TASKS": "_core",
+    "T_VERSIONS": "_core",
+    "UnpinnedPublishWarning": "publish",
+    "VERDICTS": "results",
+    "GcReport": "results",
+    "Match": "results",
+    "PublishResult": "results",
+    "Registry": "_registry",
+    "VerifyReport": "results",
+    "VersionInfo": "results",
+}
 
 __all__ = [
     "MANIFEST_FILE",
@@ -72,60 +86,14 @@ __all__ = [
 ]
 
 
-class Registry(BasesPart, PublishPart, QueryPart, ResolvePart, TransferPart, LifecyclePart, SignaturesPart):
-    """Catalog + blob store. Open with :meth:`open`; close (or use ``with``) when done."""
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
-    @classmethod
-    def open(cls, url: str | None = None, *, blobs: str | os.PathLike[str] | None = None,
-             upgrade: bool = False) -> Registry:
-        """Open (creating if new) the registry at ``url``; default SQLite under ADAPTERHUB_HOME.
-        ``blobs`` is the blob store: a directory or a ``scheme://`` URL of a storage plugin
-        (env ADAPTERHUB_BLOBS; default ``blobs/`` beside a SQLite database file; a PostgreSQL
-        registry needs one given, since all its users must share it)."""
-        from ..home import default_blob_root, default_registry_url
 
-        url = url or default_registry_url()
-        engine = dbmod.make_engine(url)
-        if upgrade:
-            dbmod.upgrade(engine)
-        else:
-            dbmod.ensure_schema(engine)
-        if blobs is None:
-            path = dbmod.sqlite_path(engine)
-            if path and not os.environ.get("ADAPTERHUB_BLOBS"):
-                blobs = Path(path).parent / "blobs"  # a SQLite registry keeps its blobs beside it
-            elif not dbmod.is_sqlite(engine) and not os.environ.get("ADAPTERHUB_BLOBS"):
-                engine.dispose()
-                raise RegistryError(
-                    "a PostgreSQL registry needs the blob store its users share, and none was given",
-                    hint="pass blobs=DIR or set ADAPTERHUB_BLOBS; "
-                         "every user of this registry must use the same one")
-            else:
-                blobs = default_blob_root()
-        from ..storage import open_blob_store
-
-        return cls(engine, open_blob_store(blobs), url)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def pack_files(self, files: Mapping[str, str | os.PathLike[str]], *,
-                   root: str | os.PathLike[str] | None = None, select: bool = False,
-                   stage: Callable[[Any], Any] | None = None) -> AdapterPackage:
-        """Pack named files (a remote's snapshot: package name -> path of a regular file) as
-        publish packs a directory, the method found by the installed plugins. Remotes pack
-        through the registry they are given, so the built-in ones import no packer (and no
-        plugin lookup) of their own. ``stage``: as :func:`~adapterhub_sdk.package.pack_files`'s
-        (a remote whose files are private copies already passes one that copies nothing)."""
-        from ..package import pack_files
-
-        return pack_files(files, root=root, select=select, stage=stage)
-
-    def __enter__(self) -> Registry:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Registry({self.engine.url.render_as_string(hide_password=True)!r}, blobs={str(self.blobs)!r})"
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

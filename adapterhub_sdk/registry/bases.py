@@ -16,9 +16,9 @@ from .. import db as dbmod
 from ..errors import NotFoundError
 from ..fingerprint import BaseFingerprint, fingerprint
 from ..remotes import remote_for
-from ..resolving import HEXPREFIX, lookup_base
+from ..resolving import HEXPREFIX
 from ..tables import utcnow
-from ._core import T_ADAPTERS, T_BASES, T_REQS, T_SOURCES, T_VERSIONS, RegistryCore, _fetch
+from ._core import T_ADAPTERS, T_BASES, T_REQS, T_SOURCES, T_VERSIONS, RegistryCore
 
 _HEXPREFIX = HEXPREFIX
 
@@ -145,22 +145,6 @@ class BasesPart(RegistryCore):
                            details: Mapping[str, Any] | None = None) -> None:
         """Remember that ``fp`` was also seen as (kind, locator, revision), e.g. a Hub repo at a commit."""
         self._record_base(fp, [(kind, locator, revision, json.dumps(dict(details or {}), sort_keys=True))])
-
-    def get_base(self, fp: str) -> BaseFingerprint:
-        """A base known to this registry, by fingerprint or a unique prefix of at least 8 hex digits."""
-        fp = fp.strip().lower()
-        if not _HEXPREFIX.fullmatch(fp):
-            raise NotFoundError(f"{fp!r} is not a fingerprint (64 hex digits, or a prefix of 8 or more)")
-        memo = self._base_memo.get(fp)
-        if memo is not None:
-            return memo
-        with self._read() as conn:
-            base = lookup_base(_fetch(conn), fp)
-        if len(fp) == 64:  # parsing the shape table costs ~1 ms; keep the last 256 bases
-            if len(self._base_memo) >= 256:
-                self._base_memo.pop(next(iter(self._base_memo), ""), None)
-            self._base_memo[fp] = base
-        return base
 
     def _as_base(self, base: Any) -> BaseFingerprint | str:
         """A BaseFingerprint, or a bare fingerprint string the registry does not know."""

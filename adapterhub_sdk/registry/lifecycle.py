@@ -11,17 +11,20 @@ leftovers a while."""
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, text
+from sqlalchemy import Connection, delete, func, select
 
 from .. import db as dbmod
 from .. import tables
+from ..catalog import (  # noqa: F401 - re-exported: publish and import lease their blobs through these
+    LEASE_SECONDS,
+    end_lease,
+    holder_gone,
+    lease_holder,
+    take_lease,
+)
 from ..errors import AdapterHubError
 from ..interfaces import QuarantiningBlobStorage
 from ..manifest import Manifest
@@ -31,80 +34,6 @@ from ._core import T_ADAPTERS, T_BASES, T_FILES, T_VERSIONS, RegistryCore
 from .results import GcReport, VerifyReport
 
 T_LEASES = tables.blob_leases
-
-#: a lease older than this is a crashed publisher's, wherever it ran (one held by a process
-#: that is gone from this machine is dead at once)
-LEASE_SECONDS = 24 * 3600.0
-
-
-def _start_time(pid: int | str) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, starttime (the name may hold spaces)
-
-
-def _machine() -> str:
-    """This boot of this machine and this pid namespace: where a pid names one process."""
-    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return f"{boot} {os.readlink('/proc/self/ns/pid')}"
-
-
-def lease_holder() -> str:
-    """Who holds a lease: ``BOOT PIDNS PID START`` on Linux (checkable on this machine), else
-    ``pid PID`` (only expiry ends it)."""
-    try:
-        return f"{_machine()} {os.getpid()} {_start_time('self')}"
-    except (OSError, IndexError):
-        return f"pid {os.getpid()}"
-
-
-def holder_gone(holder: str) -> bool:
-    """Whether the process that took a lease is known to have ended: it ran on this machine
-    (same boot and pid namespace) and its pid is now free or another process's."""
-    try:
-        here = _machine()
-    except OSError:
-        return False
-    if not holder.startswith(here + " "):
-        return False
-    pid, _, start = holder[len(here) + 1:].partition(" ")
-    try:
-        os.kill(int(pid), 0)  # works where /proc hides other users' processes (hidepid)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError, OverflowError):
-        pass  # there (another user's), or not a pid we wrote
-    try:
-        return _start_time(int(pid)) != start  # the pid is another process's now
-    except (OSError, IndexError, ValueError):
-        return False  # hidden from us: taken for the holder
-
-
-def take_lease(core: RegistryCore, digests: Iterable[str]) -> str | None:
-    """Lease ``digests`` for a publish in progress, committed before it uploads any of them:
-    gc keeps them until :func:`end_lease`. Returns the lease (None for no digests)."""
-    shas = sorted(set(digests))
-    if not shas:
-        return None
-    lease, holder, now = uuid.uuid4().hex, lease_holder(), utcnow()
-    with core._write() as conn:
-        conn.execute(insert(T_LEASES), [{"lease": lease, "sha256": s, "holder": holder, "created_at": now}
-                                        for s in shas])
-    return lease
-
-
-def end_lease(core: RegistryCore, lease: str | None) -> None:
-    """End a lease once its version is committed or its publish failed. A lease that cannot
-    be removed (the database went away) only keeps its blobs until it expires."""
-    if lease is None:
-        return
-    try:
-        with core._write() as conn:
-            if conn.dialect.name == "postgresql":  # a removal lost in a server crash only expires later
-                conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            conn.execute(delete(T_LEASES).where(T_LEASES.c.lease == lease))
-    except Exception:  # noqa: S110 - a publish's outcome never depends on it; it expires
-        pass
-
 
 def live_leases(conn: Connection, digest: str | None = None) -> tuple[set[str], list[int]]:
     """(digests with a live lease, ids of dead leases): expired, or held by a process that is

@@ -12,29 +12,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
-from sqlalchemy.exc import IntegrityError as SAIntegrityError
-
-from .. import db as dbmod
+from .. import catalog
+from ..dbinfo import read_only_error
 from ..errors import (
     AdapterHubError,
     IntegrityError,
     InvalidNameError,
     NotFoundError,
     UnpinnedPublishWarning,
-    VersionConflictError,
 )
 from ..interfaces import StagingBlobStorage
 from ..manifest import BaseRef, Manifest
-from ..methods.base import requirements_digest
-from ..names import name_key, validate_name
+from ..names import validate_name
 from ..package import AdapterPackage, PackedFile, pack
-from ..tables import utcnow
 from ..versions import Version
-from ._core import T_ADAPTERS, T_FILES, T_REQS, T_TASKS, T_VERSIONS, RegistryCore
+from ._core import RegistryCore
 from .differences import conflict, same_content
-from .lifecycle import end_lease, take_lease
-from .probes import requirement_probe
 from .results import PublishResult, _iso
 
 
@@ -62,21 +55,6 @@ def _check_metrics(metrics: Mapping[str, Any] | None) -> None:
         except (TypeError, ValueError) as exc:
             raise AdapterHubError(f"metric {key!r} cannot go into the manifest ({exc})",
                                   hint="metrics are finite numbers, text, or JSON lists/objects of them") from None
-
-
-def _refuse_precedence_twin(conn: Connection, adapter_id: int, name: str, ver: Version) -> None:
-    """Semver ignores build metadata: 1.0.0+a and 1.0.0+b are the same version, so a pin or a
-    range could not tell them apart. Refuse the second spelling."""
-    twin = conn.execute(select(T_VERSIONS.c.version).where(
-        T_VERSIONS.c.adapter_id == adapter_id, T_VERSIONS.c.major == ver.major, T_VERSIONS.c.minor == ver.minor,
-        T_VERSIONS.c.patch == ver.patch, T_VERSIONS.c.prerelease == ".".join(ver.prerelease),
-        T_VERSIONS.c.version != str(ver))).first()
-    if twin is not None:
-        raise VersionConflictError(
-            f"{name}@{ver} is the same version as the existing {name}@{twin.version}: versions that differ "
-            "only in build metadata (+...) have the same precedence",
-            hint="publish under a new version number")
-
 
 
 def _check_tasks(tasks: Iterable[str]) -> list[str]:
@@ -127,8 +105,8 @@ class PublishPart(RegistryCore):
         validate_name(name)
         name = self._canonical_name(name)  # names are case-insensitive: keep the first spelling
         ver = Version.parse(version)
-        if dbmod.is_read_only(self.engine):
-            raise dbmod.read_only_error(f"publishing {name}@{ver}")
+        if self._read_only():
+            raise read_only_error(f"publishing {name}@{ver}")
         task_list = _check_tasks(tasks)
         _check_metrics(metrics)
         own = not isinstance(source, AdapterPackage)
@@ -154,7 +132,7 @@ class PublishPart(RegistryCore):
             manifest = pkg.manifest(
                 name=name, version=str(ver), base=base_ref, tasks=task_list, description=description,
                 license=license, metrics=metrics,
-                provenance={"created_at": _iso(utcnow()), "versions": _pkg_versions(),
+                provenance={"created_at": _iso(catalog.utcnow()), "versions": _pkg_versions(),
                             **({"nonfinite": {"allowed": True, "tensors": len(nonfinite),
                                               "values": sum(n.count for n in nonfinite),
                                               "first": nonfinite[0].tensor}} if nonfinite else {})})
@@ -175,7 +153,7 @@ class PublishPart(RegistryCore):
             # written again (put_* check what is stored before deduplicating against it)
             reused = []  # staged copies of blobs already stored: kept until the version is committed
             reused_files = []  # files put_file found already stored (an AdapterPackage's, or no staging)
-            lease = take_lease(self, [f.sha256 for f in pkg.files])  # gc keeps them until it ends
+            lease = catalog.take_lease(self, [f.sha256 for f in pkg.files])  # gc keeps them until it ends
             try:
                 for f in pkg.files:
                     if f.staged is not None:
@@ -203,7 +181,7 @@ class PublishPart(RegistryCore):
             finally:
                 for staged in reused:
                     self.blobs.discard(staged)
-                end_lease(self, lease)
+                catalog.end_lease(self, lease)
         finally:
             if own:
                 pkg.close()
@@ -233,8 +211,8 @@ class PublishPart(RegistryCore):
                                  "adapter file, but a pull writes that file itself (a signature); nothing was "
                                  "recorded",
                                  hint="publish the adapter's own files only; signatures travel beside a version")
-        if dbmod.is_read_only(self.engine):
-            raise dbmod.read_only_error(f"recording {manifest.name}@{manifest.version}")
+        if self._read_only():
+            raise read_only_error(f"recording {manifest.name}@{manifest.version}")
         bad = []
         for f in manifest.files:
             src = sources.get(f.path)
@@ -257,7 +235,7 @@ class PublishPart(RegistryCore):
         written = 0
         created = False
         reused: list[StagedBlob] = []  # staged copies of blobs already stored: kept until the commit
-        lease = take_lease(self, [f.sha256 for f in manifest.files])  # gc keeps them until it ends
+        lease = catalog.take_lease(self, [f.sha256 for f in manifest.files])  # gc keeps them until it ends
         try:
             for f in manifest.files:  # repairs a corrupt or missing blob of an existing version too
                 src = sources[f.path]
@@ -282,7 +260,7 @@ class PublishPart(RegistryCore):
         finally:
             for staged in reused:
                 self.blobs.discard(staged)  # type: ignore[attr-defined]
-            end_lease(self, lease)
+            catalog.end_lease(self, lease)
         call_hook("after_publish", manifest=manifest, created=created)
         return PublishResult(manifest.name, manifest.version, manifest.digest, created, written,
                              len(manifest.files), manifest)
@@ -300,81 +278,33 @@ class PublishPart(RegistryCore):
     def origins(self, name: str) -> set[str | None]:
         """Where the versions of ``name`` came from: None for versions published here, a
         Hub repo (``hf://ORG/REPO``, commit dropped) for pulled ones. Empty if no such adapter."""
-        with self._read() as conn:
-            rows = conn.execute(select(T_VERSIONS.c.source).join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
-                                .where(T_ADAPTERS.c.name_key == name_key(name))).all()
-        return {r.source.rsplit("@", 1)[0] if r.source else None for r in rows}
+        with self._sql() as q:
+            return catalog.origins(q, name)
 
     def _canonical_name(self, name: str) -> str:
-        with self._read() as conn:
-            row = conn.execute(select(T_ADAPTERS.c.name).where(T_ADAPTERS.c.name_key == name_key(name))).first()
-        return row.name if row else name
+        with self._sql() as q:
+            return catalog.canonical_name(q, name)
 
     def _stored_manifest(self, name: str, version: str) -> Manifest | None:
-        with self._read() as conn:
-            body = conn.execute(
-                select(T_VERSIONS.c.manifest).join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
-                .where(T_ADAPTERS.c.name_key == name_key(name), T_VERSIONS.c.version == version)).scalar()
-        return Manifest.from_json(body) if body else None
+        with self._sql() as q:
+            return catalog.stored_manifest(q, name, version)
 
     def _existing_digest(self, name: str, version: str) -> str | None:
         """The digest of ``name@version`` if it exists. VersionConflictError if another
         spelling of the same version exists (they differ only in build metadata)."""
-        with self._read() as conn:
-            row = conn.execute(
-                select(T_VERSIONS.c.digest).join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
-                .where(T_ADAPTERS.c.name_key == name_key(name), T_VERSIONS.c.version == version)).first()
-            if row is None:
-                adapter = conn.execute(select(T_ADAPTERS.c.id).where(T_ADAPTERS.c.name_key == name_key(name))).first()
-                if adapter is not None:
-                    _refuse_precedence_twin(conn, adapter.id, name, Version.parse(version))
-        return row.digest if row else None
+        with self._sql() as q:
+            return catalog.existing_digest(q, name, version)
 
     def _commit_version(self, manifest: Manifest, size: int, *, source: str | None = None,
                         requirements: Mapping[str, Any] | None = None) -> bool:
         """``requirements``: what the catalog checks the version by, where not its manifest's
         (an import whose claim is looser than its files: see methods.base.tightened)."""
-        ver = Version.parse(manifest.version)
-        reqs = dict(manifest.requirements if requirements is None else requirements)
-        req_digest = requirements_digest(reqs)
+        reqs = manifest.requirements if requirements is None else requirements
         for attempt in range(5):
             try:
-                with self._write() as conn:
-                    key = name_key(manifest.name)
-                    row = conn.execute(select(T_ADAPTERS.c.id).where(T_ADAPTERS.c.name_key == key)).first()
-                    if row:
-                        adapter_id = row.id
-                        existing = conn.execute(select(T_VERSIONS.c.digest).where(
-                            T_VERSIONS.c.adapter_id == adapter_id, T_VERSIONS.c.version == manifest.version)).first()
-                        if existing:
-                            if existing.digest == manifest.digest:
-                                return False
-                            raise conflict(Manifest.from_json(conn.execute(select(T_VERSIONS.c.manifest).where(
-                                T_VERSIONS.c.adapter_id == adapter_id,
-                                T_VERSIONS.c.version == manifest.version)).scalar_one()), manifest)
-                        _refuse_precedence_twin(conn, adapter_id, manifest.name, ver)
-                    else:
-                        adapter_id = conn.execute(insert(T_ADAPTERS).values(
-                            name=manifest.name, name_key=key, created_at=utcnow())
-                            .returning(T_ADAPTERS.c.id)).scalar_one()
-                    if not conn.execute(select(T_REQS.c.digest).where(T_REQS.c.digest == req_digest)).first():
-                        conn.execute(insert(T_REQS).values(
-                            digest=req_digest, body=json.dumps(reqs, sort_keys=True),
-                            probe=requirement_probe(reqs)))
-                    vid = conn.execute(insert(T_VERSIONS).values(
-                        adapter_id=adapter_id, version=manifest.version, major=ver.major, minor=ver.minor,
-                        patch=ver.patch, prerelease=".".join(ver.prerelease), digest=manifest.digest,
-                        manifest=manifest.to_json().decode("utf-8"), method=manifest.method["type"],
-                        variant=manifest.method.get("variant") or "", base_fingerprint=manifest.base.fingerprint,
-                        base_arch=manifest.base.arch_signature, base_name=manifest.base.name,
-                        req_digest=req_digest, size=size, yanked=False, created_at=utcnow(), source=source,
-                    ).returning(T_VERSIONS.c.id)).scalar_one()
-                    if manifest.tasks:
-                        conn.execute(insert(T_TASKS), [{"version_id": vid, "task": t} for t in manifest.tasks])
-                    conn.execute(insert(T_FILES), [{"version_id": vid, "path": f.path, "sha256": f.sha256,
-                                                    "size": f.size} for f in manifest.files])
-                return True
-            except SAIntegrityError:
+                with self._sql(write=True) as q:
+                    return catalog.insert_version(q, manifest, size, source=source, requirements=reqs)
+            except catalog.RowConflict:  # another writer created the adapter or the version meanwhile
                 if attempt == 4:
                     raise
         return True

@@ -4,22 +4,30 @@ names that point at versions (aliases, yank)."""
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
+from .. import catalog
 from .. import db as dbmod
 from ..errors import IncompatibleAdapterError, InvalidVersionError, NotFoundError
 from ..listing import iter_versions
 from ..manifest import Manifest
-from ..names import did_you_mean, name_key, parse_ref, typo_window, validate_alias, validate_name
-from ..package import base_fraction
+from ..names import name_key, parse_ref, validate_alias, validate_name
 from ..tables import utcnow
 from ..versions import Version, VersionSpec
-from ._core import T_ADAPTERS, T_ALIASES, T_BASES, T_REQS, T_TASKS, T_VERSIONS, RegistryCore, _fetch
+from ._core import (
+    T_ADAPTERS,
+    T_ALIASES,
+    T_REQS,
+    T_TASKS,
+    T_VERSIONS,
+    RegistryCore,
+    _fetch,
+    sql_on,
+)
 from .resolve import _fetch_tuples
 from .results import VersionInfo, _iso
 
@@ -34,51 +42,11 @@ class QueryPart(RegistryCore):
     """show, versions, list, alias and yank, and the version lookup they share."""
 
     def _adapter_id(self, conn: Connection, name: str) -> tuple[int, str]:
-        row = conn.execute(select(T_ADAPTERS.c.id, T_ADAPTERS.c.name)
-                           .where(T_ADAPTERS.c.name_key == name_key(name))).first()
-        if not row:
-            head, tail, shortest, longest = typo_window(name)  # few names reach difflib
-            near = conn.execute(select(T_ADAPTERS.c.name).where(
-                or_(T_ADAPTERS.c.name_key.startswith(head, autoescape=True),
-                    T_ADAPTERS.c.name_key.endswith(tail, autoescape=True)),
-                func.length(T_ADAPTERS.c.name_key).between(shortest, longest))).scalars()
-            raise NotFoundError(f"no adapter named {name!r} in this registry",
-                                hint=did_you_mean(name, near) or "'adapterhub list' shows what is published")
-        return row.id, row.name
+        return catalog.adapter_id(sql_on(conn), name)
 
     def _select_version(self, conn: Connection, name: str, spec: str | None) -> Any:
         """The version row that ``name@spec`` designates (yanked only by exact pin)."""
-        adapter_id, canonical = self._adapter_id(conn, name)
-        sp = VersionSpec.parse(spec or "latest")
-        if sp.kind == "alias":
-            row = conn.execute(select(T_VERSIONS).join(T_ALIASES, T_ALIASES.c.version_id == T_VERSIONS.c.id)
-                               .where(T_ALIASES.c.adapter_id == adapter_id, T_ALIASES.c.alias == sp.alias)).first()
-            if not row:
-                raise NotFoundError(f"{canonical} has no alias {sp.alias!r}",
-                                    hint=f"'adapterhub show {canonical}' lists its versions and aliases")
-            if row.yanked:
-                raise NotFoundError(f"{canonical}@{sp.alias} points to {row.version}, which is yanked; yanked "
-                                    "versions are reachable by exact pin only",
-                                    hint=f"pin it ({canonical}@{row.version}) or move the alias: "
-                                         f"adapterhub alias {canonical}@VERSION {sp.alias}")
-            return row
-        rows = conn.execute(select(T_VERSIONS).where(T_VERSIONS.c.adapter_id == adapter_id)).all()
-        parsed = [(Version.parse(r.version), r) for r in rows]
-        if sp.kind == "exact":
-            for v, r in parsed:
-                if v == sp.exact:
-                    return r
-        else:
-            live = [(v, r) for v, r in parsed if not r.yanked and sp.matches(v)]
-            if not live and not spec:  # nothing but pre-releases: with no spec given, the newest
-                live = [(v, r) for v, r in parsed if not r.yanked]
-            if live:
-                return max(live, key=lambda vr: vr[0])[1]
-        ordered = sorted(parsed, key=lambda vr: vr[0])
-        avail = ", ".join(str(v) for v, r in ordered if not r.yanked) or "none"
-        yanked = ", ".join(str(v) for v, r in ordered if r.yanked)
-        raise NotFoundError(f"no version of {canonical} matches {sp.text!r} (available: {avail}"
-                            + (f"; yanked, reachable by exact pin only: {yanked})" if yanked else ")"))
+        return catalog.select_version(sql_on(conn), name, spec)
 
     def _labels(self, conn: Connection, rows: Sequence[Any]) -> tuple[dict, dict, dict]:
         """Tasks and aliases by version id, names by adapter id, for ``rows``."""
@@ -109,21 +77,6 @@ class QueryPart(RegistryCore):
             tuple(sorted(aliases.get(r.id, []))), Manifest.from_json(r.manifest) if with_manifest else None,
             source=r.source,
         ) for r in rows]
-
-    def show(self, ref: str) -> VersionInfo:
-        """One version with its manifest (``ns/name`` alone means the latest)."""
-        r = parse_ref(ref)
-        with self._read() as conn:
-            row = self._select_version(conn, r.name, r.spec)
-            info = self._info(conn, [row], with_manifest=True)[0]
-            if info.base_fingerprint and info.manifest is not None:
-                n_params = conn.execute(select(T_BASES.c.n_params).where(
-                    T_BASES.c.fingerprint == info.base_fingerprint)).scalar()
-                info = dataclasses.replace(info, base_fraction=base_fraction(
-                    info.manifest.method.get("summary") or {}, n_params),
-                    base_seen_as=self._seen_as(conn, info.base_fingerprint))
-            return info
-
 
     def versions(self, name: str) -> list[VersionInfo]:
         """Every version of an adapter, newest first, yanked ones included."""

@@ -5,27 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..manifest import Manifest
 from ..resolving import VERDICTS, Match  # noqa: F401 - re-exported (defined apart for the read path)
-from ..version_info import VersionInfo, _iso  # noqa: F401 - re-exported (defined apart for the read path)
-
-MANIFEST_FILE = "adapterhub_manifest.json"
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    name: str
-    version: str
-    digest: str
-    created: bool
-    bytes_written: int
-    files: int
-    manifest: Manifest = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "digest": self.digest,
-                "created": self.created, "bytes_written": self.bytes_written, "files": self.files,
-                "base_fingerprint": self.manifest.base.fingerprint}
+from ..signing.checks import MANIFEST_FILE  # noqa: F401, E402 - defined apart for the bare-sqlite3 path
+from ..version_info import PublishResult, VersionInfo, _iso  # noqa: F401 - re-exported (defined apart for the read path)
 
 
 @dataclass

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
+from .. import catalog
 from ..errors import IntegrityError, NotFoundError
 from ..manifest import Manifest
 from ..names import parse_ref
-from ..package import write_package_dir
+from ..package import AdapterPackage, write_package_dir
 from ..remotes import get_remote, remote_for
-from ._core import T_FILES, RegistryCore
-from .results import MANIFEST_FILE
-from .signatures import refuse_unless_signed, required_signers, version_signatures
+from ..signing.checks import MANIFEST_FILE, refuse_unless_signed
+from ._core import RegistryCore
 
 
 def takes_require_signed(remote: Any) -> bool:
@@ -46,7 +44,20 @@ def _warn_nonfinite(ref: str, path: Path) -> None:
 
 
 class TransferPart(RegistryCore):
-    """pull and push."""
+    """pull and push (no SQLAlchemy here: :mod:`adapterhub_sdk.sqlite_registry` pulls and
+pushes through this part too)."""
+
+    def pack_files(self, files: Mapping[str, str | os.PathLike[str]], *,
+                   root: str | os.PathLike[str] | None = None, select: bool = False,
+                   stage: Callable[[Any], Any] | None = None) -> AdapterPackage:
+        """Pack named files (a remote's snapshot: package name -> path of a regular file) as
+        publish packs a directory, the method found by the installed plugins. Remotes pack
+        through the registry they are given, so the built-in ones import no packer (and no
+        plugin lookup) of their own. ``stage``: as :func:`~adapterhub_sdk.package.pack_files`'s
+        (a remote whose files are private copies already passes one that copies nothing)."""
+        from ..package import pack_files
+
+        return pack_files(files, root=root, select=select, stage=stage)
 
     def push(self, ref: str, *, to: str, private: bool | None = None) -> Any:
         """Push ``name@version`` to a remote registry's URL ``to``, e.g. ``hf://ORG/REPO`` (one
@@ -89,18 +100,18 @@ class TransferPart(RegistryCore):
             raise TypeError("pull needs a destination directory")
 
         r = parse_ref(ref)
-        with self._read() as conn:
-            row = self._select_version(conn, r.name, r.spec)
-            files = conn.execute(select(T_FILES).where(T_FILES.c.version_id == row.id)).all()
-            sigs = version_signatures(conn, row, f"{r.name}@{row.version}")
-            policy = required_signers(conn, require_signed)
+        with self._sql() as q:
+            row = catalog.select_version(q, r.name, r.spec)
+            files = catalog.version_files(q, row.id)
+            sigs = catalog.version_signatures(q, row, f"{r.name}@{row.version}")
+            policy = catalog.required_signers(q, require_signed)
         for names in policy:
             refuse_unless_signed(sigs.ref, sigs, names)
         manifest = Manifest.from_json(row.manifest)
         if manifest.digest != row.digest:
             raise IntegrityError(f"manifest of {r.name}@{row.version} does not match its digest")
         listed = {(f.path, f.sha256, f.size) for f in manifest.files}
-        if listed != {(f.path, f.sha256, f.size) for f in files}:
+        if listed != files:
             raise IntegrityError(f"file records of {r.name}@{row.version} disagree with its manifest")
 
         if manifest.files and all(f.size and not self.blobs.size(f.sha256) for f in manifest.files):
