@@ -237,3 +237,27 @@ def test_a_transaction_inside_another_gets_its_own_connection(tmp_path):
             raise ZeroDivisionError
         with reg._sql() as q:
             assert q("SELECT count(*) FROM settings WHERE name = 'z'") == [(0,)]  # rolled back
+
+
+def test_an_unpinned_cli_publish_and_local_pull_run_on_sqlite3_and_record_what_the_registry_records(
+        tmp_path, lora_dir, keys):
+    env = _home(tmp_path, "cli")
+    key = keys["alice"].path
+    got = _run("publish", str(lora_dir), "--name", "acme/pub", "--version", "1.0.0", "--task", "t",
+               "--sign", str(key), env=env)
+    assert got == {"code": 0, "sqlalchemy": False}
+    out = tmp_path / "out"
+    assert _run("pull", "acme/pub@1.0.0", "--out", str(out), env=env) == {"code": 0, "sqlalchemy": False}
+    assert (out / "model.sig").is_file()
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'api' / 'registry.db'}") as reg:
+        reg.publish(lora_dir, name="acme/pub", version="1.0.0", tasks=["t"])
+        reg.sign("acme/pub@1.0.0", key=keys["alice"])
+    cli, api = _rows(tmp_path / "cli" / "registry.db"), _rows(tmp_path / "api" / "registry.db")
+    for table in ("adapters", "tasks", "files", "requirement_sets", "leases"):
+        assert cli[table] == api[table], table
+    # the manifests differ only in their provenance (creation time), which is outside the digest
+    strip = [(*v[:7], json.loads(v[7]) | {"provenance": None}, *v[8:]) for v in cli["versions"]]
+    assert strip == [(*v[:7], json.loads(v[7]) | {"provenance": None}, *v[8:]) for v in api["versions"]]
+    assert [s[:3] for s in cli["signatures"]] == [s[:3] for s in api["signatures"]]
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'cli' / 'registry.db'}") as reg:
+        assert reg.verify().ok and reg.signatures("acme/pub@1.0.0").status == "untrusted"

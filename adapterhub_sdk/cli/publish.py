@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ._app import BASE, cli, examples, registry
+from ._app import BASE, catalog_registry, cli, examples, registry
 from ._output import Result, emits, human_size
 
 
@@ -50,7 +50,9 @@ def publish(ctx: click.Context, directory: str, name: str, version: str, base: s
         from ..signing.keys import load_private_key
 
         key = load_private_key(sign_key)
-    res = registry(ctx).publish(directory, name=name, version=version, base=base, tasks=list(tasks),
+    # unpinned, a publish needs none of the base's records: the registry's publish runs on sqlite3
+    reg = registry(ctx) if base is not None else catalog_registry(ctx)
+    res = reg.publish(directory, name=name, version=version, base=base, tasks=list(tasks),
                                 license=license_, description=description, metrics=_parse_metrics(metrics),
                                 subfolder=subfolder, allow_nonfinite=allow_nonfinite)
     if res.created:
@@ -68,6 +70,6 @@ def publish(ctx: click.Context, directory: str, name: str, version: str, base: s
     ]
     if sign_key is None:
         return Result(res.to_dict, lines)
-    vs = registry(ctx).sign(f"{res.name}@{res.version}", key=key)
+    vs = reg.sign(f"{res.name}@{res.version}", key=key)
     return Result(lambda: {**res.to_dict(), "signatures": vs.to_dict()},
                   [*lines, f"  signed  {vs.describe()}"])

@@ -63,7 +63,7 @@ def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str |
         return res
     if accept_name is not None:
         raise click.UsageError("--name applies to hf://ORG/REPO pulls only")
-    reg = registry(ctx)
+    reg = catalog_registry(ctx)
     if out is None:
         raise click.UsageError("give --out DIR: where to write the adapter")
     info = reg.show(ref)
