@@ -544,19 +544,28 @@ def test_postgresql_backend_terminated_mid_publish(tmp_path, base_dir, lora_dir,
             before = rows()
             killed = []
 
-            @sa.event.listens_for(reg.engine, "before_cursor_execute")
-            def _kill(conn, cursor, statement, *_):  # noqa: ANN001
-                if not killed and statement.lstrip().upper().startswith("INSERT INTO VERSIONS"):
-                    pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            # the version's rows go in through the catalog's statements on the connection's own
+            # cursor (adapterhub_sdk/catalog.py): the backend is terminated just before that insert
+            from adapterhub_sdk import catalog
+
+            real = catalog.Sql._run
+
+            def _kill(self, sql, params, many):  # noqa: ANN001
+                if not killed and sql.lstrip().upper().startswith("INSERT INTO VERSIONS"):
+                    pid = real(self, "SELECT pg_backend_pid()", (), False)[0][0][0]
                     with admin.connect() as c:
                         killed.append(c.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar())
+                return real(self, sql, params, many)
 
-            with pytest.raises(RegistryError) as info:
-                reg.publish(lora_dir, name="ns/bad", version="1.0.0", base=base_dir)
+            catalog.Sql._run = _kill
+            try:
+                with pytest.raises(RegistryError) as info:
+                    reg.publish(lora_dir, name="ns/bad", version="1.0.0", base=base_dir)
+            finally:
+                catalog.Sql._run = real
             assert killed == [True]
             assert len(str(info.value).splitlines()) == 1
             assert rows() == before
-            sa.event.remove(reg.engine, "before_cursor_execute", _kill)
             assert reg.publish(lora_dir, name="ns/bad", version="1.0.0", base=base_dir).manifest.version == "1.0.0"
     finally:
         admin.dispose()
