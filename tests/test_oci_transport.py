@@ -136,3 +136,65 @@ def test_the_insecure_hint_only_where_insecure_was_not_given(tmp_path):
     https = run_cli("pull", ref)  # HTTPS: the hint may be the cure
     assert https.returncode == 1 and https.stderr.count("\n") == 1
     assert https.stderr.rstrip().endswith("a plain-HTTP registry (one on loopback) needs --insecure")
+
+
+class DigestlessProxy(LoopbackHTTP):
+    """Forwards HEAD and GET to a registry, without the Docker-Content-Digest header (which
+    the distribution spec only says a registry SHOULD send)."""
+
+    def __init__(self, upstream: str):
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_HEAD(self):
+                self._forward()
+
+            def do_GET(self):
+                self._forward()
+
+            def _forward(self):
+                conn = http.client.HTTPConnection(upstream, timeout=10)
+                conn.request(self.command, self.path, headers={k: v for k, v in self.headers.items()
+                                                                if k.lower() != "host"})
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "connection", "transfer-encoding",
+                                         "docker-content-digest"):
+                        self.send_header(k, v)
+                length = resp.getheader("content-length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(body)))
+                self.end_headers()
+                if self.command == "GET":
+                    self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self._serve(Handler)
+
+
+def test_a_tag_whose_head_names_no_digest_is_still_never_overwritten(oci, reg, other, base_dir, lora_dir,
+                                                                     lora_dir_b):
+    """Without Docker-Content-Digest on the HEAD, the tag's manifest is fetched and hashed: a
+    push of other content under the same version is refused, not taken for a first push."""
+    from adapterhub_sdk.errors import VersionConflictError
+
+    repo = "t/digestless"
+    reg.publish(lora_dir, name="acme/d", version="1.0.0", base=base_dir)
+    first = OciRemote(insecure=True).push(reg, "acme/d@1.0.0", f"oci://{oci.host}/{repo}")
+    other.publish(lora_dir_b, name="acme/d", version="1.0.0", base=base_dir)
+    p = DigestlessProxy(oci.host)
+    try:
+        with pytest.raises(VersionConflictError, match="already holds other content"):
+            OciRemote(insecure=True).push(other, "acme/d@1.0.0", f"oci://{p.host}/{repo}")
+        again = OciRemote(insecure=True).push(reg, "acme/d@1.0.0", f"oci://{p.host}/{repo}")  # the same: a no-op
+        assert again.commit == first.commit and not again.created
+    finally:
+        p.stop()
+    from adapterhub_sdk.oci.client import OciClient
+
+    with OciClient(oci.host, insecure=True) as c:
+        assert c.get_manifest(repo, "1.0.0")[1] == first.commit  # still the first push's content

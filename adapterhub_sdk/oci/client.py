@@ -315,14 +315,20 @@ class OciClient:
         return body, digest
 
     def head_manifest(self, repo: str, reference: str) -> str | None:
-        """The digest a tag points at, or None."""
+        """The digest a tag points at, or None when there is no such tag. A registry need not
+        send ``Docker-Content-Digest`` (the distribution spec says it SHOULD): without it the
+        manifest is fetched and hashed, never taken for an absent tag (a push would then
+        overwrite what the tag holds)."""
         try:
             resp = self.request("HEAD", f"/v2/{repo}/manifests/{reference}", scope=self._scope(repo),
                                 what=f"{self.host}/{repo}:{reference}", headers={"Accept": OCI_MANIFEST})
         except NotFoundError:
             return None
         got = resp.headers.get("docker-content-digest")
-        return got if got and _DIGEST.fullmatch(got) else None
+        if got and _DIGEST.fullmatch(got):
+            return got
+        fetched = self.get_manifest(repo, reference)
+        return fetched[1] if fetched is not None else None
 
     def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str = OCI_MANIFEST) -> str:
         digest = sha256_digest(body)
