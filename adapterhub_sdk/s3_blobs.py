@@ -69,6 +69,20 @@ class S3StagedBlob:
     size: int
 
 
+#: the first botocore whose PutObject and CopyObject both take IfNoneMatch: every write here is
+#: conditional (two publishers of a blob never overwrite each other; gc's put-back never
+#: overwrites a blob written meanwhile). An older one failed every publish, or gc's put-back.
+BOTOCORE_MIN = (1, 41)
+
+
+def _too_old(version: str) -> bool:
+    parts = []
+    for p in version.split(".")[:2]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts) < BOTOCORE_MIN
+
+
 class S3BlobStore:
     """Blobs in an S3 bucket under a prefix; ``client`` defaults to ``boto3.client("s3")``."""
 
@@ -98,10 +112,15 @@ class S3BlobStore:
     @staticmethod
     def _make_client() -> Any:
         try:  # botocore, boto3's core: the same configuration chain, without boto3's ~0.4 s import
+            import botocore
             import botocore.session
         except ImportError:
             raise RegistryError("s3:// blob stores need boto3",
                                 hint="pip install 'adapterhub_sdk[s3]'") from None
+        if _too_old(botocore.__version__):
+            raise RegistryError(f"s3:// blob stores need botocore {'.'.join(map(str, BOTOCORE_MIN))} or newer for "
+                                f"conditional writes (If-None-Match on PutObject and CopyObject); this is "
+                                f"{botocore.__version__}", hint=f"pip install 'boto3>={'.'.join(map(str, BOTOCORE_MIN))}'")
         return botocore.session.get_session().create_client("s3")
 
     def _warm_client(self) -> None:

@@ -127,3 +127,26 @@ def test_cli_verify_without_credentials_or_endpoint_is_one_line(published):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(says), proc.stderr
         assert "unreadable" not in proc.stdout, proc.stdout
+
+
+def test_a_botocore_without_conditional_copies_is_refused_in_one_line(monkeypatch):
+    """botocore before 1.41 has no IfNoneMatch on CopyObject (before 1.35, none on PutObject
+    either): every publish, or gc's put-back of a quarantined blob, failed mid-way with
+    botocore's parameter error. The store now refuses such a botocore up front, saying what to
+    install; the extra's floor says the same. (An old botocore cannot be installed beside the
+    suite's own: its version string is set here, the check reads nothing else.)"""
+    import tomllib
+
+    import botocore
+
+    from adapterhub_sdk.s3_blobs import BOTOCORE_MIN, S3BlobStore
+
+    monkeypatch.setattr(botocore, "__version__", "1.40.0")
+    with pytest.raises(RegistryError, match=r"botocore 1\.41 or newer .*this is 1\.40\.0") as info:
+        S3BlobStore._make_client()
+    assert "boto3>=1.41" in info.value.hint and "\n" not in str(info.value)
+    monkeypatch.setattr(botocore, "__version__", "1.41.0")
+    assert S3BlobStore._make_client() is not None
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    floor = ".".join(map(str, BOTOCORE_MIN))
+    assert f"boto3>={floor}" in project["project"]["optional-dependencies"]["s3"][0]
