@@ -476,8 +476,10 @@ def _forge(cl, repo: str, doc: dict, cfg: dict, tag: str, extra: dict[str, bytes
 @needs_oci
 def test_forged_names_and_reserved_file_names_in_an_artifact(oci, tmp_path, base_dir, lora_dir, request):
     """A config naming an invalid adapter, or listing a signature file (a forged model.sig in
-    every directory pulled): refused, nothing recorded or written. A listed manifest file never
-    replaces the one the pull writes."""
+    every directory pulled) or the manifest file a pull writes itself: refused, nothing
+    recorded or written. (A listed manifest file was accepted, the pull's own written over it:
+    the version's file records then named a file the directory never holds, and the vLLM
+    plugin's intact check failed on every request.)"""
     from adapterhub_sdk.oci.client import OciClient
     from adapterhub_sdk.oci.remote import OciRemote
 
@@ -499,9 +501,9 @@ def test_forged_names_and_reserved_file_names_in_an_artifact(oci, tmp_path, base
         with pytest.raises(IntegrityError, match="writes that file itself"):  # never listed by our publish
             OciRemote(insecure=True).pull(c, f"oci://{oci.host}/{repo}:4.0.0", tmp_path / "o4")
         assert not (tmp_path / "o4").exists() and c.list() == []
-        # a listed adapterhub_manifest.json: the pull's own manifest is what the directory holds
-        got = OciRemote(insecure=True).pull(c, f"oci://{oci.host}/{repo}:3.0.0", tmp_path / "o3")
-        assert json.loads((tmp_path / "o3" / "adapterhub_manifest.json").read_bytes())["digest"] == got.digest
+        with pytest.raises(IntegrityError, match="writes that file itself .its manifest"):
+            OciRemote(insecure=True).pull(c, f"oci://{oci.host}/{repo}:3.0.0", tmp_path / "o3")
+        assert not (tmp_path / "o3").exists() and c.list() == [] and list(c.blobs.iter_digests()) == []
     finally:
         a.close(), c.close()
 

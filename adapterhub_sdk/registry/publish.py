@@ -28,7 +28,7 @@ from ..package import AdapterPackage, PackedFile, pack
 from ..versions import Version
 from ._core import RegistryCore
 from .differences import conflict, same_content
-from .results import PublishResult, _iso
+from .results import MANIFEST_FILE, PublishResult, _iso
 
 
 def _warn_unpinned(name: str, version: str, base_name: str | None) -> None:
@@ -205,10 +205,11 @@ class PublishPart(RegistryCore):
 
         validate_name(manifest.name)
         Version.parse(manifest.version)
-        reserved = [f.path for f in manifest.files if is_signature_file(f.path)]
-        if reserved:  # never listed by a publish: a forged signature in every directory pulled
+        reserved = [f.path for f in manifest.files if is_signature_file(f.path) or f.path == MANIFEST_FILE]
+        if reserved:  # never listed by a publish: a forged signature or manifest in every directory pulled
+            what = "its manifest" if reserved[0] == MANIFEST_FILE else "a signature"
             raise IntegrityError(f"{manifest.name}@{manifest.version}: its manifest lists {reserved[0]!r} as an "
-                                 "adapter file, but a pull writes that file itself (a signature); nothing was "
+                                 f"adapter file, but a pull writes that file itself ({what}); nothing was "
                                  "recorded",
                                  hint="publish the adapter's own files only; signatures travel beside a version")
         if self._read_only():
