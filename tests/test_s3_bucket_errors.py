@@ -135,9 +135,8 @@ def test_a_botocore_without_conditional_copies_is_refused_in_one_line(monkeypatc
     botocore's parameter error. The store now refuses such a botocore up front, saying what to
     install; the extra's floor says the same. (An old botocore cannot be installed beside the
     suite's own: its version string is set here, the check reads nothing else.)"""
-    import tomllib
-
     import botocore
+    import tomllib
 
     from adapterhub_sdk.s3_blobs import BOTOCORE_MIN, S3BlobStore
 
