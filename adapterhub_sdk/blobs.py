@@ -13,6 +13,7 @@ digest nothing is stored. Reads re-hash and refuse a blob whose bytes changed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import mmap
@@ -47,6 +48,9 @@ def _check(digest: str) -> str:
     return digest
 
 
+#: the file naming the registry a store belongs to (its catalog's id)
+OWNER_FILE = "OWNER"
+
 class BlobStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
@@ -59,6 +63,37 @@ class BlobStore:
             return self.path(digest).stat().st_size
         except FileNotFoundError:
             return 0
+
+    def owner(self) -> str | None:
+        """The registry this store belongs to (see :class:`~adapterhub_sdk.interfaces.OwnedBlobStorage`):
+        the id in ``OWNER``, never read through a link."""
+        try:
+            fd = os.open(self.root / OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            text = f.read(256).decode("ascii", errors="replace").strip()
+        return text or None
+
+    def claim(self, owner: str, *, force: bool = False) -> str:
+        """Record ``owner`` in ``OWNER`` unless a registry is recorded there already (an
+        exclusive link, so two claimers never both win); ``force`` replaces it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._tmpdir(), prefix="owner-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(owner.encode("ascii") + b"\n")
+            if force:
+                os.replace(tmp, self.root / OWNER_FILE)
+                return owner
+            try:
+                os.link(tmp, self.root / OWNER_FILE)
+            except FileExistsError:
+                pass
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return self.owner() or owner
 
     def path(self, digest: str) -> Path:
         d = _check(digest)

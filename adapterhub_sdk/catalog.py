@@ -472,3 +472,54 @@ def end_lease(core: Any, lease: str | None) -> None:
             q.run("DELETE FROM blob_leases WHERE lease = ?", (lease,))
     except Exception:  # noqa: S110 - a publish's outcome never depends on it; it expires
         pass
+
+
+# --- which blob store is whose --------------------------------------------------------------
+
+REGISTRY_ID = "registry_id"
+
+
+def registry_id(core: Any) -> str | None:
+    """This registry's id (the catalog's, in ``settings``), made on first use; None for a
+    registry this process cannot write that has none yet. A blob store records the id of the
+    registry it belongs to, so that gc never deletes from another registry's store."""
+    with core._sql() as q:
+        got = q("SELECT value FROM settings WHERE name = ?", (REGISTRY_ID,))
+    if got:
+        return got[0][0]
+    if core._read_only():
+        return None
+    try:
+        with core._sql(write=True) as q:
+            if not q("SELECT value FROM settings WHERE name = ?", (REGISTRY_ID,)):
+                q.run("INSERT INTO settings (name, value) VALUES (?, ?)", (REGISTRY_ID, uuid.uuid4().hex))
+    except RowConflict:
+        pass  # another process made it first
+    with core._sql() as q:
+        return q("SELECT value FROM settings WHERE name = ?", (REGISTRY_ID,))[0][0]
+
+
+def claim_store(core: Any) -> None:
+    """Before a publish or an import writes blobs (once per registry object): record this
+    registry as the owner of its blob store when none is, and warn when the store is another
+    registry's, whose gc will not keep what this one publishes there."""
+    import warnings
+
+    from .errors import ForeignStoreWarning
+    from .interfaces import OwnedBlobStorage
+
+    if getattr(core, "_store_claimed", False) or not isinstance(core.blobs, OwnedBlobStorage):
+        return
+    core._store_claimed = True
+    mine = registry_id(core)
+    if mine is None:
+        return
+    owner = core.blobs.owner()
+    if owner is None:
+        owner = core.blobs.claim(mine)
+    if owner != mine:
+        warnings.warn(f"the blob store {core.blobs} belongs to another registry (id {owner[:12]}), not this one "
+                      f"({mine[:12]}): that registry's gc deletes every blob its own catalog does not reference, "
+                      "so versions recorded here can lose theirs; use the registry that owns the store "
+                      "(--registry / ADAPTERHUB_REGISTRY_URL), or a blob store of this registry's own",
+                      ForeignStoreWarning, stacklevel=4)

@@ -117,6 +117,10 @@ class SignaturePolicyError(AdapterHubError, PermissionError):
             "signer's public key ('adapterhub keys trust PUB.pem --name NAME')")
 
 
+class ForeignStoreWarning(UserWarning):
+    """A publish or import wrote blobs into a store that belongs to another registry."""
+
+
 class UnpinnedPublishWarning(UserWarning):
     """A version was published without a base: it is pinned to no weights."""
 

@@ -116,6 +116,22 @@ class QuarantiningBlobStorage(BlobStorage, Protocol):
 
 
 @runtime_checkable
+class OwnedBlobStorage(BlobStorage, Protocol):
+    """A store that records which registry it belongs to (its catalog's id): gc deletes from
+    a store only for the registry that owns it, since every blob no version of *its* catalog
+    references looks unreferenced to another one."""
+
+    def owner(self) -> str | None:
+        """The id of the registry this store belongs to; None when none has claimed it."""
+        ...
+
+    def claim(self, owner: str, *, force: bool = False) -> str:
+        """Record ``owner`` as this store's registry unless one is recorded already (``force``:
+        replace it). Returns the owner recorded now."""
+        ...
+
+
+@runtime_checkable
 class Remote(Protocol):
     """A remote registry, chosen by the scheme of its URLs (``hf://`` for the Hugging Face
     Hub; ``oci://`` for OCI registries). ``registry`` is the local

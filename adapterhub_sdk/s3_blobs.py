@@ -144,6 +144,33 @@ class S3BlobStore:
         d = _check(digest)
         return f"{self.prefix}sha256/{d[:2]}/{d[2:]}"
 
+    @_s3_errors
+    def owner(self) -> str | None:
+        """The registry this store belongs to: the id in ``PREFIX/OWNER``."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}OWNER")["Body"]
+        except Exception as exc:
+            if _absent(exc):
+                self._check_bucket()
+                return None
+            raise
+        with body:
+            text = body.read(256).decode("ascii", errors="replace").strip()
+        return text or None
+
+    @_s3_errors
+    def claim(self, owner: str, *, force: bool = False) -> str:
+        """Record ``owner`` in ``PREFIX/OWNER`` unless one is recorded (a conditional write:
+        of two claimers, one wins); ``force`` replaces it."""
+        extra = {} if force else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}OWNER", Body=owner.encode("ascii") + b"\n",
+                                   **extra)
+        except Exception as exc:
+            if not _precondition(exc):
+                raise
+        return self.owner() or owner
+
     def _missing(self, digest: str) -> NotFoundError:
         return NotFoundError(f"blob sha256:{digest[:12]} is missing from {self}",
                              hint="run 'adapterhub verify', then publish the same files again under the same name@version")

@@ -30,7 +30,7 @@ __all__ = ["EXIT_ERROR", "cli", "main"]
 #: the warnings shown as one line (and their subclasses), named rather than imported: a
 #: command that raises none of them does not pay for importing the modules that define them
 _ONE_LINE = {("adapterhub_sdk.plugins", "PluginWarning"), ("adapterhub_sdk.adapter_files", "AdapterContentWarning"),
-             ("adapterhub_sdk.errors", "UnpinnedPublishWarning")}
+             ("adapterhub_sdk.errors", "UnpinnedPublishWarning"), ("adapterhub_sdk.errors", "ForeignStoreWarning")}
 
 
 def _one_line(category: type[Warning]) -> bool:

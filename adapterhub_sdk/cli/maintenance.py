@@ -43,10 +43,14 @@ def verify(ctx: click.Context) -> Result:
 @click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               help="Keep unreferenced blobs younger than this many seconds (a publish may be in flight).")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--claim-store", is_flag=True,
+              help="Make this registry the blob store's owner first (gc refuses a store another registry "
+                   "owns, or one no registry has claimed that this one references nothing of).")
 @click.pass_context
-def gc(ctx: click.Context, grace: float, dry_run: bool) -> Result:
-    """Remove blobs no version references and abandoned temp files."""
-    report = registry(ctx).gc(grace_seconds=grace, dry_run=dry_run)
+def gc(ctx: click.Context, grace: float, dry_run: bool, claim_store: bool) -> Result:
+    """Remove blobs no version references and abandoned temp files (only from this registry's
+    own blob store)."""
+    report = registry(ctx).gc(grace_seconds=grace, dry_run=dry_run, claim_store=claim_store)
     verb = "would remove" if dry_run else "removed"
     return Result(report.to_dict,
                   f"{verb} {report.blobs_removed} blobs ({human_size(report.bytes_freed)}) and "

@@ -90,16 +90,20 @@ class LifecyclePart(RegistryCore):
                 report.bytes += self.blobs.size(sha)
         return report
 
-    def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False) -> GcReport:
+    def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False, claim_store: bool = False) -> GcReport:
         """Delete blobs no version references and abandoned temp files older than the grace
         period. A blob a publish in progress has leased (in any process, on any machine) is
         kept whatever the grace period; so is one a version references by the time gc
-        deletes it."""
+        deletes it. Only the registry a store belongs to collects it (RegistryError
+        otherwise, nothing deleted): a store records its registry's id when that registry
+        first publishes into it or runs gc there. ``claim_store``: make this registry the
+        store's owner, whoever owned it (a catalog restored without its settings)."""
         report = GcReport(dry_run=dry_run)
         stored = list(self.blobs.iter_digests())  # listed before the catalog is read: see the module
         with self._read() as conn:
             referenced = {s for (s,) in conn.execute(select(T_FILES.c.sha256).distinct())}
             leased, dead = live_leases(conn)
+        self._check_owner(stored, referenced, dry_run=dry_run, claim=claim_store)
         if dead and not dry_run and not dbmod.is_read_only(self.engine):
             with self._write() as conn:
                 for i in range(0, len(dead), 500):
@@ -138,6 +142,40 @@ class LifecyclePart(RegistryCore):
                 report.bytes_freed += freed
         report.temp_removed = self.blobs.clean_temp(grace_seconds, dry_run=dry_run, **self._keep_uploads())
         return report
+
+    def _check_owner(self, stored: list[str], referenced: set[str], *, dry_run: bool, claim: bool) -> None:
+        """gc runs on a store only for the registry that owns it: from any other catalog (a
+        forgotten --registry beside a shared ADAPTERHUB_BLOBS) every blob of the owner's looks
+        unreferenced, and was deleted. A store no registry has claimed (made before stores
+        recorded their owner) is claimed here, unless this registry references none of what it
+        holds: then it is most likely another registry's, and gc refuses."""
+        from ..catalog import registry_id
+        from ..errors import RegistryError
+        from ..interfaces import OwnedBlobStorage
+
+        if not isinstance(self.blobs, OwnedBlobStorage):
+            return
+        mine = registry_id(self)
+        if claim:
+            if mine is None:
+                raise dbmod.read_only_error("claiming its blob store")
+            if not dry_run:
+                self.blobs.claim(mine, force=True)
+            return
+        owner = self.blobs.owner()
+        where = f"the blob store {self.blobs}"
+        hint = ("run gc with the registry that publishes to this store (--registry / ADAPTERHUB_REGISTRY_URL); "
+                "if this store really is this registry's, run 'adapterhub gc --claim-store' once")
+        if owner is None:
+            if stored and not referenced:
+                raise RegistryError(f"gc refused: this registry references none of the {len(stored)} blobs in {where}, "
+                                    "which no registry has claimed: it is most likely another registry's store",
+                                    hint=hint)
+            owner = self.blobs.claim(mine) if mine is not None and not dry_run else mine
+        if owner != mine:
+            raise RegistryError(f"gc refused: {where} belongs to another registry (id {(owner or '?')[:12]}), not this "
+                                f"one ({(mine or 'none')[:12]}): gc here would delete the blobs of every version that "
+                                "registry holds", hint=hint)
 
     def _keep_uploads(self) -> dict[str, Any]:
         """For a store whose temp data is named by digest (S3's multipart uploads): the blobs

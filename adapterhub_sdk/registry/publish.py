@@ -153,6 +153,7 @@ class PublishPart(RegistryCore):
             # written again (put_* check what is stored before deduplicating against it)
             reused = []  # staged copies of blobs already stored: kept until the version is committed
             reused_files = []  # files put_file found already stored (an AdapterPackage's, or no staging)
+            catalog.claim_store(self)
             lease = catalog.take_lease(self, [f.sha256 for f in pkg.files])  # gc keeps them until it ends
             try:
                 for f in pkg.files:
@@ -236,6 +237,7 @@ class PublishPart(RegistryCore):
         written = 0
         created = False
         reused: list[StagedBlob] = []  # staged copies of blobs already stored: kept until the commit
+        catalog.claim_store(self)
         lease = catalog.take_lease(self, [f.sha256 for f in manifest.files])  # gc keeps them until it ends
         try:
             for f in manifest.files:  # repairs a corrupt or missing blob of an existing version too
