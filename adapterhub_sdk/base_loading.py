@@ -4,10 +4,13 @@
 the weights in memory. So the files are chosen as ``from_pretrained`` chooses them (see
 :mod:`adapterhub_sdk.layouts`, ambiguous directories are refused before anything
 loads), the model is loaded at the dtype the checkpoint stores (transformers would
-otherwise use config.json's ``dtype``, or float32), and the loaded model is fingerprinted
-again in memory: when it differs from the checkpoint without a cast the caller asked for,
-transformers changed the tensors on the way (a conversion, a dropped or initialised
-tensor) and the deployment states the fingerprint of what is in memory instead.
+otherwise use config.json's ``dtype``, or float32), and the loaded model is checked
+against the checkpoint: every tensor in memory must be the checkpoint's, cast to the
+dtype it has in memory when the caller asked for a dtype, and nothing more or less. When
+it is not, transformers changed the tensors on the way (adapter files in the directory
+applied, a quantization, a dropped or initialised tensor): ``strict`` refuses the base,
+otherwise the deployment warns and states the fingerprint of what is in memory instead.
+A directory holding adapter files (which from_pretrained applies) is flagged before it loads.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterHubError, WeightsNotFoundError
+from .errors import AdapterHubError, UnsafeFormatError, WeightsNotFoundError
 from .fingerprint import BaseFingerprint, fingerprint
 from .layouts import Checkpoint, resolve_checkpoint
 
 _FLOAT = ("F64", "F32", "BF16", "F16")
+ADAPTER_CONFIG = "adapter_config.json"  # from_pretrained of a directory holding it applies that adapter
 
 
 class BaseModelKindError(AdapterHubError, ValueError):
@@ -31,6 +35,11 @@ class BaseModelKindError(AdapterHubError, ValueError):
 
 class LoadedBaseWarning(UserWarning):
     """The model in memory is not exactly the checkpoint's tensors (transformers changed them)."""
+
+
+class LoadedBaseError(AdapterHubError, ValueError):
+    """A strict deployment's base would not load as its checkpoint's tensors (adapter files in
+    the directory, or transformers changed the tensors while loading)."""
 
 
 def _torch_dtype(name: str) -> Any:
@@ -57,20 +66,22 @@ class LoadedBase:
     loaded_fingerprint: str  # of the model as it is in memory (before moving to a device)
     loaded_dtype: str
     requested_dtype: str | None
+    changed: str | None = None  # how what loaded differs from the checkpoint (beyond a cast asked for)
 
     @property
     def cast(self) -> bool:
-        return self.loaded_fingerprint != self.checkpoint_fingerprint.digest and self.requested_dtype is not None
+        return (self.changed is None and self.requested_dtype is not None
+                and self.loaded_fingerprint != self.checkpoint_fingerprint.digest)
 
     def describe(self) -> dict[str, Any]:
         ck = self.checkpoint_fingerprint
         if self.loaded_fingerprint == ck.digest:
             of = "the checkpoint, as loaded (no cast)"
-        elif self.fingerprint is ck:
+        elif self.cast:
             of = (f"the checkpoint as stored ({', '.join(sorted(ck.dtypes))}); the model in memory was cast to "
                   f"{self.loaded_dtype} (dtype asked for) and its own fingerprint is loaded.fingerprint")
         else:
-            of = "the model as loaded: transformers changed the checkpoint's tensors while loading"
+            of = f"the model as loaded: transformers changed the checkpoint's tensors while loading ({self.changed})"
         return {"checkpoint": {"fingerprint": ck.digest, "dtypes": dict(ck.dtypes), **self.checkpoint.describe()},
                 "loaded": {"fingerprint": self.loaded_fingerprint, "dtype": self.loaded_dtype,
                            "requested_dtype": self.requested_dtype, "cast": self.cast},
@@ -109,8 +120,91 @@ def require_causal_lm(path: Path) -> None:
              "resolve, pull and export, and load with PEFT on the model class they were trained on")
 
 
-def load_base(path: Path, dtype: Any = None) -> LoadedBase:
-    """Load ``path`` with transformers at its stored dtype (or ``dtype``), fingerprint checked."""
+def _adapter_files(path: Path, strict: bool) -> None:
+    """Flag adapter files in a base directory before it loads: from_pretrained of a directory
+    holding ``adapter_config.json`` applies that adapter to the base, so what loads is not the
+    weights the directory's fingerprint covers. ``strict`` refuses; otherwise a warning, and the
+    loaded-model check states what loaded. Pickled adapter weights that loading would unpickle
+    are refused either way."""
+    names = sorted(p.name for p in path.iterdir()
+                   if p.is_file() and (p.name == ADAPTER_CONFIG or p.name.startswith("adapter_model.")))
+    if not names:
+        return
+    applied = ADAPTER_CONFIG in names
+    what = (f"{path} holds adapter files ({', '.join(names)}) beside the base weights"
+            + ("; from_pretrained applies that adapter while loading, so the model would not be "
+               "the weights its fingerprint covers" if applied else ""))
+    hint = ("deploy the base's own directory, without the adapter files (publish the adapter with "
+            "'adapterhub publish DIR --base BASE' to attach it by name)")
+    if strict:
+        raise LoadedBaseError(what, hint=hint)
+    if applied and "adapter_model.safetensors" not in names and len(names) > 1:
+        raise UnsafeFormatError(f"{path}: from_pretrained would unpickle the adapter weights beside the base "
+                                f"({', '.join(n for n in names if n != ADAPTER_CONFIG)})", hint=hint)
+    warnings.warn(f"{what}; {hint}", LoadedBaseWarning, stacklevel=4)
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f", ... {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _bits(t: Any) -> Any:
+    import torch
+
+    flat = t.detach().contiguous().reshape(-1)
+    return flat.view(torch.uint8) if flat.numel() else flat.new_empty(0, dtype=torch.uint8)
+
+
+def _changes(model: Any, loaded: BaseFingerprint, ck_fp: BaseFingerprint, checkpoint: Checkpoint,
+             cast: bool) -> str | None:
+    """How the model in memory differs from the checkpoint's tensors (each cast to the float
+    dtype it has in memory, when ``cast``): None when it is exactly them. One tensor at a time."""
+    from safetensors import safe_open
+
+    mem, disk = set(loaded.shapes), set(ck_fp.shapes)
+    found = []
+    if extra := sorted(mem - disk):
+        found.append(f"{len(extra)} tensor(s) in the model, not in the checkpoint (added or initialised "
+                     f"while loading): {_few(extra)}")
+    if missing := sorted(disk - mem):
+        found.append(f"{len(missing)} checkpoint tensor(s) not in the model (dropped or renamed while loading): "
+                     f"{_few(missing)}")
+    state = model.state_dict()
+    differ: list[str] = []
+    retyped: list[str] = []
+    todo = mem & disk
+    for file in checkpoint.files:
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is no mapping
+                if name not in todo:
+                    continue
+                todo.discard(name)
+                stored, t = f.get_tensor(name), state[name]
+                if t.dtype != stored.dtype:
+                    if not (cast and t.dtype.is_floating_point and stored.dtype.is_floating_point):
+                        retyped.append(f"{name} ({str(stored.dtype)[6:]} -> {str(t.dtype)[6:]})")
+                        continue
+                    stored = stored.to(t.dtype)
+                if tuple(t.shape) != tuple(stored.shape) or not _bits(t).equal(_bits(stored)):
+                    differ.append(name)
+    if retyped:
+        found.append(f"{len(retyped)} tensor(s) of another dtype than "
+                     f"{'a cast of ' if cast else ''}the checkpoint's: {_few(sorted(retyped))}")
+    if differ:
+        found.append(f"{len(differ)} tensor(s) with other values than the checkpoint's"
+                     f"{' cast' if cast else ''}: {_few(sorted(differ))}")
+    if todo:  # listed by the fingerprint, not found in the files: cannot be compared
+        found.append(f"{len(todo)} tensor(s) not read from the checkpoint files: {_few(sorted(todo))}")
+    if not found and loaded.digest != ck_fp.digest and not cast:
+        found.append("its fingerprint differs from the checkpoint's")
+    return "; ".join(found) or None
+
+
+def load_base(path: Path, dtype: Any = None, *, strict: bool = False) -> LoadedBase:
+    """Load ``path`` with transformers at its stored dtype (or ``dtype``), then check that what
+    loaded is the checkpoint's tensors (cast to ``dtype`` when given). A directory with adapter
+    files, or a model transformers changed while loading: ``strict`` refuses, otherwise a
+    LoadedBaseWarning and the fingerprint of what loaded is the one adapters are checked against."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -119,6 +213,7 @@ def load_base(path: Path, dtype: Any = None) -> LoadedBase:
         raise WeightsNotFoundError(f"{path}: a deployment needs a model directory (config.json and weights), "
                                    "not a single weights file", hint="pass the directory save_pretrained wrote")
     require_causal_lm(path)
+    _adapter_files(path, strict)
     ck_fp = fingerprint(path)  # refuses ambiguous directories
     stored = stored_dtype(ck_fp)
     if isinstance(dtype, str) and dtype != "auto":
@@ -129,13 +224,19 @@ def load_base(path: Path, dtype: Any = None) -> LoadedBase:
     loaded_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     requested = None if dtype is None else str(dtype).removeprefix("torch.")
     base_fp = ck_fp
-    if loaded.digest != ck_fp.digest and dtype is None:
-        # no cast was asked for, yet memory differs from the files: state what is in memory
-        warnings.warn(f"{path}: the model transformers loaded differs from its checkpoint (fingerprint "
-                      f"{loaded.short}, files {ck_fp.short}); adapters are checked against the loaded weights",
-                      LoadedBaseWarning, stacklevel=3)
+    changed = None if loaded.digest == ck_fp.digest else _changes(model, loaded, ck_fp, checkpoint,
+                                                                  cast=dtype is not None)
+    if changed is not None:
+        what = (f"{path}: the model transformers loaded differs from its checkpoint"
+                f"{f' cast to {requested}' if requested else ''} (fingerprint {loaded.short}, files "
+                f"{ck_fp.short}): {changed}")
+        if strict:
+            raise LoadedBaseError(what, hint="deploy a directory that from_pretrained loads as it is stored, or "
+                                             "deploy without strict=True to serve what loaded, with adapters "
+                                             "checked against it")
+        warnings.warn(f"{what}; adapters are checked against the loaded weights", LoadedBaseWarning, stacklevel=3)
         base_fp = loaded
-    return LoadedBase(model, base_fp, checkpoint, ck_fp, loaded.digest, loaded_dtype, requested)
+    return LoadedBase(model, base_fp, checkpoint, ck_fp, loaded.digest, loaded_dtype, requested, changed)
 
 
-__all__ = ["BaseModelKindError", "LoadedBase", "LoadedBaseWarning", "load_base", "require_causal_lm", "stored_dtype"]
+__all__ = ["BaseModelKindError", "LoadedBase", "LoadedBaseError", "LoadedBaseWarning", "load_base", "require_causal_lm", "stored_dtype"]

@@ -93,8 +93,9 @@ class Deployment:
             self.base_path = path
             from .base_loading import load_base
 
-            # the files from_pretrained loads, at their stored dtype unless dtype is given
-            self._loaded = load_base(path, dtype)
+            # the files from_pretrained loads, at their stored dtype unless dtype is given; strict:
+            # a base that would not load as its checkpoint is refused
+            self._loaded = load_base(path, dtype, strict=strict)
             self.fingerprint = self._loaded.fingerprint
             self.model: Any = self._loaded.model
             if tokenizer is None:
