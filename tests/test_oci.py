@@ -556,3 +556,35 @@ def test_pulling_a_version_held_here_with_intact_blobs_downloads_no_layer(tmp_pa
         assert not (tmp_path / "out2").exists()
     finally:
         srv.stop()
+
+
+def test_push_refuses_a_yanked_version_and_a_build_metadata_twin_tag(oci, reg, other, base_dir, lora_dir,
+                                                                     lora_dir_b, request):
+    """A yanked version pushed became the repository's @latest elsewhere; 1.0.0 pushed beside
+    an existing 1.0.0_b1 made @1.0.0 and @latest ambiguous there (a local publish refuses the
+    same pair)."""
+    repo = f"oci://{oci.host}/{_repo(request)}"
+    reg.publish(lora_dir, name="acme/y", version="1.1.0", base=base_dir)
+    reg.yank("acme/y@1.1.0")
+    with pytest.raises(AdapterHubError, match="is yanked here") as info:
+        OciRemote(insecure=True).push(reg, "acme/y@1.1.0", repo)
+    assert "--undo" in info.value.hint
+    reg.publish(lora_dir, name="acme/y", version="1.0.0+b1", base=base_dir)
+    OciRemote(insecure=True).push(reg, "acme/y@1.0.0+b1", repo)
+    other.publish(lora_dir_b, name="acme/y", version="1.0.0", base=base_dir)
+    with pytest.raises(VersionConflictError, match="1.0.0_b1 is the same version as 1.0.0"):
+        OciRemote(insecure=True).push(other, "acme/y@1.0.0", repo)
+    assert [str(v) for v in OciRemote(insecure=True).versions(repo)] == ["1.0.0+b1"]
+
+
+def test_a_pull_into_an_existing_out_refuses_before_recording_anything(oci, reg, other, tmp_path, base_dir,
+                                                                       lora_dir, request):
+    repo = f"oci://{oci.host}/{_repo(request)}"
+    reg.publish(lora_dir, name="acme/o", version="1.0.0", base=base_dir)
+    OciRemote(insecure=True).push(reg, "acme/o@1.0.0", repo)
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        OciRemote(insecure=True).pull(other, f"{repo}:1.0.0", out)
+    assert other.list() == [] and (out / "keep.txt").read_text() == "mine"

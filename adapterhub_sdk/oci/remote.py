@@ -163,12 +163,24 @@ class OciRemote:
         body = artifact_manifest(manifest, sha256_digest(config), len(config))
         digest = sha256_digest(body)
         where = f"{target.repo_url}:{tag}"
+        if info.yanked:
+            raise AdapterHubError(f"{info.name}@{info.version} is yanked here: pushed, {where} would offer it as a "
+                                  "version like any other (a range or @latest there could pick it)",
+                                  hint=f"un-yank it first ('adapterhub yank {info.name}@{info.version} --undo'), "
+                                       "or push the version that replaces it")
         with self._client(target) as c:
             existing = c.head_manifest(target.repo, tag)
             if existing is not None and existing != digest:
                 raise VersionConflictError(f"{where} already holds other content ({existing[:19]}, not {digest[:19]})",
                                            hint="versions are immutable; publish and push a new version")
             if existing is None:
+                ver = Version.parse(manifest.version)
+                twin = next((t for t, v in ((t, tag_version(t)) for t in c.tags(target.repo))
+                             if v is not None and v == ver and t != tag), None)
+                if twin is not None:  # semver ignores build metadata: a pin or a range could not tell them apart
+                    raise VersionConflictError(
+                        f"{target.repo_url}:{twin} is the same version as {manifest.version} (versions that differ only "
+                        "in build metadata have the same precedence)", hint="publish and push a new version number")
                 self._push_files(c, target, registry, manifest)
                 c.push_blob(target.repo, sha256_digest(config), len(config), config)
                 c.put_manifest(target.repo, tag, body)
@@ -259,6 +271,10 @@ class OciRemote:
         if base is not None:
             raise AdapterHubError(f"{r}: base=PATH does not apply: an OCI artifact carries its manifest and pin",
                                   hint="omit base=PATH")
+        if dest is not None:  # before anything is fetched or recorded, not after
+            from ..atomic_dir import check_destination
+
+            check_destination(Path(dest), overwrite)
         with self._client(r) as c:
             reference, tag = self._select(c, r)
             got = c.get_manifest(r.repo, reference)
