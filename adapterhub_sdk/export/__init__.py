@@ -191,13 +191,13 @@ def export(registry: Any, spec: str, fmt: str, out: str | os.PathLike[str], *, o
             staged.rmdir()
             adapter_path, readme, details = _layout_peft(tmp, manifest, base, served, out, warnings)
         else:
-            exact = folding.conform(fmt, staged, base.config)
+            exact = folding.conform(fmt, staged, base.layers_config, base.shapes)
             if exact.reasons:
                 raise IncompatibleAdapterError(
                     f"cannot export {ref} for {TARGETS[fmt]}: {exact.reasons[0]}"
                     + (f" (and {len(exact.reasons) - 1} more)" if len(exact.reasons) > 1 else ""),
-                    reasons=exact.reasons, hint="export it with fmt='peft', or serve it with the transformers "
-                                                "runtime")
+                    reasons=exact.reasons, hint=exact.hint or "export it with fmt='peft', or serve it with the "
+                                                              "transformers runtime")
             warnings.extend(exact.notes)
             shutil.copyfile(staged / MANIFEST_FILE, tmp / MANIFEST_FILE)
             layout = {"vllm": _layout_vllm, "lorax": _layout_lorax, "tgi": _layout_tgi,

@@ -91,6 +91,15 @@ class _Base:
     checked: bool
     config: dict[str, Any] | None
     warnings: list[str]
+    #: what the registry recorded of the pinned base where ``ref`` is a path as a server sees it
+    #: (``config`` stays None there: an Ollama model name's architecture is Ollama's, not the config's)
+    pinned_config: dict[str, Any] | None = None
+    shapes: Mapping[str, tuple[int, ...]] | None = None  # the base's tensor names and shapes, when known
+
+    @property
+    def layers_config(self) -> dict[str, Any] | None:
+        """The config the base's layer count is read from."""
+        return self.config or self.pinned_config
 
 
 def _read_config(path: Path) -> dict[str, Any] | None:
@@ -106,16 +115,11 @@ def _resolve_base(registry: Any, manifest: Manifest, base_path: str | os.PathLik
     ref = f"{manifest.name}@{manifest.version}"
     if base_path is None:
         warnings = []
-        config = None
-        if pin:
-            try:
-                config = registry.get_base(pin).config
-            except AdapterHubError:
-                config = None
         if not manifest.base.name:
             warnings.append("the adapter records no base model name; the generated files say BASE_MODEL: "
                             "replace it, or export again with --base-path")
-        return _Base(manifest.base.name, False, config, warnings)
+        config, shapes = _pinned_base(registry, pin)
+        return _Base(manifest.base.name, False, config, warnings, shapes=shapes)
     p = Path(base_path).expanduser()
     if p.is_dir() or (p.is_file() and p.suffix == ".safetensors"):
         from ..fingerprint import fingerprint
@@ -129,10 +133,23 @@ def _resolve_base(registry: Any, manifest: Manifest, base_path: str | os.PathLik
         warnings = [] if pin else [f"{ref} was published without a base fingerprint, so {p} could not be "
                                    "checked against it"]
         config = fp.config or (_read_config(p) if p.is_dir() else None)
-        return _Base(str(p.resolve()), bool(pin), config, warnings)
+        return _Base(str(p.resolve()), bool(pin), config, warnings, shapes=fp.shapes)
     warnings = [f"{base_path} is not a local safetensors model, so its weights were not checked against the "
                 f"pin {pin[:12] if pin else '(none)'}"]
-    return _Base(str(base_path), False, None, warnings)
+    # a path as the server sees it: what the registry recorded of the pinned base still holds
+    config, shapes = _pinned_base(registry, pin)
+    return _Base(str(base_path), False, None, warnings, pinned_config=config, shapes=shapes)
+
+
+def _pinned_base(registry: Any, pin: str | None) -> tuple[dict[str, Any] | None, Mapping[str, Any] | None]:
+    """The config and tensor shapes the registry recorded of the pinned base (None where unknown)."""
+    if not pin:
+        return None, None
+    try:
+        base = registry.get_base(pin)
+    except AdapterHubError:
+        return None, None
+    return base.config, base.shapes
 
 
 def _model_type(config: Mapping[str, Any] | None) -> str | None:

@@ -22,8 +22,10 @@ What the servers do with a PEFT LoRA directory (read in their sources):
 Where a target applies one scale, the per-module scale is folded into ``lora_B`` (computed
 in float32) and the written config makes the target's scale 1 (``r == lora_alpha``); ranks
 are zero-padded to one rank where the target stacks layers; layers a module type is missing
-from get zero LoRA weights (delta 0, as in PEFT), so TGI and LoRAX keep the type. The
-rewritten directory still loads in PEFT with the same output.
+from (read from the tensors, whatever the config says) get zero LoRA weights (delta 0, as in
+PEFT), so TGI and LoRAX keep the type. That needs the base's layer count (a local base, or
+what the registry recorded of the pinned base); an adapter that may leave layers out is
+refused without it. The rewritten directory still loads in PEFT with the same output.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class Conformed:
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    hint: str | None = None  # what to do about the reasons, where it is not "export as PEFT"
 
 
 @dataclass
@@ -188,9 +191,45 @@ def _num_layers(base_config: Mapping[str, Any] | None) -> int | None:
         return None
     for cfg in (base_config, base_config.get("text_config") or {}):
         n = cfg.get("num_hidden_layers") if isinstance(cfg, dict) else None
-        if isinstance(n, int) and n > 0:
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
             return n
     return None
+
+
+def _layer_count(container: str, base_config: Mapping[str, Any] | None,
+                 base_shapes: Mapping[str, Any] | None) -> int | None:
+    """How many layers ``container`` (e.g. ``model``, holding ``model.layers.N``) has in the base:
+    from the base's tensor names where they name that container's layers, else its config."""
+    if base_shapes:
+        head = container + ".layers."
+        found = {int(m.group(1)) for n in base_shapes if n.startswith(head)
+                 and (m := re.match(r"(\d+)\.", n[len(head):]))}
+        if found:
+            return max(found) + 1
+    return _num_layers(base_config)
+
+
+def _config_may_leave_layers_out(config: Mapping[str, Any]) -> str | None:
+    """What in the config could leave a module type off some layers, the last ones included, so
+    that the saved tensors alone cannot show it (None: PEFT put each type on every layer)."""
+    if config.get("layers_to_transform") not in (None, [], ""):
+        return "layers_to_transform"
+    if config.get("exclude_modules"):
+        return "exclude_modules"
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        return None if targets == "all-linear" else "a target_modules regex"
+    for t in targets or ():
+        if isinstance(t, str) and any(part.isdigit() for part in t.split(".")):
+            return f"target_modules naming single layers ({t})"
+    return None
+
+
+def _span(layers: Any) -> str:
+    idx = sorted(layers)
+    if idx and idx == list(range(idx[0], idx[-1] + 1)):
+        return f"{idx[0]}-{idx[-1]}" if len(idx) > 1 else str(idx[0])
+    return ",".join(map(str, idx))
 
 
 def _fold_b(b: Any, factor: float, rank: int) -> Any:
@@ -225,10 +264,13 @@ def _write(adapter_dir: Path, config: Mapping[str, Any], tensors: Mapping[str, A
         os.replace(tmp, path)
 
 
-def conform(fmt: str, adapter_dir: Path, base_config: Mapping[str, Any] | None) -> Conformed:
+def conform(fmt: str, adapter_dir: Path, base_config: Mapping[str, Any] | None,
+            base_shapes: Mapping[str, Any] | None = None) -> Conformed:
     """Make the PEFT LoRA directory ``adapter_dir`` exact for ``fmt`` (``vllm``, ``lorax``,
     ``tgi``, ``ollama``), rewriting its config and weights in place where needed, or say why
-    it cannot be."""
+    it cannot be. ``base_config`` (config.json) and ``base_shapes`` (tensor name -> shape) are
+    what is known of the base; TGI and LoRAX need its layer count for an adapter that leaves
+    a module type off some layers."""
     target = TARGETS[fmt]
     config, tensors = _read(adapter_dir)
     if not tensors:
@@ -260,12 +302,12 @@ def conform(fmt: str, adapter_dir: Path, base_config: Mapping[str, Any] | None) 
     scales = {n: peft_scale(config, n) for n in mods}
     if fmt == "ollama":
         return _conform_own_rank(adapter_dir, config, tensors, mods, scales, res)
-    return _conform_uniform(fmt, adapter_dir, config, tensors, mods, scales, base_config, res)
+    return _conform_uniform(fmt, adapter_dir, config, tensors, mods, scales, base_config, base_shapes, res)
 
 
 def _conform_uniform(fmt: str, adapter_dir: Path, config: dict[str, Any], tensors: dict[str, Any],
                      mods: dict[str, _Module], scales: dict[str, float], base_config: Mapping[str, Any] | None,
-                     res: Conformed) -> Conformed:
+                     base_shapes: Mapping[str, Any] | None, res: Conformed) -> Conformed:
     target = TARGETS[fmt]
     s_target = uniform_scale(config)
     ranks = {m.rank for m in mods.values()}
@@ -273,25 +315,30 @@ def _conform_uniform(fmt: str, adapter_dir: Path, config: dict[str, Any], tensor
     pad = fmt != "vllm" and len(ranks) > 1
     fill: dict[str, tuple[str, int, int]] = {}  # missing module path -> (a template, in, out)
     if fmt != "vllm":
-        by_type: dict[str, dict[int, _Module]] = {}
+        # the (module type, layer) pairs the files hold decide what is partial, whatever the config says
+        by_type: dict[tuple[str, str], dict[int, _Module]] = {}  # (container, module) -> layer -> LoRA
         for m in mods.values():
             idx = _LAYER_RE.search(m.name)
             assert idx is not None  # checked by conform
-            key = m.name[: idx.start()] + ".layers.{}." + m.name[idx.end():]
-            by_type.setdefault(key, {})[int(idx.group(1))] = m
-        n_layers = _num_layers(base_config)
-        # without the base's layer count, only an adapter PEFT put on every layer is known to be whole
-        partial = bool(config.get("layers_to_transform")) or isinstance(config.get("target_modules"), str)
-        for key, layers in sorted(by_type.items()):
-            want = range(n_layers) if n_layers else range(max(layers) + 1)
-            missing = [i for i in want if i not in layers]
-            if (missing or partial) and n_layers is None:
-                res.reasons.append(f"{target} drops a module type that some layer lacks, and the base's layer count "
-                                   "is unknown here; export again with --base-path BASE_DIR")
+            by_type.setdefault((m.name[: idx.start()], m.name[idx.end():]), {})[int(idx.group(1))] = m
+        counts = {c: _layer_count(c, base_config, base_shapes) for c, _ in by_type}
+        seen = {c: 1 + max(max(ls) for (c2, _), ls in by_type.items() if c2 == c) for c in counts}
+        if None in counts.values():
+            why = next((f"the adapter has {c}.layers.N.{mod} on layers {_span(ls)} only (of 0-{seen[c] - 1})"
+                        for (c, mod), ls in sorted(by_type.items()) if counts[c] is None and len(ls) < seen[c]),
+                       None)
+            if why is None and (found := _config_may_leave_layers_out(config)):
+                why = f"the adapter's {found} may leave layers out"
+            if why is not None:
+                res.reasons.append(f"the base's layer count is unknown here and {why}: {target} drops a module type "
+                                   "that any layer lacks, so the layers left out need zero LoRA weights")
+                res.hint = "export again with base_path=BASE_DIR, the base model's local directory"
                 return res
+        for (c, mod), layers in sorted(by_type.items()):
             some = next(iter(layers.values()))
-            for i in missing:
-                fill[key.format(i)] = (some.name, int(some.a.shape[1]), int(some.b.shape[0]))
+            for i in range(counts[c] or seen[c]):
+                if i not in layers:
+                    fill[f"{c}.layers.{i}.{mod}"] = (some.name, int(some.a.shape[1]), int(some.b.shape[0]))
     if not (fold or pad or fill):
         return res
     import torch
