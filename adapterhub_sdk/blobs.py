@@ -13,7 +13,6 @@ digest nothing is stored. Reads re-hash and refuse a blob whose bytes changed.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import mmap
@@ -34,6 +33,7 @@ from ._copyhash import copy_and_hash
 from .adapter_files import open_regular
 from .errors import IntegrityError, NotFoundError
 from .hookspecs import hookimpl
+from .store_owner import OwnerFile
 
 if TYPE_CHECKING:
     from .interfaces import QuarantiningBlobStorage, StagingBlobStorage
@@ -48,10 +48,8 @@ def _check(digest: str) -> str:
     return digest
 
 
-#: the file naming the registry a store belongs to (its catalog's id)
-OWNER_FILE = "OWNER"
 
-class BlobStore:
+class BlobStore(OwnerFile):
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
 
@@ -63,37 +61,6 @@ class BlobStore:
             return self.path(digest).stat().st_size
         except FileNotFoundError:
             return 0
-
-    def owner(self) -> str | None:
-        """The registry this store belongs to (see :class:`~adapterhub_sdk.interfaces.OwnedBlobStorage`):
-        the id in ``OWNER``, never read through a link."""
-        try:
-            fd = os.open(self.root / OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            return None
-        with os.fdopen(fd, "rb") as f:
-            text = f.read(256).decode("ascii", errors="replace").strip()
-        return text or None
-
-    def claim(self, owner: str, *, force: bool = False) -> str:
-        """Record ``owner`` in ``OWNER`` unless a registry is recorded there already (an
-        exclusive link, so two claimers never both win); ``force`` replaces it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._tmpdir(), prefix="owner-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(owner.encode("ascii") + b"\n")
-            if force:
-                os.replace(tmp, self.root / OWNER_FILE)
-                return owner
-            try:
-                os.link(tmp, self.root / OWNER_FILE)
-            except FileExistsError:
-                pass
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return self.owner() or owner
 
     def path(self, digest: str) -> Path:
         d = _check(digest)

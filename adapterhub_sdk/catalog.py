@@ -8,80 +8,18 @@ on a SQLite home record and read exactly the same rows without importing SQLAlch
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from .errors import NotFoundError, VersionConflictError
 from .manifest import Manifest
 from .names import did_you_mean, name_key, typo_window
+from .sqlrun import RowConflict, Sql, utcnow  # noqa: F401 - the statements' runner, re-exported
 from .version_info import VersionInfo, _iso
 from .versions import Version, VersionSpec
 
 CHUNK = 500  # keys per IN list
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class RowConflict(Exception):
-    """A statement broke a unique constraint (another writer got there first): the caller's
-    transaction is rolled back and may be retried."""
-
-
-class Sql:
-    """Statements on one connection, inside the caller's transaction. Calling it runs one
-    statement and returns its rows (a :data:`adapterhub_sdk.resolving.Fetch`); driver errors
-    become one-line RegistryErrors, a unique-constraint violation :class:`RowConflict`."""
-
-    def __init__(self, cursor: Callable[[], Any], *, postgres: bool, errors: Any, integrity: Any,
-                 wrap: Callable[[BaseException], Exception]):
-        self._cursor = cursor
-        self.postgres = postgres
-        self._errors = errors
-        self._integrity = integrity
-        self._wrap = wrap
-
-    def _run(self, sql: str, params: Sequence[Any], many: bool) -> tuple[list[tuple[Any, ...]], int]:
-        cur = self._cursor()
-        try:
-            sql = sql.replace("?", "%s") if self.postgres else sql
-            if many:
-                cur.executemany(sql, [tuple(p) for p in params])
-                return [], cur.rowcount
-            cur.execute(sql, tuple(params))
-            rows = cur.fetchall() if cur.description is not None else []
-            return (rows if isinstance(rows, list) else list(rows)), cur.rowcount
-        except self._integrity as exc:
-            raise RowConflict(str(exc)) from exc
-        except self._errors as exc:
-            raise self._wrap(exc) from exc
-        finally:
-            cur.close()
-
-    def __call__(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._run(sql, params, False)[0]
-
-    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run a statement that returns no rows; the rows it changed."""
-        return self._run(sql, params, False)[1]
-
-    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            self._run(sql, rows, True)
-
-    def now(self) -> Any:
-        """The current time as a timestamp column takes it: an aware datetime on PostgreSQL;
-        on SQLite the text SQLAlchemy writes there (UTC, no offset), so either reads it back."""
-        now = utcnow()
-        return now if self.postgres else now.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-    def flag(self, value: bool) -> Any:
-        return bool(value) if self.postgres else int(bool(value))
 
 
 def timestamp(value: Any) -> Any:
@@ -396,130 +334,3 @@ def version_signatures(q: Sql, row: Any, ref: str) -> Any:
 
     return checked(row, ref, signature_rows(q, row.id), keys_by_id(q))
 
-
-# --- blob leases ----------------------------------------------------------------------------
-
-#: a lease older than this is a crashed publisher's, wherever it ran (one held by a process
-#: that is gone from this machine is dead at once)
-LEASE_SECONDS = 24 * 3600.0
-
-
-def _start_time(pid: int | str) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, starttime (the name may hold spaces)
-
-
-def _machine() -> str:
-    """This boot of this machine and this pid namespace: where a pid names one process."""
-    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return f"{boot} {os.readlink('/proc/self/ns/pid')}"
-
-
-def lease_holder() -> str:
-    """Who holds a lease: ``BOOT PIDNS PID START`` on Linux (checkable on this machine), else
-    ``pid PID`` (only expiry ends it)."""
-    try:
-        return f"{_machine()} {os.getpid()} {_start_time('self')}"
-    except (OSError, IndexError):
-        return f"pid {os.getpid()}"
-
-
-def holder_gone(holder: str) -> bool:
-    """Whether the process that took a lease is known to have ended: it ran on this machine
-    (same boot and pid namespace) and its pid is now free or another process's."""
-    try:
-        here = _machine()
-    except OSError:
-        return False
-    if not holder.startswith(here + " "):
-        return False
-    pid, _, start = holder[len(here) + 1:].partition(" ")
-    try:
-        os.kill(int(pid), 0)  # works where /proc hides other users' processes (hidepid)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError, OverflowError):
-        pass  # there (another user's), or not a pid we wrote
-    try:
-        return _start_time(int(pid)) != start  # the pid is another process's now
-    except (OSError, IndexError, ValueError):
-        return False  # hidden from us: taken for the holder
-
-
-def take_lease(core: Any, digests: Iterable[str]) -> str | None:
-    """Lease ``digests`` for a publish in progress, committed before it uploads any of them:
-    gc keeps them until :func:`end_lease`. Returns the lease (None for no digests)."""
-    shas = sorted(set(digests))
-    if not shas:
-        return None
-    lease, holder = uuid.uuid4().hex, lease_holder()
-    with core._sql(write=True) as q:
-        now = q.now()
-        q.many("INSERT INTO blob_leases (lease, sha256, holder, created_at) VALUES (?, ?, ?, ?)",
-               [(lease, s, holder, now) for s in shas])
-    return lease
-
-
-def end_lease(core: Any, lease: str | None) -> None:
-    """End a lease once its version is committed or its publish failed. A lease that cannot
-    be removed (the database went away) only keeps its blobs until it expires."""
-    if lease is None:
-        return
-    try:
-        with core._sql(write=True) as q:
-            if q.postgres:  # a removal lost in a server crash only expires later
-                q.run("SET LOCAL synchronous_commit TO OFF")
-            q.run("DELETE FROM blob_leases WHERE lease = ?", (lease,))
-    except Exception:  # noqa: S110 - a publish's outcome never depends on it; it expires
-        pass
-
-
-# --- which blob store is whose --------------------------------------------------------------
-
-REGISTRY_ID = "registry_id"
-
-
-def registry_id(core: Any) -> str | None:
-    """This registry's id (the catalog's, in ``settings``), made on first use; None for a
-    registry this process cannot write that has none yet. A blob store records the id of the
-    registry it belongs to, so that gc never deletes from another registry's store."""
-    with core._sql() as q:
-        got = q("SELECT value FROM settings WHERE name = ?", (REGISTRY_ID,))
-    if got:
-        return got[0][0]
-    if core._read_only():
-        return None
-    try:
-        with core._sql(write=True) as q:
-            if not q("SELECT value FROM settings WHERE name = ?", (REGISTRY_ID,)):
-                q.run("INSERT INTO settings (name, value) VALUES (?, ?)", (REGISTRY_ID, uuid.uuid4().hex))
-    except RowConflict:
-        pass  # another process made it first
-    with core._sql() as q:
-        return q("SELECT value FROM settings WHERE name = ?", (REGISTRY_ID,))[0][0]
-
-
-def claim_store(core: Any) -> None:
-    """Before a publish or an import writes blobs (once per registry object): record this
-    registry as the owner of its blob store when none is, and warn when the store is another
-    registry's, whose gc will not keep what this one publishes there."""
-    import warnings
-
-    from .errors import ForeignStoreWarning
-    from .interfaces import OwnedBlobStorage
-
-    if getattr(core, "_store_claimed", False) or not isinstance(core.blobs, OwnedBlobStorage):
-        return
-    core._store_claimed = True
-    mine = registry_id(core)
-    if mine is None:
-        return
-    owner = core.blobs.owner()
-    if owner is None:
-        owner = core.blobs.claim(mine)
-    if owner != mine:
-        warnings.warn(f"the blob store {core.blobs} belongs to another registry (id {owner[:12]}), not this one "
-                      f"({mine[:12]}): that registry's gc deletes every blob its own catalog does not reference, "
-                      "so versions recorded here can lose theirs; use the registry that owns the store "
-                      "(--registry / ADAPTERHUB_REGISTRY_URL), or a blob store of this registry's own",
-                      ForeignStoreWarning, stacklevel=4)

@@ -42,6 +42,7 @@ from .adapter_files import open_regular
 from .errors import IntegrityError, NotFoundError, RegistryError
 from .hookspecs import hookimpl
 from .s3_errors import _absent, _code, _no_bucket, _precondition, _s3_errors, _store_error
+from .store_owner import OwnerObject
 
 if TYPE_CHECKING:
     from .interfaces import QuarantiningBlobStorage, StagingBlobStorage
@@ -83,7 +84,7 @@ def _too_old(version: str) -> bool:
     return tuple(parts) < BOTOCORE_MIN
 
 
-class S3BlobStore:
+class S3BlobStore(OwnerObject):
     """Blobs in an S3 bucket under a prefix; ``client`` defaults to ``boto3.client("s3")``."""
 
     def __init__(self, bucket: str, prefix: str = "", *, client: Any = None, part_size: int = PART_SIZE):
@@ -143,33 +144,6 @@ class S3BlobStore:
     def key(self, digest: str) -> str:
         d = _check(digest)
         return f"{self.prefix}sha256/{d[:2]}/{d[2:]}"
-
-    @_s3_errors
-    def owner(self) -> str | None:
-        """The registry this store belongs to: the id in ``PREFIX/OWNER``."""
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}OWNER")["Body"]
-        except Exception as exc:
-            if _absent(exc):
-                self._check_bucket()
-                return None
-            raise
-        with body:
-            text = body.read(256).decode("ascii", errors="replace").strip()
-        return text or None
-
-    @_s3_errors
-    def claim(self, owner: str, *, force: bool = False) -> str:
-        """Record ``owner`` in ``PREFIX/OWNER`` unless one is recorded (a conditional write:
-        of two claimers, one wins); ``force`` replaces it."""
-        extra = {} if force else {"IfNoneMatch": "*"}
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}OWNER", Body=owner.encode("ascii") + b"\n",
-                                   **extra)
-        except Exception as exc:
-            if not _precondition(exc):
-                raise
-        return self.owner() or owner
 
     def _missing(self, digest: str) -> NotFoundError:
         return NotFoundError(f"blob sha256:{digest[:12]} is missing from {self}",

@@ -82,7 +82,7 @@ def test_a_store_no_registry_claimed_is_claimed_by_the_one_that_references_it(tm
     assert not (store / "OWNER").exists()
     with ah.Registry.open(team, blobs=store) as reg:
         reg.gc(grace_seconds=0)
-        from adapterhub_sdk.catalog import registry_id
+        from adapterhub_sdk.store_owner import registry_id
 
         assert (store / "OWNER").read_text().strip() == registry_id(reg)
     # an explicit claim (a catalog restored without its settings) takes the store over
@@ -106,7 +106,7 @@ def test_the_owner_record_is_never_read_through_a_link(tmp_path, base_dir, lora_
 
 
 def test_two_openings_of_one_registry_share_its_id(tmp_path):
-    from adapterhub_sdk.catalog import registry_id
+    from adapterhub_sdk.store_owner import registry_id
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     with ah.Registry.open(url, blobs=tmp_path / "b") as a, ah.Registry.open(url, blobs=tmp_path / "b") as b:

@@ -18,17 +18,17 @@ from sqlalchemy import Connection, delete, func, select
 
 from .. import db as dbmod
 from .. import tables
-from ..catalog import (  # noqa: F401 - re-exported: publish and import lease their blobs through these
+from ..errors import AdapterHubError
+from ..interfaces import QuarantiningBlobStorage
+from ..manifest import Manifest
+from ..names import parse_ref
+from ..store_owner import (  # noqa: F401 - re-exported: publish and import lease their blobs through these
     LEASE_SECONDS,
     end_lease,
     holder_gone,
     lease_holder,
     take_lease,
 )
-from ..errors import AdapterHubError
-from ..interfaces import QuarantiningBlobStorage
-from ..manifest import Manifest
-from ..names import parse_ref
 from ..tables import utcnow
 from ._core import T_ADAPTERS, T_BASES, T_FILES, T_VERSIONS, RegistryCore
 from .results import GcReport, VerifyReport
@@ -149,9 +149,9 @@ class LifecyclePart(RegistryCore):
         unreferenced, and was deleted. A store no registry has claimed (made before stores
         recorded their owner) is claimed here, unless this registry references none of what it
         holds: then it is most likely another registry's, and gc refuses."""
-        from ..catalog import registry_id
         from ..errors import RegistryError
         from ..interfaces import OwnedBlobStorage
+        from ..store_owner import registry_id
 
         if not isinstance(self.blobs, OwnedBlobStorage):
             return

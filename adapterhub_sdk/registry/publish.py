@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import catalog
+from .. import catalog, store_owner
 from ..dbinfo import read_only_error
 from ..errors import (
     AdapterHubError,
@@ -153,8 +153,8 @@ class PublishPart(RegistryCore):
             # written again (put_* check what is stored before deduplicating against it)
             reused = []  # staged copies of blobs already stored: kept until the version is committed
             reused_files = []  # files put_file found already stored (an AdapterPackage's, or no staging)
-            catalog.claim_store(self)
-            lease = catalog.take_lease(self, [f.sha256 for f in pkg.files])  # gc keeps them until it ends
+            store_owner.claim_store(self)
+            lease = store_owner.take_lease(self, [f.sha256 for f in pkg.files])  # gc keeps them until it ends
             try:
                 for f in pkg.files:
                     if f.staged is not None:
@@ -182,7 +182,7 @@ class PublishPart(RegistryCore):
             finally:
                 for staged in reused:
                     self.blobs.discard(staged)
-                catalog.end_lease(self, lease)
+                store_owner.end_lease(self, lease)
         finally:
             if own:
                 pkg.close()
@@ -237,8 +237,8 @@ class PublishPart(RegistryCore):
         written = 0
         created = False
         reused: list[StagedBlob] = []  # staged copies of blobs already stored: kept until the commit
-        catalog.claim_store(self)
-        lease = catalog.take_lease(self, [f.sha256 for f in manifest.files])  # gc keeps them until it ends
+        store_owner.claim_store(self)
+        lease = store_owner.take_lease(self, [f.sha256 for f in manifest.files])  # gc keeps them until it ends
         try:
             for f in manifest.files:  # repairs a corrupt or missing blob of an existing version too
                 src = sources[f.path]
@@ -263,7 +263,7 @@ class PublishPart(RegistryCore):
         finally:
             for staged in reused:
                 self.blobs.discard(staged)  # type: ignore[attr-defined]
-            catalog.end_lease(self, lease)
+            store_owner.end_lease(self, lease)
         call_hook("after_publish", manifest=manifest, created=created)
         return PublishResult(manifest.name, manifest.version, manifest.digest, created, written,
                              len(manifest.files), manifest)
