@@ -588,3 +588,24 @@ def test_a_pull_into_an_existing_out_refuses_before_recording_anything(oci, reg,
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         OciRemote(insecure=True).pull(other, f"{repo}:1.0.0", out)
     assert other.list() == [] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_resolve_remote_refuses_the_filters_it_cannot_apply_instead_of_ignoring_them(oci, tmp_path, base_dir,
+                                                                                     lora_dir, request):
+    """--method, --name, --runtime and --all were silently ignored by a remote search (a
+    nonexistent runtime still listed LoRA versions as exact), and so was a :TAG in the URL."""
+    repo = f"oci://{oci.host}/{_repo(request)}"
+    with ah.Registry.open() as home:
+        home.publish(lora_dir, name="acme/filters", version="1.0.0", base=base_dir)
+    run_cli("push", "acme/filters@1.0.0", "--to", repo, "--insecure", check=True)
+    for extra, names in ((["--method", "ia3"], "--method"), (["--runtime", "nonexistent"], "--runtime"),
+                         (["--name", "acme/filters"], "--name"), (["--all"], "--all")):
+        res = run_cli("resolve", "--base", str(base_dir), "--remote", repo, "--insecure", *extra)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and names in res.stderr, res.stderr
+        assert "apply to the local registry only" in res.stderr
+    tagged = run_cli("resolve", "--base", str(base_dir), "--remote", f"{repo}:1.0.0", "--insecure")
+    assert tagged.returncode == 1 and "give the repository only" in tagged.stderr, tagged.stderr
+    local = run_cli("resolve", "--base", str(base_dir), "--author", "acme")
+    assert local.returncode == 2 and "--author applies to --hub" in local.stderr
+    ok = run_cli("resolve", "--base", str(base_dir), "--remote", repo, "--insecure", "--json", check=True)
+    assert [h["verdict"] for h in json.loads(ok.stdout)] == ["exact"]

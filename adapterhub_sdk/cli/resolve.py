@@ -39,8 +39,16 @@ def resolve(ctx: click.Context, base: str | None, fingerprint: str | None, task:
         raise click.UsageError("give --hub or --remote URL, not both")
     allow_insecure(insecure)
     if on_hub or remote_url:
+        local_only = [opt for opt, given in (("--method", method), ("--name", name), ("--runtime", runtime),
+                                              ("--all", show_all)) if given]
+        if local_only:  # a remote search lists every version with its verdict: none of these is applied there
+            raise click.UsageError(f"{', '.join(local_only)} apply to the local registry only; "
+                                   f"{'--hub' if on_hub else '--remote'} lists every version with its verdict "
+                                   "(incompatible ones too); pull one and resolve locally to filter further")
         return resolve_remote(registry(ctx), base, fingerprint, task=task, author=author, limit=limit,
                               url=remote_url or HUB)
+    if author is not None:
+        raise click.UsageError("--author applies to --hub (and --remote) searches only")
     given = base_arg(base, fingerprint)
     hits = None
     if fingerprint is not None and runtime is None and not show_all:  # read straight from SQLite

@@ -385,6 +385,9 @@ class OciRemote:
         if self.url is None:
             raise NotFoundError("resolve needs the repository: oci://HOST/REPOSITORY")
         r = parse_oci_ref(self.url)
+        if r.tag or r.digest or r.spec:
+            raise NotFoundError(f"resolve against {self.url}: give the repository only (oci://HOST/REPOSITORY); "
+                                "every version there is listed with its verdict")
         fp = base if isinstance(base, str) else base.digest
         arch = None if isinstance(base, str) else base.arch_signature
         out: list[dict[str, Any]] = []
