@@ -261,3 +261,16 @@ def test_an_unpinned_cli_publish_and_local_pull_run_on_sqlite3_and_record_what_t
     assert [s[:3] for s in cli["signatures"]] == [s[:3] for s in api["signatures"]]
     with ah.Registry.open(f"sqlite:///{tmp_path / 'cli' / 'registry.db'}") as reg:
         assert reg.verify().ok and reg.signatures("acme/pub@1.0.0").status == "untrusted"
+
+
+def test_show_names_where_a_pulled_version_came_from(repo, tmp_path, base_dir, lora_dir):
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'pub.db'}", blobs=tmp_path / "pub-blobs") as pub:
+        pub.publish(lora_dir, name="acme/src", version="1.0.0", base=base_dir)
+        OciRemote(insecure=True).push(pub, "acme/src@1.0.0", repo)
+    env = _home(tmp_path, "home")
+    run_cli("pull", f"{repo}:1.0.0", "--insecure", env=env, check=True)
+    shown = run_cli("show", "acme/src@1.0.0", env=env, check=True).stdout
+    line = next(x for x in shown.splitlines() if x.strip().startswith("source"))
+    assert f"{repo}@sha256:" in line
+    run_cli("publish", str(lora_dir), "--name", "acme/own", "--version", "1.0.0", env=env, check=True)
+    assert "published in this registry" in run_cli("show", "acme/own@1.0.0", env=env, check=True).stdout

@@ -93,6 +93,7 @@ def show(ctx: click.Context, ref: str) -> Result:
         assert m is not None
         yield f"{info.name}@{info.version}" + ("  (yanked)" if info.yanked else "")
         yield f"  digest       {info.digest}"
+        yield f"  source       {info.source or 'published in this registry'}"
         yield f"  method       {m.method['type']} ({m.method.get('variant')})"
         summary = m.method.get("summary", {})
         if summary.get("rank") is not None:
