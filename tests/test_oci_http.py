@@ -196,3 +196,31 @@ def test_an_http_proxy_from_the_environment_is_used_and_no_proxy_honoured(monkey
         assert len(seen) == 1
     finally:
         proxy.shutdown()
+
+
+def test_a_body_that_stalls_is_told_as_a_stall_not_a_closed_connection():
+    """A server that sends part of a body and then goes quiet: the read times out while the
+    connection is still open. It was reported as 'the connection ... closed after 0 of N
+    bytes'; it says the connection stalled."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    release = threading.Event()
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 100)
+        release.wait(10)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    c = Client(timeout=0.5)
+    try:
+        with pytest.raises(BodyCutError, match="stalled .no data within the timeout. after") as exc:
+            b"".join(c.send("GET", f"http://127.0.0.1:{srv.getsockname()[1]}/blob", stream=True).iter_raw())
+        assert "closed" not in str(exc.value) and exc.value.expected == 5000
+    finally:
+        release.set()
+        c.close()
+        srv.close()

@@ -36,7 +36,10 @@ class BodyCutError(TransportError):
     def __init__(self, origin: str, received: int, expected: int | None, cause: str):
         self.origin, self.received, self.expected, self.cause = origin, received, expected, cause
         of = f" of {expected}" if expected is not None else ""
-        self.detail = f"the connection to {origin} closed after {received}{of} bytes"
+        if cause in ("TimeoutError", "timeout"):  # the server went quiet; the connection was not closed
+            self.detail = f"the connection to {origin} stalled (no data within the timeout) after {received}{of} bytes"
+        else:
+            self.detail = f"the connection to {origin} closed after {received}{of} bytes"
         super().__init__(f"{cause}: {self.detail}")
 
 
