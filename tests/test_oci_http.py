@@ -224,3 +224,25 @@ def test_a_body_that_stalls_is_told_as_a_stall_not_a_closed_connection():
         release.set()
         c.close()
         srv.close()
+
+
+def test_a_server_that_is_no_oci_registry_is_named_as_such(tmp_path):
+    """A pull from a port where another HTTP server listens said the repository had no tags
+    ('nothing pushed there yet?'); it now says the host does not answer as an OCI registry."""
+    from http.server import SimpleHTTPRequestHandler
+
+    from adapterhub_sdk.errors import NotFoundError
+    from adapterhub_sdk.oci.remote import OciRemote
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    srv = _serve(lambda *a, **k: Quiet(*a, directory=str(tmp_path), **k))
+    try:
+        with pytest.raises(NotFoundError, match=r"does not answer as an OCI registry \(GET /v2/ answered 404\)") as e:
+            OciRemote(insecure=True).pull(None, f"oci://127.0.0.1:{srv.server_address[1]}/team/x:1.0.0")
+        assert "host and port" in e.value.hint
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -256,6 +256,15 @@ class OciClient:
                                       hint="the registry failed on its side; retry, or see its logs")
         raise AdapterHubError(f"{what}: the registry refused the request ({code}{': ' + detail if detail else ''})")
 
+    def api_status(self) -> int | None:
+        """The status of ``GET /v2/``, the distribution API's base (a registry answers 200, or
+        401 asking for credentials); None when nothing answers."""
+        try:
+            resp = self.http.send("GET", self.base + "/v2/", headers={"User-Agent": "adapterhub"})
+        except Exception:
+            return None
+        return int(resp.status_code)
+
     @staticmethod
     def _scope(repo: str, push: bool = False) -> str:
         return f"repository:{repo}:{'pull,push' if push else 'pull'}"

@@ -143,6 +143,10 @@ class OciRemote:
 
         tags = [t for t in c.tags(ref.repo) if not t.startswith("sha256-")]
         if not tags:
+            status = c.api_status()
+            if status not in (200, 401):  # not the distribution API at all: another server on that port
+                return NotFoundError(f"{ref}: {ref.host} does not answer as an OCI registry (GET /v2/ answered "
+                                     f"{status or 'nothing'})", hint="check the registry's host and port")
             return NotFoundError(f"{ref}: the repository has no tags on {ref.host} (nothing pushed there yet?)")
         near = difflib.get_close_matches(reference, tags, n=5, cutoff=0.3) or sorted(tags)[-5:]
         return NotFoundError(f"{ref}: {reference} not found (tags: {', '.join(near)})")
