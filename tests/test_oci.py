@@ -342,6 +342,19 @@ def test_credentials_from_the_docker_configuration(tmp_path, reg, other, base_di
         monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
         (cfg / "config.json").write_text(json.dumps({"credHelpers": {srv.host: "testhelper"}}))
         assert OciRemote(insecure=True).pull(other, f"{repo}:1.0.0").version == "1.0.0"
+        # a helper that fails, and an identitytoken entry: said, not "none are configured"
+        failing = tmp_path / "bin" / "docker-credential-failing"
+        failing.write_text("#!/bin/sh\necho 'credentials not found in native keychain' >&2\nexit 1\n")
+        failing.chmod(0o755)
+        (cfg / "config.json").write_text(json.dumps({"credHelpers": {srv.host: "failing"}}))
+        with pytest.raises(OciAuthError, match=r"docker-credential-failing failed \(exit 1: credentials not found"):
+            OciRemote(insecure=True).pull(other, f"{repo}:1.0.0")
+        (cfg / "config.json").write_text(json.dumps({"auths": {srv.host: {"identitytoken": "tok"}}}))
+        with pytest.raises(OciAuthError, match="holds an identitytoken"):
+            OciRemote(insecure=True).pull(other, f"{repo}:1.0.0")
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nodocker"))
+        with pytest.raises(OciAuthError, match="none are configured"):  # nothing stale from the calls above
+            OciRemote(insecure=True).pull(other, f"{repo}:1.0.0")
     finally:
         srv.stop()
 

@@ -66,25 +66,42 @@ def _auth_host(key: str) -> str:
     return key.split("/", 1)[0]
 
 
+#: why the Docker configuration gave no credentials for a host although it names some (a
+#: helper that failed, an entry of a kind not supported): said when that host asks for them
+CREDENTIAL_PROBLEMS: dict[str, str] = {}
+
+
 def _helper(name: str, host: str) -> tuple[str, str] | None:
+    def problem(why: str) -> None:
+        CREDENTIAL_PROBLEMS[host.lower()] = f"the credential helper docker-credential-{name} {why}"
+
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        problem("has a name that is not a program name")
         return None
     try:
         out = subprocess.run([f"docker-credential-{name}", "get"], input=host.encode(), capture_output=True,
                              timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+    except OSError as exc:
+        problem(f"could not be run ({exc.strerror or exc})")
+        return None
+    except subprocess.TimeoutExpired:
+        problem("did not answer within 30 s")
         return None
     if out.returncode != 0:
+        said = " ".join(out.stderr.decode("utf-8", "replace").split() or out.stdout.decode("utf-8", "replace").split())
+        problem(f"failed (exit {out.returncode}{': ' + said[:120] if said else ''})")
         return None
     try:
         got = json.loads(out.stdout)
         return str(got["Username"]), str(got["Secret"])
     except (ValueError, KeyError, TypeError):
+        problem("answered something other than its JSON (Username, Secret)")
         return None
 
 
 def docker_credentials(host: str) -> tuple[str, str] | None:
     """(user, password) for ``host`` from the Docker configuration, or None."""
+    CREDENTIAL_PROBLEMS.pop(host.lower(), None)
     path = docker_config_path()
     try:
         cfg = json.loads(path.read_text("utf-8"))
@@ -111,6 +128,10 @@ def docker_credentials(host: str) -> tuple[str, str] | None:
                     return None
             if entry.get("username") and entry.get("password"):
                 return str(entry["username"]), str(entry["password"])
+            if entry.get("identitytoken"):
+                CREDENTIAL_PROBLEMS[want] = (f"the entry for {key} in {path} holds an identitytoken (an OAuth refresh "
+                                             "token), which adapterhub does not use; log in with a user and password "
+                                             "or token ('docker login')")
     store = cfg.get("credsStore")
     if isinstance(store, str) and store:
         return _helper(store, host)
@@ -204,6 +225,9 @@ class OciClient:
         if self._creds:
             raise OciAuthError(f"{what}: {self.host} refused the credentials from {docker_config_path()} (401)",
                                hint=hint)
+        why = CREDENTIAL_PROBLEMS.get(self.host.lower())
+        if why:
+            raise OciAuthError(f"{what}: {self.host} requires credentials (401), and {why}", hint=hint)
         raise OciAuthError(f"{what}: {self.host} requires credentials and none are configured (401)", hint=hint)
 
     def request(self, method: str, url: str, *, scope: str, what: str, ok: tuple[int, ...] = (200,),
