@@ -407,6 +407,8 @@ def test_cli_push_pull_resolve_json(oci, tmp_path, base_dir, lora_dir, request):
         home.publish(lora_dir, name="acme/cli", version="1.0.0", base=base_dir)
     pushed = json.loads(run_cli("push", "acme/cli@1.0.0", "--to", repo, "--insecure", "--json", check=True).stdout)
     assert pushed["tag"] == "1.0.0" and pushed["created"] is True
+    with ah.Registry.open() as home:  # the OCI manifest's digest is "digest"; the adapter's, "adapter_digest"
+        assert pushed["adapter_digest"] == home.show("acme/cli@1.0.0").digest != pushed["digest"]
     bad = run_cli("push", "acme/cli@1.0.0", "--to", repo)  # HTTPS by default: a plain-HTTP registry fails
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--insecure" in bad.stderr
     env = {"ADAPTERHUB_HOME": str(tmp_path / "home2")}
@@ -417,6 +419,7 @@ def test_cli_push_pull_resolve_json(oci, tmp_path, base_dir, lora_dir, request):
     hits = json.loads(run_cli("resolve", "--base", str(base_dir), "--remote", repo, "--insecure", "--json",
                               env=env, check=True).stdout)
     assert [(h["verdict"], h["name"]) for h in hits] == [("exact", f"{repo}:1.0.0")]
+    assert hits[0]["adapter_digest"] == pulled["digest"] and hits[0]["digest"] == pushed["digest"]
     missing = run_cli("pull", f"{repo}:9.9.9", "--insecure", env=env)
     assert missing.returncode == 1 and "not found (tags: 1.0.0)" in missing.stderr
 

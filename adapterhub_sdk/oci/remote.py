@@ -64,10 +64,12 @@ class OciPushResult:
     tag: str
     created: bool
     signatures: int
+    adapter_digest: str = ""  # the adapter manifest's digest (``digest`` in pull --json and show)
 
     def to_dict(self) -> dict[str, Any]:
         return {"repo": self.repo, "version": self.version, "commit": self.commit, "digest": self.commit,
-                "url": self.url, "tag": self.tag, "created": self.created, "signatures": self.signatures}
+                "adapter_digest": self.adapter_digest, "url": self.url, "tag": self.tag, "created": self.created,
+                "signatures": self.signatures}
 
     @property
     def summary(self) -> str:
@@ -191,7 +193,7 @@ class OciRemote:
             sigs = registry.signatures(f"{info.name}@{info.version}").bundles
             pushed = self._push_signatures(c, target, digest, sigs) if sigs else 0
         return OciPushResult(f"{target.host}/{target.repo}", manifest.version, digest,
-                             f"{target.repo_url}@{digest}", tag, existing is None, pushed)
+                             f"{target.repo_url}@{digest}", tag, existing is None, pushed, manifest.digest)
 
     def _push_files(self, c: OciClient, target: OciRef, registry: Any, manifest: Manifest) -> None:
         blobs = registry.blobs
@@ -432,8 +434,8 @@ class OciRemote:
                     reasons = [f"pinned to base {pinned[:12]}" + (f" (architecture {parch[:12]})" if parch else "")
                                if pinned else "not pinned to a base"]
                 out.append({"name": f"{r.repo_url}:{tag}", "repo": f"{r.host}/{r.repo}", "version": str(v),
-                            "digest": got[1], "adapter": info["name"], "verdict": verdict, "reasons": reasons,
-                            "tasks": info["tasks"], "method": info["method"]})
+                            "digest": got[1], "adapter": info["name"], "adapter_digest": info["adapter_digest"],
+                            "verdict": verdict, "reasons": reasons, "tasks": info["tasks"], "method": info["method"]})
         order = {"exact": 0, "structural": 1, "incompatible": 2}
         out.sort(key=lambda h: order[h["verdict"]])
         return out[:limit]
@@ -450,7 +452,7 @@ class OciRemote:
         m = config_manifest(c.fetch_small(r.repo, digest, CONFIG_LIMIT), f"{r}")
         return {"name": m.name, "fingerprint": m.base.fingerprint or "", "arch": m.base.arch_signature or "",
                 "method": m.method.get("type", ""), "tasks": list(m.tasks), "version": m.version,
-                "requirements": m.requirements}
+                "requirements": m.requirements, "adapter_digest": m.digest}
 
     # ------------------------------------------------------------------ bases
 
