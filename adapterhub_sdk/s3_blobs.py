@@ -42,6 +42,7 @@ from .adapter_files import open_regular
 from .errors import IntegrityError, NotFoundError, RegistryError
 from .hookspecs import hookimpl
 from .s3_errors import _absent, _code, _no_bucket, _precondition, _s3_errors, _store_error
+from .s3_staging import PREFIX, SUFFIX, clean_staging, staging_dir
 from .store_owner import OwnerObject
 
 if TYPE_CHECKING:
@@ -262,7 +263,7 @@ class S3BlobStore(OwnerObject):
         from .blobs import _copy_hashed
 
         self._warm_client()  # the first request will need it: made meanwhile, while this copies
-        fd, name = tempfile.mkstemp(prefix="adapterhub-s3.", suffix=".incomplete")
+        fd, name = tempfile.mkstemp(prefix=PREFIX, suffix=SUFFIX, dir=staging_dir())  # gc cleans what a kill left
         tmp = Path(name)
         try:
             try:  # the kernel copies; the copy is hashed as the local store hashes it: what is hashed is what goes up
@@ -321,6 +322,10 @@ class S3BlobStore(OwnerObject):
         """Upload a staged copy under its digest, conditionally: 0 bytes if an intact object is
         there already (a corrupt one is deleted and written again)."""
         try:
+            if not staged.path.exists():
+                raise IntegrityError(f"the staged copy of blob sha256:{staged.sha256[:12]} was removed while "
+                                     "publishing (by 'adapterhub gc --grace 0'?)",
+                                     hint="publish again; run gc with its default grace while others publish")
             for _ in range(3):
                 if self._upload(staged.path, self.key(staged.sha256), staged.size):
                     return staged.size
@@ -452,7 +457,7 @@ class S3BlobStore(OwnerObject):
                 n += 1
                 if not dry_run:
                     self.release(obj["Key"], digest, keep=True)
-        return n
+        return n + clean_staging(older_than, dry_run=dry_run)
 
 
 def _copy_hash(src: Any, dst: BinaryIO, h: Any) -> int:

@@ -112,3 +112,55 @@ def test_two_openings_of_one_registry_share_its_id(tmp_path):
     with ah.Registry.open(url, blobs=tmp_path / "b") as a, ah.Registry.open(url, blobs=tmp_path / "b") as b:
         assert registry_id(a) == registry_id(b) and len(registry_id(a) or "") == 32
     assert Path(tmp_path / "b").exists() is False  # asking for the id writes no store
+
+
+_KILLED = """import os, signal, sys
+import adapterhub_sdk as ah
+from adapterhub_sdk.s3_blobs import S3BlobStore
+def stop(self, staged):
+    print("staged", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+S3BlobStore.put_staged = stop
+with ah.Registry.open(sys.argv[1], blobs=sys.argv[2]) as reg:
+    reg.publish(sys.argv[3], name="team/killed", version="1.0.0")
+"""
+
+
+def test_a_killed_s3_publish_leaves_its_staged_copy_where_gc_removes_it(s3_url, tmp_path, lora_dir, monkeypatch):
+    """Server: moto_server on loopback. A publish killed after staging left a copy of the
+    adapter's full size in the system's temp directory, where gc never looked. Staged copies
+    now live in a per-user directory there that gc cleans after its grace period."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from adapterhub_sdk.s3_staging import staging_dir
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "t"))  # this test's own temp directory, for both processes
+    (tmp_path / "t").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", None)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    proc = subprocess.run([sys.executable, "-c", _KILLED, url, s3_url, str(lora_dir)], capture_output=True, text=True,
+                          env=os.environ, timeout=120)
+    assert proc.returncode == -signal.SIGKILL and "staged" in proc.stdout, proc.stderr
+    d = staging_dir()
+    assert d is not None and d.startswith(str(tmp_path / "t"))
+    left = os.listdir(d)
+    assert left and all(n.startswith("adapterhub-s3.") for n in left)
+    with ah.Registry.open(url, blobs=s3_url) as reg:
+        assert reg.gc().temp_removed == 0 and os.listdir(d) == left  # within the grace period: kept
+        assert reg.gc(grace_seconds=0).temp_removed >= len(left)
+    assert os.listdir(d) == []
+
+
+def test_a_staging_directory_that_is_a_link_is_never_used(tmp_path, monkeypatch):
+    import os
+
+    from adapterhub_sdk.s3_staging import staging_dir
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (tmp_path / f"adapterhub-s3-staging-{os.getuid()}").symlink_to(elsewhere)
+    assert staging_dir() is None
