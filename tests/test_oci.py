@@ -167,7 +167,16 @@ def test_resolve_against_a_repository_gives_the_usual_verdicts(oci, reg, base_di
     assert (hit["verdict"], hit["name"], hit["tasks"]) == ("exact", f"{repo}:1.0.0", ["sentiment"])
     assert remote.resolve(reg._as_base(str(base_other_weights)))[0]["verdict"] == "structural"
     (bad,) = remote.resolve(reg._as_base(str(base_other_shape)))
-    assert bad["verdict"] == "incompatible" and "pinned to base" in bad["reasons"][0]
+    assert bad["verdict"] == "incompatible"
+    # the verdicts and reasons local resolve gives for the same version and base (a 3-layer base
+    # was structural here and incompatible there: the remote compared architecture signatures only)
+    from conftest import save_base
+
+    deeper = save_base(request.config._tmp_path_factory.mktemp("deeper") / "base", layers=3, seed=0)
+    for b in (base_dir, base_other_weights, base_other_shape, deeper):
+        (local,) = reg.resolve(b, include_incompatible=True)
+        (there,) = remote.resolve(reg._as_base(str(b)))
+        assert (there["verdict"], there["reasons"]) == (local.verdict, list(local.reasons)), b
     assert remote.resolve(reg._as_base(str(base_dir)), task="translation") == []
 
 

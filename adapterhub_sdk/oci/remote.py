@@ -387,6 +387,7 @@ class OciRemote:
         layer): exact (same fingerprint), structural (same arch signature), incompatible (and
         so where the manifest's requirements do not fit a base given with its shapes)."""
         from ..methods.base import check_requirements
+        from ..resolving import EXACT_WHY, NO_FP_WHY
 
         if self.url is None:
             raise NotFoundError("resolve needs the repository: oci://HOST/REPOSITORY")
@@ -420,11 +421,15 @@ class OciRemote:
                         (author and not info["name"].lower().startswith(author.lower() + "/")):
                     continue  # a tag holding another version's manifest, or annotations that lied
                 pinned, parch = info["fingerprint"], info["arch"]
-                misfit = check_requirements(info["requirements"], base) \
-                    if not isinstance(base, str) and (pinned == fp or (arch and parch == arch)) else []
-                if misfit:  # a pin or a signature the files do not bear out: what a pull would refuse
-                    verdict, reasons = "incompatible", misfit
-                elif pinned and pinned == fp:
+                if not isinstance(base, str):  # a base with its shapes: the verdicts local resolve gives
+                    misfit = check_requirements(info["requirements"], base)
+                    if misfit:
+                        verdict, reasons = "incompatible", misfit
+                    elif pinned and pinned == fp:
+                        verdict, reasons = "exact", []
+                    else:
+                        verdict, reasons = "structural", list(EXACT_WHY if pinned else NO_FP_WHY)
+                elif pinned and pinned == fp:  # a bare fingerprint: no shapes to check the files against
                     verdict, reasons = "exact", []
                 elif arch and parch == arch:
                     verdict, reasons = "structural", ["base weights differ from the ones the adapter was trained on",
