@@ -25,6 +25,16 @@ pytestmark = pytest.mark.skipif(REGISTRY is None, reason=SKIP_REASON)
 K = 1000  # body bytes the proxy lets through before it cuts
 
 
+def _ask(upstream: str, req: BaseHTTPRequestHandler) -> tuple[http.client.HTTPResponse, bytes]:
+    """Send ``req`` on to the registry at ``upstream``: its response and whole body."""
+    conn = http.client.HTTPConnection(upstream, timeout=10)
+    conn.request(req.command, req.path, headers={k: v for k, v in req.headers.items() if k.lower() != "host"})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp, body
+
+
 class CuttingProxy(LoopbackHTTP):
     """Forwards GET and HEAD to a registry; the GET of blob ``target`` is answered per ``mode``:
     ``fin`` (its Content-Length, K bytes, then closed), ``reset`` (K bytes, then a TCP reset),
@@ -45,12 +55,7 @@ class CuttingProxy(LoopbackHTTP):
                 self._forward()
 
             def _forward(self):
-                conn = http.client.HTTPConnection(upstream, timeout=10)
-                conn.request(self.command, self.path, headers={k: v for k, v in self.headers.items()
-                                                                if k.lower() != "host"})
-                resp = conn.getresponse()
-                body = resp.read()
-                conn.close()
+                resp, body = _ask(upstream, self)
                 cut = self.command == "GET" and self.path.endswith("/blobs/" + proxy.target)
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
@@ -147,18 +152,10 @@ class DigestlessProxy(LoopbackHTTP):
             protocol_version = "HTTP/1.1"
 
             def do_HEAD(self):
-                self._forward()
+                self.do_GET()
 
             def do_GET(self):
-                self._forward()
-
-            def _forward(self):
-                conn = http.client.HTTPConnection(upstream, timeout=10)
-                conn.request(self.command, self.path, headers={k: v for k, v in self.headers.items()
-                                                                if k.lower() != "host"})
-                resp = conn.getresponse()
-                body = resp.read()
-                conn.close()
+                resp, body = _ask(upstream, self)
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("content-length", "connection", "transfer-encoding",
