@@ -2,8 +2,9 @@
 oci://...`` and ``adapterhub push ... --to oci://`` need, without SQLAlchemy's import (a fifth
 of a second, more than the whole transfer of a small adapter from a registry nearby).
 
-It is not a second implementation: it is the registry's own publish, transfer and signature
-parts (:mod:`adapterhub_sdk.registry.publish`, ``.transfer``, ``.signatures``), whose every
+It is not a second implementation: it is the registry's own bases, publish, transfer and
+signature parts (:mod:`adapterhub_sdk.registry.bases`, ``.publish``, ``.transfer``,
+``.signatures``), whose every
 statement is :mod:`adapterhub_sdk.catalog`'s plain SQL, run here on a sqlite3 connection set
 up as the registry's engine sets up its own (busy timeout, WAL, foreign keys, ``BEGIN
 IMMEDIATE`` for writes). It opens only an existing database file at the current schema that
@@ -28,6 +29,7 @@ from .dbinfo import (
     sqlite_file,
     sqlite_revision,
 )
+from .registry.bases import BasesPart
 from .registry.publish import PublishPart
 from .registry.signatures import SignaturesPart
 from .registry.transfer import TransferPart
@@ -45,7 +47,7 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteRegistry(PublishPart, TransferPart, SignaturesPart):
+class SqliteRegistry(BasesPart, PublishPart, TransferPart, SignaturesPart):
     """The registry's record, pull, push and signature operations on a SQLite file, over
     sqlite3 (see the module's docstring). Open with :meth:`open`; close when done."""
 

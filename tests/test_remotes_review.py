@@ -177,7 +177,19 @@ def test_a_build_metadata_twin_tag_is_not_pulled_for_the_version_asked(oci, tmp_
         a.publish(lora_dir, name="acme/twin", version="1.0.0", base=base_dir)
         b.publish(lora_dir_b, name="acme/twin", version="1.0.0+b1", base=base_dir)
         OciRemote(insecure=True).push(a, "acme/twin@1.0.0", repo)
-        OciRemote(insecure=True).push(b, "acme/twin@1.0.0+b1", repo)
+        with pytest.raises(AdapterHubError, match="is the same version as"):  # our push refuses the twin now
+            OciRemote(insecure=True).push(b, "acme/twin@1.0.0+b1", repo)
+        # another tool's push: the same artifact, written with the client itself
+        from adapterhub_sdk.oci.artifact import artifact_manifest
+        from adapterhub_sdk.oci.client import OciClient, sha256_digest
+        from adapterhub_sdk.oci.refs import parse_oci_ref, version_tag
+
+        m, target = b.show("acme/twin@1.0.0+b1").manifest, parse_oci_ref(repo)
+        cfg = m.to_json()
+        with OciClient(oci.host, insecure=True) as cl:
+            OciRemote(insecure=True)._push_files(cl, target, b, m)
+            cl.push_blob(target.repo, sha256_digest(cfg), len(cfg), cfg)
+            cl.put_manifest(target.repo, version_tag(m.version), artifact_manifest(m, sha256_digest(cfg), len(cfg)))
         want = {"1.0.0+b1": b.show("acme/twin@1.0.0+b1").digest, "1.0.0": a.show("acme/twin@1.0.0").digest}
         for spec, version in (("1.0.0+b1", "1.0.0+b1"), ("1.0.0", "1.0.0"), ("latest", None)):
             fresh = _open(tmp_path, "fresh-" + spec.replace("+", "_"))

@@ -274,3 +274,29 @@ def test_show_names_where_a_pulled_version_came_from(repo, tmp_path, base_dir, l
     assert f"{repo}@sha256:" in line
     run_cli("publish", str(lora_dir), "--name", "acme/own", "--version", "1.0.0", env=env, check=True)
     assert "published in this registry" in run_cli("show", "acme/own@1.0.0", env=env, check=True).stdout
+
+
+def test_a_pinned_cli_publish_runs_on_sqlite3_and_records_the_base_as_the_registry_does(tmp_path, base_dir,
+                                                                                      lora_dir):
+    env = _home(tmp_path, "cli")
+    got = _run("publish", str(lora_dir), "--name", "acme/pin", "--version", "1.0.0", "--base", str(base_dir),
+               env=env)
+    assert got == {"code": 0, "sqlalchemy": False}
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'api' / 'registry.db'}") as reg:
+        reg.publish(lora_dir, name="acme/pin", version="1.0.0", base=base_dir)
+
+    def bases(db: Path) -> tuple[list, list]:
+        conn = sqlite3.connect(db)
+        try:
+            return (conn.execute("SELECT fingerprint, arch_signature, n_tensors, n_params, total_bytes, shapes, "
+                                 "config FROM bases").fetchall(),
+                    conn.execute("SELECT fingerprint, kind, locator, revision, details FROM base_sources "
+                                 "ORDER BY kind, locator").fetchall())
+        finally:
+            conn.close()
+
+    assert bases(tmp_path / "cli" / "registry.db") == bases(tmp_path / "api" / "registry.db")
+    with ah.Registry.open(f"sqlite:///{tmp_path / 'cli' / 'registry.db'}") as reg:
+        (hit,) = reg.resolve(base_dir)
+        assert hit.verdict == "exact" and hit.name == "acme/pin"
+        assert reg.show("acme/pin@1.0.0").base_seen_as == (str(base_dir.resolve()),)

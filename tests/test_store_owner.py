@@ -126,7 +126,8 @@ with ah.Registry.open(sys.argv[1], blobs=sys.argv[2]) as reg:
 """
 
 
-def test_a_killed_s3_publish_leaves_its_staged_copy_where_gc_removes_it(s3_url, tmp_path, lora_dir, monkeypatch):
+def test_a_killed_s3_publish_leaves_its_staged_copy_where_gc_removes_it(s3_url, tmp_path, lora_dir,  # noqa: F811
+                                                                      monkeypatch):
     """Server: moto_server on loopback. A publish killed after staging left a copy of the
     adapter's full size in the system's temp directory, where gc never looked. Staged copies
     now live in a per-user directory there that gc cleans after its grace period."""

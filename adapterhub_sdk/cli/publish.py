@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ._app import BASE, catalog_registry, cli, examples, registry
+from ._app import BASE, catalog_registry, cli, examples
 from ._output import Result, emits, human_size
 
 
@@ -50,8 +50,7 @@ def publish(ctx: click.Context, directory: str, name: str, version: str, base: s
         from ..signing.keys import load_private_key
 
         key = load_private_key(sign_key)
-    # unpinned, a publish needs none of the base's records: the registry's publish runs on sqlite3
-    reg = registry(ctx) if base is not None else catalog_registry(ctx)
+    reg = catalog_registry(ctx)  # on an existing SQLite home: the registry's publish and bases parts on sqlite3
     res = reg.publish(directory, name=name, version=version, base=base, tasks=list(tasks),
                                 license=license_, description=description, metrics=_parse_metrics(metrics),
                                 subfolder=subfolder, allow_nonfinite=allow_nonfinite)

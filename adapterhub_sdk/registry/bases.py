@@ -9,27 +9,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError as SAIntegrityError
-
-from .. import db as dbmod
 from ..errors import NotFoundError
 from ..fingerprint import BaseFingerprint, fingerprint
 from ..remotes import remote_for
-from ..resolving import HEXPREFIX
-from ..tables import utcnow
-from ._core import T_ADAPTERS, T_BASES, T_REQS, T_SOURCES, T_VERSIONS, RegistryCore
+from ..resolving import _BASE_COLS, HEXPREFIX, base_from_row
+from ..sqlrun import RowConflict
+from ._core import RegistryCore
 
 _HEXPREFIX = HEXPREFIX
-
-
-def _base_from_row(row: Any) -> BaseFingerprint:
-    body = json.loads(row.shapes)
-    return BaseFingerprint(row.fingerprint, row.arch_signature, row.n_tensors, row.n_params,
-                           body.get("dtypes", {}), {k: tuple(v) for k, v in body["shapes"].items()},
-                           body.get("tied", {}), None, row.total_bytes,
-                           json.loads(row.config) if row.config else None)
-
 
 
 class BasesPart(RegistryCore):
@@ -62,37 +49,35 @@ class BasesPart(RegistryCore):
     def _record_base(self, fp: BaseFingerprint, sources: Sequence[tuple[str, str, str, str]]) -> None:
         body = json.dumps({"shapes": {k: list(v) for k, v in fp.shapes.items()}, "tied": fp.tied,
                            "dtypes": fp.dtypes}, sort_keys=True)
-        with self._read() as conn:
-            known = conn.execute(select(T_BASES.c.fingerprint).where(T_BASES.c.fingerprint == fp.digest)).first()
+        where = "kind = ? AND locator = ? AND revision = ?"
+        with self._sql() as q:
+            known = bool(q("SELECT fingerprint FROM bases WHERE fingerprint = ?", (fp.digest,)))
             fresh = True
             for kind, loc, rev, _ in sources:
-                row = conn.execute(select(T_SOURCES.c.fingerprint).where(
-                    T_SOURCES.c.kind == kind, T_SOURCES.c.locator == loc, T_SOURCES.c.revision == rev)).first()
-                fresh = fresh and row is not None and row.fingerprint == fp.digest
-        if known and fresh or dbmod.is_read_only(self.engine):  # read-only: nothing cached
+                row = q(f"SELECT fingerprint FROM base_sources WHERE {where}", (kind, loc, rev))
+                fresh = fresh and bool(row) and row[0][0] == fp.digest
+        if known and fresh or self._read_only():  # read-only: nothing cached
             return
         for attempt in range(3):
             try:
-                with self._write() as conn:
-                    if not conn.execute(select(T_BASES.c.fingerprint).where(
-                            T_BASES.c.fingerprint == fp.digest)).first():
-                        conn.execute(insert(T_BASES).values(
-                            fingerprint=fp.digest, arch_signature=fp.arch_signature, n_tensors=fp.n_tensors,
-                            n_params=fp.n_params, total_bytes=fp.total_bytes, shapes=body,
-                            config=json.dumps(fp.config, sort_keys=True) if fp.config else None,
-                            created_at=utcnow()))
+                with self._sql(write=True) as q:
+                    now = q.now()
+                    if not q("SELECT fingerprint FROM bases WHERE fingerprint = ?", (fp.digest,)):
+                        q.run("INSERT INTO bases (fingerprint, arch_signature, n_tensors, n_params, total_bytes, shapes, "
+                              "config, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              (fp.digest, fp.arch_signature, fp.n_tensors, fp.n_params, fp.total_bytes, body,
+                               json.dumps(fp.config, sort_keys=True) if fp.config else None, now))
                     for kind, loc, rev, details in sources:
-                        cond = and_(T_SOURCES.c.kind == kind, T_SOURCES.c.locator == loc, T_SOURCES.c.revision == rev)
-                        if conn.execute(select(T_SOURCES.c.id).where(cond)).first():
-                            conn.execute(update(T_SOURCES).where(cond).values(
-                                fingerprint=fp.digest, details=details, seen_at=utcnow()))
+                        if q(f"SELECT id FROM base_sources WHERE {where}", (kind, loc, rev)):
+                            q.run(f"UPDATE base_sources SET fingerprint = ?, details = ?, seen_at = ? WHERE {where}",
+                                  (fp.digest, details, now, kind, loc, rev))
                         else:
-                            conn.execute(insert(T_SOURCES).values(fingerprint=fp.digest, kind=kind, locator=loc,
-                                                                  revision=rev, details=details, seen_at=utcnow()))
+                            q.run("INSERT INTO base_sources (fingerprint, kind, locator, revision, details, seen_at) "
+                                  "VALUES (?, ?, ?, ?, ?, ?)", (fp.digest, kind, loc, rev, details, now))
                 if not known:
                     self._yank_unborne_claims(fp)
                 return
-            except SAIntegrityError:
+            except RowConflict:
                 if attempt == 2:
                     raise
 
@@ -107,19 +92,17 @@ class BasesPart(RegistryCore):
         from ..adapter_files import AdapterContentWarning
         from ..methods.base import check_requirements
 
-        with self._write() as conn:
-            rows = conn.execute(
-                select(T_VERSIONS.c.id, T_VERSIONS.c.version, T_VERSIONS.c.source, T_ADAPTERS.c.name, T_REQS.c.body)
-                .join(T_ADAPTERS, T_ADAPTERS.c.id == T_VERSIONS.c.adapter_id)
-                .join(T_REQS, T_REQS.c.digest == T_VERSIONS.c.req_digest)
-                .where(T_VERSIONS.c.base_fingerprint == fp.digest, T_VERSIONS.c.source.isnot(None),
-                       T_VERSIONS.c.yanked.is_(False))).all()
-            for row in rows:
-                reasons = check_requirements(json.loads(row.body), fp)
+        with self._sql(write=True) as q:
+            rows = q("SELECT v.id, v.version, v.source, a.name, r.body FROM versions v "
+                     "JOIN adapters a ON a.id = v.adapter_id JOIN requirement_sets r ON r.digest = v.req_digest "
+                     "WHERE v.base_fingerprint = ? AND v.source IS NOT NULL AND v.yanked = ?",
+                     (fp.digest, q.flag(False)))
+            for vid, version, source, name, req_body in rows:
+                reasons = check_requirements(json.loads(req_body), fp)
                 if not reasons:
                     continue
-                conn.execute(update(T_VERSIONS).where(T_VERSIONS.c.id == row.id).values(yanked=True))
-                warnings.warn(f"{row.name}@{row.version} (pulled from {row.source}) claims base {fp.short}, but its "
+                q.run("UPDATE versions SET yanked = ? WHERE id = ?", (q.flag(True), vid))
+                warnings.warn(f"{name}@{version} (pulled from {source}) claims base {fp.short}, but its "
                               f"files do not fit it ({reasons[0]}): yanked, so that resolve does not offer it",
                               AdapterContentWarning, stacklevel=4)
 
@@ -128,18 +111,21 @@ class BasesPart(RegistryCore):
         """A recorded base by the sha256 of its weight files, or by Hub (repo, commit)."""
         from ..sources import files_key
 
-        conds = []
+        conds: list[str] = []
+        params: list[Any] = []
         if files:
-            conds.append(and_(T_SOURCES.c.kind == "files", T_SOURCES.c.locator == files_key(files)))
+            conds.append("(s.kind = 'files' AND s.locator = ?)")
+            params.append(files_key(files))
         if hub:
-            conds.append(and_(T_SOURCES.c.kind == "hub", T_SOURCES.c.locator == hub[0],
-                              T_SOURCES.c.revision == hub[1]))
+            conds.append("(s.kind = 'hub' AND s.locator = ? AND s.revision = ?)")
+            params += [hub[0], hub[1]]
         if not conds:
             return None
-        with self._read() as conn:
-            row = conn.execute(select(T_BASES).join(T_SOURCES, T_SOURCES.c.fingerprint == T_BASES.c.fingerprint)
-                               .where(or_(*conds)).limit(1)).first()
-        return _base_from_row(row) if row else None
+        cols = ", ".join(f"b.{c.strip()}" for c in _BASE_COLS.split(","))
+        with self._sql() as q:
+            rows = q(f"SELECT {cols} FROM bases b JOIN base_sources s ON s.fingerprint = b.fingerprint "
+                     f"WHERE {' OR '.join(conds)} LIMIT 1", params)
+        return base_from_row(rows[0]) if rows else None
 
     def record_base_source(self, fp: BaseFingerprint, kind: str, locator: str, revision: str = "",
                            details: Mapping[str, Any] | None = None) -> None:
@@ -161,11 +147,3 @@ class BasesPart(RegistryCore):
                     return base.lower()
                 raise
         return self.register_base(base)
-
-    @staticmethod
-    def _seen_as(conn: Any, fp: str) -> tuple[str, ...]:
-        """Where the weights of fingerprint ``fp`` were seen: local paths and Hub snapshots."""
-        rows = conn.execute(select(T_SOURCES.c.kind, T_SOURCES.c.locator, T_SOURCES.c.revision)
-                            .where(T_SOURCES.c.fingerprint == fp, T_SOURCES.c.kind.in_(("path", "hub")))
-                            .order_by(T_SOURCES.c.seen_at.desc(), T_SOURCES.c.id.desc()).limit(20)).all()
-        return tuple(f"hf://{r.locator}@{r.revision}" if r.kind == "hub" else r.locator for r in rows)
