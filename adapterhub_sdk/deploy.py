@@ -5,8 +5,8 @@ spec (``acme/sentiment@^1``, ``acme/sentiment@prod``). Each is resolved, its blo
 and digest-verified in memory, and checked against the base fingerprint before any tensor
 touches the model. Target ``nn.Linear`` modules (and ``nn.Embedding`` ones) are wrapped
 once; adapters live beside them as small per-adapter tensors, so attaching, detaching or
-swapping one costs the same however many are resident, and a batch may mix adapters row by row (two batched
-matmuls per module over per-row stacks, kept while the same batch runs on). A single hot
+swapping one costs the same however many are resident, and a batch may mix adapters row by row (each
+adapter's rows computed as PEFT computes them, two matmuls per adapter per module). A single hot
 adapter can be merged into the base weights for zero overhead and unmerged exactly.
 """
 
@@ -85,7 +85,6 @@ class Deployment:
         self._adapters: dict[str, AttachedAdapter] = {}
         self._next_slot = 0
         self._merged: tuple[str, list[tuple[Any, Any]]] | None = None
-        self._merge_exact: dict[int, dict[str, tuple[Any, float]]] = {}  # slot -> module -> (B, scaling)
         self.base_path: Path | None = None
         self._loaded: Any = None
         if isinstance(base, (str, Path)):
@@ -175,13 +174,11 @@ class Deployment:
                 if update.a is not None:
                     wrapper.A[slot] = update.a
                     wrapper.B[slot] = update.b
+                    wrapper.scaling[slot] = update.scaling
                 for kind, v in update.vec.items():
                     wrapper.add_vector(kind, slot, v)
                 wrapper.cached = None
                 nbytes += wrapper.nbytes(slot)
-                if update.merge is not None:  # what merge needs to compute PEFT's delta bit for bit
-                    self._merge_exact.setdefault(slot, {})[module_name] = update.merge
-                    nbytes += update.merge[0].numel() * update.merge[0].element_size()
             for module_name, e in prepared.embeddings.items():
                 emb = self._embeddings.get(module_name)
                 if emb is None:
@@ -236,7 +233,6 @@ class Deployment:
             e.drop(slot)
         for c in self._copies.values():
             c.copies.pop(slot, None)
-        self._merge_exact.pop(slot, None)
 
     def _verdict(self, manifest: Any) -> tuple[str, list[str]]:
         if manifest.base.fingerprint == self.fingerprint.digest:
@@ -294,8 +290,7 @@ class Deployment:
             # a refusal leaves everything as it was (the adapter merged before stays merged)
             merge_refusals(slot, self._wrapped, self._copies, self._embeddings, model=self.model)
             self.unmerge()
-            self._merged = (name, merge_slot(slot, self._wrapped, self._copies, self._embeddings, model=self.model,
-                                             exact=self._merge_exact.get(slot)))
+            self._merged = (name, merge_slot(slot, self._wrapped, self._copies, self._embeddings, model=self.model))
 
     def unmerge(self) -> None:
         import torch
@@ -386,8 +381,8 @@ class Deployment:
     # ------------------------------------------------------------------ accounting
 
     def memory(self) -> dict[str, Any]:
-        """Bytes held by the base parameters, by each attached adapter, and by the per-row
-        stacks of the last mixed batch (kept for the next steps of the same batch)."""
+        """Bytes held by the base parameters and by each attached adapter (``batch_cache_bytes``:
+        0, a mixed batch keeps no per-row stacks)."""
         base = sum(p.numel() * p.element_size() for p in self.model.parameters())
         per = {name: a.nbytes for name, a in self._adapters.items()}
         return {"base_bytes": base, "adapter_bytes": sum(per.values()), "adapters": per,

@@ -1,12 +1,15 @@
 """The runtime half of a deployment: per-row LoRA-family updates on wrapped ``nn.Linear`` modules
 (and LoRA on ``nn.Embedding``: :class:`MultiLoraEmbedding`).
 
-Each wrapped module keeps its adapters' A and B (scaling, and DoRA's magnitude / norm, folded
-into B) by slot, and per-slot vectors for what else PEFT computes on that module (a lora_B bias,
-DoRA's rescale of the base output, IA3's output or input scaling: see
-:mod:`~adapterhub_sdk.multilora_variants`). A forward hook adds them for row i, as one matmul
-when every row uses the same adapter and as two batched matmuls over per-row stacks when they
-differ (smaller ranks zero-padded, rows without an adapter given zeros and ones: both exact)."""
+Each wrapped module keeps its adapters' ``lora_A`` / ``lora_B`` weights as PEFT holds them
+(A [r, in], B [out, r], in float32 on a half-precision base) with the scaling apart, and
+per-slot vectors for what else PEFT computes on that module (a lora_B bias, DoRA's
+``m / ||W + s B A||``, IA3's output or input scaling: see :mod:`~adapterhub_sdk.multilora_variants`).
+A forward hook computes each row's output with the operations PEFT's ``lora.Linear.forward``
+runs for that row's adapter alone, in its order and dtypes: ``F.linear`` on A, then on B, times
+the scaling, added to the base output, cast back once. A mixed batch runs that per adapter on
+its rows (as PEFT's own mixed batches do): batching adapters into one matmul (zero-padded
+stacks, ``bmm``) rounds differently from PEFT's matmul, on half-precision bases and float32 alike."""
 
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ from typing import Any
 
 LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<ab>A|B)\.weight")
 
-#: per-slot vectors a module may carry, with the value a row without one gets (exact no-ops)
-VECTORS = {"bias": 0.0, "dora": 0.0, "scale_out": 1.0, "scale_in": 1.0}
+#: the kinds of per-slot vectors a module may carry: lora_B's bias, DoRA's m / ||W + s B A||, IA3's scales
+VECTORS = ("bias", "dora", "scale_out", "scale_in")
 
 
 class RowSlots:
@@ -25,39 +28,57 @@ class RowSlots:
     def __init__(self) -> None:
         self.slots: list[int] | None = None  # per row; -1 = base only
         self.uniform: int | None = None  # set when every row uses the same slot
-        self.key: tuple[int, ...] = ()  # the slots as a tuple: what stacked tensors are cached under
+        self.key: tuple[int, ...] = ()  # the slots as a tuple
+        self._groups: tuple[tuple[int, ...], Any, list[tuple[int, Any]]] | None = None  # (key, device, groups)
 
     def set(self, slots: list[int] | None) -> None:
         self.slots = slots
         self.key = tuple(slots or ())
         self.uniform = slots[0] if slots and all(s == slots[0] for s in slots) else None
 
+    def groups(self, device: Any) -> list[tuple[int, Any]]:
+        """(slot, rows) for each adapter slot in the batch, rows a slice where they are adjacent,
+        else an index tensor on ``device``; kept while the same composition runs on (decode steps)."""
+        g = self._groups
+        if g is not None and g[0] == self.key and g[1] == device:
+            return g[2]
+        import torch
+
+        at: dict[int, list[int]] = {}
+        for i, s in enumerate(self.key):
+            if s >= 0:
+                at.setdefault(s, []).append(i)
+        out: list[tuple[int, Any]] = []
+        for s, idx in at.items():
+            adjacent = idx[-1] - idx[0] == len(idx) - 1
+            out.append((s, slice(idx[0], idx[-1] + 1) if adjacent else torch.tensor(idx, device=device)))
+        self._groups = (self.key, device, out)
+        return out
+
 
 class MultiLoraLinear:
-    """Forward hook state for one wrapped ``nn.Linear``; for row i with slot s:
+    """Forward hook state for one wrapped ``nn.Linear``; rows with slot s get what PEFT's layer
+    computes with that adapter alone (``peft/tuners/lora/layer.py``, ``Linear.forward`` and its
+    DoRA variant; ``tuners/ia3/layer.py``), with ``xa = x.to(A.dtype)`` and ``h = F.linear(F.linear(xa,
+    A), B, b)``:
 
-    ``y = base(x * scale_in[s]) * scale_out[s] + dora[s] * (base(x) - bias) + x A_s B_s + bias[s]``
-
-    (each term only where slot s has it; PEFT's order within one adapter). A mixed batch runs
-    as two batched matmuls over per-row stacks of A and B plus per-row vector stacks. The
-    stacks of the last batch composition are kept while they take no more memory than the
-    adapters resident on the module, so the decode steps of one generation reuse them."""
+    - LoRA / rsLoRA / ``lora_bias``: ``(y + h * s).to(y.dtype)``
+    - DoRA: ``(y + ((d - 1) * (y - bias) + d * h * s)).to(y.dtype)`` with ``d = m / ||W + s B A||``
+    - IA3: ``(y * l).to(y.dtype)``, or the input scaled (``_pre``) on a feed-forward module."""
 
     def __init__(self, module: Any, rows: RowSlots):
         self.module = module
         self.rows = rows
-        self.A: dict[int, Any] = {}  # slot -> [in, r]
-        self.B: dict[int, Any] = {}  # slot -> [r, out], scaling folded in
+        self.A: dict[int, Any] = {}  # slot -> lora_A.weight [r, in]
+        self.B: dict[int, Any] = {}  # slot -> lora_B.weight [out, r], unscaled
+        self.scaling: dict[int, float] = {}  # slot -> PEFT's scaling (alpha / r, alpha / sqrt(r))
         self.vec: dict[str, dict[int, Any]] = {k: {} for k in VECTORS}  # kind -> slot -> [out] / [in]
-        self.has_vectors = False  # any slot has a vector here (plain LoRA modules skip them)
-        self.cached: tuple[tuple[int, ...], Any] | None = None  # (row slots, stacks)
+        self.cached = None  # nothing is stacked per batch (kept for callers that reset it)
         self.handle = module.register_forward_hook(self._hook)
         self.pre_handle: Any = None  # registered with the first input scale (IA3 feed-forward)
 
     def add_vector(self, kind: str, slot: int, v: Any) -> None:
         self.vec[kind][slot] = v
-        self.has_vectors = True
-        self.cached = None
         if kind == "scale_in" and self.pre_handle is None:
             self.pre_handle = self.module.register_forward_pre_hook(self._pre)
 
@@ -68,12 +89,8 @@ class MultiLoraLinear:
         return out
 
     def drop(self, slot: int) -> None:
-        self.A.pop(slot, None)
-        self.B.pop(slot, None)
-        for d in self.vec.values():
+        for d in (self.A, self.B, self.scaling, *self.vec.values()):
             d.pop(slot, None)
-        self.has_vectors = any(self.vec.values())
-        self.cached = None
 
     def _pre(self, module: Any, args: tuple) -> Any:
         """IA3 on a feed-forward module scales the input: PEFT's ``(x.to(l) * l).to(x)``."""
@@ -83,109 +100,55 @@ class MultiLoraLinear:
         x = args[0]
         if rows.uniform is not None:
             s = scales.get(rows.uniform)
-        else:
-            stacks = self._stacks(rows.key)
-            s = None if stacks is None else stacks[2].get("scale_in")
+            return None if s is None else (((x.to(s.dtype) * s).to(x.dtype)), *args[1:])
+        out = None
+        for slot, at in rows.groups(x.device):
+            s = scales.get(slot)
             if s is not None:
-                s = s.view(x.shape[0], *([1] * (x.dim() - 2)), -1)
-        if s is None:
-            return None
-        return ((x.to(s.dtype) * s).to(x.dtype), *args[1:])
+                out = x.clone() if out is None else out
+                out[at] = (x[at].to(s.dtype) * s).to(x.dtype)
+        return None if out is None else (out, *args[1:])
+
+    def _rows(self, slot: int, x: Any, y: Any) -> Any:
+        """PEFT's output for adapter ``slot`` on rows ``x`` whose base output is ``y`` (None: ``y`` as
+        is). Plain LoRA writes it into ``y``: ``y.add_(h)`` computes ``y + h`` in h's dtype and casts
+        once into y's, which is what PEFT's ``(y + h).to(y.dtype)`` rounds to, without the copies."""
+        a = self.A.get(slot)
+        if a is None:
+            scale = self.vec["scale_out"].get(slot)
+            return None if scale is None else (y * scale).to(y.dtype)  # IA3: (result * l).to(result dtype)
+        import torch.nn.functional as F
+
+        xa = x if x.dtype == a.dtype else x.to(a.dtype)  # PEFT's _cast_input_dtype
+        h = F.linear(F.linear(xa, a), self.B[slot], self.vec["bias"].get(slot))  # lora_B(lora_A(dropout(x)))
+        d = self.vec["dora"].get(slot)
+        if d is None:
+            return y.add_(h.mul_(self.scaling[slot]))
+        bias = self.module.bias
+        base = y if bias is None else y - bias  # in the base output's dtype, as PEFT
+        return (y + ((d - 1) * base + d * h * self.scaling[slot])).to(y.dtype)
 
     def _hook(self, module: Any, args: tuple, y: Any) -> Any:
         rows = self.rows
-        if rows.slots is None or not (self.A or self.has_vectors):
+        if rows.slots is None:
             return y
         x = args[0]
-        import torch
-
         if rows.uniform is not None:
-            slot = rows.uniform
-            a = self.A.get(slot)
-            vecs = {k: d[slot] for k, d in self.vec.items() if slot in d and k != "scale_in"} \
-                if self.has_vectors else {}
-            if a is None and not vecs:
-                return y
-            if not vecs and a is not None:
-                b = self.B[slot]
-                if y.dtype != a.dtype:  # a half-precision base: PEFT runs the adapter in float32, adds, casts back
-                    return (y.to(a.dtype) + (x.to(a.dtype) @ a) @ b).to(y.dtype)
-                return torch.addmm(y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]) @ a, b).view(y.shape)
-            return self._apply(x, y, a, self.B.get(slot), vecs)
-        stacks = self._stacks(rows.key)
-        if stacks is None:  # no row has an adapter on this module
-            return y
-        a, b, vecs = stacks
-        n = x.shape[0]
-        out_vecs = {k: v.view(n, 1, -1) for k, v in vecs.items() if k != "scale_in"}
-        x3 = x.reshape(n, -1, x.shape[-1])
-        y3 = y.reshape(n, -1, y.shape[-1])
-        if out_vecs:
-            return self._apply(x3, y3, a, b, out_vecs, batched=True).view(y.shape)
-        if a is None:
-            return y
-        if y.dtype != a.dtype:
-            return (y3.to(a.dtype) + torch.bmm(torch.bmm(x3.to(a.dtype), a), b)).to(y.dtype).view(y.shape)
-        return torch.baddbmm(y3, torch.bmm(x3, a), b).view(y.shape)  # h = x A: [n, t, r]
-
-    def _apply(self, x: Any, y: Any, a: Any, b: Any, vecs: dict[str, Any], batched: bool = False) -> Any:
-        """The update with vectors: IA3's output scale, DoRA's rescale, the low-rank term, the lora_B
-        bias; in the adapter's dtype (float32 on a half-precision base, as PEFT), cast back once."""
-        import torch
-
-        cd = next(iter(vecs.values())).dtype  # vectors, A and B share it: at least float32
-        out = y.to(cd)
-        if "scale_out" in vecs:
-            out = out * vecs["scale_out"]  # PEFT: (result * ia3_l).to(result dtype)
-        if "dora" in vecs:
-            bias = self.module.bias
-            base = y if bias is None else y - bias  # PEFT subtracts in the base output's dtype
-            out = out + vecs["dora"] * base.to(cd)
-        if a is not None:
-            xc = x.to(cd)
-            out = out + (torch.bmm(torch.bmm(xc, a), b) if batched else (xc @ a) @ b)
-        if "bias" in vecs:
-            out = out + vecs["bias"]
-        return out.to(y.dtype)
-
-    def _stacks(self, key: tuple[int, ...]) -> tuple[Any, Any, dict[str, Any]] | None:
-        cached = self.cached
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        stacks = self._stack(key)
-        size = 0 if stacks is None else _size(stacks)
-        resident = sum(self.nbytes(s) for s in self.slots())
-        self.cached = (key, stacks) if size <= resident else None
-        return stacks
-
-    def _stack(self, key: tuple[int, ...]) -> tuple[Any, Any, dict[str, Any]] | None:
-        import torch
-
-        vecs = {}
-        for kind, d in self.vec.items():
-            if any(s in d for s in key):
-                ref = next(d[s] for s in key if s in d)
-                vecs[kind] = torch.stack([d[s] if s in d else torch.full_like(ref, VECTORS[kind]) for s in key])
-        used = [self.A[s] for s in set(key) if s in self.A]
-        if not used:
-            return None if not vecs else (None, None, vecs)
-        r = max(a.shape[1] for a in used)
-        if all(s in self.A and self.A[s].shape[1] == r for s in key):
-            return torch.stack([self.A[s] for s in key]), torch.stack([self.B[s] for s in key]), vecs
-        a0, b0 = used[0], self.B[next(s for s in key if s in self.A)]
-        a = a0.new_zeros((len(key), a0.shape[0], r))
-        b = b0.new_zeros((len(key), r, b0.shape[1]))
-        for i, s in enumerate(key):
-            if s in self.A:
-                rank = self.A[s].shape[1]
-                a[i, :, :rank] = self.A[s]
-                b[i, :rank] = self.B[s]
-        return a, b, vecs
+            out = self._rows(rows.uniform, x, y) if rows.uniform >= 0 else None
+            return y if out is None else out
+        here = self.slots()
+        a = next(iter(self.A.values()), None)  # every slot's A here has the one adapter dtype
+        xa = x if a is None or x.dtype == a.dtype else x.to(a.dtype)  # cast once: per element, the same
+        for slot, at in rows.groups(x.device):
+            if slot in here:
+                part = y[at]  # a view where the rows are adjacent, else a copy
+                new = self._rows(slot, xa[at] if slot in self.A else x[at], part)
+                if new is not None and (new is not part or not isinstance(at, slice)):
+                    y[at] = new  # the module's fresh output, other rows untouched
+        return y
 
     def cached_bytes(self) -> int:
-        if self.cached is None or self.cached[1] is None:
-            return 0
-        return _size(self.cached[1])
+        return 0
 
     def nbytes(self, slot: int) -> int:
         ts = [d[slot] for d in (self.A, self.B, *self.vec.values()) if slot in d]
@@ -281,12 +244,6 @@ def embed_scale(module: Any) -> Any:
     if isinstance(s, torch.Tensor) and s.numel() == 1:
         return s
     return None
-
-
-def _size(stacks: tuple[Any, Any, dict[str, Any]]) -> int:
-    a, b, vecs = stacks
-    ts = [t for t in (a, b, *vecs.values()) if t is not None]
-    return sum(t.numel() * t.element_size() for t in ts)
 
 
 def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:

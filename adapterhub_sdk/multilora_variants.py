@@ -5,10 +5,10 @@
 :class:`ModuleCopies`. For one row with adapter s (PEFT 0.17+, ``tuners/lora/layer.py``,
 ``tuners/lora/dora.py``, ``tuners/ia3/layer.py``, ``utils/other.py``):
 
-- LoRA / rsLoRA: ``y + s (x A^T B^T)`` (s = alpha/r, alpha/sqrt(r)); ``lora_bias``: ``+ s b_B``.
-- DoRA: ``y + (m/n - 1)(y - bias) + (m/n) s (x A^T B^T)`` with ``n = ||W + s B A||`` per output
-  feature (PEFT recomputes it from the unmerged weight in the adapter's float32; here it is
-  computed once, at attach, in float32).
+- LoRA / rsLoRA: ``y + (x A^T B^T) s`` (s = alpha/r, alpha/sqrt(r)); ``lora_bias``: ``y + (x A^T B^T + b_B) s``.
+- DoRA: ``y + ((m/n - 1)(y - bias) + (m/n) (x A^T B^T) s)`` with ``n = ||W + s B A||`` per output
+  feature (PEFT recomputes it each forward from the unmerged weight, ``lora_B(lora_A(I))``, in the
+  adapter's float32; here it is computed once, at attach, with the same operations).
 - IA3: ``y * l`` (the bias scaled too), or ``base(x * l)`` for a feed-forward module (l of
   shape ``(1, in)``, as PEFT saved it).
 - ``modules_to_save``: the row's output is the adapter's trained copy of the module's.
@@ -40,14 +40,13 @@ _EMBED_PART = re.compile(r"(?P<module>.+)\.(?P<part>lora_embedding_A|lora_embedd
 
 @dataclass
 class ModuleUpdate:
-    """One adapter's update of one ``nn.Linear``: A [in, r], B [r, out] (scales folded) and vectors."""
+    """One adapter's update of one ``nn.Linear``: PEFT's lora_A.weight [r, in] and lora_B.weight
+    [out, r] (unscaled), its scaling, and vectors."""
 
     a: Any = None
     b: Any = None
+    scaling: float = 1.0
     vec: dict[str, Any] = field(default_factory=dict)  # kind (multilora.VECTORS) -> [out] or [in]
-    #: LoRA's B [out, r] unscaled and its scaling, for a merge that computes PEFT's delta
-    #: ``(B @ A) * s`` bit for bit (the forward's B has the scaling folded in)
-    merge: tuple[Any, float] | None = None
 
 
 @dataclass
@@ -71,7 +70,7 @@ class Prepared:
 
     @property
     def rank(self) -> int:
-        ranks = [u.a.shape[1] for u in self.linear.values() if u.a is not None]
+        ranks = [u.a.shape[0] for u in self.linear.values() if u.a is not None]
         return max([*ranks, *(u.a.shape[1] for u in self.embeddings.values())], default=0)
 
     @property
@@ -271,7 +270,7 @@ def _lora(config: Mapping[str, Any], module_name: str, target: Any, p: dict[str,
         raise IncompatibleAdapterError(f"shape: {module_name} is {list(w.shape)}, the adapter needs "
                                        f"{[b.shape[0], a.shape[1]]}")
     vd = _vec_dtype(w)  # PEFT loads adapters in float32 on a half-precision base (autocast_adapter_dtype)
-    update = ModuleUpdate(a=a.t().contiguous().to(w.device, vd))
+    update = ModuleUpdate(a=a.to(w.device, vd).contiguous(), b=b.to(w.device, vd).contiguous(), scaling=scaling)
     magnitude = p.get("lora_magnitude_vector")
     if bool(config.get("use_dora")) != (magnitude is not None):
         raise AdapterFormatError(f"module {module_name!r}: use_dora is {bool(config.get('use_dora'))} but "
@@ -280,25 +279,24 @@ def _lora(config: Mapping[str, Any], module_name: str, target: Any, p: dict[str,
         if tuple(magnitude.shape) != (w.shape[0],):
             raise IncompatibleAdapterError(f"shape: {module_name} DoRA magnitude is {list(magnitude.shape)}, the "
                                            f"module has {w.shape[0]} outputs")
-        with torch.no_grad():
-            lw = b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)  # PEFT: lora_B(lora_A(I)).T
-            norm = torch.linalg.norm(own(w).to(torch.float32) + scaling * lw, dim=1)  # W: the base's own
-            mns = magnitude.to(w.device, torch.float32) / norm
+        import torch.nn.functional as F
+
+        with torch.no_grad():  # PEFT's DoRA forward: lora_B(lora_A(I)).T, the norm of W + s that, m / norm
+            eye = torch.eye(a.shape[1], device=w.device, dtype=vd)
+            lw = F.linear(F.linear(eye, update.a), update.b).T
+            norm = torch.linalg.norm(own(w).to(vd) + scaling * lw, dim=1).to(vd)  # W: the base's own
+            mns = magnitude.to(w.device, vd) / norm
         if not bool(torch.isfinite(mns).all()):
             raise IncompatibleAdapterError(f"{module_name}: DoRA's weight norm ||W + s B A|| is zero for an output "
                                            "feature (PEFT would output NaN/Inf)")
-        update.b = (b.to(w.device, torch.float32) * (mns * scaling)[:, None]).t().contiguous().to(vd)
-        update.vec["dora"] = (mns - 1).to(vd)
-    else:
-        update.b = (b.to(w.device, vd) * scaling).t().contiguous()
-        update.merge = (b.to(w.device, vd).contiguous(), scaling)
+        update.vec["dora"] = mns
     if "lora_B.bias" in p:
         if not config.get("lora_bias"):
             raise AdapterFormatError(f"module {module_name!r} has a lora_B bias but lora_bias is off in its config")
         bias = p["lora_B.bias"]
         if tuple(bias.shape) != (w.shape[0],):
             raise IncompatibleAdapterError(f"shape: {module_name} lora_B bias is {list(bias.shape)}")
-        update.vec["bias"] = (bias.to(w.device, vd) * scaling)
+        update.vec["bias"] = bias.to(w.device, vd)  # lora_B's own bias: scaled with its output, as PEFT
     return update
 
 
@@ -385,22 +383,17 @@ def merge_refusals(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, 
 
 def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, ModuleCopies],
                embeddings: Mapping[str, MultiLoraEmbedding] | None = None,
-               model: Any = None, exact: Mapping[str, tuple[Any, float]] | None = None) -> list[tuple[Any, Any]]:
+               model: Any = None) -> list[tuple[Any, Any]]:
     """Fold slot ``slot`` into the base weights as PEFT's ``merge`` does; returns (tensor,
     original) pairs to restore. Checks everything before it changes anything
-    (:func:`merge_refusals`). ``exact``: per module, LoRA's unscaled B and scaling
-    (:attr:`ModuleUpdate.merge`), so the delta is PEFT's ``(B @ A) * s`` and is added into the
-    weight in place as PEFT's default merge does (one rounding on a half-precision base)."""
+    (:func:`merge_refusals`). LoRA's delta is PEFT's ``(B @ A) * s``, added into the weight in
+    place as PEFT's default merge does (one rounding on a half-precision base)."""
     import torch
 
     merge_refusals(slot, wrappers, copies, embeddings, model)
 
-    def delta(name: str, w: Any) -> Any:  # [out, in], in the adapter's dtype
-        raw = (exact or {}).get(name)
-        if raw is None:
-            return (w.A[slot] @ w.B[slot]).t()
-        b, scaling = raw
-        return (b @ w.A[slot].t().contiguous()) * scaling  # PEFT's get_delta_weight
+    def delta(w: Any) -> Any:  # [out, in], in the adapter's dtype: PEFT's get_delta_weight
+        return (w.B[slot] @ w.A[slot]) * w.scaling[slot]
     backup: list[tuple[Any, Any]] = []
     with torch.no_grad():
         for e in (embeddings or {}).values():
@@ -410,7 +403,7 @@ def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, Modu
             backup.append((weight, weight.detach().clone()))
             start = e.weight.get(slot, weight)
             weight.copy_(start + ((e.A[slot] @ e.B[slot]) * e.scaling[slot]).to(weight.dtype))
-        for name, w in wrappers.items():
+        for w in wrappers.values():
             if slot not in w.slots():
                 continue
             weight, bias = w.module.weight, w.module.bias
@@ -419,22 +412,22 @@ def merge_slot(slot: int, wrappers: Mapping[str, Any], copies: Mapping[str, Modu
                 backup.append((bias, bias.detach().clone()))
             v = {k: d[slot] for k, d in w.vec.items() if slot in d}
             if not v:  # plain LoRA: PEFT's W += (B A) s, the float32 delta added in place (one rounding)
-                weight += delta(name, w)
+                weight += delta(w)
                 continue
             new = weight.to(torch.float32)
             if "dora" in v:  # (m/n) (W + s B A); the bias stays
-                new = new * (1 + v["dora"].to(torch.float32))[:, None]
+                new = v["dora"].to(torch.float32)[:, None] * (new + delta(w).to(torch.float32))
             if "scale_out" in v:  # PEFT: W * l and b * l
                 new = new * v["scale_out"].to(torch.float32)[:, None]
                 if bias is not None:
                     bias.copy_((bias * v["scale_out"]).to(bias.dtype))
             if "scale_in" in v:
                 new = new * v["scale_in"].to(torch.float32)[None, :]
-            if slot in w.A:
-                new = new + delta(name, w).to(torch.float32)
+            if slot in w.A and "dora" not in v:
+                new = new + delta(w).to(torch.float32)
             weight.copy_(new.to(weight.dtype))
-            if "bias" in v:
-                bias.copy_((bias + v["bias"]).to(bias.dtype))
+            if "bias" in v:  # PEFT: bias + lora_B.bias * s
+                bias.copy_((bias + v["bias"] * w.scaling[slot]).to(bias.dtype))
         for c in copies.values():
             dup = c.copies.get(slot)
             if dup is None:

@@ -138,13 +138,13 @@ def test_mixed_batch_equals_peft_adapter_names(registry, base_dir, adapters, pef
 
 
 def test_cached_batch_stacks_follow_each_batch(registry, base_dir, adapters, peft_ref):
-    """The per-row stacks of a mixed batch are reused only by a batch of the same rows."""
+    """Mixed batches one after another, in any composition: each row PEFT's; nothing is kept
+    between batches (a mixed batch computes each adapter's rows, it stacks nothing)."""
     dep = deployment(registry, adapters, base_dir, ["a", "a2", "b"])
     ids = batch(2, seed=11)
     for names in (["a", "a2"], ["a", "a2"], ["a2", "a"], ["a", "b"], ["a2", "a"], [None, "a"], ["a", "a2"]):
         assert max_diff(dep.forward(ids, names), peft_logits(peft_ref, ids, names)) < ATOL, names
-    assert dep.memory()["batch_cache_bytes"] > 0  # the last batch's stacks were kept
-    # a batch whose stacks would outweigh the adapters is computed without keeping them
+    assert dep.memory()["batch_cache_bytes"] == 0
     big = ["a", "a2", None, "a", "b", "a2"]
     assert max_diff(dep.forward(batch(6, seed=12), big), peft_logits(peft_ref, batch(6, seed=12), big)) < ATOL
     assert dep.memory()["batch_cache_bytes"] == 0
@@ -204,8 +204,8 @@ def test_rslora_and_patterns_scale_like_peft(registry, base_dir, adapters, peft_
         a = peft_mod.lora_A[adapter].weight  # [r, in]
         b = peft_mod.lora_B[adapter].weight  # [out, r]
         ranks_seen.add(a.shape[0])
-        assert torch.allclose(wrapper.A[slots[adapter]], a.t(), atol=0, rtol=0)
-        assert torch.allclose(wrapper.B[slots[adapter]], (b * scaling).t(), atol=1e-7, rtol=1e-6)
+        assert torch.equal(wrapper.A[slots[adapter]], a) and torch.equal(wrapper.B[slots[adapter]], b)
+        assert wrapper.scaling[slots[adapter]] == scaling  # PEFT's, applied after the matmuls as PEFT does
     assert ranks_seen == {2, 4, 8}  # rank_pattern really gave other ranks
 
     ids = batch(4, seed=4)
@@ -369,15 +369,14 @@ def test_replace_swaps_version_under_the_same_name(registry, base_dir, adapters,
     dep.attach("acme/a@1.1.0", name="other")
     ids = batch(2, seed=6)
     assert max_diff(dep.forward(ids, "live"), peft_logits(peft_ref, ids, "a")) < ATOL
-    mixed = ["live", "other"]  # a mixed batch: its per-row stacks are kept for the next call
+    mixed = ["live", "other"]
     assert max_diff(dep.forward(ids, mixed), peft_logits(peft_ref, ids, ["a", "a2"])) < ATOL
-    assert dep.memory()["batch_cache_bytes"] > 0
     before = dep.memory()
 
     second = dep.replace("live", "acme/a@1.1.0")
     assert list(dep.adapters) == ["live", "other"]
     assert dep.adapters["live"].ref == "acme/a@1.1.0" and second.digest != first.digest
-    assert dep.memory()["batch_cache_bytes"] == 0  # stacks holding the old version are dropped
+    assert dep.memory()["batch_cache_bytes"] == 0
     assert max_diff(dep.forward(ids, "live"), peft_logits(peft_ref, ids, "a2")) < ATOL
     assert max_diff(dep.forward(ids, mixed), peft_logits(peft_ref, ids, ["a2", "a2"])) < ATOL
     assert dep.memory()["adapter_bytes"] == before["adapter_bytes"]  # the old version's tensors are gone
@@ -442,8 +441,8 @@ def test_detach_frees_the_adapter(registry, base_dir, adapters, peft_ref):
     refs = [weakref.ref(t) for w in dep._wrapped.values() if slot in w.A for t in (w.A[slot], w.B[slot])]
     assert refs
     ids = batch(2, seed=7)
-    dep.forward(ids, ["a", "a2"])  # leaves per-row stacks holding copies of a's tensors
-    assert 0 < dep.memory()["batch_cache_bytes"] <= mem["adapter_bytes"]
+    dep.forward(ids, ["a", "a2"])
+    assert dep.memory()["batch_cache_bytes"] == 0  # no per-row stacks hold copies of a's tensors
 
     dep.detach("a")
     after = dep.memory()

@@ -192,9 +192,8 @@ def test_mixed_batch_rows_equal_peft_alone(world):
         assert diff(dep.forward(ids[:3], kind), peft_logits(world, kind, ids[:3])) < ATOL, kind
     # the same composition again (per-row stacks rebuilt or reused) gives the same
     assert torch.equal(dep.forward(ids, names), got)
-    small = ["dora", "ia3"]  # stacks no bigger than the adapters: kept for the next steps
+    small = ["dora", "ia3"]
     first = dep.forward(ids[:2], small)
-    assert dep.memory()["batch_cache_bytes"] > 0
     assert torch.equal(dep.forward(ids[:2], small), first)
 
 
