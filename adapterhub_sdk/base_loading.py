@@ -24,6 +24,7 @@ from typing import Any
 from .errors import AdapterHubError, UnsafeFormatError, WeightsNotFoundError
 from .fingerprint import BaseFingerprint, fingerprint
 from .layouts import Checkpoint, resolve_checkpoint
+from .methods.base import few
 
 _FLOAT = ("F64", "F32", "BF16", "F16")
 ADAPTER_CONFIG = "adapter_config.json"  # from_pretrained of a directory holding it applies that adapter
@@ -144,10 +145,6 @@ def _adapter_files(path: Path, strict: bool) -> None:
     warnings.warn(f"{what}; {hint}", LoadedBaseWarning, stacklevel=4)
 
 
-def _few(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f", ... {len(names) - 3} more" if len(names) > 3 else "")
-
-
 def _bits(t: Any) -> Any:
     import torch
 
@@ -165,10 +162,10 @@ def _changes(model: Any, loaded: BaseFingerprint, ck_fp: BaseFingerprint, checkp
     found = []
     if extra := sorted(mem - disk):
         found.append(f"{len(extra)} tensor(s) in the model, not in the checkpoint (added or initialised "
-                     f"while loading): {_few(extra)}")
+                     f"while loading): {few(extra)}")
     if missing := sorted(disk - mem):
         found.append(f"{len(missing)} checkpoint tensor(s) not in the model (dropped or renamed while loading): "
-                     f"{_few(missing)}")
+                     f"{few(missing)}")
     state = model.state_dict()
     differ: list[str] = []
     retyped: list[str] = []
@@ -189,12 +186,12 @@ def _changes(model: Any, loaded: BaseFingerprint, ck_fp: BaseFingerprint, checkp
                     differ.append(name)
     if retyped:
         found.append(f"{len(retyped)} tensor(s) of another dtype than "
-                     f"{'a cast of ' if cast else ''}the checkpoint's: {_few(sorted(retyped))}")
+                     f"{'a cast of ' if cast else ''}the checkpoint's: {few(sorted(retyped))}")
     if differ:
         found.append(f"{len(differ)} tensor(s) with other values than the checkpoint's"
-                     f"{' cast' if cast else ''}: {_few(sorted(differ))}")
+                     f"{' cast' if cast else ''}: {few(sorted(differ))}")
     if todo:  # listed by the fingerprint, not found in the files: cannot be compared
-        found.append(f"{len(todo)} tensor(s) not read from the checkpoint files: {_few(sorted(todo))}")
+        found.append(f"{len(todo)} tensor(s) not read from the checkpoint files: {few(sorted(todo))}")
     if not found and loaded.digest != ck_fp.digest and not cast:
         found.append("its fingerprint differs from the checkpoint's")
     return "; ".join(found) or None

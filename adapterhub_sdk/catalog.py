@@ -15,11 +15,10 @@ from typing import Any, NamedTuple
 from .errors import NotFoundError, VersionConflictError
 from .manifest import Manifest
 from .names import did_you_mean, name_key, typo_window
+from .resolving import fetch_in
 from .sqlrun import RowConflict, Sql, utcnow  # noqa: F401 - the statements' runner, re-exported
 from .version_info import VersionInfo, _iso
 from .versions import Version, VersionSpec
-
-CHUNK = 500  # keys per IN list
 
 
 def timestamp(value: Any) -> Any:
@@ -30,15 +29,6 @@ def timestamp(value: Any) -> Any:
         except ValueError:
             return value
     return value
-
-
-def rows_in(q: Sql, sql: str, keys: Sequence[Any], *lead: Any) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` for ``keys`` (its ``{in}``), :data:`CHUNK` at a time."""
-    out: list[tuple[Any, ...]] = []
-    for i in range(0, len(keys), CHUNK):
-        chunk = keys[i:i + CHUNK]
-        out += q(sql.replace("{in}", ", ".join("?" * len(chunk))), (*lead, *chunk))
-    return out
 
 
 # --- one version ----------------------------------------------------------------------------
@@ -135,11 +125,11 @@ def version_infos(q: Sql, rows: Sequence[Any], *, with_manifest: bool = False) -
     ids = [r.id for r in rows]
     tasks: dict[int, list[str]] = {}
     aliases: dict[int, list[str]] = {}
-    for vid, task in rows_in(q, "SELECT version_id, task FROM version_tasks WHERE version_id IN ({in})", ids):
+    for vid, task in fetch_in(q, "SELECT version_id, task FROM version_tasks WHERE version_id IN ({in})", ids):
         tasks.setdefault(vid, []).append(task)
-    for vid, alias in rows_in(q, "SELECT version_id, alias FROM aliases WHERE version_id IN ({in})", ids):
+    for vid, alias in fetch_in(q, "SELECT version_id, alias FROM aliases WHERE version_id IN ({in})", ids):
         aliases.setdefault(vid, []).append(alias)
-    names = dict(rows_in(q, "SELECT id, name FROM adapters WHERE id IN ({in})", sorted({r.adapter_id for r in rows})))
+    names = dict(fetch_in(q, "SELECT id, name FROM adapters WHERE id IN ({in})", sorted({r.adapter_id for r in rows})))
     return [VersionInfo(
         names[r.adapter_id], r.version, r.digest, r.method, r.variant, tuple(sorted(tasks.get(r.id, []))),
         r.base_fingerprint, r.base_name, r.size, bool(r.yanked), _iso(timestamp(r.created_at)),

@@ -93,7 +93,6 @@ def end_lease(core: Any, lease: str | None) -> None:
         pass
 
 
-
 # --- which blob store is whose --------------------------------------------------------------
 
 REGISTRY_ID = "registry_id"

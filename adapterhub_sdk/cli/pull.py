@@ -52,8 +52,9 @@ def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str |
         reg = catalog_registry(ctx) if on_catalog(remote) else registry(ctx)
         if require_signed is None or takes_require_signed(remote):
             return pull_remote(reg, ref, out, force=force, base=base, accept_name=accept_name,
-                               require_signed=require_signed)
-        res = pull_remote(reg, ref, None, force=force, base=base, accept_name=accept_name)  # recorded, not written
+                               require_signed=require_signed, remote=remote)
+        res = pull_remote(reg, ref, None, force=force, base=base, accept_name=accept_name,
+                          remote=remote)  # recorded, not written
         got = f"{res.data['name']}@{res.data['version']}"
         if out is None:
             reg.check_signed(got, require_signed)

@@ -72,10 +72,11 @@ def checked_remote(url: str, param_hint: str) -> Remote:
 
 
 def pull_remote(reg: Registry, ref: str, out: str | None, force: bool, base: str | None,
-                accept_name: str | None, require_signed: str | None = None) -> Result:
+                accept_name: str | None, require_signed: str | None = None, remote: Remote | None = None) -> Result:
     """Download a version, verify it against its manifest and record it in ``reg``
-    (``require_signed``: for a remote that checks it before recording)."""
-    info = checked_remote(ref, "'REF'").pull(reg, ref, out, base=base, overwrite=force, name=accept_name,
+    (``require_signed``: for a remote that checks it before recording; ``remote``: the one
+    :func:`checked_remote` found for ``ref`` already)."""
+    info = (remote or checked_remote(ref, "'REF'")).pull(reg, ref, out, base=base, overwrite=force, name=accept_name,
                                              **({"require_signed": require_signed} if require_signed else {}))
     return Result({"name": info.name, "version": info.version, "digest": info.digest,
                    "path": out, "source": ref, "origin": info.source},

@@ -14,7 +14,7 @@ from .. import catalog
 from ..catalog import Sql
 from ..errors import NotFoundError
 from ..fingerprint import BaseFingerprint
-from ..resolving import HEXPREFIX, Fetch, dbapi_fetch, lookup_base
+from ..resolving import HEXPREFIX, Fetch, lookup_base
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Table
@@ -46,11 +46,8 @@ def __getattr__(name: str) -> Any:
 
 def _fetch(conn: Connection) -> Fetch:
     """A ``fetch(sql, params)`` of :mod:`adapterhub_sdk.resolving`'s statements on ``conn``'s
-    DBAPI cursor, inside its transaction (driver errors become one-line RegistryErrors)."""
-    from .. import db as dbmod
-
-    return dbapi_fetch(conn.connection.cursor, conn.dialect.paramstyle, conn.dialect.loaded_dbapi.Error,
-                       dbmod.database_error)
+    DBAPI cursor, inside its transaction: the catalog's runner (:func:`sql_on`)."""
+    return sql_on(conn)
 
 
 def sql_on(conn: Connection) -> Sql:
@@ -115,7 +112,6 @@ class RegistryCore:
                 self._base_memo.pop(next(iter(self._base_memo), ""), None)
             self._base_memo[fp] = base
         return base
-
 
     def show(self, ref: str) -> VersionInfo:
         """One version with its manifest (``ns/name`` alone means the latest)."""

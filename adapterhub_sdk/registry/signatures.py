@@ -6,7 +6,7 @@ the files a pull writes: the version's files as published plus its manifest."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -148,11 +148,7 @@ class SignaturesPart(RegistryCore):
             sigs: dict[int, list[Any]] = {}
             for s in catalog.signature_rows(q):
                 sigs.setdefault(s.version_id, []).append(s)
-        return [self._checks(row, f"{row.name}@{row.version}", sigs.get(row.id, []), keys) for row in rows]
-
-    @staticmethod
-    def _checks(row: Any, ref: str, sigs: Sequence[Any], keys: dict[str, Any]) -> VersionSignatures:
-        return checked(row, ref, sigs, keys)
+        return [checked(row, f"{row.name}@{row.version}", sigs.get(row.id, []), keys) for row in rows]
 
     def import_signatures(self, ref: str, found: Iterable[tuple[str, str]]) -> VersionSignatures:
         """Record signature files that came with a version from elsewhere (a Hub repo's
