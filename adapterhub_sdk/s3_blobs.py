@@ -10,8 +10,8 @@ profiles, ``AWS_ENDPOINT_URL``) through boto3, which is imported only when a sto
   second publisher of the same blob. A 412 means it is already there; it is then verified
   (and only a corrupt object is deleted and written again, conditionally as well).
 - Reads stream and hash, and refuse a mismatch with IntegrityError naming the blob.
-- Files over one part (8 MiB) go up by multipart upload, 8 parts at a time, with progress on
-  a terminal.
+- Files over one part (8 MiB) go up by multipart upload, 8 parts at a time, each with its
+  CRC32 (checked by the server, as boto3's transfer manager asks), with progress on a terminal.
 - gc safety. S3 has no mtime touch and no atomic rename, so a blob's age is its
   LastModified (reuse does not refresh it) and the safety comes from the catalog and the
   order of operations instead: the store stages (publish copies and hashes each file into
@@ -356,7 +356,12 @@ class S3BlobStore(OwnerObject):
     def _multipart(self, path: Path, key: str, size: int) -> None:
         """Upload in parts, ``UPLOAD_THREADS`` at a time (each reads its own range: at most that
         many parts in memory), then complete conditionally; abort on any failure."""
-        up = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        # a CRC32 per part, as boto3's transfer manager asks for (unless the AWS configuration says
+        # when_required): the server checks each part against it, and an upload created without an
+        # algorithm makes S3 (and moto) compute a full-object CRC64 over every byte at completion
+        crc = getattr(self.client.meta.config, "request_checksum_calculation", None) != "when_required"
+        algo = {"ChecksumAlgorithm": "CRC32"} if crc else {}
+        up = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **algo)["UploadId"]
         bar = _progress(size, f"upload {key.rsplit('/', 1)[-1][:12]}")
         lock = threading.Lock()
         n_parts = -(-size // self.part_size)
@@ -367,11 +372,14 @@ class S3BlobStore(OwnerObject):
                 def part(number: int) -> dict[str, Any]:
                     chunk = os.pread(fd, self.part_size, (number - 1) * self.part_size)
                     r = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=up, PartNumber=number,
-                                                Body=chunk)
+                                                Body=chunk, **algo)
                     if bar is not None:
                         with lock:
                             bar.update(len(chunk))
-                    return {"PartNumber": number, "ETag": r["ETag"]}
+                    done = {"PartNumber": number, "ETag": r["ETag"]}
+                    if crc and r.get("ChecksumCRC32"):  # the server checked the part against it
+                        done["ChecksumCRC32"] = r["ChecksumCRC32"]
+                    return done
 
                 with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, n_parts)) as pool:
                     parts = list(pool.map(part, range(1, n_parts + 1)))

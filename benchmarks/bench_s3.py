@@ -28,7 +28,8 @@ rounds (untimed), so every push uploads every byte:
 
     .venv/bin/python benchmarks/bench_s3.py [--quick] [--rounds N]
 
-``--quick``: the 17 MB adapter only, 5 rounds. Results: benchmarks/results/bench_s3.json.
+``--quick``: the 17 MB adapter only, 5 rounds; ``--size 200MB``: that adapter only. Results:
+benchmarks/results/bench_s3.json (``bench_s3_quick.json``, ``bench_s3_SIZE.json``).
 """
 
 from __future__ import annotations
@@ -250,9 +251,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the 17 MB adapter only, 5 rounds")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 7, quick 5)")
+    ap.add_argument("--size", choices=list(SIZES), default=None, help="one adapter size only")
     args = ap.parse_args()
     rounds = max(5, args.rounds or (5 if args.quick else 7))
-    sizes = ["17MB"] if args.quick else list(SIZES)
+    sizes = [args.size] if args.size else ["17MB"] if args.quick else list(SIZES)
 
     models = C.work_dir("s3-adapters", fresh=False)  # built once, kept for the next run
     adapters = {s: build(models / s, *SIZES[s]) for s in sizes}
@@ -289,7 +291,7 @@ def main() -> None:
                 ["pull API, s3:// blobs", med["ours_api_pull"], mb / med["ours_api_pull"], ""],
                 ["start: adapterhub list (context)", med["ours_cli_start"], "", ""],
             ]))
-        out = C.write_results("bench_s3_quick" if args.quick else "bench_s3", {
+        out = C.write_results(f"bench_s3_{args.size}" if args.size else "bench_s3_quick" if args.quick else "bench_s3", {
             "quick": args.quick, "rounds": rounds, "server": "moto_server on 127.0.0.1 (moto[server])",
             "peer": "boto3 upload_file/download_file, default TransferConfig, in a fresh python process",
             "sizes": results})
