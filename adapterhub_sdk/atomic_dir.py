@@ -54,7 +54,9 @@ _AT_FDCWD = -100
 def check_destination(dest: Path, overwrite: bool, purpose: str = "to write to") -> None:
     """Refuse a destination that is a file or link, or a non-empty directory without
     ``overwrite``. Called again when the new tree is put in place."""
-    if dest.is_file() or dest.is_symlink():
+    if dest.is_symlink():  # never written through: the tree would land wherever it points
+        raise FileExistsError(f"{dest} is a symbolic link; pass the directory's own path {purpose}")
+    if dest.is_file():
         raise FileExistsError(f"{dest} is a file; pass a directory path {purpose}")
     if not overwrite and dest.is_dir() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} exists and is not empty; pass overwrite=True to replace it")
@@ -67,7 +69,9 @@ def atomic_dir(dest: str | os.PathLike[str], *, overwrite: bool = False, mode: i
     (see the module docstring). ``mode`` is the new directory's mode (default: what a plain
     ``mkdir`` makes under the umask)."""
     check_destination(Path(dest), overwrite, purpose)
-    dest = Path(dest).absolute()
+    dest = Path(os.path.normpath(Path(dest).absolute()))  # 'out/..' names its parent, not a '..' entry
+    if dest == dest.parent:
+        raise DestinationError(f"cannot write a tree over {dest}; pass a directory below it {purpose}")
     parent = dest.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +85,13 @@ def atomic_dir(dest: str | os.PathLike[str], *, overwrite: bool = False, mode: i
             os.chmod(staging, mode)
         yield staging
         _fsync_tree(staging)
-        _commit(staging, dest, overwrite, purpose)
+        try:
+            _commit(staging, dest, overwrite, purpose)
+        except OSError as exc:
+            if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EINVAL):  # a mount point, an ancestor of ...
+                raise
+            raise DestinationError(f"cannot replace {dest}: {exc.strerror}; pass a new directory path "
+                                   f"{purpose}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -92,25 +102,38 @@ def atomic_dir(dest: str | os.PathLike[str], *, overwrite: bool = False, mode: i
 # --------------------------------------------------------------------------- leftovers
 
 
+#: the random part of a staging or aside name this module makes (``secrets.token_hex(6)``)
+_TOKEN = "[0-9a-f]{12}"
+#: what an older release's ``tempfile.mkdtemp`` made for an aside (``.NAME.XXXXXXXX.old/x``)
+_LEGACY_TOKEN = "[a-z0-9_]{8}"
+
+
 def _leftover_re(name: str) -> re.Pattern[str]:
-    return re.compile(rf"^\.{re.escape(name)}\.[A-Za-z0-9_]+({re.escape(STAGING)}|{re.escape(ASIDE)})$")
+    return re.compile(rf"^\.{re.escape(name)}\.(?:(?P<token>{_TOKEN})|{_LEGACY_TOKEN})"
+                      rf"(?P<kind>{re.escape(STAGING)}|{re.escape(ASIDE)})$")
 
 
 def clean_leftovers(dest: Path) -> None:
     """Remove what killed writers of ``dest`` left beside it; put an old tree that a crash
-    left aside back at ``dest`` if nothing is there."""
+    left aside back at ``dest`` if nothing is there. Only names this module makes are
+    touched (12 hex digits between the destination's name and the suffix; an older
+    release's aside only when it has that release's layout, and then only put back): a
+    user's own ``.NAME.backup.old`` or ``.NAME.v1.incomplete`` is never moved or removed."""
     pattern = _leftover_re(dest.name)
     try:
-        entries = [p for p in dest.parent.iterdir() if pattern.match(p.name)]
+        entries = [(p, m) for p in dest.parent.iterdir() if (m := pattern.match(p.name))]
     except OSError:
         return
-    for p in entries:
+    for p, m in entries:
+        ours = m.group("token") is not None
+        if not ours and (m.group("kind") != ASIDE or not _is_legacy_aside(p) or os.path.lexists(dest)):
+            continue  # not a name this release makes, nor an older release's aside to put back
         lock = _try_lock(p)
         if lock is False:
             continue  # a live writer's
         try:
             if p.name.endswith(ASIDE) and not os.path.lexists(dest):
-                old = p / "x" if _is_legacy_aside(p) else p  # an older release kept the tree at .old/x
+                old = p / "x" if not ours else p  # an older release kept the tree at .old/x
                 os.rename(old, dest)
                 if old != p:
                     os.rmdir(p)

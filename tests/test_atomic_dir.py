@@ -251,7 +251,7 @@ def test_a_live_writers_staging_directory_is_kept_and_a_dead_ones_removed(tmp_pa
     try:
         live = Path(holder.stdout.readline().strip())
         assert live.is_dir() and live.name.startswith(".dest.") and live.name.endswith(".incomplete")
-        dead = tmp_path / ".dest.0123abcd.incomplete"  # as a killed writer leaves it: unlocked
+        dead = tmp_path / ".dest.0123456789ab.incomplete"  # as a killed writer leaves it: unlocked
         dead.mkdir()
         (dead / "adapter_model.safetensors").write_bytes(b"half")
         clean_leftovers(dest)
@@ -271,16 +271,62 @@ def test_an_old_tree_a_crash_left_aside_is_put_back(tmp_path):
     """Without an atomic swap the old tree is renamed aside first; if the writer dies
     before the new one is renamed in, the next writer puts the old one back first."""
     dest = tmp_path / "dest"
-    aside = tmp_path / ".dest.0123abcd.old"
+    aside = tmp_path / ".dest.0123456789ab.old"
     aside.mkdir()
     (aside / "a.json").write_bytes(b"old")
     legacy = tmp_path / "other"
-    (tmp_path / ".other.k9x_2.old" / "x").mkdir(parents=True)  # an older release's layout
-    (tmp_path / ".other.k9x_2.old" / "x" / "a.json").write_bytes(b"older")
+    (tmp_path / ".other.k9x_2abc.old" / "x").mkdir(parents=True)  # an older release's layout
+    (tmp_path / ".other.k9x_2abc.old" / "x" / "a.json").write_bytes(b"older")
     clean_leftovers(dest)
     clean_leftovers(legacy)
     assert _tree(dest) == {"a.json": b"old"} and _tree(legacy) == {"a.json": b"older"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "other"]
+
+
+def test_the_users_own_hidden_siblings_are_never_moved_or_removed(two_versions, tmp_path, monkeypatch):
+    """Only names atomic_dir makes are leftovers: a user's ``.NAME.backup.old`` and
+    ``.NAME.v1.incomplete`` beside the destination survive a pull (before: the first was
+    renamed into the destination, the second deleted), with and without --force, and so do
+    names in an older release's aside layout once the destination exists."""
+    url, blobs = two_versions
+    monkeypatch.chdir(tmp_path)
+    own = {".sentiment.backup.old": "NOTES.txt", ".sentiment.v1.incomplete": "DATA.txt",
+           ".sentiment.0123456789abcdef.old": "LONG.txt", ".sentiment.abcdefgh.old": "EIGHT.txt",
+           ".sentiment.backup01.incomplete": "B.txt"}
+    for d, f in own.items():
+        (tmp_path / d).mkdir()
+        (tmp_path / d / f).write_text("mine")
+    env = {"ADAPTERHUB_REGISTRY_URL": url, "ADAPTERHUB_BLOBS": blobs}
+    legacy = tmp_path / ".sentiment.k9x_2abc.old" / "x"  # an older release's aside layout: only ever put back
+    for extra in ([], ["--force"]):
+        if extra:  # the destination exists now: kept as it is
+            legacy.mkdir(parents=True)
+            (legacy / "a.json").write_text("mine")
+        r = subprocess.run([sys.executable, "-m", "adapterhub_sdk", "pull", f"{NAME}@1.0.0", "--out", "sentiment",
+                            *extra], capture_output=True, text=True, env={**os.environ, **env})
+        assert r.returncode == 0, r.stderr
+        assert "adapter_config.json" in {p.name for p in (tmp_path / "sentiment").iterdir()}
+        for d, f in own.items():
+            assert (tmp_path / d / f).read_text() == "mine", (extra, d)
+    assert (legacy / "a.json").read_text() == "mine"
+
+
+def test_a_link_or_the_root_as_destination_is_refused_in_one_line(two_versions, tmp_path):
+    """A link is never written through (it is named as a link, not 'a file')."""
+    url, blobs = two_versions
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    env = {**os.environ, "ADAPTERHUB_REGISTRY_URL": url, "ADAPTERHUB_BLOBS": blobs}
+    r = subprocess.run([sys.executable, "-m", "adapterhub_sdk", "pull", f"{NAME}@1.0.0", "--out",
+                        str(tmp_path / "link")], capture_output=True, text=True, env=env)
+    assert r.returncode != 0 and "is a symbolic link" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert list((tmp_path / "real").iterdir()) == []
+    from adapterhub_sdk.atomic_dir import atomic_dir
+    from adapterhub_sdk.errors import DestinationError
+
+    with pytest.raises(DestinationError, match="cannot write a tree over /"):
+        with atomic_dir("/", overwrite=True):
+            pass
 
 
 def test_a_pulled_directory_is_verified_and_has_the_mode_mkdir_gives(two_versions, tmp_path):
