@@ -60,7 +60,7 @@ def _manifest_bytes(p: Path) -> bytes | None:
         return None
     if not f.is_file() or f.stat().st_size > _MANIFEST_LIMIT:
         raise IntegrityError(f"{p}: {MANIFEST_FILE} is not a manifest pull wrote",
-                             hint="pull it again: adapterhub pull NAME@VERSION --out DIR --overwrite")
+                             hint="pull it again: adapterhub pull NAME@VERSION --out DIR --force")
     return f.read_bytes()
 
 
@@ -75,10 +75,10 @@ def _pinned(dep: Deployment, manifest_bytes: bytes, by_path: dict[str, Any],
         got = by_path.get(f.path)
         if got is None:
             raise IntegrityError(f"{where}: {f.path} of {ref} is missing",
-                                 hint=f"pull it again: adapterhub pull {ref} --out DIR --overwrite")
+                                 hint=f"pull it again: adapterhub pull {ref} --out DIR --force")
         if got.sha256 != f.sha256:
             raise IntegrityError(f"{where}: {f.path} does not match the sha256 {ref} lists for it (changed since "
-                                 "it was pulled)", hint=f"pull it again: adapterhub pull {ref} --out DIR --overwrite")
+                                 "it was pulled)", hint=f"pull it again: adapterhub pull {ref} --out DIR --force")
     if not manifest.base.fingerprint:  # published unpinned: only the shapes can be checked
         return ref, manifest.digest, "", {**manifest.method, "requirements": manifest.requirements}
     verdict, reasons = dep._verdict(manifest)

@@ -91,7 +91,7 @@ def _verify_files(path: Path, copy_to: Path | None = None) -> Any:
         raw = _read(reader, MANIFEST_FILE)
         manifest = Manifest.from_json(raw)
         ref = f"{manifest.name}@{manifest.version}"
-        again = f"pull it again: adapterhub pull {ref} --out {path} --overwrite"
+        again = f"pull it again: adapterhub pull {ref} --out {path} --force"
         for f in manifest.files:
             if reader.entry(f.path) is None:
                 raise IntegrityError(f"{path}: {f.path} of {ref} is missing", hint=again)
@@ -254,6 +254,20 @@ def _check_finite(source: Path, allow_nonfinite: bool, shown: Path, manifest: An
                   NonFiniteWarning, stacklevel=3)
 
 
+def _refuse_pickled_weights(source: Path, shown: Path) -> None:
+    """PEFT falls back to ``torch.load`` of ``adapter_model.bin`` (or another pickle) when the
+    directory has no ``adapter_model.safetensors``: refused here (UnsafeFormatError, with the
+    conversion hint) before PEFT sees the directory; nothing is unpickled."""
+    from .adapter_files import WEIGHTS
+    from .safetensors_io import looks_like_pickle, refuse_pickle
+
+    if (source / WEIGHTS).is_file():
+        return  # what PEFT loads when it is there
+    for f in sorted(source.iterdir()):
+        if f.name.startswith("adapter_model.") and f.is_file() and looks_like_pickle(f):
+            refuse_pickle(shown / f.name, what="adapter weights")
+
+
 def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default", strict: bool = False,
                  registry: Any = None, require_signed: Any = None, allow_nonfinite: bool = False) -> Any:
     """Load the adapter at ``path`` (as pulled) onto ``model`` and return the model to use.
@@ -299,6 +313,7 @@ def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default",
             source = Path(private)
         else:
             source = p
+        _refuse_pickled_weights(source, p)
         _check_finite(source, allow_nonfinite, p, manifest)
         if unpinned is not None:
             _unpinned(*unpinned, strict=False, stacklevel=2)

@@ -147,3 +147,47 @@ def test_what_is_neither_a_directory_nor_a_spec_here_is_one_line_saying_how_to_g
         assert f"{given} is not a directory" in msg and "\n" not in msg, msg
         assert "adapterhub pull" in hint and "--out DIR" in hint, hint
     assert not hasattr(model, "peft_config")
+
+
+def test_a_plain_peft_directory_with_pickled_weights_is_refused_never_unpickled(base_dir, lora_dir, tmp_path):
+    """PEFT saved with ``safe_serialization=False`` (adapter_model.bin): PEFT would
+    ``torch.load`` it; load_adapter refuses it in one line with the conversion hint, before PEFT
+    sees the directory (before: it loaded, through the unpickler)."""
+    from peft import PeftModel
+
+    from adapterhub_sdk.errors import UnsafeFormatError
+
+    d = tmp_path / "bin"
+    PeftModel.from_pretrained(_model(base_dir), lora_dir).save_pretrained(d, safe_serialization=False)
+    assert (d / "adapter_model.bin").is_file() and not (d / WEIGHTS).exists()
+    with pytest.raises(UnsafeFormatError, match="adapter_model.bin.*pickle") as err:
+        ah.load_adapter(_model(base_dir), d)
+    assert "safetensors" in (err.value.hint or "")
+
+
+def test_the_hint_for_a_changed_pulled_file_names_an_option_pull_has(registry, base_dir, lora_dir, tmp_path):
+    """A pulled file changed after the pull: the hint's command runs as written (it said
+    --overwrite, which pull does not have)."""
+    import subprocess
+    import sys
+
+    from adapterhub_sdk.errors import IntegrityError
+
+    registry.publish(lora_dir, name="acme/p", version="1.0.0", base=base_dir)
+    out = tmp_path / "pulled"
+    registry.pull("acme/p@1.0.0", out)
+    data = bytearray((out / WEIGHTS).read_bytes())
+    data[-1] ^= 1
+    (out / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(IntegrityError) as err:
+        ah.load_adapter(_model(base_dir), out)
+    hint = err.value.hint or ""
+    assert hint.startswith("pull it again: adapterhub pull acme/p@1.0.0 --out "), hint
+    cmd = hint.removeprefix("pull it again: ").split()
+    env = {"ADAPTERHUB_REGISTRY_URL": f"sqlite:///{tmp_path / 'r.db'}", "ADAPTERHUB_BLOBS": str(tmp_path / "blobs")}
+    import os
+
+    r = subprocess.run([sys.executable, "-m", "adapterhub_sdk", *cmd[1:]], capture_output=True, text=True,
+                       env={**os.environ, **env})
+    assert r.returncode == 0, r.stderr
+    ah.load_adapter(_model(base_dir), out)  # whole again
