@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlparse
 
+from . import quarantine as _gc
 from ._copyhash import copy_and_hash
 from .adapter_files import open_regular
 from .errors import IntegrityError, NotFoundError
@@ -52,6 +53,7 @@ def _check(digest: str) -> str:
 class BlobStore(OwnerFile):
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
+        self._held: dict[Path, int] = {}  # quarantine tokens -> their locked descriptors
 
     def __str__(self) -> str:
         return str(self.root)
@@ -180,34 +182,14 @@ class BlobStore(OwnerFile):
 
     def quarantine(self, digest: str) -> Path | None:
         """Move a blob out of its address (gc's first step): a publish that looks for it from
-        now on writes its own copy. Returns where it went, or None if it was not there."""
-        token = self._tmpdir() / f"gc.{digest}.{os.getpid()}.{time.monotonic_ns()}"
-        try:
-            os.rename(self.path(digest), token)
-        except FileNotFoundError:
-            return None
-        try:
-            os.utime(token)  # fresh: another gc's temp cleanup (which honours its grace) leaves it alone
-        except OSError:
-            pass
-        return token
+        now on writes its own copy. Returns where it went, or None if it was not there (or
+        another gc has it). Locked until released (:mod:`~adapterhub_sdk.quarantine`)."""
+        return _gc.quarantine(self, digest)
 
     def release(self, token: Path, digest: str, *, keep: bool) -> int:
         """Finish a quarantine: put the blob back (``keep``: a version referenced it
         meanwhile) or delete it. Returns the bytes freed."""
-        if keep:
-            final = self.path(digest)
-            if final.exists():  # a publish wrote it again meanwhile: same bytes
-                token.unlink(missing_ok=True)
-            else:
-                os.rename(token, final)
-            return 0
-        try:
-            size = token.stat().st_size
-        except FileNotFoundError:
-            return 0
-        token.unlink(missing_ok=True)
-        return size
+        return _gc.release(self, token, digest, keep=keep)
 
     def _intact(self, digest: str, size: int | None = None) -> bool:
         """Whether the blob is stored with the right bytes. Checked (a hash of the stored
@@ -326,7 +308,9 @@ class BlobStore(OwnerFile):
             return 0.0
 
     def clean_temp(self, older_than: float, *, dry_run: bool = False) -> int:
-        """Remove temp files of interrupted writes older than ``older_than`` seconds."""
+        """Remove temp files of interrupted writes older than ``older_than`` seconds, and put
+        back blobs a gc that died left in quarantine (the next gc judges them again against
+        the catalog, rather than deleting what a version may reference)."""
         t = self.root / "tmp"
         if not t.is_dir():
             return 0
@@ -334,9 +318,14 @@ class BlobStore(OwnerFile):
         n = 0
         for f in t.iterdir():
             try:
-                if now - f.stat().st_mtime < older_than:
-                    continue
+                age = now - f.stat().st_mtime
             except FileNotFoundError:
+                continue
+            digest = _gc.token_digest(f.name)
+            if digest is not None:
+                n += _gc.clean_token(self, f, digest, age, older_than, dry_run=dry_run)
+                continue
+            if age < older_than:
                 continue
             n += 1
             if not dry_run:
