@@ -215,6 +215,24 @@ def origins(q: Sql, name: str) -> set[str | None]:
     return {s.rsplit("@", 1)[0] if s else None for (s,) in rows}
 
 
+#: the first key of the PostgreSQL advisory locks that serialise writes of one adapter's versions
+#: (two-int4 keys: a space apart from the schema lock's single bigint, db._ADVISORY_KEY)
+VERSIONS_LOCK = 0x61647076  # "adpv"
+
+
+def lock_versions_of(q: Sql, key: str) -> None:
+    """Serialise, until the caller's transaction ends, the writers of the versions of the adapter
+    whose name key is ``key`` (created or not yet). On PostgreSQL under READ COMMITTED two
+    publishes of ``1.0.0+a`` and ``1.0.0+b`` would otherwise both pass the twin check, which no
+    unique key can express, before either commits; the second now waits and sees the first.
+    SQLite needs nothing: a write transaction begins with ``BEGIN IMMEDIATE``, one at a time."""
+    if q.postgres:
+        import hashlib
+
+        sub = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:4], "big", signed=True)
+        q("SELECT pg_advisory_xact_lock(CAST(? AS integer), CAST(? AS integer))", (VERSIONS_LOCK, sub))
+
+
 def insert_version(q: Sql, manifest: Manifest, size: int, *, source: str | None,
                    requirements: Mapping[str, Any]) -> bool:
     """One attempt at recording ``manifest`` in the caller's write transaction: False when the
@@ -227,6 +245,7 @@ def insert_version(q: Sql, manifest: Manifest, size: int, *, source: str | None,
     reqs = dict(requirements)
     req_digest = requirements_digest(reqs)
     key = name_key(manifest.name)
+    lock_versions_of(q, key)
     got = q("SELECT id FROM adapters WHERE name_key = ?", (key,))
     if got:
         aid = got[0][0]

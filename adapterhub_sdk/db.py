@@ -2,7 +2,8 @@
 
 SQLite: WAL journal, a busy timeout, foreign keys, and write transactions that begin
 with ``BEGIN IMMEDIATE`` so concurrent writers queue for the lock instead of failing
-half-way. PostgreSQL: plain transactions; uniqueness races are retried by the caller.
+half-way. PostgreSQL: plain transactions; uniqueness races are retried by the caller, and the
+writers of one adapter's versions queue for an advisory lock (catalog.lock_versions_of).
 """
 
 from __future__ import annotations
