@@ -113,3 +113,18 @@ def test_same_version_other_content_published_at_once_one_is_refused(registry_ur
         assert f"acme/s{i}@1.0.0 already exists with other content" in lost["message"], lost
         [only] = registry.versions(f"acme/s{i}")
         assert _weights(srcs[won]) in _stored_weights(registry, f"acme/s{i}@1.0.0"), only
+
+
+def test_same_new_alias_set_at_once_both_succeed(registry_url, registry, tmp_path, lora_dir, lora_dir_b):
+    """Two processes create the same new alias at once (to two versions): an alias is set again to
+    move it, so both succeed and it points at one of them (PostgreSQL: a raw IntegrityError on
+    pk_aliases for the second, which had seen no alias and inserted one)."""
+    registry.publish(lora_dir, name="acme/al", version="1.0.0")
+    registry.publish(lora_dir_b, name="acme/al", version="2.0.0")
+    res = race(registry_url, tmp_path / "blobs", tmp_path / "sync", {
+        "a": {"op": "alias", "ref": "acme/al@1.0.0", "alias": "a{i}"},
+        "b": {"op": "alias", "ref": "acme/al@2.0.0", "alias": "a{i}"}})
+    for i, (a, b) in enumerate(zip(res["a"], res["b"])):
+        assert a["ok"] and b["ok"], (i, a, b)
+        assert registry.show(f"acme/al@a{i}").version in ("1.0.0", "2.0.0")
+        assert registry.alias_target(f"acme/al@a{i}")[1] == registry.show(f"acme/al@a{i}").version

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from .. import catalog
 from .. import db as dbmod
@@ -121,12 +121,18 @@ class QueryPart(RegistryCore):
             raise InvalidVersionError(f"{ref!r}: an alias points at an exact version (NS/NAME@1.2.3)")
         with self._write() as conn:
             row = self._select_version(conn, r.name, r.spec)
-            cond = and_(T_ALIASES.c.adapter_id == row.adapter_id, T_ALIASES.c.alias == alias)
-            if conn.execute(select(T_ALIASES.c.alias).where(cond)).first():
-                conn.execute(update(T_ALIASES).where(cond).values(version_id=row.id, updated_at=utcnow()))
+            # one upsert: a SELECT then an INSERT let two processes creating the same alias at once
+            # on PostgreSQL both insert, the second failing on the primary key; setting an alias
+            # again moves it, so the later of the two wins, as if they had run one after the other
+            if dbmod.is_sqlite(self.engine):
+                from sqlalchemy.dialects.sqlite import insert as upsert
             else:
-                conn.execute(insert(T_ALIASES).values(adapter_id=row.adapter_id, alias=alias, version_id=row.id,
-                                                      updated_at=utcnow()))
+                from sqlalchemy.dialects.postgresql import insert as upsert
+            stmt = upsert(T_ALIASES).values(adapter_id=row.adapter_id, alias=alias, version_id=row.id,
+                                            updated_at=utcnow())
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=[T_ALIASES.c.adapter_id, T_ALIASES.c.alias],
+                set_={"version_id": stmt.excluded.version_id, "updated_at": stmt.excluded.updated_at}))
         return self.show(f"{r.name}@{row.version}")
 
     def alias_target(self, ref: str) -> tuple[str, str, str, bool]:
