@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
-from .errors import AdapterFormatError
+from .errors import AdapterFormatError, CorruptFileError, IntegrityError
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -323,7 +323,11 @@ def _scan(path: str | os.PathLike[str], display: str | os.PathLike[str] | None) 
                   key=lambda t: t.start)
     if not todo:
         return
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:  # gone since its header was read
+        raise CorruptFileError(f"{display or path}: cannot read ({exc.strerror or exc})") from exc
+    with f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if _PREFILTER if _PREFILTER is not None else "numpy" not in sys.modules:  # numpy loaded: it counts faster
             todo = [t for t in todo if _may_hold_nonfinite(mm, t.start, t.nbytes, t.dtype)]
             if not todo:  # the common case: numpy is never imported
@@ -342,6 +346,14 @@ def _scan(path: str | os.PathLike[str], display: str | os.PathLike[str] | None) 
             del values, part  # the mmap cannot close while numpy holds views of it
             if count:
                 yield NonFinite(t.name, count, t.dtype)
+
+
+def staged_copy_removed(sha256: str) -> IntegrityError:
+    """The error for a publish whose private staged copy of a blob (a temp file in the blob
+    store) was removed before it was stored: gc with no grace takes such files for leftovers."""
+    return IntegrityError(f"the staged copy of blob sha256:{sha256[:12]} was removed while publishing "
+                          "(by 'adapterhub gc --grace 0'?)",
+                          hint="publish again; run gc with its default grace while others publish")
 
 
 def nonfinite_message(file: str, found: list[NonFinite]) -> str:

@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlparse
 
 from . import quarantine as _gc
 from ._copyhash import copy_and_hash
-from .adapter_files import open_regular
+from .adapter_files import open_regular, staged_copy_removed
 from .errors import IntegrityError, NotFoundError
 from .hookspecs import hookimpl
 from .store_owner import OwnerFile
@@ -153,13 +153,14 @@ class BlobStore(OwnerFile):
             return 0
         try:
             staged.syncer.wait()
-            if not staged.path.exists():
-                raise IntegrityError(f"the staged copy of blob sha256:{staged.sha256[:12]} was removed while "
-                                     "publishing (by 'adapterhub gc --grace 0'?)",
-                                     hint="publish again; run gc with its default grace while others publish")
-            os.chmod(staged.path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged.path, final)
+            try:  # no exists() first: gc may remove it between that check and the rename
+                os.chmod(staged.path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged.path, final)
+            except FileNotFoundError:
+                if staged.path.exists():
+                    raise
+                raise staged_copy_removed(staged.sha256) from None
             _fsync_dir(final.parent)
             return staged.size
         except BaseException:

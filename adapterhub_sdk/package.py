@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,9 +26,10 @@ from .adapter_files import (
     refuse,
     sha256_file,  # noqa: F401 - re-exported: package.sha256_file was public
     skipped,
+    staged_copy_removed,
 )
 from .atomic_dir import atomic_dir
-from .errors import AdapterFormatError, IncompatibleAdapterError
+from .errors import AdapterFormatError, CorruptFileError, IncompatibleAdapterError
 from .jsontext import loads_bounded
 from .manifest import BaseRef, FileEntry, Manifest, check_file_path
 from .methods.base import AdapterMethod, Requirements
@@ -129,7 +131,8 @@ class AdapterPackage:
         read from the package's own copy of the file, one tensor at a time."""
         if self._nonfinite is None:
             weights = next(f for f in self.files if f.path == WEIGHTS)
-            self._nonfinite = nonfinite_tensors(weights.source, display=self.root / WEIGHTS)
+            with _reading_copies(self.files):
+                self._nonfinite = nonfinite_tensors(weights.source, display=self.root / WEIGHTS)
         return self._nonfinite
 
     def require_finite(self) -> None:
@@ -379,13 +382,39 @@ def _pack_opened(root: Path, opened: list[tuple[str, BinaryIO]], stage: Callable
         method, variant = detect_method(config)
         requirements = method.requirements(config, tensors)
         summary = method.describe(config, tensors)
-    except BaseException:
+    except BaseException as exc:
+        removed = _removed_copy(files, exc)
         _discard_staged(files, discard)
         if copies is not None:
             copies.cleanup()
+        if removed is not None:
+            raise removed from exc
         raise
     return AdapterPackage(root, config, files, tensors, method, variant, requirements, summary, _discard=discard,
                           _copies=copies)
+
+
+def _removed_copy(files: list[PackedFile], exc: BaseException) -> Exception | None:
+    """The error to give instead of ``exc`` (a file that could not be read) when one of the
+    package's staged copies is gone: a gc with no grace took it for a leftover temp file. Not
+    the user's file unreadable, nor the temp file's private path."""
+    if isinstance(exc, (OSError, CorruptFileError)):
+        for f in files:
+            if f.staged is not None and not Path(f.staged.path).exists():
+                return staged_copy_removed(f.sha256)
+    return None
+
+
+@contextmanager
+def _reading_copies(files: list[PackedFile]) -> Iterator[None]:
+    """Reads of the package's staged copies: see :func:`_removed_copy`."""
+    try:
+        yield
+    except BaseException as exc:
+        removed = _removed_copy(files, exc)
+        if removed is not None:
+            raise removed from exc
+        raise
 
 
 def _discard_staged(files: list[PackedFile], discard: Callable[[Any], None] | None) -> None:
