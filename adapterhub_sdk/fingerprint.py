@@ -311,7 +311,36 @@ def _fingerprint_checkpoint(path: Path, files: list[Path], index: Path | None, *
         tied[stored_tie[0]] = stored_tie[1]
     if index is not None:
         _check_index(index, set(shapes) | set(tied))
-    return _combine(entries, tied, str(path.resolve()), _read_config(directory))
+    config = _read_config(directory)
+    _check_head(path, shapes, tied, config)
+    return _combine(entries, tied, str(path.resolve()), config)
+
+
+_IN_LAYER = re.compile(r"\.\d+\.")  # a tensor inside a numbered block (layers.3., h.3.)
+
+
+def _check_head(path: Path, shapes: Mapping[str, tuple[int, ...]], tied: Mapping[str, str],
+                config: dict[str, Any] | None) -> None:
+    """Refuse a causal LM checkpoint whose config unties the output head while no head is
+    stored: ``from_pretrained`` would initialise it at random, so what loads is not the
+    weights this fingerprint covers (the tied copy of the same file would hash the same)."""
+    if not config or config.get("tie_word_embeddings") is not False or tied:
+        return
+    archs = config.get("architectures") or []
+    if not any(isinstance(a, str) and a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return
+    vocab = config.get("vocab_size")
+    if not isinstance(vocab, int) or any(_is_output_head(n) for n in shapes):
+        return
+    outside_layers = [n for n, s in shapes.items() if len(s) == 2 and s[0] == vocab and not _IN_LAYER.search(n)]
+    if len(outside_layers) > 1:
+        return  # a head under another name: an input embedding and an output matrix, outside the layers
+    raise WeightsNotFoundError(
+        f"{path}: config.json sets tie_word_embeddings to false but the checkpoint stores no output head "
+        "(lm_head.weight); from_pretrained would initialise the head at random, so no adapter can be "
+        "exact on it",
+        hint="save the model with its head (model.save_pretrained), or set tie_word_embeddings to true if "
+             "the head is the input embedding")
 
 
 def _check_index(index_path: Path, stored: set[str]) -> None:

@@ -729,3 +729,35 @@ def test_no_progress_bar_import_off_a_terminal(base_dir, base_fp):
         proc = subprocess.run([sys.executable, "-c", code % progress, str(base_dir)], capture_output=True,
                               text=True, timeout=300, check=True)
         assert proc.stdout.split() == [base_fp.digest, str(drawn)], (progress, proc.stderr)
+
+
+def test_an_untied_config_over_a_checkpoint_without_its_head_is_refused(tmp_path):
+    """A tied base's files with config.json edited to tie_word_embeddings: false: from_pretrained
+    initialises lm_head at random, so the model is not the weights on disk. Before, the edited
+    copy had the tied base's fingerprint, and resolve called its adapters exact; now fingerprint
+    (and so resolve --base, export --base-path, Deployment) refuses it in one line. The tied
+    original, and a base that stores its head, still fingerprint."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import save_base
+
+    from adapterhub_sdk.errors import WeightsNotFoundError
+
+    tied = save_base(tmp_path / "tied", seed=3, tie=True)
+    untied = save_base(tmp_path / "untied", seed=3)
+    flipped = tmp_path / "flipped"
+    shutil.copytree(tied, flipped)
+    cfg = json.loads((flipped / "config.json").read_text())
+    assert cfg.get("tie_word_embeddings") is not False
+    cfg["tie_word_embeddings"] = False
+    (flipped / "config.json").write_text(json.dumps(cfg))
+    fingerprint(tied)
+    fingerprint(untied)
+    with pytest.raises(WeightsNotFoundError, match="stores no output head"):
+        fingerprint(flipped)
+    r = subprocess.run([sys.executable, "-m", "adapterhub_sdk", "resolve", "--base", str(flipped)],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "stores no output head" in r.stderr and len(r.stderr.strip().splitlines()) == 1
