@@ -12,7 +12,6 @@ a version published without a base) has no pin: ``strict=True`` refuses it, as a
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -62,19 +61,57 @@ def _sha256(reader: Any, name: str) -> str:
     return h.hexdigest()
 
 
+def _peft_wrappers() -> tuple[type, type]:
+    """PEFT's two kinds of wrapper around a base module: tuner layers (``BaseTunerLayer``:
+    LoRA, IA3, trainable tokens' ``TrainableTokensLayer``..., the base under ``base_layer``) and
+    auxiliary training wrappers (``modules_to_save``'s ``ModulesToSaveWrapper``, trainable
+    tokens' ``TrainableTokensWrapper``: the base is ``original_module``)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    try:
+        from peft.utils.other import AuxiliaryTrainingWrapper as aux
+    except ImportError:  # PEFT before 0.15: modules_to_save was the only such wrapper
+        from peft.utils.other import ModulesToSaveWrapper as aux
+    return BaseTunerLayer, aux
+
+
+def _base_keys(module: Any, src: str, dst: str, wrappers: tuple[type, type], out: dict[str, str]) -> None:
+    """Map the state-dict keys under ``module`` (at ``src``) that hold the base's own tensors to
+    the names the bare base gives them (under ``dst``); adapter tensors, and the copies a wrapper
+    trains, get no entry."""
+    tuner, aux = wrappers
+    inner = None
+    if isinstance(module, aux):
+        inner = module.original_module
+    elif isinstance(module, tuner):
+        inner = getattr(module, "base_layer", None)
+    if inner is not None:  # a wrapper: only the module it wraps is the base's
+        for rel, sub in module.named_modules(remove_duplicate=False):
+            if sub is inner and rel:
+                _base_keys(inner, f"{src}{rel}.", dst, wrappers, out)
+                return
+    skip = set(getattr(module, "adapter_layer_names", ())) | set(getattr(module, "other_param_names", ())) \
+        if isinstance(module, tuner) else set()  # a tuner layer without base_layer: its own tensors only
+    for name in [*module._parameters, *module._buffers, "_extra_state"]:
+        if name not in skip:
+            out[src + name] = dst + name
+    for name, child in module._modules.items():
+        if child is not None and name not in skip:
+            _base_keys(child, f"{src}{name}.", f"{dst}{name}.", wrappers, out)
+
+
 def _base_state(model: Any) -> Any:
     """What to fingerprint: the model itself, or for a PeftModel the base weights under its
-    tuner layers (adapter tensors left out, ``base_layer``/``original_module`` unwrapped)."""
+    wrappers, named as the bare base names them: every tuner layer's ``base_layer``, every
+    ``modules_to_save`` / trainable-tokens wrapper's original module, unwrapped by the module's
+    type (PEFT's own classes), whatever adapters are loaded; adapter tensors and trained copies
+    left out."""
     if not (hasattr(model, "peft_config") and hasattr(model, "get_base_model")):
         return model
-    names = set(model.peft_config)
-    state = {}
-    for key, value in model.get_base_model().state_dict().items():
-        parts = key.split(".")
-        if names & set(parts) or "modules_to_save" in parts:
-            continue
-        state[re.sub(r"\.(base_layer|original_module)(?=\.)", "", key)] = value
-    return state
+    base = model.get_base_model()
+    keys: dict[str, str] = {}
+    _base_keys(base, "", "", _peft_wrappers(), keys)
+    return {keys[k]: v for k, v in base.state_dict().items() if k in keys}
 
 
 def _verify_files(path: Path, copy_to: Path | None = None) -> Any:
