@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -175,25 +176,95 @@ class OciRemote:
                                   hint=f"un-yank it first ('adapterhub yank {info.name}@{info.version} --undo'), "
                                        "or push the version that replaces it")
         with self._client(target) as c:
-            existing = c.head_manifest(target.repo, tag)
-            if existing is not None and existing != digest:
-                raise VersionConflictError(f"{where} already holds other content ({existing[:19]}, not {digest[:19]})",
-                                           hint="versions are immutable; publish and push a new version")
-            if existing is None:
-                ver = Version.parse(manifest.version)
-                twin = next((t for t, v in ((t, tag_version(t)) for t in c.tags(target.repo))
-                             if v is not None and v == ver and t != tag), None)
-                if twin is not None:  # semver ignores build metadata: a pin or a range could not tell them apart
-                    raise VersionConflictError(
-                        f"{target.repo_url}:{twin} is the same version as {manifest.version} (versions that differ only "
-                        "in build metadata have the same precedence)", hint="publish and push a new version number")
+            existing = self._check_tag(c, target, tag, digest, manifest.version)
+            created = existing is None
+            if created:
                 self._push_files(c, target, registry, manifest)
                 c.push_blob(target.repo, sha256_digest(config), len(config), config)
-                c.put_manifest(target.repo, tag, body)
+                # the uploads are the long window: another push of this version may have tagged it since.
+                # The registry API has no conditional PUT, so: ask again just before it, read back after it
+                if self._check_tag(c, target, tag, digest, manifest.version, late=True) is None:
+                    started = time.monotonic()
+                    c.put_manifest(target.repo, tag, body)
+                    self._read_back(c, target, tag, digest, settle=time.monotonic() - started)
+                else:  # another push of the same content tagged it meanwhile: nothing of ours to add
+                    created = False
             sigs = registry.signatures(f"{info.name}@{info.version}").bundles
             pushed = self._push_signatures(c, target, digest, sigs) if sigs else 0
         return OciPushResult(f"{target.host}/{target.repo}", manifest.version, digest,
-                             f"{target.repo_url}@{digest}", tag, existing is None, pushed, manifest.digest)
+                             f"{target.repo_url}@{digest}", tag, created, pushed, manifest.digest)
+
+    def _check_tag(self, c: OciClient, target: OciRef, tag: str, digest: str, version: str, *,
+                   late: bool = False) -> str | None:
+        """The digest ``tag`` names (None: no such tag, and no tag of the same version under
+        other build metadata); VersionConflictError where it names other content. ``late``:
+        asked again after this push's uploads (another push tagged it meanwhile), the tag's
+        HEAD last, so that nothing but that round trip lies between it and the PUT."""
+        where = f"{target.repo_url}:{tag}"
+        if late:
+            self._check_twin(c, target, tag, version)
+        existing = c.head_manifest(target.repo, tag)
+        if existing is not None and existing != digest:
+            if late:
+                raise VersionConflictError(
+                    f"{where} already holds other content ({existing[:19]}, not {digest[:19]}): another push of this "
+                    "version tagged it while this one uploaded its files; this push tagged nothing",
+                    hint=f"versions are immutable; pull {where} to see what it holds, and publish and push a new "
+                         "version")
+            raise VersionConflictError(f"{where} already holds other content ({existing[:19]}, not {digest[:19]})",
+                                       hint="versions are immutable; publish and push a new version")
+        if existing is None and not late:
+            self._check_twin(c, target, tag, version)
+        return existing
+
+    @staticmethod
+    def _check_twin(c: OciClient, target: OciRef, tag: str, version: str) -> None:
+        """No other tag names this version under other build metadata: semver ignores it, so a
+        pin or a range could not tell them apart."""
+        ver = Version.parse(version)
+        twin = next((t for t, v in ((t, tag_version(t)) for t in c.tags(target.repo))
+                     if v is not None and v == ver and t != tag), None)
+        if twin is not None:
+            raise VersionConflictError(
+                f"{target.repo_url}:{twin} is the same version as {version} (versions that differ only "
+                "in build metadata have the same precedence)", hint="publish and push a new version number")
+
+    #: the second read-back waits this many times as long as our manifest PUT took (at most SETTLE_MAX s)
+    SETTLE = 2.0
+    SETTLE_MAX = 5.0
+
+    def _read_back(self, c: OciClient, target: OciRef, tag: str, digest: str, *, settle: float) -> None:
+        """After this push's manifest PUT: the tag must name it. Another push of this version
+        whose PUT landed after ours holds the tag now, and this push is told so, not "pushed".
+        Read at once, and again after about twice as long as our PUT took (``settle``): a
+        concurrent PUT already on its way when ours landed (the registry handles both at once)
+        has landed by then too."""
+        self._tag_names(c, target, tag, digest)
+        time.sleep(min(self.SETTLE * settle, self.SETTLE_MAX))
+        self._tag_names(c, target, tag, digest)
+
+    @staticmethod
+    def _tag_names(c: OciClient, target: OciRef, tag: str, digest: str) -> None:
+        from .client import OciUnavailableError
+
+        where = f"{target.repo_url}:{tag}"
+        try:
+            now = c.head_manifest(target.repo, tag)
+        except OciUnavailableError as exc:
+            raise OciUnavailableError(f"{where}: the manifest ({digest[:19]}) was written, but the tag could not be "
+                                      f"read back to check that no other push replaced it ({exc})",
+                                      hint=f"check what the tag holds ('adapterhub pull {where}'), or push "
+                                           "again") from exc
+        if now == digest:
+            return
+        if now is None:
+            raise VersionConflictError(f"{where} is gone right after this push tagged it ({digest[:19]}): deleted "
+                                       "meanwhile; the manifest is in the repository untagged",
+                                       hint="push again, or ask who deletes tags in that repository")
+        raise VersionConflictError(
+            f"{where} holds other content ({now[:19]}, not {digest[:19]}): another push of this version wrote the "
+            "tag at the same time, after this one; this push's manifest is in the repository untagged",
+            hint=f"versions are immutable; pull {where} to see what it holds, and publish and push a new version")
 
     def _push_files(self, c: OciClient, target: OciRef, registry: Any, manifest: Manifest) -> None:
         blobs = registry.blobs
