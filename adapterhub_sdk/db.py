@@ -82,7 +82,10 @@ def parse_url(url: str) -> URL:
     return parsed
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine on the registry database at ``url``. A SQLite file that does not exist is
+    created (its folder too) when the schema is, unless ``create`` is False (a command that
+    only reads: a mistyped path must not become a new, empty registry): RegistryError then."""
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
@@ -90,6 +93,10 @@ def make_engine(url: str) -> Engine:
         if db and db != ":memory:" and not parsed.query:
             file = Path(db).expanduser().absolute()
             ro = read_only_uri(str(file))
+            if ro is None and not create and not file.exists():
+                raise RegistryError(f"no registry at {file}: the file does not exist",
+                                    hint="check --registry / ADAPTERHUB_REGISTRY_URL, or publish an adapter "
+                                         "there to create it")
             if ro is None:
                 file.parent.mkdir(parents=True, exist_ok=True)
         timeout = BUSY_TIMEOUT_MS / 1000

@@ -165,6 +165,23 @@ def _given_url(ctx: click.Context) -> str | None:
     return url
 
 
+#: the commands that only read the registry: on a SQLite file given by --registry (or
+#: ADAPTERHUB_REGISTRY_URL) that does not exist they say so and create nothing
+READ_COMMANDS = frozenset({"list", "show", "resolve", "export", "verify", "keys list", "policy show",
+                           "db current"})
+
+
+def creates_registry(ctx: click.Context) -> bool:
+    """Whether this command may create the registry it opens: any command on the default home;
+    on a URL given, all but the :data:`READ_COMMANDS` (a mistyped path is not a new registry)."""
+    names = []
+    c: click.Context | None = ctx
+    while c is not None and c.parent is not None:
+        names.append(c.info_name or "")
+        c = c.parent
+    return _given_url(ctx) is None or " ".join(reversed(names)) not in READ_COMMANDS
+
+
 def registry(ctx: click.Context) -> Registry:
     """The registry the global options name, opened once per command and closed after it."""
     from ..registry import Registry
@@ -172,7 +189,7 @@ def registry(ctx: click.Context) -> Registry:
     obj = ctx.find_root().obj
     reg = obj.get("registry")
     if reg is None:
-        reg = Registry.open(_given_url(ctx), blobs=obj.get("blobs"))
+        reg = Registry.open(_given_url(ctx), blobs=obj.get("blobs"), create=creates_registry(ctx))
         obj["registry"] = reg
         ctx.call_on_close(reg.close)
     return reg

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import click
 
-from ._app import EXIT_ERROR, cli, examples, registry, registry_url
+from ._app import EXIT_ERROR, cli, creates_registry, examples, registry, registry_url
 from ._output import Result, emits, human_size
 
 
@@ -85,7 +85,7 @@ def db_current(ctx: click.Context) -> Result:
     """Print the registry's schema revision and the one this SDK needs."""
     from .. import db as dbmod
 
-    engine = dbmod.make_engine(registry_url(ctx))
+    engine = dbmod.make_engine(registry_url(ctx), create=creates_registry(ctx))
     try:
         with dbmod.operational_errors(), engine.connect() as conn:
             current = dbmod.current_revision(conn)

@@ -26,15 +26,16 @@ class Registry(BasesPart, PublishPart, QueryPart, ResolvePart, TransferPart, Lif
 
     @classmethod
     def open(cls, url: str | None = None, *, blobs: str | os.PathLike[str] | None = None,
-             upgrade: bool = False) -> Registry:
+             upgrade: bool = False, create: bool = True) -> Registry:
         """Open (creating if new) the registry at ``url``; default SQLite under ADAPTERHUB_HOME.
+        ``create=False``: a SQLite file that does not exist is a RegistryError, nothing created.
         ``blobs`` is the blob store: a directory or a ``scheme://`` URL of a storage plugin
         (env ADAPTERHUB_BLOBS; default ``blobs/`` beside a SQLite database file; a PostgreSQL
         registry needs one given, since all its users must share it)."""
         from ..home import default_blob_root, default_registry_url, sqlite_blob_root
 
         url = url or default_registry_url()
-        engine = dbmod.make_engine(url)
+        engine = dbmod.make_engine(url, create=create)
         if upgrade:
             dbmod.upgrade(engine)
         else:
