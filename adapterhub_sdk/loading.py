@@ -71,7 +71,7 @@ def _peft_wrappers() -> tuple[type, type]:
     try:
         from peft.utils.other import AuxiliaryTrainingWrapper as aux
     except ImportError:  # PEFT before 0.15: modules_to_save was the only such wrapper
-        from peft.utils.other import ModulesToSaveWrapper as aux
+        from peft.utils.other import ModulesToSaveWrapper as aux  # type: ignore[assignment]
     return BaseTunerLayer, aux
 
 
@@ -82,7 +82,7 @@ def _base_keys(module: Any, src: str, dst: str, wrappers: tuple[type, type], out
     tuner, aux = wrappers
     inner = None
     if isinstance(module, aux):
-        inner = module.original_module
+        inner = getattr(module, "original_module", None)
     elif isinstance(module, tuner):
         inner = getattr(module, "base_layer", None)
     if inner is not None:  # a wrapper: only the module it wraps is the base's

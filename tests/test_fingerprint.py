@@ -742,9 +742,9 @@ def test_an_untied_config_over_a_checkpoint_without_its_head_is_refused(tmp_path
     import subprocess
     import sys
 
-    from conftest import save_base
-
     from adapterhub_sdk.errors import WeightsNotFoundError
+
+    from conftest import save_base
 
     tied = save_base(tmp_path / "tied", seed=3, tie=True)
     untied = save_base(tmp_path / "untied", seed=3)

@@ -127,7 +127,7 @@ class QueryPart(RegistryCore):
             if dbmod.is_sqlite(self.engine):
                 from sqlalchemy.dialects.sqlite import insert as upsert
             else:
-                from sqlalchemy.dialects.postgresql import insert as upsert
+                from sqlalchemy.dialects.postgresql import insert as upsert  # type: ignore[assignment]
             stmt = upsert(T_ALIASES).values(adapter_id=row.adapter_id, alias=alias, version_id=row.id,
                                             updated_at=utcnow())
             conn.execute(stmt.on_conflict_do_update(
