@@ -184,13 +184,19 @@ def _race(cmds: list[list[str]], barrier: Path) -> list[subprocess.CompletedProc
 
 def test_racing_first_opens_of_a_new_sqlite_registry(tmp_path):
     """Many processes opening the same brand-new SQLite file at once: each must wait its
-    turn (switching the file to WAL is answered "locked" at once, without the busy handler)."""
+    turn (switching the file to WAL is answered "locked" at once, without the busy handler).
+    ``gc --dry-run`` is a command that may create the registry it is given (``list`` on a
+    URL that holds none is refused instead: a mistyped path is not a new registry)."""
     for rnd in range(4):
         url = f"sqlite:///{tmp_path / f'fresh{rnd}' / 'registry.db'}"
-        cmds = [["--registry", url, "list", "--json"] for _ in range(6)]
+        cmds = [["--registry", url, "--blobs", str(tmp_path / f"blobs{rnd}"), "gc", "--dry-run", "--json"]
+                for _ in range(6)]
         for r in _race(cmds, tmp_path / f"open{rnd}"):
             assert r.returncode == 0, r.stderr
-            assert json.loads(r.stdout) == []
+            json.loads(r.stdout)
+        listed = subprocess.run([sys.executable, "-m", "adapterhub_sdk", "--registry", url, "list", "--json"],
+                                capture_output=True, text=True, timeout=120)
+        assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
 
 
 def test_concurrent_publishers(backend_url, base_dir, lora_dir, lora_dir_b, tmp_path):

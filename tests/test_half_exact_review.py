@@ -108,19 +108,28 @@ def test_each_row_of_a_mixed_batch_is_peft_bit_for_bit(world):
             assert torch.equal(dep.forward(ids, kind), peft(world, kind)(input_ids=ids).logits), kind
 
 
+def _peft_greedy(world: dict[str, Any], kind: str | None, prompts: list[list[int]]) -> list[list[int]]:
+    with torch.no_grad():
+        out = peft(world, kind).generate(input_ids=torch.tensor(prompts), attention_mask=torch.ones(
+            len(prompts), len(prompts[0]), dtype=torch.long), max_new_tokens=24, do_sample=False,
+            eos_token_id=None, pad_token_id=0)
+    return out[:, len(prompts[0]):].tolist()
+
+
 def test_greedy_generate_is_peft_greedy(world):
-    """24 prompts in one mixed generate (KV cache, per-row decode steps), each row PEFT's greedy
-    tokens for its adapter alone; a few rows generated alone give the same tokens."""
+    """24 prompts in one mixed generate (KV cache, per-row decode steps): each row is PEFT's
+    greedy tokens for its adapter on the same 24 prompts (CPU half-precision matmuls round by
+    how many rows they see, so PEFT's own row 11 of 24 can differ from that prompt alone: the
+    peer is PEFT on a batch of the same size); rows generated alone are PEFT's alone."""
     dep = world["dep"]
     g = torch.Generator().manual_seed(7)
     prompts = [torch.randint(3, VOCAB, (8,), generator=g).tolist() for _ in range(24)]
     names: list[str | None] = [("rslora", None, "lora")[i % 3] for i in range(len(prompts))]
     mixed = dep.generate(prompts, names, max_new_tokens=24, temperature=0.0)
+    batched = {kind: _peft_greedy(world, kind, prompts) for kind in set(names)}
     for i, (p, kind, row) in enumerate(zip(prompts, names, mixed, strict=True)):
-        with torch.no_grad():
-            ref = peft(world, kind).generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p),
-                                             dtype=torch.long), max_new_tokens=24, do_sample=False,
-                                             eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
+        ref = batched[kind][i]
         assert row["token_ids"] and row["token_ids"] == ref[:len(row["token_ids"])], (i, kind)
         if i < 3:
-            assert dep.generate([p], kind, max_new_tokens=24, temperature=0.0)[0]["token_ids"] == row["token_ids"]
+            alone = dep.generate([p], kind, max_new_tokens=24, temperature=0.0)[0]["token_ids"]
+            assert alone and alone == _peft_greedy(world, kind, [p])[0][:len(alone)], (i, kind)
