@@ -101,8 +101,8 @@ def select_version(q: Sql, name: str, spec: str | None) -> VersionRow:
     rows = [_version_row(t) for t in q(f"SELECT {_VCOLS} FROM versions v WHERE v.adapter_id = ?", (aid,))]
     parsed = [(Version.parse(r.version), r) for r in rows]
     if sp.kind == "exact":
-        for v, r in parsed:
-            if v == sp.exact:
+        for v, r in parsed:  # a pin that spells build metadata names that build, not a twin of it
+            if sp.pins(v):
                 return r
     else:
         live = [(v, r) for v, r in parsed if not r.yanked and sp.matches(v)]

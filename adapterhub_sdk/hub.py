@@ -223,7 +223,7 @@ class HubClient:
         if versions:
             chosen: Version | None = None
             if spec.kind == "exact":
-                chosen = next((v for v in versions if v == spec.exact), None)
+                chosen = next((v for v in versions if spec.pins(v)), None)
             else:
                 chosen = spec.best(versions)
             if chosen is not None:

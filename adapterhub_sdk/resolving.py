@@ -242,7 +242,7 @@ def keep(rows: Sequence[tuple[Any, ...]], spec: VersionSpec | None, alias_vid: i
                 if r[0] != alias_vid:
                     continue
             elif spec.kind == "exact":
-                if v != spec.exact:
+                if not spec.pins(v):
                     continue
             elif r[8] or not spec.matches(v):
                 continue

@@ -180,6 +180,14 @@ class VersionSpec:
     def allows_prerelease(self) -> bool:
         return any(v.prerelease and v.prerelease != ("0",) for _, v in self.comparators)
 
+    def pins(self, version: Version) -> bool:
+        """Whether an exact spec designates ``version``: the same precedence and, when the
+        spec spells build metadata (``1.0.0+build.8``), that build (``+build.7`` is another
+        artifact, never taken for it)."""
+        want = self.exact
+        return (self.kind == "exact" and want is not None and version == want
+                and (not want.build or version.build == want.build))
+
     def matches(self, version: Version) -> bool:
         """Whether ``version`` satisfies a range or exact spec (aliases resolve in the registry)."""
         if self.kind == "alias":
