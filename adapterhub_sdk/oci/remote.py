@@ -124,22 +124,45 @@ class OciRemote:
         for t in c.tags(ref.repo):
             if (tv := tag_version(t)) is not None:
                 named.setdefault(tv, []).append(t)
-        chosen = next((v for v in named if v == spec.exact), None) if spec.kind == "exact" else \
-            spec.best({v: ts[0] for v, ts in named.items()})
-        if chosen is None:
+        if spec.kind == "exact":
+            candidates = [v for v in named if v == spec.exact]
+        else:  # newest first; a tag holding another kind of artifact (an image, a model) is passed over
+            candidates = sorted((v for v in named if spec.matches(v)), reverse=True)
+        if not candidates:
             near = ", ".join(str(v) for v in sorted(named)[-8:]) or "none"
             raise NotFoundError(f"{ref}: no version tag matches {spec.text!r} (version tags: {near})")
-        tags = named[chosen]
-        if spec.kind == "exact" and spec.exact is not None and spec.exact.build:  # that build, no other
-            tags = [t for t in tags if t == version_tag(str(spec.exact))]
-            if not tags:
-                raise NotFoundError(f"{ref}: no tag {version_tag(str(spec.exact))} (tags of {chosen}: "
-                                    f"{', '.join(named[chosen])})")
-        if len(tags) > 1:
-            raise VersionConflictError(f"{ref}: tags {', '.join(tags)} name the same version {spec.text!r} picks "
-                                       "(they differ only in build metadata)",
-                                       hint=f"pull one by its tag: {ref.repo_url}:{tags[0]}")
-        return tags[0], tags[0]
+        others: list[str] = []
+        for chosen in candidates:
+            tags = named[chosen]
+            if spec.kind == "exact" and spec.exact is not None and spec.exact.build:  # that build, no other
+                tags = [t for t in tags if t == version_tag(str(spec.exact))]
+                if not tags:
+                    raise NotFoundError(f"{ref}: no tag {version_tag(str(spec.exact))} (tags of {chosen}: "
+                                        f"{', '.join(named[chosen])})")
+            if len(tags) > 1:
+                raise VersionConflictError(f"{ref}: tags {', '.join(tags)} name the same version {spec.text!r} "
+                                           "picks (they differ only in build metadata)",
+                                           hint=f"pull one by its tag: {ref.repo_url}:{tags[0]}")
+            if spec.kind == "exact" or self._holds_adapter(c, ref, tags[0]):
+                return tags[0], tags[0]
+            others.append(tags[0])
+        raise NotFoundError(f"{ref}: no version tag matching {spec.text!r} holds an adapter (tag"
+                            f"{'s' if len(others) > 1 else ''} {', '.join(others)} hold{'' if len(others) > 1 else 's'} "
+                            "another kind of artifact)",
+                            hint="push one with 'adapterhub push', or pull another repository")
+
+    @staticmethod
+    def _holds_adapter(c: OciClient, ref: OciRef, tag: str) -> bool:
+        """Whether ``tag`` names an image manifest of our artifact type (or with our config):
+        what a range or @latest may pick; an index, an image or another tool's artifact is not."""
+        got = c.get_manifest(ref.repo, tag)
+        if got is None:
+            return False
+        try:
+            doc = parse_oci(got[0], f"{ref.repo_url}:{tag}")
+        except AdapterHubError:
+            return False
+        return doc.get("artifactType") == ARTIFACT_TYPE or doc["config"].get("mediaType") == CONFIG_TYPE
 
     def _not_found(self, c: OciClient, ref: OciRef, reference: str) -> NotFoundError:
         import difflib
@@ -362,7 +385,8 @@ class OciRemote:
             doc = parse_oci(body, what)
             cfg = doc["config"]
             if cfg.get("mediaType") != CONFIG_TYPE or not isinstance(cfg.get("digest"), str):
-                raise NotFoundError(f"{r} is not an adapter pushed by adapterhub (config type "
+                raise NotFoundError(f"{r}{f' (tag {tag})' if tag and tag != r.tag else ''} is not an adapter "
+                                    "pushed by adapterhub (config type "
                                     f"{cfg.get('mediaType')!r}, not {CONFIG_TYPE})")
             manifest = config_manifest(c.fetch_small(r.repo, cfg["digest"], CONFIG_LIMIT), what)
             if tag is not None and tag_version(tag) is not None and str(tag_version(tag)) != manifest.version:
