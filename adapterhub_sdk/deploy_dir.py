@@ -22,7 +22,7 @@ from typing import Any
 from .adapter_files import CONFIG, WEIGHTS, refuse_nonfinite
 from .deploy import AttachedAdapter, Deployment, StructuralMatchWarning
 from .errors import IncompatibleAdapterError, IntegrityError, InvalidNameError, NotFoundError
-from .loading import MANIFEST_FILE, _check_directory_signed
+from .loading import MANIFEST_FILE, _check_directory_signed, check_as_recorded
 from .manifest import Manifest, canonical_json
 
 _MANIFEST_LIMIT = 16 * 1024 * 1024  # a manifest lists files and a fingerprint: far smaller
@@ -69,6 +69,7 @@ def _pinned(dep: Deployment, manifest_bytes: bytes, by_path: dict[str, Any],
     """(ref, digest, verdict, method) of a directory carrying a manifest; its files verified."""
     manifest = Manifest.from_json(manifest_bytes)
     ref = f"{manifest.name}@{manifest.version}"
+    check_as_recorded(manifest, dep.registry, where)
     for f in manifest.files:
         if f.path == MANIFEST_FILE:  # listed by an older publish; every pull writes its own there
             continue

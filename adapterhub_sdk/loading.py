@@ -145,6 +145,36 @@ def _verify_files(path: Path, copy_to: Path | None = None) -> Any:
     return manifest
 
 
+def check_as_recorded(manifest: Any, registry: Any, where: str | Path) -> None:
+    """A pulled directory's manifest against the registry's record of that version: where
+    ``registry`` (None: the default registry, when one exists; none is created) holds
+    ``NAME@VERSION``, the manifest must be the one it holds, digest for digest. The manifest
+    carries the pin: one edited after the pull (another base fingerprint, other files) would
+    otherwise be taken at its word. IntegrityError naming both digests. A directory whose
+    version this registry does not hold (pulled from another registry) is not checked here:
+    a signing policy is what vouches for it."""
+    from contextlib import nullcontext
+
+    from .errors import AdapterHubError
+
+    opened = _default_registry() if registry is None else None
+    with opened if opened is not None else nullcontext():
+        reg = registry if registry is not None else opened
+        if reg is None:
+            return
+        try:
+            held = reg._existing_digest(manifest.name, manifest.version)
+        except AdapterHubError:  # another build of that version, or no such name here: not this one
+            return
+        if held is not None and held != manifest.digest:
+            ref = f"{manifest.name}@{manifest.version}"
+            raise IntegrityError(
+                f"{where}: its {MANIFEST_FILE} is not the manifest {ref} has in the registry ({manifest.digest[:19]}, "
+                f"recorded {held[:19]}): changed since it was pulled, so its pin cannot be trusted",
+                hint=f"pull it again: adapterhub pull {ref} --out {where} --force (if it comes from another "
+                     "registry that holds its own " + ref + ", pass registry= that registry)")
+
+
 def _check_fit(model: Any, manifest: Any, strict: bool, stacklevel: int = 3) -> str | None:
     from .fingerprint import fingerprint
 
@@ -170,16 +200,18 @@ def _check_fit(model: Any, manifest: Any, strict: bool, stacklevel: int = 3) -> 
     return "structural"
 
 
-def check_pulled(model: Any, path: str | Path, *, strict: bool = False) -> str | None:
+def check_pulled(model: Any, path: str | Path, *, strict: bool = False, registry: Any = None) -> str | None:
     """For a directory written by ``pull``: verify its files against the manifest, then the
     model's weights against the pinned base fingerprint. Returns the verdict (``exact``,
     ``structural``; None, with an UnpinnedAdapterWarning, when the directory has no manifest or
-    the version is not pinned); raises IntegrityError for changed files,
+    the version is not pinned); raises IntegrityError for changed files or a manifest that is
+    not the one ``registry`` (default: the default registry, when one exists) holds for it,
     IncompatibleAdapterError when it does not fit, or under ``strict`` when nothing pins it."""
     manifest = _verify_files(Path(path))
     if manifest is None:
         _unpinned(str(path), NO_MANIFEST, strict, stacklevel=2)
         return None
+    check_as_recorded(manifest, registry, path)
     return _check_fit(model, manifest, strict, stacklevel=3)
 
 
@@ -344,6 +376,7 @@ def load_adapter(model: Any, path: str | Path, *, adapter_name: str = "default",
         if unpinned is not None and strict:
             _unpinned(*unpinned, strict=True, stacklevel=2)
         if manifest is not None:  # as pulled: check and load the private copy just hashed, nothing else
+            check_as_recorded(manifest, registry, p)
             if unpinned is None:
                 _check_fit(model, manifest, strict)
             config = loads_bounded((Path(private) / "adapter_config.json").read_text(encoding="utf-8"))
