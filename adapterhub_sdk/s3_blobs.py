@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlparse
@@ -42,7 +42,7 @@ from .adapter_files import open_regular
 from .errors import IntegrityError, NotFoundError, RegistryError
 from .hookspecs import hookimpl
 from .s3_errors import _absent, _code, _no_bucket, _precondition, _s3_errors, _store_error
-from .s3_staging import PREFIX, SUFFIX, clean_staging, staging_dir
+from .s3_staging import PREFIX, SUFFIX, clean_staging, lock_staged, staging_dir
 from .store_owner import OwnerObject
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class S3StagedBlob:
     path: Path
     sha256: str
     size: int
+    lock: int = field(default=-1, compare=False, repr=False)  # flock held while the publish lives
 
 
 #: the first botocore whose PutObject and CopyObject both take IfNoneMatch: every write here is
@@ -265,7 +266,9 @@ class S3BlobStore(OwnerObject):
         self._warm_client()  # the first request will need it: made meanwhile, while this copies
         fd, name = tempfile.mkstemp(prefix=PREFIX, suffix=SUFFIX, dir=staging_dir())  # gc cleans what a kill left
         tmp = Path(name)
+        lock = -1
         try:
+            lock = lock_staged(name)  # held until discard: gc leaves a live publish's copy alone
             try:  # the kernel copies; the copy is hashed as the local store hashes it: what is hashed is what goes up
                 if isinstance(source, (str, os.PathLike)):
                     with open_regular(source, what="file") as f:
@@ -286,13 +289,18 @@ class S3BlobStore(OwnerObject):
                         n, digest = _copy_hashed(src_fd, fd)
             finally:
                 os.close(fd)
-            return S3StagedBlob(tmp, digest, n)
+            return S3StagedBlob(tmp, digest, n, lock)
         except BaseException:
             tmp.unlink(missing_ok=True)
+            if lock >= 0:
+                os.close(lock)
             raise
 
     def discard(self, staged: S3StagedBlob) -> None:
         staged.path.unlink(missing_ok=True)
+        if staged.lock >= 0:
+            os.close(staged.lock)
+            staged.lock = -1
 
     @_s3_errors
     def holds(self, staged: S3StagedBlob) -> bool:

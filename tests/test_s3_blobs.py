@@ -422,3 +422,40 @@ def test_gc_interrupted_in_quarantine_is_undone_by_the_next(s3_url, tmp_path, ba
         assert reg.verify().problems == []
         reg.pull("team/a@1.0.0", tmp_path / "out")
         assert not reg.blobs.client.list_objects_v2(Bucket=reg.blobs.bucket, Prefix="team/blobs/gc/").get("Contents")
+
+
+STAGE_AND_WAIT = r"""
+import sys
+from adapterhub_sdk.s3_blobs import S3BlobStore
+bucket, _, prefix = sys.argv[1].removeprefix("s3://").partition("/")
+staged = S3BlobStore(bucket, prefix).stage(sys.argv[2])
+print(staged.path, flush=True)
+sys.stdin.read()  # a publish between staging and upload, for as long as the test wants
+"""
+
+
+def test_gc_grace_0_leaves_a_running_publishs_staged_copy_and_removes_a_killed_ones(s3_url, tmp_path, lora_dir):
+    """Server: moto_server on loopback. A live process holds a staged copy (as a publish does
+    between staging and upload): ``gc --grace 0`` leaves it (before: removed from under the
+    publish, which then failed); once that process is killed, the next gc removes it."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", STAGE_AND_WAIT, s3_url, str(lora_dir / "adapter_model.safetensors")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        staged = Path(proc.stdout.readline().strip())
+        assert staged.is_file(), staged
+        with ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}", blobs=s3_url) as reg:
+            reg.gc(grace_seconds=0)
+            assert staged.is_file(), "gc --grace 0 removed a running publish's staged copy"
+            r = run_cli("--registry", f"sqlite:///{tmp_path / 'r.db'}", "--blobs", s3_url, "gc", "--grace", "0",
+                        "--json", check=True)
+            assert staged.is_file() and json.loads(r.stdout)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            assert reg.gc(grace_seconds=0).temp_removed >= 1
+            assert not staged.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
