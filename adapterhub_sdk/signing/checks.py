@@ -76,8 +76,9 @@ class VersionSignatures:
             what = {"untrusted": "signed by a key this registry does not trust",
                     "revoked": "signed by a revoked key", "bad_signature": "bad signature",
                     "tampered": "tampered"}[c.status]
-            parts.append(f"{what} ({c.signer}{': ' + c.reason if c.reason else ''})")
-        return "; ".join(parts) or "unsigned"
+            why = c.reason if c.status in ("bad_signature", "tampered") else ""  # the others' say it again
+            parts.append(f"{what} ({c.signer}{': ' + why if why else ''})")
+        return "; ".join(dict.fromkeys(parts)) or "unsigned"  # two bundles by one key: said once
 
 
 def signed_resources(manifest: Manifest) -> dict[str, str]:
