@@ -18,6 +18,7 @@ READS = [
     ["policy", "show"],
     ["db", "current"],
     ["export", "acme/x@1.0.0", "--format", "vllm", "--out", "OUT"],
+    ["pull", "acme/x@1.0.0", "--out", "OUT"],  # a local pull reads (before: created the registry)
 ]
 
 

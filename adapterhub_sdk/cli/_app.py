@@ -182,20 +182,23 @@ def creates_registry(ctx: click.Context) -> bool:
     return _given_url(ctx) is None or " ".join(reversed(names)) not in READ_COMMANDS
 
 
-def registry(ctx: click.Context) -> Registry:
-    """The registry the global options name, opened once per command and closed after it."""
+def registry(ctx: click.Context, *, reads_only: bool = False) -> Registry:
+    """The registry the global options name, opened once per command and closed after it.
+    ``reads_only``: this use of the command only reads (a local pull), so a URL given that
+    holds no registry is refused, as for the :data:`READ_COMMANDS`."""
     from ..registry import Registry
 
     obj = ctx.find_root().obj
     reg = obj.get("registry")
     if reg is None:
-        reg = Registry.open(_given_url(ctx), blobs=obj.get("blobs"), create=creates_registry(ctx))
+        create = creates_registry(ctx) and not (reads_only and _given_url(ctx) is not None)
+        reg = Registry.open(_given_url(ctx), blobs=obj.get("blobs"), create=create)
         obj["registry"] = reg
         ctx.call_on_close(reg.close)
     return reg
 
 
-def catalog_registry(ctx: click.Context) -> Any:
+def catalog_registry(ctx: click.Context, *, reads_only: bool = False) -> Any:
     """For a command that records, pulls or pushes through the registry's catalog statements
     alone (a pull from or a push to an OCI registry): the registry opened with sqlite3
     (:class:`~adapterhub_sdk.sqlite_registry.SqliteRegistry`, no SQLAlchemy import) when the
@@ -210,7 +213,7 @@ def catalog_registry(ctx: click.Context) -> Any:
         # path (which checks it with SQLAlchemy, the import this path exists to avoid)
         reg = SqliteRegistry.open(obj.get("registry_url") or default_registry_url(), blobs=obj.get("blobs"))
         if reg is None:
-            return registry(ctx)
+            return registry(ctx, reads_only=reads_only)
         obj["registry"] = reg
         ctx.call_on_close(reg.close)
     return reg

@@ -64,7 +64,7 @@ def pull(ctx: click.Context, ref: str, out: str | None, force: bool, base: str |
         return res
     if accept_name is not None:
         raise click.UsageError("--name applies to hf://ORG/REPO pulls only")
-    reg = catalog_registry(ctx)
+    reg = catalog_registry(ctx, reads_only=True)  # a mistyped --registry is no new, empty registry
     if out is None:
         raise click.UsageError("give --out DIR: where to write the adapter")
     info = reg.show(ref)
