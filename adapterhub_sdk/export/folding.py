@@ -55,6 +55,8 @@ INIT_OK = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
 UINT32_MAX = 2**32 - 1
 
 _KEY_RE = re.compile(r"^base_model\.model\.(?P<mod>.+)\.lora_(?P<ab>[AB])\.weight$")
+#: an embedding's LoRA (PEFT's ``lora_embedding_A [r, vocab]``, ``lora_embedding_B [dim, r]``)
+_EMB_RE = re.compile(r"^base_model\.model\.(?P<mod>.+)\.lora_embedding_(?P<ab>[AB])$")
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
 
@@ -302,12 +304,12 @@ def conform(fmt: str, adapter_dir: Path, base_config: Mapping[str, Any] | None,
     scales = {n: peft_scale(config, n) for n in mods}
     if fmt == "ollama":
         return _conform_own_rank(adapter_dir, config, tensors, mods, scales, res)
-    return _conform_uniform(fmt, adapter_dir, config, tensors, mods, scales, base_config, base_shapes, res)
+    return _conform_uniform(fmt, adapter_dir, config, tensors, mods, scales, base_config, base_shapes, res, other)
 
 
 def _conform_uniform(fmt: str, adapter_dir: Path, config: dict[str, Any], tensors: dict[str, Any],
                      mods: dict[str, _Module], scales: dict[str, float], base_config: Mapping[str, Any] | None,
-                     base_shapes: Mapping[str, Any] | None, res: Conformed) -> Conformed:
+                     base_shapes: Mapping[str, Any] | None, res: Conformed, other: list[str]) -> Conformed:
     target = TARGETS[fmt]
     s_target = uniform_scale(config)
     ranks = {m.rank for m in mods.values()}
@@ -339,16 +341,39 @@ def _conform_uniform(fmt: str, adapter_dir: Path, config: dict[str, Any], tensor
             for i in range(counts[c] or seen[c]):
                 if i not in layers:
                     fill[f"{c}.layers.{i}.{mod}"] = (some.name, int(some.a.shape[1]), int(some.b.shape[0]))
+    # vLLM also reads what is not a linear layer's lora_A/lora_B (an embedding's LoRA, a saved
+    # embedding or head): a rewrite keeps every such tensor, an embedding's LoRA folded like the rest
+    emb: dict[str, _Module] = {}
+    kept: dict[str, Any] = {}
+    if fmt == "vllm":
+        parts: dict[str, dict[str, Any]] = {}
+        for key in other:
+            if (em := _EMB_RE.match(key)) is not None:
+                parts.setdefault(em["mod"], {})[em["ab"]] = tensors[key]
+            elif key in tensors:
+                kept[key] = tensors[key]
+        for name, ab in parts.items():
+            if "A" in ab and "B" in ab:
+                emb[name] = _Module(name, ab["A"], ab["B"])
+            else:
+                kept.update({f"base_model.model.{name}.lora_embedding_{k}": v for k, v in ab.items()})
+    emb_scales = {n: peft_scale(config, n) for n in emb}
+    ranks |= {m.rank for m in emb.values()}
+    fold = fold or any(not math.isclose(s, s_target, rel_tol=0, abs_tol=0) for s in emb_scales.values())
     if not (fold or pad or fill):
         return res
     import torch
 
     rank = max(ranks)
-    new: dict[str, Any] = {}
+    new: dict[str, Any] = dict(kept)
     for name, m in mods.items():
         b = _fold_b(m.b, scales[name], rank)
         new[f"base_model.model.{name}.lora_A.weight"] = _pad_a(m.a, rank, b.dtype)
         new[f"base_model.model.{name}.lora_B.weight"] = b
+    for name, m in emb.items():
+        b = _fold_b(m.b, emb_scales[name], rank)
+        new[f"base_model.model.{name}.lora_embedding_A"] = _pad_a(m.a, rank, b.dtype)
+        new[f"base_model.model.{name}.lora_embedding_B"] = b
     for name, (tmpl, n_in, n_out) in fill.items():
         dtype = new[f"base_model.model.{tmpl}.lora_B.weight"].dtype
         new[f"base_model.model.{name}.lora_A.weight"] = torch.zeros((rank, n_in), dtype=dtype)
@@ -361,7 +386,8 @@ def _conform_uniform(fmt: str, adapter_dir: Path, config: dict[str, Any], tensor
     _write(adapter_dir, out_cfg, new)
     what = []
     if fold:
-        what.append(f"the per-module scales ({_scales_text(scales)}) were folded into lora_B, and the config's "
+        what.append(f"the per-module scales ({_scales_text({**scales, **emb_scales})}) were folded into lora_B, "
+                    "and the config's "
                     f"scale is 1 (r = lora_alpha = {rank}, no patterns, no rsLoRA)")
     if pad:
         what.append(f"ranks {sorted(ranks)} were zero-padded to {rank}, since {target} stacks each module type's "
