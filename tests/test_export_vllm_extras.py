@@ -45,7 +45,7 @@ def _adapter(base: Path, out: Path, classifier: bool, **kw) -> Path:
                                                                  **kw))
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:  # every trained tensor moved off its init (lora_B and the embedding's B are zero)
                 p.add_(torch.randn(p.shape, generator=g) * 0.3)
     model.save_pretrained(out)
