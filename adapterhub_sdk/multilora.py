@@ -56,6 +56,29 @@ class RowSlots:
         return out
 
 
+def batch_rows(rows: RowSlots, module: Any, x: Any, y: Any | None = None) -> tuple[Any, Any]:
+    """``x`` (and the module's output ``y``) with one row per batch row, for a mixed batch's
+    per-row updates. A module called once for the whole batch with a batch dimension of 1 (a
+    position embedding looked up with ``position_ids`` of shape [1, T], broadcast by the model
+    afterwards) gives every row that one input: expanded, ``y`` as a fresh tensor, so that each
+    row's adapter update lands on its own row and no other. Any other row count (a module called
+    on a flattened [B*T, ...] input) cannot be told apart per row: refused, never guessed."""
+    n = len(rows.slots or ())
+    if x.shape[0] == n and (y is None or y.shape[0] == n):
+        return x, y
+    if x.dim() >= 1 and x.shape[0] == 1 and (y is None or y.shape[0] in (1, n)):  # n: another hook expanded it
+        x = x.expand(n, *x.shape[1:])
+        return x, (y.expand(n, *y.shape[1:]).clone() if y is not None and y.shape[0] == 1 else y)
+    from .errors import IncompatibleAdapterError
+
+    name = type(module).__name__
+    raise IncompatibleAdapterError(
+        f"a batch of {n} rows on different adapters reached a {name} called with {x.shape[0]} rows: which row "
+        "is whose cannot be told there, so no adapter is applied by guess",
+        reasons=[f"{name} input of {tuple(x.shape)} for {n} rows"],
+        hint="run the rows of each adapter as their own batch (one adapter per batch) for this model")
+
+
 class MultiLoraLinear:
     """Forward hook state for one wrapped ``nn.Linear``; rows with slot s get what PEFT's layer
     computes with that adapter alone (``peft/tuners/lora/layer.py``, ``Linear.forward`` and its
@@ -101,6 +124,9 @@ class MultiLoraLinear:
         if rows.uniform is not None:
             s = scales.get(rows.uniform)
             return None if s is None else (((x.to(s.dtype) * s).to(x.dtype)), *args[1:])
+        if not any(slot in scales for slot, _ in rows.groups(x.device)):
+            return None
+        x, _ = batch_rows(rows, module, x)
         out = None
         for slot, at in rows.groups(x.device):
             s = scales.get(slot)
@@ -137,6 +163,9 @@ class MultiLoraLinear:
             out = self._rows(rows.uniform, x, y) if rows.uniform >= 0 else None
             return y if out is None else out
         here = self.slots()
+        if not any(slot in here for slot, _ in rows.groups(x.device)):
+            return y  # no row's adapter touches this module: the base's output, whatever its shape
+        x, y = batch_rows(rows, module, x, y)
         a = next(iter(self.A.values()), None)  # every slot's A here has the one adapter dtype
         xa = x if a is None or x.dtype == a.dtype else x.to(a.dtype)  # cast once: per element, the same
         for slot, at in rows.groups(x.device):
@@ -220,6 +249,9 @@ class MultiLoraEmbedding:
             return self._rows(rows.uniform, x, y) if rows.uniform in self.A else y
         import torch
 
+        if not set(rows.slots) & set(self.A):
+            return y
+        x, y = batch_rows(rows, module, x, y)
         for slot in sorted(set(rows.slots) & set(self.A)):
             at = torch.tensor([i for i, s in enumerate(rows.slots) if s == slot], device=y.device)
             y = y.index_copy(0, at, self._rows(slot, x.index_select(0, at), y.index_select(0, at)))

@@ -98,6 +98,11 @@ class ModuleCopies:
             return y if c is None else c(x)
         import torch
 
+        from .multilora import batch_rows
+
+        if not set(rows.slots) & set(self.copies):
+            return y
+        x, y = batch_rows(rows, module, x, y)
         for slot, c in self.copies.items():
             idx = [i for i, s in enumerate(rows.slots) if s == slot]
             if idx:
