@@ -33,7 +33,8 @@ from .methods.base import strip_prefix
 from .multilora import MultiLoraEmbedding, MultiLoraLinear, RowSlots, pattern_value
 
 _HINT = "load it with ah.load_adapter (PEFT) outside a Deployment"
-_LORA_PART = re.compile(r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector)")
+_LORA_PART = re.compile(r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector"
+                        r"|base_layer\.weight)")  # the last: PEFT's save_embedding_layers copy of lm_head
 _IA3_PART = re.compile(r"(?P<module>.+)\.ia3_l")
 _EMBED_PART = re.compile(r"(?P<module>.+)\.(?P<part>lora_embedding_A|lora_embedding_B|base_layer\.weight)")
 
@@ -274,6 +275,15 @@ def _lora(config: Mapping[str, Any], module_name: str, target: Any, p: dict[str,
     if tuple(w.shape) != (b.shape[0], a.shape[1]) or b.shape[1] != r:
         raise IncompatibleAdapterError(f"shape: {module_name} is {list(w.shape)}, the adapter needs "
                                        f"{[b.shape[0], a.shape[1]]}")
+    copy_w = p.get("base_layer.weight")  # PEFT saves lm_head's base weights beside its LoRA and loads them there
+    if copy_w is not None and (tuple(copy_w.shape) != tuple(w.shape)
+                               or not torch.equal(copy_w.to(w.device, w.dtype), own(w))):
+        raise IncompatibleAdapterError(
+            f"{module_name}: the adapter's saved copy of the layer's base weights "
+            + ("has another shape" if tuple(copy_w.shape) != tuple(w.shape) else "differs from this base's")
+            + "; PEFT would load that copy in their place, which this runtime does not serve",
+            reasons=[f"{module_name}: the adapter carries other base weights for the layer"],
+            hint="attach it to the base it was trained on, or " + _HINT)
     vd = _vec_dtype(w)  # PEFT loads adapters in float32 on a half-precision base (autocast_adapter_dtype)
     update = ModuleUpdate(a=a.to(w.device, vd).contiguous(), b=b.to(w.device, vd).contiguous(), scaling=scaling)
     magnitude = p.get("lora_magnitude_vector")
