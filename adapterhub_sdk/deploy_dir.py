@@ -22,6 +22,7 @@ from typing import Any
 from .adapter_files import CONFIG, WEIGHTS, refuse_nonfinite
 from .deploy import AttachedAdapter, Deployment, StructuralMatchWarning
 from .errors import IncompatibleAdapterError, IntegrityError, InvalidNameError, NotFoundError
+from .export_record import EXPORT_RECORD, read_record
 from .loading import MANIFEST_FILE, _check_directory_signed, check_as_recorded
 from .manifest import Manifest, canonical_json
 
@@ -52,25 +53,26 @@ def _same_as_signed(pkg: Any, vs: Any, where: str, manifest_bytes: bytes | None 
                          "signature lists)", hint="load it again once nothing writes to the directory")
 
 
-def _manifest_bytes(p: Path) -> bytes | None:
-    """The ``adapterhub_manifest.json`` a pull wrote in ``p`` (None: none). Not a package file
-    (``pack`` leaves it out), so it is read here, once: a regular file, not a link."""
-    f = p / MANIFEST_FILE
+def _manifest_bytes(p: Path, name: str = MANIFEST_FILE) -> bytes | None:
+    """The ``adapterhub_manifest.json`` a pull wrote in ``p`` (or ``name``: the record an
+    export wrote; None: none). Not a package file (``pack`` leaves it out), so it is read here,
+    once: a regular file, not a link."""
+    f = p / name
     if f.is_symlink() or not f.exists():
         return None
     if not f.is_file() or f.stat().st_size > _MANIFEST_LIMIT:
-        raise IntegrityError(f"{p}: {MANIFEST_FILE} is not a manifest pull wrote",
-                             hint="pull it again: adapterhub pull NAME@VERSION --out DIR --force")
+        raise IntegrityError(f"{p}: {name} is not a {'manifest pull' if name == MANIFEST_FILE else 'record an export'} "
+                             "wrote", hint="pull it again: adapterhub pull NAME@VERSION --out DIR --force")
     return f.read_bytes()
 
 
-def _pinned(dep: Deployment, manifest_bytes: bytes, by_path: dict[str, Any],
+def _pinned(dep: Deployment, manifest: Manifest, files: Any, by_path: dict[str, Any],
             where: str) -> tuple[str, str, str, dict[str, Any]]:
-    """(ref, digest, verdict, method) of a directory carrying a manifest; its files verified."""
-    manifest = Manifest.from_json(manifest_bytes)
+    """(ref, digest, verdict, method) of a directory carrying a manifest (or an export's record
+    of its rewritten ``files``); its files verified."""
     ref = f"{manifest.name}@{manifest.version}"
     check_as_recorded(manifest, dep.registry, where)
-    for f in manifest.files:
+    for f in files:
         if f.path == MANIFEST_FILE:  # listed by an older publish; every pull writes its own there
             continue
         got = by_path.get(f.path)
@@ -78,8 +80,12 @@ def _pinned(dep: Deployment, manifest_bytes: bytes, by_path: dict[str, Any],
             raise IntegrityError(f"{where}: {f.path} of {ref} is missing",
                                  hint=f"pull it again: adapterhub pull {ref} --out DIR --force")
         if got.sha256 != f.sha256:
-            raise IntegrityError(f"{where}: {f.path} does not match the sha256 {ref} lists for it (changed since "
-                                 "it was pulled)", hint=f"pull it again: adapterhub pull {ref} --out DIR --force")
+            exported = files is not manifest.files
+            raise IntegrityError(f"{where}: {f.path} does not match the sha256 "
+                                 + ("its export record lists for it (changed since it was exported)" if exported else
+                                    f"{ref} lists for it (changed since it was pulled)"),
+                                 hint=f"{'export' if exported else 'pull'} it again: adapterhub "
+                                      f"{'export' if exported else 'pull'} {ref} --out DIR --force")
     if not manifest.base.fingerprint:  # published unpinned: only the shapes can be checked
         return ref, manifest.digest, "", {**manifest.method, "requirements": manifest.requirements}
     verdict, reasons = dep._verdict(manifest)
@@ -113,12 +119,19 @@ def attach_directory(dep: Deployment, path: str | Path, *, name: str) -> Attache
         _check_directory_signed(p, None, dep.require_signed)
     with pack(p) as pkg:  # regular files only, copied aside: what is checked is what is loaded
         manifest_bytes = _manifest_bytes(p)
+        record = _manifest_bytes(p, EXPORT_RECORD) if manifest_bytes is None else None
         if signatures is not None:
             _same_as_signed(pkg, signatures, where, manifest_bytes)
         by_path = {f.path: f for f in pkg.files}
-        pinned = manifest_bytes is not None
-        if manifest_bytes is not None:
-            ref, digest, verdict, method = _pinned(dep, manifest_bytes, by_path, where)
+        pinned = manifest_bytes is not None or record is not None
+        if manifest_bytes is not None or record is not None:
+            if manifest_bytes is not None:
+                manifest = Manifest.from_json(manifest_bytes)
+                files = manifest.files
+            else:
+                assert record is not None
+                manifest, files, _ = read_record(record, where)
+            ref, digest, verdict, method = _pinned(dep, manifest, files, by_path, where)
             pinned = bool(verdict)
         else:
             ref, digest, verdict = where, _files_digest(pkg.files), ""

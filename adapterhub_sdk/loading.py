@@ -120,16 +120,26 @@ def _verify_files(path: Path, copy_to: Path | None = None) -> Any:
     copy hashed (what is checked is then what is loaded, whatever happens to ``path``'s files
     afterwards, through a hard link or otherwise). IntegrityError for a missing or changed file."""
     from .adapter_files import DirReader, copy_and_hash
+    from .export_record import EXPORT_RECORD, again_hint, read_record
     from .manifest import Manifest
 
     with DirReader(path) as reader:
-        if reader.entry(MANIFEST_FILE) is None:
+        if reader.entry(MANIFEST_FILE) is not None:
+            name = MANIFEST_FILE
+            raw = _read(reader, MANIFEST_FILE)
+            manifest = Manifest.from_json(raw)
+            files = manifest.files
+            ref = f"{manifest.name}@{manifest.version}"
+            again = f"pull it again: adapterhub pull {ref} --out {path} --force"
+        elif reader.entry(EXPORT_RECORD) is not None:  # an export that rewrote the files for its server
+            name = EXPORT_RECORD
+            raw = _read(reader, EXPORT_RECORD)
+            manifest, files, fmt = read_record(raw, path)
+            ref = f"{manifest.name}@{manifest.version}"
+            again = again_hint(manifest, fmt, path)
+        else:
             return None
-        raw = _read(reader, MANIFEST_FILE)
-        manifest = Manifest.from_json(raw)
-        ref = f"{manifest.name}@{manifest.version}"
-        again = f"pull it again: adapterhub pull {ref} --out {path} --force"
-        for f in manifest.files:
+        for f in files:
             if reader.entry(f.path) is None:
                 raise IntegrityError(f"{path}: {f.path} of {ref} is missing", hint=again)
             if copy_to is None:
@@ -138,10 +148,11 @@ def _verify_files(path: Path, copy_to: Path | None = None) -> Any:
                 with reader.open(f.path) as src:
                     got, _ = copy_and_hash(src, copy_to / f.path)
             if got != f.sha256:
-                raise IntegrityError(f"{path}: {f.path} does not match the sha256 {ref} lists for it (changed "
-                                     "since it was pulled)", hint=again)
+                what = "its export record lists" if name == EXPORT_RECORD else f"{ref} lists"
+                raise IntegrityError(f"{path}: {f.path} does not match the sha256 {what} for it (changed "
+                                     f"since it was {'exported' if name == EXPORT_RECORD else 'pulled'})", hint=again)
         if copy_to is not None:
-            (copy_to / MANIFEST_FILE).write_bytes(raw)
+            (copy_to / name).write_bytes(raw)
     return manifest
 
 

@@ -288,7 +288,7 @@ def _pack_model(model: Any, adapter_name: str | None, stage: Callable[[Any], Any
 def _wanted(name: str) -> bool:
     """Whether a file of an adapter directory is part of the package: not the manifest a pull
     wrote there (every pull writes its own over it, so a version listing it never loads)."""
-    if name == PULLED_MANIFEST:
+    if name in (PULLED_MANIFEST, "adapterhub_export.json"):  # the latter: an export's record (export_record)
         return False
     return name in (CONFIG, WEIGHTS) or Path(name).suffix.lower() in EXTRA_SUFFIXES
 
