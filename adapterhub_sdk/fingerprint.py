@@ -269,6 +269,15 @@ def _hash_by_mmap(todo: list[tuple[Path, str, list[TensorInfo]]], label: str, wo
     return hashed
 
 
+def _refuse_adapter_files(path: Path) -> None:
+    if path.is_dir() and (path / "adapter_config.json").is_file() and (path / "config.json").is_file():
+        raise AmbiguousCheckpointError(
+            f"{path} holds an adapter (adapter_config.json) beside the base weights: from_pretrained applies "
+            "that adapter while loading, so the model is not the weights a fingerprint of the directory covers",
+            hint="fingerprint the base's own directory, without the adapter files (publish the adapter with "
+                 "'adapterhub publish DIR --base BASE')")
+
+
 def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None,
                        cache: _Cache | None) -> BaseFingerprint:
     checkpoint = resolve_checkpoint(path)
@@ -465,13 +474,18 @@ def _jsonable(d: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def fingerprint(model: Any, *, workers: int | None = None, progress: bool | None = None,
-                use_cache: bool = True) -> BaseFingerprint:
+                use_cache: bool = True, allow_adapter_files: bool = False) -> BaseFingerprint:
     """Fingerprint a base model: a directory or ``.safetensors`` file, an ``nn.Module``, or a
     state dict. Files are streamed through mmap and hashed on all cores; results for
-    unchanged files come from a cache under ``ADAPTERHUB_HOME``."""
+    unchanged files come from a cache under ``ADAPTERHUB_HOME``. A directory that also holds
+    an ``adapter_config.json`` is refused: ``from_pretrained`` of it applies that adapter while
+    loading, so the base's tensors are not what loads (``allow_adapter_files``: fingerprint the
+    stored base tensors anyway, for a caller that checks what loaded, as ``Deployment`` does)."""
     if isinstance(model, BaseFingerprint):
         return model
     if isinstance(model, (str, os.PathLike)):
+        if not allow_adapter_files:
+            _refuse_adapter_files(Path(model))
         cache = _default_cache() if use_cache else None
         try:
             return _fingerprint_files(Path(model), workers=workers, progress=progress, cache=cache)
