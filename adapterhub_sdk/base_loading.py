@@ -211,7 +211,7 @@ def load_base(path: Path, dtype: Any = None, *, strict: bool = False) -> LoadedB
                                    "not a single weights file", hint="pass the directory save_pretrained wrote")
     require_causal_lm(path)
     _adapter_files(path, strict)
-    ck_fp = fingerprint(path, allow_adapter_files=True)  # refuses ambiguous directories; adapter files: flagged above
+    ck_fp = fingerprint(path, as_stored=True)  # refuses ambiguous directories; what loaded is checked below
     stored = stored_dtype(ck_fp)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)

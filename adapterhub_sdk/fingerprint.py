@@ -279,10 +279,10 @@ def _refuse_adapter_files(path: Path) -> None:
 
 
 def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None,
-                       cache: _Cache | None) -> BaseFingerprint:
+                       cache: _Cache | None, complete: bool = True) -> BaseFingerprint:
     checkpoint = resolve_checkpoint(path)
     fp = _fingerprint_checkpoint(path, checkpoint.files, checkpoint.index, workers=workers,
-                                 progress=progress, cache=cache)
+                                 progress=progress, cache=cache, complete=complete)
     if checkpoint.shadowed and checkpoint.shadowed_index is not None:
         # transformers loads model.safetensors; vLLM and others read the shards: same tensors, or refused
         index = checkpoint.shadowed_index
@@ -303,7 +303,7 @@ def _fingerprint_files(path: Path, *, workers: int | None, progress: bool | None
 
 
 def _fingerprint_checkpoint(path: Path, files: list[Path], index: Path | None, *, workers: int | None,
-                            progress: bool | None, cache: _Cache | None) -> BaseFingerprint:
+                            progress: bool | None, cache: _Cache | None, complete: bool = True) -> BaseFingerprint:
     entries = _hash_files(files, path.name, workers=workers, progress=progress, cache=cache)
     seen: dict[str, str] = {}
     for name, *_ in entries:
@@ -322,6 +322,8 @@ def _fingerprint_checkpoint(path: Path, files: list[Path], index: Path | None, *
         _check_index(index, set(shapes) | set(tied))
     config = _read_config(directory)
     _check_head(path, shapes, tied, config)
+    if complete:
+        _check_complete(path, directory, shapes, tied, cache)
     return _combine(entries, tied, str(path.resolve()), config)
 
 
@@ -350,6 +352,86 @@ def _check_head(path: Path, shapes: Mapping[str, tuple[int, ...]], tied: Mapping
         "exact on it",
         hint="save the model with its head (model.save_pretrained), or set tie_word_embeddings to true if "
              "the head is the input embedding")
+
+
+_LAYER_KEY = re.compile(r"^(?P<pre>(?:.*\.)?(?:layers|h|blocks|layer)\.)(?P<i>\d+)\.(?P<suf>.+)$")
+
+
+def _holes(shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether a numbered block's tensor is stored in most blocks but not all (a tensor lost
+    from one layer looks like that; so do models whose layers differ by design, which the
+    architecture itself then decides, in :func:`_check_complete`)."""
+    blocks: dict[str, set[int]] = {}
+    where: dict[tuple[str, str], set[int]] = {}
+    for name in shapes:
+        m = _LAYER_KEY.match(name)
+        if m is not None:
+            i = int(m["i"])
+            blocks.setdefault(m["pre"], set()).add(i)
+            where.setdefault((m["pre"], m["suf"]), set()).add(i)
+    return any(len(idx) < len(blocks[pre]) <= 2 * len(idx) for (pre, _), idx in where.items())
+
+
+def _expected(directory: Path) -> dict[str, Any] | None:
+    """The tensor names the architecture config.json names has (built on the meta device:
+    no memory, no weights), with the patterns it lets a checkpoint leave out and its tied
+    names; None where transformers cannot say (then nothing is refused on its account)."""
+    try:
+        import torch
+        import transformers
+
+        cfg = transformers.AutoConfig.from_pretrained(str(directory))
+        archs = getattr(cfg, "architectures", None) or []
+        cls = getattr(transformers, archs[0], None) if archs else None
+        if cls is None:
+            return None
+        with torch.device("meta"):
+            model = cls(cfg)
+        tied = getattr(model, "all_tied_weights_keys", None) or getattr(cls, "_tied_weights_keys", None) or {}
+        return {"names": list(model.state_dict().keys()), "arch": archs[0],
+                "optional": [str(p) for p in (getattr(cls, "_keys_to_ignore_on_load_missing", None) or [])],
+                "tied": sorted(str(k) for k in (tied if isinstance(tied, (dict, list, set, tuple)) else []))}
+    except Exception:  # noqa: BLE001 - an architecture transformers cannot build here decides nothing
+        return None
+
+
+def _check_complete(path: Path, directory: Path, shapes: Mapping[str, tuple[int, ...]], tied: Mapping[str, str],
+                    cache: _Cache | None) -> None:
+    """Refuse a checkpoint that lacks a tensor its architecture has: ``from_pretrained``
+    would initialise it at random, so what loads is not the weights this fingerprint covers.
+    Asked of transformers only where a numbered block's tensor is missing from some blocks
+    (:func:`_holes`; cached per config.json), and only for blocks' tensors stored in other
+    blocks (see ``lost``)."""
+    if not _holes(shapes):
+        return
+    cfg = directory / "config.json"
+    if not cfg.is_file():
+        return
+    key = "expected|" + _Cache.key(cfg)
+    want = cache.get(key) if cache else None
+    if want is None:
+        want = _expected(directory) or {}
+        if cache:
+            cache.put(key, want)
+    names = want.get("names") or []
+    stored = {(m["pre"], m["suf"]) for n in shapes if (m := _LAYER_KEY.match(n)) is not None}
+    optional = [re.compile(p) for p in want.get("optional", [])]
+
+    def lost(n: str) -> bool:
+        """A block's tensor the architecture has there, stored for other blocks but not this
+        one. A name stored for no block (a checkpoint in another naming, or fused on load, as
+        transformers fuses MoE experts) is not judged."""
+        m = _LAYER_KEY.match(n)
+        return (m is not None and (m["pre"], m["suf"]) in stored and n not in shapes and n not in tied
+                and n not in want.get("tied", []) and not any(p.search(n) for p in optional))
+
+    missing = [n for n in names if lost(n)]
+    if missing:
+        raise WeightsNotFoundError(
+            f"{path}: the checkpoint lacks {len(missing)} tensor(s) of its architecture ({want.get('arch')}), e.g. "
+            f"{missing[0]!r}; from_pretrained would initialise {'it' if len(missing) == 1 else 'them'} at random, "
+            "so no adapter can be exact on it",
+            hint="re-download the model, or save it again with model.save_pretrained")
 
 
 def _check_index(index_path: Path, stored: set[str]) -> None:
@@ -474,21 +556,23 @@ def _jsonable(d: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def fingerprint(model: Any, *, workers: int | None = None, progress: bool | None = None,
-                use_cache: bool = True, allow_adapter_files: bool = False) -> BaseFingerprint:
+                use_cache: bool = True, as_stored: bool = False) -> BaseFingerprint:
     """Fingerprint a base model: a directory or ``.safetensors`` file, an ``nn.Module``, or a
     state dict. Files are streamed through mmap and hashed on all cores; results for
-    unchanged files come from a cache under ``ADAPTERHUB_HOME``. A directory that also holds
-    an ``adapter_config.json`` is refused: ``from_pretrained`` of it applies that adapter while
-    loading, so the base's tensors are not what loads (``allow_adapter_files``: fingerprint the
-    stored base tensors anyway, for a caller that checks what loaded, as ``Deployment`` does)."""
+    unchanged files come from a cache under ``ADAPTERHUB_HOME``. A directory whose tensors are
+    not what ``from_pretrained`` loads is refused: one that also holds an
+    ``adapter_config.json`` (the adapter is applied while loading), or whose checkpoint lacks a
+    tensor its architecture has (initialised at random). ``as_stored``: fingerprint the stored
+    tensors anyway, for a caller that checks what loaded, as ``Deployment`` does."""
     if isinstance(model, BaseFingerprint):
         return model
     if isinstance(model, (str, os.PathLike)):
-        if not allow_adapter_files:
+        if not as_stored:
             _refuse_adapter_files(Path(model))
         cache = _default_cache() if use_cache else None
         try:
-            return _fingerprint_files(Path(model), workers=workers, progress=progress, cache=cache)
+            return _fingerprint_files(Path(model), workers=workers, progress=progress, cache=cache,
+                                      complete=not as_stored)
         finally:
             if cache:
                 cache.close()

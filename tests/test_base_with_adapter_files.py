@@ -33,7 +33,7 @@ def mixed_dir(tmp_path, base_dir, lora_dir_b):
 def test_the_fingerprint_of_a_base_holding_an_adapter_is_refused(mixed_dir, base_dir, lora_dir, tmp_path):
     with pytest.raises(AmbiguousCheckpointError, match="holds an adapter"):
         ah.fingerprint(mixed_dir)
-    assert ah.fingerprint(mixed_dir, allow_adapter_files=True).digest == ah.fingerprint(base_dir).digest
+    assert ah.fingerprint(mixed_dir, as_stored=True).digest == ah.fingerprint(base_dir).digest
     url = f"sqlite:///{tmp_path / 'r.db'}"
     common = ["--registry", url, "--blobs", str(tmp_path / "blobs")]
     run_cli(*common, "publish", str(lora_dir), "--name", "acme/a", "--version", "1.0.0", "--base", str(base_dir),
