@@ -41,7 +41,7 @@ from urllib.parse import urlparse
 from .adapter_files import open_regular
 from .errors import IntegrityError, NotFoundError, RegistryError
 from .hookspecs import hookimpl
-from .s3_errors import _absent, _code, _no_bucket, _precondition, _s3_errors, _store_error
+from .s3_errors import _absent, _code, _no_bucket, _not_s3, _precondition, _s3_errors, _store_error
 from .s3_staging import PREFIX, SUFFIX, clean_staging, lock_staged, staging_dir
 from .store_owner import OwnerObject
 
@@ -170,9 +170,19 @@ class S3BlobStore(OwnerObject):
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except Exception as exc:
-            if _absent(exc) or _code(exc) == "NoSuchBucket":
+            if _code(exc) == "NoSuchBucket":
                 raise _no_bucket(self) from exc
-            return  # not known to be missing: asked again after the next 404
+            if not _absent(exc):
+                return  # not known to be missing: asked again after the next 404
+            try:  # a HEAD's 404 has no body: any HTTP server answers so. A listing's error says which
+                self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+            except Exception as again:
+                if _code(again) == "NoSuchBucket":
+                    raise _no_bucket(self) from exc
+                if _absent(again):
+                    raise _not_s3(self) from exc
+                return
+            return  # it lists: the bucket is there after all
         self._bucket_seen = True
 
     # reads

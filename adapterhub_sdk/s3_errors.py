@@ -50,6 +50,13 @@ def _no_bucket(store: S3BlobStore) -> RegistryError:
                          hint=f"create it (aws s3 mb s3://{store.bucket}) or fix --blobs / ADAPTERHUB_BLOBS")
 
 
+def _not_s3(store: S3BlobStore) -> RegistryError:
+    return RegistryError(f"the endpoint of {_where(store)} answers, but not as an S3 server (HTTP 404 without an "
+                         "S3 error code, for the bucket and for a listing of it)",
+                         hint="check AWS_ENDPOINT_URL (or the profile's endpoint_url): it must be the S3 API's "
+                              "address, not another service's")
+
+
 def _user_error(store: S3BlobStore, exc: BaseException) -> RegistryError:
     """A botocore error as one line with what to do (the standard AWS configuration only)."""
     code, name = _code(exc), type(exc).__name__

@@ -149,3 +149,40 @@ def test_a_botocore_without_conditional_copies_is_refused_in_one_line(monkeypatc
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     floor = ".".join(map(str, BOTOCORE_MIN))
     assert f"boto3>={floor}" in project["project"]["optional-dependencies"]["s3"][0]
+
+
+def test_an_endpoint_that_answers_http_but_not_as_s3_is_named_as_such(published, tmp_path):
+    """Server: moto_server on loopback, then a plain HTTP server (Python's http.server, a real
+    process) as AWS_ENDPOINT_URL. Its 404s carry no S3 error code: the store says the endpoint
+    is not an S3 server. Before: 'the S3 bucket ... does not exist; create it (aws s3 mb ...)',
+    advice that fails too."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    url, real = published
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "http.server did not start"
+                time.sleep(0.1)
+        for args in (["verify"], ["pull", REF, "--out", str(tmp_path / "out")]):
+            proc = run_cli("--registry", url, "--blobs", real, *args,
+                           env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1"})
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+            assert "answers, but not as an S3 server" in lines[0] and "aws s3 mb" not in lines[0], lines[0]
+        assert not (tmp_path / "out").exists()
+    finally:
+        srv.kill()
+        srv.wait()
