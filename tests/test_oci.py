@@ -634,3 +634,21 @@ def test_resolve_remote_refuses_the_filters_it_cannot_apply_instead_of_ignoring_
     assert local.returncode == 2 and "--author applies to --hub" in local.stderr
     ok = run_cli("resolve", "--base", str(base_dir), "--remote", repo, "--insecure", "--json", check=True)
     assert [h["verdict"] for h in json.loads(ok.stdout)] == ["exact"]
+
+
+def test_remote_resolve_and_pull_say_what_is_there(oci, tmp_path, base_dir, lora_dir, request):
+    """Found by a user-style check. ``resolve --remote`` with a --task no version has says
+    which filter matched nothing (it said 'no adapters in REPO' of a repository holding
+    versions); on a repository nothing was pushed to it says so and exits 1, as pull does (it
+    exited 0); a tag spelled with '+' points to its '_' spelling and to @VERSION."""
+    repo = f"oci://{oci.host}/{_repo(request)}"
+    with ah.Registry.open() as home:
+        home.publish(lora_dir, name="acme/said", version="1.2.0+build.7", base=base_dir)
+    run_cli("push", "acme/said@1.2.0+build.7", "--to", repo, "--insecure", check=True)
+    r = run_cli("resolve", "--base", str(base_dir), "--remote", repo, "--insecure", "--task", "chat", check=True)
+    assert r.stdout.strip() == f"no adapters in {repo} match task chat"
+    r = run_cli("resolve", "--base", str(base_dir), "--remote", f"oci://{oci.host}/t/never-pushed", "--insecure")
+    assert r.returncode == 1 and "the repository has no tags" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = run_cli("pull", f"{repo}:1.2.0+build.7", "--insecure", "--out", str(tmp_path / "x"))
+    assert r.returncode != 0 and ":1.2.0_build.7" in r.stderr and "@1.2.0+build.7" in r.stderr, r.stderr
+    r = run_cli("pull", f"{repo}@1.2.0+build.7", "--insecure", "--out", str(tmp_path / "x"), check=True)

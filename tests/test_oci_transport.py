@@ -140,7 +140,8 @@ def test_the_insecure_hint_only_where_insecure_was_not_given(tmp_path):
     assert given.stderr.rstrip().endswith("check the host and port")
     https = run_cli("pull", ref)  # HTTPS: the hint may be the cure
     assert https.returncode == 1 and https.stderr.count("\n") == 1
-    assert https.stderr.rstrip().endswith("a plain-HTTP registry (one on loopback) needs --insecure")
+    assert https.stderr.rstrip().endswith("a plain-HTTP registry (one on loopback) needs --insecure "
+                                          f"(in Python: ADAPTERHUB_OCI_INSECURE={ref[6:].split('/')[0]})")
 
 
 class DigestlessProxy(LoopbackHTTP):

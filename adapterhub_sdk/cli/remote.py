@@ -99,7 +99,9 @@ def resolve_remote(reg: Registry, base: str | None, fingerprint: str | None, tas
         if h["verdict"] != "exact" and url != HUB:
             lines += [f"{'':14}- {r}" for r in h.get("reasons") or ()]
     if not lines:
-        lines = ["no adapters on the Hub are tagged for this base" if url == HUB else f"no adapters in {url}"]
+        filters = ", ".join(f"{k} {v}" for k, v in (("task", task), ("author", author)) if v)
+        lines = ["no adapters on the Hub are tagged for this base" if url == HUB else
+                 f"no adapters in {url}" + (f" match {filters}" if filters else "")]
     return Result(found, lines)
 
 

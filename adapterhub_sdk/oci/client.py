@@ -181,7 +181,8 @@ class OciClient:
                 f"{what}: the registry at {self.host} is not reachable ({name}"
                 + (": TLS failed, is it a plain-HTTP registry?" if tls and not self.insecure else "") + ")",
                 hint="check the host and port" + ("" if self.insecure else
-                                                  "; a plain-HTTP registry (one on loopback) needs --insecure"),
+                                                  "; a plain-HTTP registry (one on loopback) needs --insecure "
+                                                  f"(in Python: ADAPTERHUB_OCI_INSECURE={self.host})"),
             ) from exc
 
     def _auth_headers(self, scope: str) -> dict[str, str]:

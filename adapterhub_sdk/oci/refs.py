@@ -72,7 +72,11 @@ def parse_oci_ref(text: str) -> OciRef:
     elif ":" in rest:
         rest, _, tag = rest.rpartition(":")
         if not _TAG.fullmatch(tag):
-            raise NotFoundError(f"{text!r}: {tag!r} is not an OCI tag")
+            hint = None
+            if "+" in tag:  # a version with build metadata: its tag spells '+' as '_'
+                hint = (f"OCI tags cannot hold '+': pull the tag {tag.replace('+', '_')} "
+                        f"(oci://{host}/{rest}:{tag.replace('+', '_')}) or the version ({SCHEME}{host}/{rest}@{tag})")
+            raise NotFoundError(f"{text!r}: {tag!r} is not an OCI tag", hint=hint)
     if not _REPO.fullmatch(rest) or len(rest) > 255:
         raise NotFoundError(f"{text!r}: {rest!r} is not an OCI repository name",
                             hint="repositories are lowercase path components: oci://HOST/team/sentiment")

@@ -494,7 +494,10 @@ class OciRemote:
         arch = None if isinstance(base, str) else base.arch_signature
         out: list[dict[str, Any]] = []
         with self._client(r) as c:
-            for v, tag in sorted(self._tag_versions(c, r).items(), reverse=True):
+            versions = self._tag_versions(c, r)
+            if not versions and not [t for t in c.tags(r.repo) if not t.startswith("sha256-")]:
+                raise self._not_found(c, r, "")  # no such repository (or nothing pushed yet): as pull says
+            for v, tag in sorted(versions.items(), reverse=True):
                 got = c.get_manifest(r.repo, tag)
                 if got is None:
                     continue
