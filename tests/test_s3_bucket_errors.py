@@ -59,7 +59,8 @@ def test_cli_pull_and_verify_from_a_bucket_that_does_not_exist(published, s3_end
 
 def test_cli_serve_from_a_bucket_that_does_not_exist(published, s3_endpoint, base_dir):  # noqa: F811
     """Server: moto_server on loopback. serve attaching a version from a bucket that does not
-    exist exits 1 with the bucket line alone."""
+    exist exits 1 with the bucket line alone, before loading the base (found by a user-style
+    check: the base loaded first, minutes for a large one, before the error)."""
     url, real = published
     blobs = _wrong_buckets(real)[0]
     proc = run_cli("--registry", url, "--blobs", blobs, "serve", "--base", str(base_dir), "--adapter", REF,
@@ -68,6 +69,7 @@ def test_cli_serve_from_a_bucket_that_does_not_exist(published, s3_endpoint, bas
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: the S3 bucket of {blobs} (endpoint "), \
         proc.stderr
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "Loading weights" not in proc.stderr, proc.stderr  # told before the model load
 
 
 def test_python_pull_verify_load_and_attach_from_a_bucket_that_does_not_exist(published, tmp_path, base_dir):

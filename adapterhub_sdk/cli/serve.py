@@ -60,6 +60,17 @@ def _pulled(reg: Any, spec: str, require_signed: str | None) -> str:
     return f"{info.name}@{info.version}"
 
 
+def _check_blobs(reg: Any, specs: list[str]) -> None:
+    """Before the slow model load: each registry spec resolves and its blob store answers for
+    it (a missing bucket, a wrong endpoint or no credentials is told now, not after the base
+    loaded). Only the first file of each version is asked; attach verifies every byte."""
+    for spec in specs:
+        info = reg.show(spec)
+        files = info.manifest.files
+        if files:
+            reg.blobs.size(files[0].sha256)
+
+
 @cli.command(epilog=examples("adapterhub serve --base ./base --adapter acme/sentiment@^1 --port 8000",
                              "adapterhub serve --base ./base --adapter oci://registry.example.com/team/sentiment:1.2.0"))
 @click.option("--base", type=BASE, required=True, metavar="PATH|hf://ORG/MODEL[@REV]", help="Base model, loaded once.")
@@ -131,6 +142,7 @@ def serve(ctx: click.Context, base: str, adapters: tuple[str, ...], host: str, p
             spec = _split(item)[1]
             if is_remote(spec) and spec not in pulled:
                 pulled[spec] = _pulled(registry(ctx), spec, require_signed)
+        _check_blobs(registry(ctx), [pulled.get(_split(i)[1], _split(i)[1]) for i in adapters])
         dep = Deployment(base, registry=registry(ctx), device=device, strict=strict, require_signed=require_signed)
         followed: list[tuple[str, str, Any]] = []  # (public name, alias spec, attached under an internal slot)
         for item in adapters:
