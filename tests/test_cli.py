@@ -196,7 +196,7 @@ def test_gc(lora_dir, tmp_path):
     assert "removed 0 blobs" in ok("gc").stdout  # within the default grace period
     assert blob.exists()
     out = ok("gc", "--grace", "0").stdout
-    assert "removed 1 blobs" in out
+    assert "removed 1 blob (" in out
     assert not blob.exists()
     assert js("verify")["ok"] is True
 

@@ -148,7 +148,7 @@ def test_verify_reports_each_status_separately(registry, lora_dir, lora_dir_b, b
     for line in ("acme/signed@1.0.0: signed by alice", "acme/signed@2.0.0: unsigned",
                  "acme/signed@1.1.0: signed by a key this registry does not trust (dave",
                  "acme/signed@1.2.0: signed by a revoked key (carol", "acme/signed@1.3.0: bad signature (alice",
-                 "acme/signed@1.4.0: tampered (alice", "2 problem(s) found"):
+                 "acme/signed@1.4.0: tampered (alice", "2 problems found"):
         assert line in text.stdout, (line, text.stdout)
     data = json.loads(run_cli("verify", "--json", env=env).stdout)
     assert data["ok"] is False

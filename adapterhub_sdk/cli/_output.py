@@ -70,6 +70,11 @@ def emits(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """``1 blob``, ``2 blobs``: a number with its noun in the right form."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1024 or unit == "TB":

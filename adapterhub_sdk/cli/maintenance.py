@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import click
 
 from ._app import EXIT_ERROR, cli, creates_registry, examples, registry, registry_url
-from ._output import Result, emits, human_size
+from ._output import Result, count, emits, human_size
 
 
 @cli.command(epilog=examples("adapterhub verify", "adapterhub verify --json"))
@@ -22,7 +22,7 @@ def verify(ctx: click.Context) -> Result:
     bad = [s for s in signed if not s.ok]
 
     def text() -> Iterator[str]:
-        yield f"checked {report.versions} versions, {report.blobs} blobs ({human_size(report.bytes)})"
+        yield f"checked {count(report.versions, 'version')}, {count(report.blobs, 'blob')} ({human_size(report.bytes)})"
         for p in report.problems:
             what = p.get("sha256", p.get("version"))
             users = f" (used by {', '.join(p['versions'])})" if p.get("versions") else ""
@@ -30,7 +30,7 @@ def verify(ctx: click.Context) -> Result:
         for s in signed:
             yield f"  {s.ref}: {s.describe()}"
         n = len(report.problems) + len(bad)
-        yield "ok" if not n else f"{n} problem(s) found"
+        yield "ok" if not n else f"{count(n, 'problem')} found"
 
     def data() -> dict:
         return {**report.to_dict(), "ok": report.ok and not bad, "signatures": [s.to_dict() for s in signed]}
@@ -53,8 +53,9 @@ def gc(ctx: click.Context, grace: float, dry_run: bool, claim_store: bool) -> Re
     report = registry(ctx).gc(grace_seconds=grace, dry_run=dry_run, claim_store=claim_store)
     verb = "would remove" if dry_run else "removed"
     return Result(report.to_dict,
-                  f"{verb} {report.blobs_removed} blobs ({human_size(report.bytes_freed)}) and "
-                  f"{report.temp_removed} temp files; kept {report.kept_recent} recent unreferenced blobs"
+                  f"{verb} {count(report.blobs_removed, 'blob')} ({human_size(report.bytes_freed)}) and "
+                  f"{count(report.temp_removed, 'temp file')}; kept {report.kept_recent} recent unreferenced "
+                  f"{'blob' if report.kept_recent == 1 else 'blobs'}"
                   + (f" and {report.kept_leased} leased by publishes in progress" if report.kept_leased else ""))
 
 
