@@ -32,6 +32,7 @@ from .hub_checks import (
     read_manifest,
     refuse_missing,
 )
+from .layouts import AmbiguousCheckpointError
 from .manifest import BaseRef, Manifest
 from .methods.base import tightened
 from .names import validate_name
@@ -177,6 +178,20 @@ class PushResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"repo": self.repo, "version": self.version, "commit": self.commit, "url": self.url}
+
+
+_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+
+
+def _loaded_files(files: dict[str, str]) -> dict[str, str]:
+    """Of a repo's top-level safetensors, the ones from_pretrained loads (the files a local
+    fingerprint records, :mod:`adapterhub_sdk.layouts`): ``model.safetensors`` where there is
+    one, else the standard shards; other files beside them (``consolidated.safetensors``,
+    ``model.fp16.safetensors``) are not loaded and do not identify the base."""
+    if "model.safetensors" in files:
+        return {"model.safetensors": files["model.safetensors"]}
+    shards = {k: v for k, v in files.items() if _SHARD.fullmatch(k)}
+    return shards or files
 
 
 class HubClient:
@@ -416,6 +431,12 @@ class HubClient:
             info = self.api.model_info(repo, revision=revision or "main")
             tree = list(self.api.list_repo_tree(repo, revision=str(info.sha)))
         files = {}
+        names = {getattr(entry, "path", "") for entry in tree}
+        if "adapter_config.json" in names and "config.json" in names:
+            raise AmbiguousCheckpointError(
+                f"hf://{repo} holds an adapter (adapter_config.json) beside the base weights: from_pretrained applies "
+                "that adapter while loading, so the model is not the base its weight files are",
+                hint="resolve against the base model's own repository")
         for entry in tree:
             path = getattr(entry, "path", "")
             lfs = getattr(entry, "lfs", None)
@@ -424,6 +445,7 @@ class HubClient:
                 sha = lfs.get("sha256")
             if path.endswith(".safetensors") and "/" not in path and sha:
                 files[path] = sha
+        files = _loaded_files(files)
         found = registry.find_base(files=files or None, hub=(repo, str(info.sha)))
         if found is None:
             at = f"@{revision}" if revision else ""
