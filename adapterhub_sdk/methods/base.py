@@ -45,6 +45,11 @@ class AdapterMethod:
     peft_types: tuple[str, ...] = ()
     #: the family's variants (for runtime limits and docs)
     variants: tuple[str, ...] = ()
+    #: the per-module parameter names of a method that wraps the modules its config's
+    #: ``target_modules`` selects (a regex alternation, e.g. ``"hada_w1_a|hada_w1_b"``); with
+    #: it, :meth:`validate` also checks coverage: PEFT puts a freshly initialised layer on a
+    #: selected module the adapter has no weights for, so such a base is refused
+    target_parts: str | None = None
 
     def detect(self, config: Mapping[str, Any]) -> str | None:
         """Return the variant name (e.g. ``"dora"``) when this method owns ``config``, else None."""
@@ -62,7 +67,11 @@ class AdapterMethod:
     def validate(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
                  base: BaseFingerprint) -> list[str]:
         """Reasons the adapter does not fit ``base`` (empty: it fits)."""
-        return check_requirements(self.requirements(config, tensors, base), base)
+        reasons = check_requirements(self.requirements(config, tensors, base), base)
+        if self.target_parts:
+            reasons += check_targets(config, wrapped_modules(tensors, self.target_parts), base,
+                                     parts="/".join(self.target_parts.split("|")[:3]))
+        return reasons
 
     def validation(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
                    base: BaseFingerprint) -> str | None:
@@ -115,6 +124,14 @@ def group_by_module(tensors: Mapping[str, Shape], parts: str) -> dict[str, dict[
         part = m["part"] + (".bias" if m["param"] == "bias" else "")
         out.setdefault(m["module"], {})[part] = shape
     return out
+
+
+def wrapped_modules(tensors: Mapping[str, Shape], parts: str) -> list[str]:
+    """The modules that carry one of the method's own parameters ``parts`` (a regex
+    alternation); other tensors (full copies, shared matrices) are left out."""
+    rx = re.compile(rf"(?P<module>.+)\.(?:{parts})(?:\.(?:weight|bias))?")
+    found = {m["module"] for key in tensors if (m := rx.fullmatch(strip_prefix(key))) is not None}
+    return sorted(m for m in found if ".base_layer." not in f"{m}.")
 
 
 def split_full_copies(tensors: Mapping[str, Shape], adapter_parts: str) -> tuple[dict[str, Shape], Requirements]:

@@ -41,6 +41,7 @@ def _kernel(module: str, out_f: int, in_f: int, t: Shape, base: Any) -> list[lis
 class LohaMethod(AdapterMethod):
     name = "loha"
     peft_types = ("LOHA",)
+    target_parts = _LOHA  # validate checks coverage (AdapterMethod.target_parts)
 
     def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
                      base: Any = None) -> Requirements:
@@ -63,6 +64,7 @@ class LohaMethod(AdapterMethod):
 class LokrMethod(AdapterMethod):
     name = "lokr"
     peft_types = ("LOKR",)
+    target_parts = _LOKR  # validate checks coverage (AdapterMethod.target_parts)
 
     def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
                      base: Any = None) -> Requirements:

@@ -28,6 +28,7 @@ def _block_size(packed: int) -> int | None:
 class OftMethod(AdapterMethod):
     name = "oft"
     peft_types = ("OFT",)
+    target_parts = "oft_R|oft_s|oft_embedding_R"  # validate checks coverage (AdapterMethod.target_parts)
     #: an nn.Embedding's rotation is ``oft_embedding_R`` (it rotates the embedding dimension,
     #: the weight's second); a convolution's rotates its kernel flattened to in * k * k
     _PARTS = "oft_R|oft_s|oft_embedding_R"
@@ -55,6 +56,7 @@ class OftMethod(AdapterMethod):
 class BoftMethod(AdapterMethod):
     name = "boft"
     peft_types = ("BOFT",)
+    target_parts = "boft_R|boft_s"  # validate checks coverage (AdapterMethod.target_parts)
 
     def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
                      base: Any = None) -> Requirements:

@@ -24,6 +24,7 @@ from .base import (
 class Ia3Method(AdapterMethod):
     name = "ia3"
     peft_types = ("IA3",)
+    target_parts = "ia3_l"  # validate checks coverage (AdapterMethod.target_parts)
 
     def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
                      base: Any = None) -> Requirements:
@@ -53,6 +54,7 @@ class Ia3Method(AdapterMethod):
 class VeraMethod(AdapterMethod):
     name = "vera"
     peft_types = ("VERA",)
+    target_parts = "vera_lambda_b|vera_lambda_d"  # validate checks coverage (AdapterMethod.target_parts)
     _SHARED = ("base_model.vera_A", "base_model.vera_B")
 
     def requirements(self, config: Mapping[str, Any], tensors: Mapping[str, Shape],
