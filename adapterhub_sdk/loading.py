@@ -173,9 +173,18 @@ def check_as_recorded(manifest: Any, registry: Any, where: str | Path) -> None:
         reg = registry if registry is not None else opened
         if reg is None:
             return
+        from .errors import VersionConflictError
+
         try:
             held = reg._existing_digest(manifest.name, manifest.version)
-        except AdapterHubError:  # another build of that version, or no such name here: not this one
+        except VersionConflictError as exc:  # another build of a version held here: not the one it holds
+            ref = f"{manifest.name}@{manifest.version}"
+            other = exc.message.split(" is the same version as the existing ")[-1].split(":")[0]
+            raise IntegrityError(f"{where}: its {MANIFEST_FILE} names {ref}, but the registry holds that version as "
+                                 f"another build ({other}); its pin cannot be trusted",
+                                 hint=f"pull the version the registry holds: adapterhub pull {other} --out {where} "
+                                      "--force") from None
+        except AdapterHubError:  # no such name here: a directory from another registry
             return
         if held is not None and held != manifest.digest:
             ref = f"{manifest.name}@{manifest.version}"

@@ -84,3 +84,23 @@ def test_a_version_the_registry_does_not_hold_is_not_blamed(pulled, base_dir, tm
         assert check_pulled(AutoModelForCausalLM.from_pretrained(base_dir), out, registry=elsewhere) == "exact"
     finally:
         elsewhere.close()
+
+
+def test_a_manifest_renamed_to_another_build_of_a_held_version_is_refused(pulled, base_other_weights):
+    """Found by a security review: the edited manifest named 1.0.0+rebuilt where the registry
+    holds 1.0.0; the lookup's build-metadata twin error was taken for 'not held here' and the
+    forged pin was served as exact."""
+    import dataclasses
+
+    reg, out = pulled
+    m = Manifest.from_json((out / MANIFEST_FILE).read_bytes())
+    m = dataclasses.replace(m, version="1.0.0+rebuilt",
+                            base=dataclasses.replace(m.base, fingerprint=ah.fingerprint(base_other_weights).digest))
+    (out / MANIFEST_FILE).write_bytes(m.to_json())
+    model = AutoModelForCausalLM.from_pretrained(base_other_weights)
+    with pytest.raises(IntegrityError, match=r"names acme/pinned@1\.0\.0\+rebuilt, but the registry holds that "
+                                             r"version as another build \(acme/pinned@1\.0\.0\)"):
+        ah.load_adapter(model, out, strict=True, registry=reg)
+    dep = ah.Deployment(str(base_other_weights), registry=reg)
+    with pytest.raises(IntegrityError, match="another build"):
+        attach_directory(dep, out, name="rebuilt")
