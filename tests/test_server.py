@@ -516,3 +516,24 @@ def test_bad_requests_get_error_objects(served, client, method, path, payload, s
     if "acme/other" in str(payload):
         assert err["code"] == "incompatible_adapter", err
     assert client.get("/health").status_code == 200
+
+
+def test_hostile_request_shapes_are_one_line_400s(served, client):
+    """Found by a security review, against the real server process: a request asking for more
+    than 256 completions (prompts x n; a 10 KB body held the server 74 s for everyone else), a
+    lone UTF-16 surrogate (a 500 with a traceback, even from the error handler echoing a model
+    name) and booleans as token ids (counted as tokens 1 and 0) are refused with one 400."""
+    r = client.post("/v1/completions", json={"model": "acme/a", "prompt": [[5]] * 20, "n": 16, "max_tokens": 1})
+    err = _error(r, 400)
+    assert err["code"] == "invalid_value" and "20 prompts x 16 choices = 320 completions; at most 256" in err["message"]
+    for raw in ('{"model":"acme/a","prompt":"\\ud800","max_tokens":2}',
+                '{"model":"\\ud800","prompt":[5],"max_tokens":2}',
+                '{"model":"acme/a","messages":[{"role":"user","content":"\\ud800"}],"max_tokens":2}'):
+        path = "/v1/chat/completions" if "messages" in raw else "/v1/completions"
+        err = _error(client.post(path, content=raw, headers={"Content-Type": "application/json"}), 400)
+        assert err["code"] == "invalid_json" and "surrogate" in err["message"], err
+    err = _error(client.post("/v1/completions", json={"model": "acme/a", "prompt": [True, False], "max_tokens": 1}),
+                 400)
+    assert "prompt" in (err["param"] or err["message"]), err
+    ok = client.post("/v1/completions", json={"model": "acme/a", "prompt": [[5]] * 16, "n": 16, "max_tokens": 1})
+    assert ok.status_code == 200 and len(ok.json()["choices"]) == 256, ok.text

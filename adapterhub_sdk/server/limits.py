@@ -50,9 +50,15 @@ def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise APIError(400, f"the request body nests arrays or objects deeper than {max_depth} levels",
                        code="invalid_json")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, f"malformed JSON in the request body: {exc}", code="invalid_json") from None
+    try:  # a lone surrogate (\ud800) parses but is no text: refused here, not a 500 further on
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "the request body holds a lone UTF-16 surrogate (an escape like \\ud800 without its "
+                            "pair), which is no text", code="invalid_json") from None
+    return data
 
 
 def check_served_name(name: str, param: str = "name") -> str:

@@ -40,7 +40,7 @@ class _Sampling(_Body):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]  # StrictInt: true is no token id
     echo: bool | None = None
     logprobs: StrictInt | None = None
     best_of: StrictInt | None = None

@@ -86,6 +86,10 @@ def _sampling(body: p._Sampling, max_tokens: int | None) -> dict[str, Any]:
     return checked
 
 
+#: completions one request may ask for (prompts x n): more is split into several requests
+MAX_REQUEST_ROWS = 256
+
+
 def _completion_prompts(prompt: Any) -> list[Prompt]:
     if isinstance(prompt, str):
         return [Prompt("text", prompt)]
@@ -128,6 +132,10 @@ async def _run_jobs(request: Request, body: p._Sampling, kind: str, prompts: lis
     server = _server(request)
     params = _sampling(body, max_tokens)
     n, logprobs = lp.choices(body), lp.requested(body, kind)
+    if len(prompts) * n > MAX_REQUEST_ROWS:  # one request is not to hold the server for everyone else
+        raise APIError(400, f"this request asks for {len(prompts)} prompts x {n} choices = {len(prompts) * n} "
+                            f"completions; at most {MAX_REQUEST_ROWS} per request", code="invalid_value",
+                       param="prompt")
     seed = params["seed"]
     q, emit = event_queue()
     # n choices per prompt (choice index i * n + j); a seeded choice j draws from seed + j
