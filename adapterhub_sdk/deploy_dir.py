@@ -57,13 +57,21 @@ def _manifest_bytes(p: Path, name: str = MANIFEST_FILE) -> bytes | None:
     """The ``adapterhub_manifest.json`` a pull wrote in ``p`` (or ``name``: the record an
     export wrote; None: none). Not a package file (``pack`` leaves it out), so it is read here,
     once: a regular file, not a link."""
+    from .adapter_files import open_regular
+
     f = p / name
-    if f.is_symlink() or not f.exists():
+    if not f.is_symlink() and not f.exists():
         return None
-    if not f.is_file() or f.stat().st_size > _MANIFEST_LIMIT:
-        raise IntegrityError(f"{p}: {name} is not a {'manifest pull' if name == MANIFEST_FILE else 'record an export'} "
-                             "wrote", hint="pull it again: adapterhub pull NAME@VERSION --out DIR --force")
-    return f.read_bytes()
+    what = "manifest pull" if name == MANIFEST_FILE else "record an export"
+    if f.is_symlink():  # a pin is never read through a link (nor silently dropped: the directory says it has one)
+        raise IntegrityError(f"{p}: {name} is a link, not a {what} wrote",
+                             hint="pull it again: adapterhub pull NAME@VERSION --out DIR --force")
+    with open_regular(f, what=name) as fh:
+        raw = fh.read(_MANIFEST_LIMIT + 1)
+    if len(raw) > _MANIFEST_LIMIT:
+        raise IntegrityError(f"{p}: {name} is not a {what} wrote",
+                             hint="pull it again: adapterhub pull NAME@VERSION --out DIR --force")
+    return raw
 
 
 def _pinned(dep: Deployment, manifest: Manifest, files: Any, by_path: dict[str, Any],

@@ -37,6 +37,9 @@ SIGNATURE_STATUSES = ("trusted", "untrusted", "revoked", "bad_signature", "tampe
 VERSION_STATUSES = ("signed", "unsigned", "untrusted", "revoked", "bad_signature", "tampered")
 
 
+_SIG_LIMIT = 1 << 20  # a bundle is a few KiB: a certificate chain and one signature
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     name: str
@@ -228,9 +231,13 @@ class SignaturesPart(RegistryCore):
         changed, missing or added is ``tampered``)."""
         from pathlib import Path
 
+        from ..adapter_files import open_regular
+        from ..errors import IntegrityError
+
         d = Path(directory)
-        files = sorted(p.name for p in d.iterdir() if p.is_file() and sigfmt.is_signature_file(p.name)) \
-            if d.is_dir() else []
+        # every entry named as a signature, a link or not (is_file() would follow a link out of d)
+        files = sorted(p.name for p in d.iterdir() if sigfmt.is_signature_file(p.name)
+                       and (p.is_symlink() or p.is_file())) if d.is_dir() else []
         files.sort(key=lambda f: f != sigfmt.SIGNATURE_FILE)
         with self._sql() as q:
             keys = catalog.keys_by_id(q)
@@ -241,7 +248,12 @@ class SignaturesPart(RegistryCore):
             actual = None
         for f in files:
             signer = sigfmt.signer_of(f)
-            text = (d / f).read_text("utf-8", errors="replace")
+            with open_regular(d / f, what="signature file") as fh:  # never through a link, never unbounded
+                raw = fh.read(_SIG_LIMIT + 1)
+            if len(raw) > _SIG_LIMIT:
+                raise IntegrityError(f"{d / f}: a signature bundle of more than {_SIG_LIMIT >> 20} MiB is no "
+                                     "bundle model signing writes", hint="remove it, or sign the directory again")
+            text = raw.decode("utf-8", errors="replace")
             out.bundles.append((f, text))
             out.checks.append(check_bundle(text, keys, actual, signer=signer, file=f))
         return out
