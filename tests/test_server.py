@@ -537,3 +537,27 @@ def test_hostile_request_shapes_are_one_line_400s(served, client):
     assert "prompt" in (err["param"] or err["message"]), err
     ok = client.post("/v1/completions", json={"model": "acme/a", "prompt": [[5]] * 16, "n": 16, "max_tokens": 1})
     assert ok.status_code == 200 and len(ok.json()["choices"]) == 256, ok.text
+
+
+def _generated(served) -> float:
+    text = httpx.get(served.url + "/metrics", timeout=30,
+                     headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("adapterhub_generated_tokens_total{"))
+
+
+def test_a_client_that_goes_away_stops_its_rows(served, client):
+    """Found by a security review: a request whose client went away before the answer (a
+    timeout, a closed connection) ran every row to the end, holding the server for the others.
+    Its rows stop now: the generated-token count stops growing soon after the client leaves."""
+    body = {"model": "acme/a", "prompt": [[5, 6, 7]] * 16, "n": 16, "max_tokens": 60, "temperature": 1.0,
+            "seed": 3}
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=served.url, timeout=1.0, headers={
+            "Authorization": f"Bearer {ADMIN_KEY}"}) as c:
+        c.post("/v1/completions", json=body)
+    time.sleep(2.0)  # a poll interval, and the decode step running when the client left
+    first = _generated(served)
+    time.sleep(2.0)
+    assert _generated(served) == first, "rows of a request whose client left kept generating"
+    ok = client.post("/v1/completions", json={"model": "acme/a", "prompt": [5, 6], "max_tokens": 2})
+    assert ok.status_code == 200, ok.text

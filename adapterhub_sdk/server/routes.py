@@ -154,6 +154,7 @@ async def _run_jobs(request: Request, body: p._Sampling, kind: str, prompts: lis
         await run_in_threadpool(encode)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await server.run(jobs, q, stream=params["stream"], kind=kind, model=body.model,
+                            disconnected=request.is_disconnected,
                             include_usage=include_usage, release=release)
 
 

@@ -113,9 +113,31 @@ class Server:
     # -- generation
 
     async def run(self, jobs: list[Job], q: asyncio.Queue[Event], *, stream: bool, kind: str, model: str,
-                  include_usage: bool, release: Callable[[], None] = lambda: None) -> Response:
+                  include_usage: bool, release: Callable[[], None] = lambda: None,
+                  disconnected: Callable[[], Any] | None = None) -> Response:
         """Answer ``jobs``; ``release`` (the lease on their adapter slot) is called once the
-        answer is complete, or the stream ends or is dropped."""
+        answer is complete, or the stream ends or is dropped. ``disconnected`` (the request's
+        ``is_disconnected``): asked while no answer has been sent, so that the rows of a client
+        that went away stop (queued ones are skipped, running ones end) instead of running on."""
+
+        asked = [time.monotonic()]
+
+        async def next_event() -> Event:
+            """The next event; every _POLL_S, whether events flow or not, the client is asked
+            for (a request's rows send events far more often than that)."""
+            while True:
+                if disconnected is None:
+                    return await q.get()
+                wait = asked[0] + _POLL_S - time.monotonic()
+                if wait > 0:
+                    try:
+                        return await asyncio.wait_for(q.get(), timeout=wait)
+                    except asyncio.TimeoutError:
+                        pass
+                asked[0] = time.monotonic()
+                if await disconnected():
+                    raise _ClientGone()
+
         try:
             for job in jobs:
                 self.worker.submit(job)
@@ -126,7 +148,10 @@ class Server:
             done: dict[int, DoneEvent] = {}
             try:
                 while len(done) < len(jobs):
-                    event = await q.get()
+                    try:
+                        event = await next_event()
+                    except _ClientGone:
+                        return Response(status_code=499)  # nobody reads it; the finally stops the rows
                     if isinstance(event, ErrorEvent):
                         raise event.error
                     if isinstance(event, DoneEvent):
@@ -141,7 +166,13 @@ class Server:
         started: set[int] = set()
         try:
             while len(started) < len(jobs):
-                event = await q.get()
+                try:
+                    event = await next_event()
+                except _ClientGone:
+                    for job in jobs:
+                        job.cancelled = True
+                    release()
+                    return Response(status_code=499)
                 if isinstance(event, ErrorEvent):
                     raise event.error
                 if isinstance(event, StartEvent):
@@ -211,6 +242,13 @@ class Server:
         finally:
             for job in jobs:
                 job.cancelled = True  # a client that went away stops its rows
+
+
+_POLL_S = 0.25  # how often a request waiting for its rows asks whether its client is still there
+
+
+class _ClientGone(Exception):
+    """The client of a request went away before its answer was sent."""
 
 
 class _Stream(StreamingResponse):
