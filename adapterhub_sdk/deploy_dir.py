@@ -75,9 +75,9 @@ def _manifest_bytes(p: Path, name: str = MANIFEST_FILE) -> bytes | None:
 
 
 def _pinned(dep: Deployment, manifest: Manifest, files: Any, by_path: dict[str, Any],
-            where: str) -> tuple[str, str, str, dict[str, Any]]:
-    """(ref, digest, verdict, method) of a directory carrying a manifest (or an export's record
-    of its rewritten ``files``); its files verified."""
+            where: str, exported: bool = False) -> tuple[str, str, str, dict[str, Any]]:
+    """(ref, digest, verdict, method) of a directory carrying a manifest (or, ``exported``, an
+    export's record of its rewritten ``files``); its files verified."""
     ref = f"{manifest.name}@{manifest.version}"
     check_as_recorded(manifest, dep.registry, where)
     for f in files:
@@ -88,7 +88,6 @@ def _pinned(dep: Deployment, manifest: Manifest, files: Any, by_path: dict[str, 
             raise IntegrityError(f"{where}: {f.path} of {ref} is missing",
                                  hint=f"pull it again: adapterhub pull {ref} --out DIR --force")
         if got.sha256 != f.sha256:
-            exported = files is not manifest.files
             raise IntegrityError(f"{where}: {f.path} does not match the sha256 "
                                  + ("its export record lists for it (changed since it was exported)" if exported else
                                     f"{ref} lists for it (changed since it was pulled)"),
@@ -131,15 +130,15 @@ def attach_directory(dep: Deployment, path: str | Path, *, name: str) -> Attache
         if signatures is not None:
             _same_as_signed(pkg, signatures, where, manifest_bytes)
         by_path = {f.path: f for f in pkg.files}
-        pinned = manifest_bytes is not None or record is not None
-        if manifest_bytes is not None or record is not None:
-            if manifest_bytes is not None:
-                manifest = Manifest.from_json(manifest_bytes)
-                files = manifest.files
-            else:
-                assert record is not None
-                manifest, files, _ = read_record(record, where)
-            ref, digest, verdict, method = _pinned(dep, manifest, files, by_path, where)
+        manifest: Manifest | None = None
+        if manifest_bytes is not None:
+            manifest = Manifest.from_json(manifest_bytes)
+            files = manifest.files
+        elif record is not None:
+            manifest, files, _ = read_record(record, where)
+        pinned = manifest is not None
+        if manifest is not None:
+            ref, digest, verdict, method = _pinned(dep, manifest, files, by_path, where, exported=record is not None)
             pinned = bool(verdict)
         else:
             ref, digest, verdict = where, _files_digest(pkg.files), ""

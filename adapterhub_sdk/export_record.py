@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import AdapterFormatError, IntegrityError
 from .manifest import FileEntry, Manifest, canonical_json
+from .signing.checks import MANIFEST_FILE
 
 EXPORT_RECORD = "adapterhub_export.json"
 SCHEMA = "adapterhub.export/v1"
@@ -28,7 +29,7 @@ def write_record(adapter_dir: Path, manifest: Manifest, fmt: str) -> None:
         files.append({"path": f.path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
     doc = {"schema": SCHEMA, "format": fmt, "manifest": manifest.to_dict(), "files": files}
     (adapter_dir / EXPORT_RECORD).write_bytes(canonical_json(doc))
-    (adapter_dir / "adapterhub_manifest.json").unlink(missing_ok=True)
+    (adapter_dir / MANIFEST_FILE).unlink(missing_ok=True)
 
 
 def read_record(raw: bytes, where: str | Path) -> tuple[Manifest, tuple[FileEntry, ...], str]:

@@ -166,20 +166,19 @@ def check_as_recorded(manifest: Any, registry: Any, where: str | Path) -> None:
     a signing policy is what vouches for it."""
     from contextlib import nullcontext
 
-    from .errors import AdapterHubError
+    from .errors import AdapterHubError, VersionConflictError
 
     opened = _default_registry() if registry is None else None
     with opened if opened is not None else nullcontext():
         reg = registry if registry is not None else opened
         if reg is None:
             return
-        from .errors import VersionConflictError
-
         try:
             held = reg._existing_digest(manifest.name, manifest.version)
-        except VersionConflictError as exc:  # another build of a version held here: not the one it holds
+        except VersionConflictError:  # another build of a version held here: not the one it holds
             ref = f"{manifest.name}@{manifest.version}"
-            other = exc.message.split(" is the same version as the existing ")[-1].split(":")[0]
+            twin = reg.show(f"{manifest.name}@{manifest.version.split('+', 1)[0]}")  # that precedence, held
+            other = f"{twin.name}@{twin.version}"
             raise IntegrityError(f"{where}: its {MANIFEST_FILE} names {ref}, but the registry holds that version as "
                                  f"another build ({other}); its pin cannot be trusted",
                                  hint=f"pull the version the registry holds: adapterhub pull {other} --out {where} "

@@ -4,10 +4,13 @@ registries on real SQLite and (when ADAPTERHUB_TEST_POSTGRES_URL is set) a real 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +53,42 @@ def save_lora(base_dir: Path, out: Path, *, seed: int = 0, r: int = 4, targets=(
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     peft_model.save_pretrained(out)
     return out
+
+
+def save_perturbed(model: Any, config: Any, out: Path, *, seed: int, scale: float = 0.3) -> Path:
+    """``model`` wrapped by PEFT with ``config``, every trainable tensor moved off its init by
+    ``randn * scale`` (seeded: many inits are a no-op, lora_B is zero), saved by PEFT."""
+    import torch
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: Any = None, what: str = "the server", timeout: float = 30) -> None:
+    """Until something accepts connections on loopback ``port``; fails the test if ``proc``
+    exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                pytest.fail(f"{what} did not start (exit {None if proc is None else proc.poll()})")
+            time.sleep(0.1)
 
 
 @pytest.fixture(autouse=True)

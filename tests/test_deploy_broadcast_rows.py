@@ -18,6 +18,8 @@ import torch
 import adapterhub_sdk as ah
 from adapterhub_sdk.errors import IncompatibleAdapterError
 
+from conftest import save_perturbed
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -31,17 +33,11 @@ def _base(out: Path) -> Path:
 
 
 def _adapter(base: Path, out: Path, seed: int, **kw) -> Path:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, lora_alpha=8, **kw))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:  # lora_B starts at zero: every trained tensor moved
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)
-    model.save_pretrained(out)
-    return out
+    return save_perturbed(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, lora_alpha=8, **kw), out,
+                          seed=seed)
 
 
 @pytest.fixture(scope="module")

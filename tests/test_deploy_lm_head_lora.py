@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 import adapterhub_sdk as ah
 from adapterhub_sdk.errors import IncompatibleAdapterError
 
-from conftest import run_cli
+from conftest import run_cli, save_perturbed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,18 +35,11 @@ def _base(out: Path, tied: bool) -> Path:
 
 
 def _adapter(base: Path, out: Path, seed: int, targets: list[str]) -> Path:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, lora_alpha=8,
-                                                                               target_modules=targets))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)
-    model.save_pretrained(out)
-    return out
+    return save_perturbed(AutoModelForCausalLM.from_pretrained(base),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=targets), out, seed=seed)
 
 
 def _peft(base: Path, adapter: Path | None, ids: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,8 @@ from adapterhub_sdk.export_record import EXPORT_RECORD
 from adapterhub_sdk.loading import MANIFEST_FILE, UnpinnedAdapterWarning, check_pulled
 from adapterhub_sdk.manifest import Manifest
 
+from conftest import save_perturbed
+
 IDS = torch.tensor([[1, 5, 9, 33, 70, 100, 127, 2]])
 
 
@@ -49,16 +51,10 @@ def _model(base: Path):
 
 
 def _adapter(base: Path, out: Path, **kw) -> Path:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
-    model = get_peft_model(_model(base), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], **kw))
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)
-    model.save_pretrained(out)
-    return out
+    return save_perturbed(_model(base), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], **kw),
+                          out, seed=3)
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 import adapterhub_sdk as ah
 from adapterhub_sdk.export import export
 
+from conftest import save_perturbed
+
 IDS = torch.tensor([[1, 5, 9, 33, 70, 100, 127, 2]])
 
 
@@ -39,17 +41,10 @@ def _model(base: Path, classifier: bool):
 
 
 def _adapter(base: Path, out: Path, classifier: bool, **kw) -> Path:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
-    model = get_peft_model(_model(base, classifier), LoraConfig(task_type="SEQ_CLS" if classifier else "CAUSAL_LM",
-                                                                 **kw))
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:  # every trained tensor moved off its init (lora_B and the embedding's B are zero)
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)
-    model.save_pretrained(out)
-    return out
+    return save_perturbed(_model(base, classifier),
+                          LoraConfig(task_type="SEQ_CLS" if classifier else "CAUSAL_LM", **kw), out, seed=3)
 
 
 def _logits(base: Path, adapter: Path, classifier: bool) -> torch.Tensor:

@@ -16,6 +16,8 @@ import torch
 
 import adapterhub_sdk as ah
 
+from conftest import save_perturbed
+
 
 def _base(out: Path, layers: int) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -48,17 +50,10 @@ def bases(tmp_path_factory):
 
 @pytest.mark.parametrize("method", list(_configs()))
 def test_a_base_with_selected_modules_the_adapter_lacks_is_no_pin(method, bases, tmp_path):
-    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     two, three = bases
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(two), _configs()[method])
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)
-    model.save_pretrained(tmp_path / "adapter")
+    save_perturbed(AutoModelForCausalLM.from_pretrained(two), _configs()[method], tmp_path / "adapter", seed=1)
     with ah.Registry.open(f"sqlite:///{tmp_path / 'r.db'}", blobs=tmp_path / "blobs") as reg:
         with pytest.raises(ah.AdapterHubError, match=r"missing adapter weights: model\.layers\.2\."):
             reg.publish(tmp_path / "adapter", name=f"acme/{method}", version="1.0.0", base=three)

@@ -11,11 +11,9 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import adapterhub_sdk as ah
 from adapterhub_sdk.errors import IntegrityError
 from adapterhub_sdk.s3_blobs import S3BlobStore
 
-from conftest import run_cli
+from conftest import free_port, run_cli, wait_listening
 
 MOTO = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
 pytestmark = pytest.mark.skipif(MOTO is None, reason="moto_server is not installed (pip install 'moto[server]')")
@@ -35,21 +33,11 @@ AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory):
     """A moto_server process on a free loopback port, for the whole session."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start (exit {proc.poll()})")
-                time.sleep(0.1)
+        wait_listening(port, proc, "moto_server")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -158,26 +158,17 @@ def test_an_endpoint_that_answers_http_but_not_as_s3_is_named_as_such(published,
     process) as AWS_ENDPOINT_URL. Its 404s carry no S3 error code: the store says the endpoint
     is not an S3 server. Before: 'the S3 bucket ... does not exist; create it (aws s3 mb ...)',
     advice that fails too."""
-    import socket
     import subprocess
     import sys
-    import time
+
+    from conftest import free_port, wait_listening
 
     url, real = published
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     srv = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "http.server did not start"
-                time.sleep(0.1)
+        wait_listening(port, srv, "http.server")
         for args in (["verify"], ["pull", REF, "--out", str(tmp_path / "out")]):
             proc = run_cli("--registry", url, "--blobs", real, *args,
                            env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1"})

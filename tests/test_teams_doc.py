@@ -46,7 +46,7 @@ import pytest
 from ociserver import REGISTRY, SKIP_REASON, start_registry
 from test_readme import commands
 
-from conftest import POSTGRES_URL, _pg_database, _pg_drop, save_lora
+from conftest import POSTGRES_URL, _pg_database, _pg_drop, save_lora, wait_listening
 
 ROOT = Path(__file__).parents[1]
 DOC = ROOT / "docs" / "teams.md"
@@ -223,14 +223,7 @@ def moto_endpoint(tmp_path):
     with (tmp_path / "moto.log").open("wb") as log:
         proc = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.1)
+        wait_listening(port, proc, "moto_server")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -78,20 +78,6 @@ from .vllm import (
 _PURPOSE = "to export to"
 
 
-def _rewritten(adapter_dir: Path, manifest: Manifest) -> bool:
-    """Whether a conform rewrote any of the version's files in ``adapter_dir``."""
-    import hashlib
-
-    for f in manifest.files:
-        h = hashlib.sha256()
-        with open(adapter_dir / f.path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        if h.hexdigest() != f.sha256:
-            return True
-    return False
-
-
 @dataclass(frozen=True)
 class ExportResult:
     """What :func:`export` wrote."""
@@ -215,7 +201,7 @@ def export(registry: Any, spec: str, fmt: str, out: str | os.PathLike[str], *, o
                                                               "transformers runtime")
             warnings.extend(exact.notes)
             shutil.copyfile(staged / MANIFEST_FILE, tmp / MANIFEST_FILE)
-            if _rewritten(staged, manifest):  # its manifest no longer lists these files' digests
+            if exact.rewritten:  # its manifest no longer lists these files' digests
                 write_record(staged, manifest, fmt)
             layout = {"vllm": _layout_vllm, "lorax": _layout_lorax, "tgi": _layout_tgi,
                       "ollama": _layout_ollama}[fmt]

@@ -136,6 +136,7 @@ class Conformed:
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     hint: str | None = None  # what to do about the reasons, where it is not "export as PEFT"
+    rewritten: bool = False  # the adapter's files were rewritten (their digests are no longer the manifest's)
 
 
 @dataclass
@@ -384,6 +385,7 @@ def _conform_uniform(fmt: str, adapter_dir: Path, config: dict[str, Any], tensor
         out_cfg.update(target_modules=sorted({n.rsplit(".", 1)[-1] for n in mods}), layers_to_transform=None,
                        layers_pattern=None, exclude_modules=None)
     _write(adapter_dir, out_cfg, new)
+    res.rewritten = True
     what = []
     if fold:
         what.append(f"the per-module scales ({_scales_text({**scales, **emb_scales})}) were folded into lora_B, "
@@ -417,6 +419,7 @@ def _conform_own_rank(adapter_dir: Path, config: dict[str, Any], tensors: dict[s
     out_cfg = {k: v for k, v in config.items() if k not in ("lora_parameters", "lora_layers")}
     out_cfg.update(lora_alpha=target_alpha, use_rslora=False, alpha_pattern={})
     _write(adapter_dir, out_cfg, new)
+    res.rewritten = True
     why = ("lora_alpha " + repr(config.get("lora_alpha")) + " is not an unsigned integer Ollama can read"
            if alpha is None else "Ollama applies one alpha over each module's rank")
     res.notes.append(f"the adapter's files were rewritten so that Ollama computes exactly PEFT's deltas ({why}): "

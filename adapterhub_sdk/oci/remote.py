@@ -111,12 +111,13 @@ class OciRemote:
             tags = self._tag_versions(c, ref)
             return {v: c.head_manifest(ref.repo, t) or "" for v, t in tags.items()}
 
-    def _select(self, c: OciClient, ref: OciRef) -> tuple[str, str | None]:
-        """(reference to GET: a tag or a digest, the tag)."""
+    def _select(self, c: OciClient, ref: OciRef) -> tuple[str, str | None, tuple[bytes, str] | None]:
+        """(reference to GET: a tag or a digest, the tag, the manifest where choosing among
+        version tags already fetched it, else None)."""
         if ref.digest:
-            return ref.digest, None
+            return ref.digest, None, None
         if ref.tag:
-            return ref.tag, ref.tag
+            return ref.tag, ref.tag, None
         spec = VersionSpec.parse(ref.spec or "latest")
         if spec.kind == "alias":
             raise NotFoundError(f"{ref}: aliases are not stored in OCI registries; use a version, a range or a tag")
@@ -143,8 +144,11 @@ class OciRemote:
                 raise VersionConflictError(f"{ref}: tags {', '.join(tags)} name the same version {spec.text!r} "
                                            "picks (they differ only in build metadata)",
                                            hint=f"pull one by its tag: {ref.repo_url}:{tags[0]}")
-            if spec.kind == "exact" or self._holds_adapter(c, ref, tags[0]):
-                return tags[0], tags[0]
+            if spec.kind == "exact":
+                return tags[0], tags[0], None
+            got = c.get_manifest(ref.repo, tags[0])
+            if got is not None and self._holds_adapter(got[0], ref, tags[0]):
+                return tags[0], tags[0], got
             others.append(tags[0])
         raise NotFoundError(f"{ref}: no version tag matching {spec.text!r} holds an adapter (tag"
                             f"{'s' if len(others) > 1 else ''} {', '.join(others)} hold{'' if len(others) > 1 else 's'} "
@@ -152,14 +156,12 @@ class OciRemote:
                             hint="push one with 'adapterhub push', or pull another repository")
 
     @staticmethod
-    def _holds_adapter(c: OciClient, ref: OciRef, tag: str) -> bool:
-        """Whether ``tag`` names an image manifest of our artifact type (or with our config):
-        what a range or @latest may pick; an index, an image or another tool's artifact is not."""
-        got = c.get_manifest(ref.repo, tag)
-        if got is None:
-            return False
+    def _holds_adapter(body: bytes, ref: OciRef, tag: str) -> bool:
+        """Whether the manifest ``tag`` names is an image manifest of our artifact type (or with
+        our config): what a range or @latest may pick; an index, an image or another tool's
+        artifact is not."""
         try:
-            doc = parse_oci(got[0], f"{ref.repo_url}:{tag}")
+            doc = parse_oci(body, f"{ref.repo_url}:{tag}")
         except AdapterHubError:
             return False
         return doc.get("artifactType") == ARTIFACT_TYPE or doc["config"].get("mediaType") == CONFIG_TYPE
@@ -376,8 +378,8 @@ class OciRemote:
 
             check_destination(Path(dest), overwrite)
         with self._client(r) as c:
-            reference, tag = self._select(c, r)
-            got = c.get_manifest(r.repo, reference)
+            reference, tag, got = self._select(c, r)
+            got = got or c.get_manifest(r.repo, reference)
             if got is None:
                 raise self._not_found(c, r, reference)
             body, digest = got
